@@ -1,0 +1,390 @@
+//! Inbound authentication and authorisation: bearer JWTs from configured issuers, and
+//! the role each configured client (`sub`) holds.
+
+use crate::config::{AuthSettings, ClientSettings};
+use crate::domain::{OdsCode, ProviderId};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation, decode, decode_header,
+    jwk::{AlgorithmParameters, Jwk, JwkSet},
+};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::{collections::HashMap, str::FromStr, sync::Arc};
+
+/// Who is calling, after the token has been verified.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub client_id: String,
+    pub role: Role,
+}
+
+/// What a client may do. A GP system carries the practices it may refer for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    GpSystem { practices: Vec<OdsCode> },
+    Provider { provider: ProviderId },
+    Auditor,
+    Operator,
+}
+
+impl Role {
+    /// The role's name as written in configuration and audit records.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Role::GpSystem { .. } => "gp-system",
+            Role::Provider { .. } => "provider",
+            Role::Auditor => "auditor",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl Principal {
+    /// True when this client is a GP system allowed to refer for `practice`.
+    pub fn may_refer_for(&self, practice: &OdsCode) -> bool {
+        matches!(&self.role, Role::GpSystem { practices } if practices.contains(practice))
+    }
+}
+
+/// Why a request is not authenticated. Said to the caller in general terms only.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("an Authorization: Bearer token is required")]
+    Missing,
+    #[error("the bearer token is malformed")]
+    Malformed,
+    #[error("the token's signing key (kid) is not trusted")]
+    UnknownKey,
+    #[error("the token's algorithm is not accepted")]
+    Algorithm,
+    #[error("the token's signature is not valid")]
+    Signature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token's audience is not this gateway")]
+    Audience,
+    #[error("the token's issuer does not match its key")]
+    Issuer,
+    #[error("the token's subject is not a known client")]
+    UnknownClient,
+    #[error("the token is not valid")]
+    Invalid,
+}
+
+/// A problem with the auth configuration, found at start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error("auth.algorithms: `{0}` is not an accepted asymmetric algorithm")]
+    Algorithm(String),
+    #[error("auth.issuers.{issuer}: cannot read JWKS {source_name}: {message}")]
+    Jwks {
+        issuer: String,
+        source_name: String,
+        message: String,
+    },
+    #[error("auth.issuers.{issuer}: key {kid}: {message}")]
+    Key {
+        issuer: String,
+        kid: String,
+        message: String,
+    },
+    #[error("key id {0} is published by two issuers; kids must be unique")]
+    DuplicateKid(String),
+    #[error(
+        "THRIVE_ENV=production but issuer {0} trusts the development signing key: configure the production issuers"
+    )]
+    DevelopmentKeyInProduction(String),
+    #[error("THRIVE_ENV=production but dev.signing_key_file is set")]
+    DevSigningInProduction,
+}
+
+struct TrustedKey {
+    issuer: String,
+    key: DecodingKey,
+    /// Algorithms this key may verify, within the configured list.
+    algorithms: Vec<Algorithm>,
+}
+
+/// Verifies inbound tokens; built once at start and shared.
+#[derive(Clone)]
+pub struct Authenticator {
+    keys: Arc<HashMap<String, TrustedKey>>,
+    clients: Arc<HashMap<String, Role>>,
+    audience: String,
+    leeway: u64,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("kids", &self.keys.keys().collect::<Vec<_>>())
+            .field("clients", &self.clients.len())
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+}
+
+/// The public key of the shipped development issuer, compared by fingerprint so that a
+/// production deployment cannot trust it by accident.
+const DEVELOPMENT_JWKS: &str = include_str!("../config/dev/jwks.json");
+
+impl Authenticator {
+    /// Loads every issuer's keys (files now; URLs fetched once) and the client table.
+    pub async fn from_settings(
+        settings: &AuthSettings,
+        production: bool,
+    ) -> Result<Self, AuthSetupError> {
+        let allowed = settings
+            .algorithms
+            .iter()
+            .map(|a| parse_algorithm(a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let dev_fingerprints: Vec<String> = serde_json::from_str::<JwkSet>(DEVELOPMENT_JWKS)
+            .map(|set| set.keys.iter().filter_map(fingerprint).collect())
+            .unwrap_or_default();
+
+        let mut keys = HashMap::new();
+        for (name, issuer) in &settings.issuers {
+            let mut sets = Vec::new();
+            if let Some(file) = &issuer.jwks_file {
+                let text = std::fs::read_to_string(file).map_err(|e| AuthSetupError::Jwks {
+                    issuer: name.clone(),
+                    source_name: file.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                sets.push((file.display().to_string(), text));
+            }
+            if let Some(url) = &issuer.jwks_url {
+                sets.push((url.clone(), fetch_jwks(name, url).await?));
+            }
+            for (source_name, text) in sets {
+                let set: JwkSet =
+                    serde_json::from_str(&text).map_err(|e| AuthSetupError::Jwks {
+                        issuer: name.clone(),
+                        source_name: source_name.clone(),
+                        message: e.to_string(),
+                    })?;
+                for jwk in &set.keys {
+                    let kid = jwk
+                        .common
+                        .key_id
+                        .clone()
+                        .ok_or_else(|| AuthSetupError::Key {
+                            issuer: name.clone(),
+                            kid: "(none)".into(),
+                            message: "every key needs a kid".into(),
+                        })?;
+                    if production && fingerprint(jwk).is_some_and(|f| dev_fingerprints.contains(&f))
+                    {
+                        return Err(AuthSetupError::DevelopmentKeyInProduction(name.clone()));
+                    }
+                    let key = DecodingKey::from_jwk(jwk).map_err(|e| AuthSetupError::Key {
+                        issuer: name.clone(),
+                        kid: kid.clone(),
+                        message: e.to_string(),
+                    })?;
+                    let algorithms = allowed
+                        .iter()
+                        .copied()
+                        .filter(|a| key_accepts(jwk, *a))
+                        .collect();
+                    let trusted = TrustedKey {
+                        issuer: issuer.issuer.clone(),
+                        key,
+                        algorithms,
+                    };
+                    if keys.insert(kid.clone(), trusted).is_some() {
+                        return Err(AuthSetupError::DuplicateKid(kid));
+                    }
+                }
+            }
+        }
+
+        let clients = settings
+            .clients
+            .iter()
+            .map(|(sub, c)| {
+                let role = match c {
+                    ClientSettings::GpSystem { practices } => Role::GpSystem {
+                        practices: practices.clone(),
+                    },
+                    ClientSettings::Provider { provider } => Role::Provider {
+                        provider: provider.clone(),
+                    },
+                    ClientSettings::Auditor {} => Role::Auditor,
+                    ClientSettings::Operator {} => Role::Operator,
+                };
+                (sub.clone(), role)
+            })
+            .collect();
+
+        Ok(Self {
+            keys: Arc::new(keys),
+            clients: Arc::new(clients),
+            audience: settings.audience.clone(),
+            leeway: settings.leeway_seconds,
+        })
+    }
+
+    /// Checks an `Authorization` header value and returns the calling client.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or(AuthError::Missing)?
+            .trim();
+        let jwt_header = decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let kid = jwt_header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
+        let trusted = self.keys.get(kid).ok_or(AuthError::UnknownKey)?;
+        if !trusted.algorithms.contains(&jwt_header.alg) {
+            return Err(AuthError::Algorithm);
+        }
+        let mut validation = Validation::new(jwt_header.alg);
+        validation.algorithms = vec![jwt_header.alg];
+        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[&trusted.issuer]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.leeway;
+        let data = decode::<Claims>(token, &trusted.key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind as K;
+            match e.kind() {
+                K::InvalidSignature => AuthError::Signature,
+                K::ExpiredSignature => AuthError::Expired,
+                K::ImmatureSignature => AuthError::NotYetValid,
+                K::InvalidAudience => AuthError::Audience,
+                K::InvalidIssuer => AuthError::Issuer,
+                K::InvalidAlgorithm => AuthError::Algorithm,
+                K::InvalidToken | K::Base64(_) | K::Json(_) | K::Utf8(_) => AuthError::Malformed,
+                _ => AuthError::Invalid,
+            }
+        })?;
+        let role = self
+            .clients
+            .get(&data.claims.sub)
+            .ok_or(AuthError::UnknownClient)?;
+        Ok(Principal {
+            client_id: data.claims.sub,
+            role: role.clone(),
+        })
+    }
+}
+
+/// Only asymmetric algorithms: a shared-secret HS* on a public key would let anyone
+/// holding the public key mint tokens.
+fn parse_algorithm(name: &str) -> Result<Algorithm, AuthSetupError> {
+    let alg = Algorithm::from_str(name).map_err(|_| AuthSetupError::Algorithm(name.into()))?;
+    match alg {
+        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => {
+            Err(AuthSetupError::Algorithm(name.into()))
+        }
+        other => Ok(other),
+    }
+}
+
+fn key_accepts(jwk: &Jwk, alg: Algorithm) -> bool {
+    use Algorithm::*;
+    let family_ok = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => matches!(alg, RS256 | RS384 | RS512 | PS256 | PS384 | PS512),
+        AlgorithmParameters::EllipticCurve(_) => matches!(alg, ES256 | ES384),
+        AlgorithmParameters::OctetKeyPair(_) => matches!(alg, EdDSA),
+        _ => false,
+    };
+    // A key that names its algorithm is held to it.
+    let declared_ok = match jwk.common.key_algorithm {
+        Some(declared) => format!("{declared:?}") == format!("{alg:?}"),
+        None => true,
+    };
+    family_ok && declared_ok
+}
+
+/// A stable fingerprint of a public key's material (not its kid).
+fn fingerprint(jwk: &Jwk) -> Option<String> {
+    let material = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => format!("RSA:{}:{}", rsa.n, rsa.e),
+        AlgorithmParameters::EllipticCurve(ec) => format!("EC:{}:{}", ec.x, ec.y),
+        AlgorithmParameters::OctetKeyPair(okp) => format!("OKP:{}", okp.x),
+        _ => return None,
+    };
+    Some(hex::encode(Sha256::digest(material.as_bytes())))
+}
+
+async fn fetch_jwks(issuer: &str, url: &str) -> Result<String, AuthSetupError> {
+    let err = |message: String| AuthSetupError::Jwks {
+        issuer: issuer.to_owned(),
+        source_name: url.to_owned(),
+        message,
+    };
+    if !url.starts_with("https://") {
+        return Err(err("jwks_url must be https".into()));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| err(e.to_string()))?;
+    response.text().await.map_err(|e| err(e.to_string()))
+}
+
+/// Mints a development token (`thrive-gateway dev-token`): RS256, signed with the
+/// development key, `aud` this gateway.
+pub fn mint_token(
+    signing_key_pem: &[u8],
+    key_id: &str,
+    issuer: &str,
+    audience: &str,
+    subject: &str,
+    ttl_seconds: u64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        iss: &'a str,
+        sub: &'a str,
+        aud: &'a str,
+        iat: u64,
+        nbf: u64,
+        exp: u64,
+        jti: String,
+    }
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+    header.kid = Some(key_id.to_owned());
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(signing_key_pem)?;
+    jsonwebtoken::encode(
+        &header,
+        &Out {
+            iss: issuer,
+            sub: subject,
+            aud: audience,
+            iat: now,
+            nbf: now,
+            exp: now + ttl_seconds,
+            jti: uuid::Uuid::new_v4().to_string(),
+        },
+        &key,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symmetric_and_none_algorithms_are_refused_in_configuration() {
+        assert!(parse_algorithm("HS256").is_err());
+        assert!(parse_algorithm("none").is_err());
+        assert!(parse_algorithm("RS512").is_ok());
+    }
+}

@@ -1,0 +1,262 @@
+//! Typed settings, layered exactly as the contract says: `config/default.toml`, then
+//! `config/<THRIVE_ENV>.toml`, then each `--config FILE` in order, then `THRIVE__...`
+//! environment variables. Later layers win; unknown keys stop the gateway at start.
+
+use crate::domain::{OdsCode, ProviderId};
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+/// Everything the gateway reads at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub telemetry: TelemetrySettings,
+    pub referral: ReferralSettings,
+    pub auth: AuthSettings,
+    pub mappings: MappingsSettings,
+    /// Development-only conveniences; refused in production.
+    #[serde(default)]
+    pub dev: DevSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to listen on, `host:port`; port 0 picks a free port.
+    pub bind: String,
+    /// Largest request body accepted; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// HTTP worker threads; defaults to the number of cores.
+    #[serde(default)]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path/to/file.db` or `postgres://user:password@host/db`. Secret because a
+    /// PostgreSQL URL may hold a password.
+    pub url: SecretString,
+    pub max_connections: u32,
+    /// How long a writer waits for SQLite's lock before failing.
+    pub sqlite_busy_timeout_ms: u64,
+}
+
+impl DatabaseSettings {
+    /// Which engine the URL selects.
+    pub fn backend(&self) -> Result<Backend, ConfigError> {
+        let url = self.url.expose_secret();
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(ConfigError::Invalid(
+                "database.url must start with sqlite:// or postgres://".into(),
+            ))
+        }
+    }
+}
+
+/// The two supported storage engines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `thrive_gateway=debug,info`.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferralSettings {
+    /// Youngest age, in whole years at the referral date, the programmes accept.
+    pub minimum_age_years: u8,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The `aud` every inbound token must carry.
+    pub audience: String,
+    /// Signature algorithms accepted; only asymmetric ones are allowed.
+    pub algorithms: Vec<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// Trusted token issuers, by a local name.
+    #[serde(default)]
+    pub issuers: BTreeMap<String, IssuerSettings>,
+    /// Known clients, keyed by the token's `sub`.
+    #[serde(default)]
+    pub clients: BTreeMap<String, ClientSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSettings {
+    /// The exact `iss` value of this issuer's tokens.
+    pub issuer: String,
+    /// A JWKS document on disk.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// A JWKS document fetched at start (HTTPS).
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+}
+
+/// A client and what its role lets it do.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "role", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ClientSettings {
+    /// A GP clinical system, allowed to refer for the listed practices only.
+    GpSystem { practices: Vec<OdsCode> },
+    /// A provider case system.
+    Provider { provider: ProviderId },
+    /// An information-governance auditor.
+    Auditor {},
+    /// An operator of the gateway.
+    Operator {},
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MappingsSettings {
+    /// Folder holding `routing.toml` and the dataset files.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevSettings {
+    /// Private key `dev-token` signs with. Never set in production.
+    #[serde(default)]
+    pub signing_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_id: Option<String>,
+    #[serde(default)]
+    pub issuer: Option<String>,
+    /// Lifetime of minted development tokens, in seconds.
+    #[serde(default = "default_dev_token_ttl")]
+    pub token_ttl_seconds: u64,
+}
+
+fn default_dev_token_ttl() -> u64 {
+    3600
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+/// Where the layers come from; `THRIVE_ENV` and `--config` in the binary.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// Folder holding `default.toml` and `<env>.toml`.
+    pub config_dir: PathBuf,
+    /// The `THRIVE_ENV` value, e.g. `development` or `production`.
+    pub environment: Option<String>,
+    /// Files given with `--config`, applied in order.
+    pub files: Vec<PathBuf>,
+    /// Read `THRIVE__...` variables (tests turn this off).
+    pub use_environment: bool,
+}
+
+impl Sources {
+    /// The layers the binary uses: `config/`, `THRIVE_ENV`, the given files, environment.
+    pub fn from_process(files: Vec<PathBuf>) -> Self {
+        Self {
+            config_dir: PathBuf::from("config"),
+            environment: std::env::var("THRIVE_ENV").ok().filter(|s| !s.is_empty()),
+            files,
+            use_environment: true,
+        }
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment.as_deref() == Some("production")
+    }
+}
+
+impl Settings {
+    /// Reads and merges every layer, then checks what types alone cannot.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut figment =
+            Figment::new().merge(Toml::file_exact(sources.config_dir.join("default.toml")));
+        if let Some(env) = &sources.environment {
+            let file = sources.config_dir.join(format!("{env}.toml"));
+            if file.exists() {
+                figment = figment.merge(Toml::file_exact(file));
+            }
+        }
+        for file in &sources.files {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!(
+                    "--config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        if sources.use_environment {
+            figment = figment.merge(Env::prefixed("THRIVE__").split("__"));
+        }
+        Self::from_figment(figment)
+    }
+
+    /// Extracts settings from an already-built figment (tests layer their own values).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        self.database.backend()?;
+        if self.server.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "server.max_body_bytes must be above 0".into(),
+            ));
+        }
+        for (name, issuer) in &self.auth.issuers {
+            if issuer.jwks_file.is_none() && issuer.jwks_url.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.issuers.{name} needs jwks_file or jwks_url"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Loads the shipped defaults only, from a given config folder: a starting point for
+/// tests and tools that then override single keys.
+pub fn defaults_figment(config_dir: &Path) -> Figment {
+    Figment::new().merge(Toml::file_exact(config_dir.join("default.toml")))
+}

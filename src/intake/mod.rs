@@ -1,0 +1,329 @@
+//! Intake: the HTTP face GP systems, providers, auditors and operators see. Handlers
+//! here only translate between HTTP and the pipeline; decisions live in [`process`].
+
+mod definitions;
+pub mod process;
+mod response;
+
+pub use process::Gateway;
+
+use crate::auth::{AuthError, Principal, Role};
+use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use actix_web::{
+    HttpRequest, HttpResponse, Responder, get,
+    http::header::{self, HeaderMap},
+    post, web,
+};
+use fhir_sdk::time::OffsetDateTime;
+use futures_util::StreamExt;
+use process::AuditContext;
+use uuid::Uuid;
+
+/// The BaRS request headers, both UUIDs.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestIds {
+    pub request_id: Uuid,
+    pub correlation_id: Uuid,
+}
+
+/// Header names in the lower case HTTP/2 and actix use; clients may send any case.
+pub const REQUEST_ID: &str = "x-request-id";
+pub const CORRELATION_ID: &str = "x-correlation-id";
+
+impl RequestIds {
+    /// Both headers are required UUIDs; each problem is reported.
+    pub fn from_headers(headers: &HeaderMap) -> Result<Self, Rejection> {
+        let mut issues = Vec::new();
+        let mut read = |name: &str, shown: &str| -> Option<Uuid> {
+            let parsed = headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| Uuid::parse_str(v.trim()));
+            match parsed {
+                Some(Ok(id)) => Some(id),
+                Some(Err(_)) => {
+                    issues.push(Issue::new(
+                        RecCode::BadRequest,
+                        IssueType::Value,
+                        format!("the {shown} header must be a UUID"),
+                    ));
+                    None
+                }
+                None => {
+                    issues.push(Issue::new(
+                        RecCode::BadRequest,
+                        IssueType::Required,
+                        format!("the {shown} header is required (a UUID)"),
+                    ));
+                    None
+                }
+            }
+        };
+        let request_id = read(REQUEST_ID, "X-Request-Id");
+        let correlation_id = read(CORRELATION_ID, "X-Correlation-Id");
+        match (request_id, correlation_id) {
+            (Some(request_id), Some(correlation_id)) => Ok(Self {
+                request_id,
+                correlation_id,
+            }),
+            _ => Err(Rejection { issues }),
+        }
+    }
+}
+
+fn unauthorised(e: AuthError) -> Rejection {
+    Issue::new(RecCode::Unauthorized, IssueType::Login, e.to_string()).into()
+}
+
+fn forbidden(what: &str) -> Rejection {
+    Issue::new(RecCode::Forbidden, IssueType::Forbidden, what).into()
+}
+
+fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Principal, Rejection> {
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or_default());
+    gw.auth.authenticate(header).map_err(unauthorised)
+}
+
+/// `application/fhir+json` or `application/json`, with any parameters.
+fn is_fhir_json(req: &HttpRequest) -> bool {
+    let Some(ct) = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/fhir+json" || essence == "application/json"
+}
+
+/// Reads the body up to the configured limit; a larger body is refused without being
+/// held in memory.
+async fn read_body(payload: &mut web::Payload, limit: usize) -> Result<web::BytesMut, Rejection> {
+    let too_large = || {
+        Rejection::one(Issue::new(
+            RecCode::PayloadTooLarge,
+            IssueType::TooLong,
+            format!("the body is larger than the {limit} bytes the gateway accepts"),
+        ))
+    };
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| {
+            Rejection::one(Issue::new(
+                RecCode::BadRequest,
+                IssueType::Structure,
+                "the request body could not be read",
+            ))
+        })?;
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn fhir_json(status: actix_web::http::StatusCode, body: &serde_json::Value) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("application/fhir+json")
+        .json(body)
+}
+
+#[post("/fhir/r4/$process-message")]
+async fn process_message(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let ids = RequestIds::from_headers(req.headers());
+    let principal = match authenticate(&gw, &req) {
+        Ok(p) => p,
+        Err(r) => {
+            let ctx = AuditContext {
+                action: "referral.message",
+                principal: None,
+                ids: ids.as_ref().ok(),
+            };
+            gw.audit_rejection(&ctx, &r).await;
+            return Err(r);
+        }
+    };
+    let early = async {
+        if !is_fhir_json(&req) {
+            return Err(Rejection::one(Issue::new(
+                RecCode::UnsupportedMediaType,
+                IssueType::NotSupported,
+                "Content-Type must be application/fhir+json (or application/json)",
+            )));
+        }
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            && len > gw.max_body_bytes
+        {
+            return Err(Rejection::one(Issue::new(
+                RecCode::PayloadTooLarge,
+                IssueType::TooLong,
+                format!(
+                    "the body is larger than the {} bytes the gateway accepts",
+                    gw.max_body_bytes
+                ),
+            )));
+        }
+        let ids = ids.clone()?;
+        let body = read_body(&mut payload, gw.max_body_bytes).await?;
+        Ok((ids, body))
+    };
+    let (ids, body) = match early.await {
+        Ok(v) => v,
+        Err(r) => {
+            let ctx = AuditContext {
+                action: "referral.message",
+                principal: Some(&principal),
+                ids: None,
+            };
+            gw.audit_rejection(&ctx, &r).await;
+            return Err(r);
+        }
+    };
+    let outcome = gw
+        .process(&principal, &ids, &body, OffsetDateTime::now_utc())
+        .await?;
+    Ok(fhir_json(
+        actix_web::http::StatusCode::OK,
+        &response::accepted(&outcome),
+    ))
+}
+
+#[get("/fhir/r4/ServiceRequest/{id}")]
+async fn read_service_request(
+    req: HttpRequest,
+    path: web::Path<String>,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let principal = authenticate(&gw, &req)?;
+    let ctx = AuditContext {
+        action: "referral.read",
+        principal: Some(&principal),
+        ids: None,
+    };
+    let id = path.into_inner();
+    let not_found = || -> Rejection {
+        Issue::new(
+            RecCode::NotFound,
+            IssueType::NotFound,
+            "no referral has this id",
+        )
+        .into()
+    };
+    let result = async {
+        if matches!(principal.role, Role::Provider { .. }) {
+            return Err(forbidden(
+                "providers read referrals through the provider interface",
+            ));
+        }
+        if Uuid::parse_str(&id).is_err() {
+            return Err(not_found());
+        }
+        let row = gw.store.referral(&id).await.map_err(|e| {
+            tracing::error!(error = %e, "reading a referral failed");
+            server_error()
+        })?;
+        let row = row.ok_or_else(not_found)?;
+        let allowed = match &principal.role {
+            Role::GpSystem { practices } => {
+                practices.iter().any(|p| p.as_str() == row.practice_ods)
+            }
+            Role::Auditor | Role::Operator => true,
+            Role::Provider { .. } => false,
+        };
+        if !allowed {
+            return Err(forbidden(
+                "only the referring practice's systems may read this referral",
+            ));
+        }
+        Ok(row)
+    }
+    .await;
+    match result {
+        Ok(row) => {
+            let record = ctx.record("allowed", 200, Some(&row.id), serde_json::json!({}));
+            if let Err(e) = gw.store.append_audit(&record).await {
+                tracing::error!(error = %e, "could not record a read in the audit table");
+                return Err(server_error());
+            }
+            Ok(fhir_json(
+                actix_web::http::StatusCode::OK,
+                &response::service_request(&row),
+            ))
+        }
+        Err(r) => {
+            gw.audit_rejection(&ctx, &r).await;
+            Err(r)
+        }
+    }
+}
+
+#[get("/fhir/r4/metadata")]
+async fn metadata() -> impl Responder {
+    fhir_json(
+        actix_web::http::StatusCode::OK,
+        definitions::capability_statement(),
+    )
+}
+
+#[get("/fhir/r4/MessageDefinition")]
+async fn message_definition(gw: web::Data<Gateway>) -> impl Responder {
+    fhir_json(
+        actix_web::http::StatusCode::OK,
+        &definitions::message_definition_bundle(&gw.routing, gw.minimum_age_years),
+    )
+}
+
+#[get("/health/live")]
+async fn live() -> impl Responder {
+    HttpResponse::Ok().json(serde_json::json!({"status": "live"}))
+}
+
+#[get("/health/ready")]
+async fn ready(gw: web::Data<Gateway>) -> impl Responder {
+    match gw.store.ping().await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready", "database": "ok"})),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check: database unreachable");
+            HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({"status": "not ready", "database": "unreachable"}))
+        }
+    }
+}
+
+/// Anything not routed: a FHIR 404, so clients always get an OperationOutcome.
+pub async fn not_found() -> Result<HttpResponse, Rejection> {
+    Err(Issue::new(
+        RecCode::NotFound,
+        IssueType::NotSupported,
+        "no such endpoint",
+    )
+    .into())
+}
+
+/// Registers every intake route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(process_message)
+        .service(read_service_request)
+        .service(metadata)
+        .service(message_definition)
+        .service(live)
+        .service(ready);
+}

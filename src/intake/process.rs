@@ -1,0 +1,385 @@
+//! `$process-message` from an authenticated caller to a decision: validate, check the
+//! caller may refer for the practice, route, pass the consent gate, and store, or
+//! reject with every reason. Every decision leaves an audit record.
+
+use super::RequestIds;
+use crate::auth::{Principal, Role};
+use crate::consent;
+use crate::domain::ReferralReference;
+use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use crate::routing::{RouteDecision, RouteError, Routing};
+use crate::store::{
+    AuditRecord, Inserted, NewReferralRecord, ReferralRow, ReferralStatus, Store, UpdateRecord,
+    Updated,
+};
+use crate::validation::{self, Context, Message, NewReferral, UpdateAction, UpdateRequest};
+use fhir_sdk::time::OffsetDateTime;
+use serde_json::json;
+use std::sync::Arc;
+
+/// The shared, read-only parts of the gateway every request uses.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub store: Arc<dyn Store>,
+    pub routing: Arc<Routing>,
+    pub auth: crate::auth::Authenticator,
+    pub minimum_age_years: u8,
+    pub max_body_bytes: usize,
+}
+
+/// What an accepted message produced, for the response.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub bundle_id: String,
+    pub referral: ReferralRow,
+}
+
+/// Fields every audit record of a request shares.
+pub struct AuditContext<'a> {
+    pub action: &'a str,
+    pub principal: Option<&'a Principal>,
+    pub ids: Option<&'a RequestIds>,
+}
+
+impl AuditContext<'_> {
+    pub fn record(
+        &self,
+        outcome: &str,
+        status: u16,
+        referral_id: Option<&str>,
+        detail: serde_json::Value,
+    ) -> AuditRecord {
+        AuditRecord {
+            at: OffsetDateTime::now_utc(),
+            action: self.action.to_owned(),
+            outcome: outcome.to_owned(),
+            http_status: Some(status),
+            client_id: self.principal.map(|p| p.client_id.clone()),
+            role: self.principal.map(|p| p.role.name().to_owned()),
+            referral_id: referral_id.map(str::to_owned),
+            request_id: self.ids.map(|i| i.request_id.to_string()),
+            correlation_id: self.ids.map(|i| i.correlation_id.to_string()),
+            detail,
+        }
+    }
+}
+
+impl Gateway {
+    /// Records a rejection. A failure to record is logged, and the caller still gets
+    /// the rejection: the audit trail must not turn a 4xx into a 500.
+    pub async fn audit_rejection(&self, ctx: &AuditContext<'_>, rejection: &Rejection) {
+        let record = ctx.record(
+            "rejected",
+            rejection.rec().status().as_u16(),
+            None,
+            json!({ "issues": rejection.summary() }),
+        );
+        if let Err(e) = self.store.append_audit(&record).await {
+            tracing::error!(error = %e, action = ctx.action, "could not record a rejection in the audit table");
+        }
+    }
+
+    /// Handles one `$process-message` body from an authenticated caller.
+    pub async fn process(
+        &self,
+        principal: &Principal,
+        ids: &RequestIds,
+        body: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<Outcome, Rejection> {
+        let mut ctx = AuditContext {
+            action: "referral.message",
+            principal: Some(principal),
+            ids: Some(ids),
+        };
+        let result = self.decide(principal, ids, body, now, &mut ctx).await;
+        if let Err(rejection) = &result {
+            self.audit_rejection(&ctx, rejection).await;
+        }
+        result
+    }
+
+    async fn decide(
+        &self,
+        principal: &Principal,
+        ids: &RequestIds,
+        body: &[u8],
+        now: OffsetDateTime,
+        ctx: &mut AuditContext<'_>,
+    ) -> Result<Outcome, Rejection> {
+        if !matches!(principal.role, Role::GpSystem { .. }) {
+            return Err(Issue::new(
+                RecCode::Forbidden,
+                IssueType::Forbidden,
+                "only GP systems may send referral messages",
+            )
+            .into());
+        }
+        let value = validation::parse_json(body)?;
+        let vctx = Context {
+            now,
+            minimum_age_years: self.minimum_age_years,
+            routing: &self.routing,
+        };
+        let checked = validation::validate(value, &vctx);
+        if let Some(practice) = &checked.practice
+            && !principal.may_refer_for(practice)
+        {
+            // Nothing more is said to a caller that may not refer for this practice.
+            return Err(Issue::new(
+                RecCode::Forbidden,
+                IssueType::Forbidden,
+                "this client may not refer for the requesting GP practice",
+            )
+            .at("ServiceRequest.requester")
+            .into());
+        }
+        match checked.result? {
+            Message::New(referral) => {
+                ctx.action = "referral.new";
+                self.accept(principal, ids, referral, now).await
+            }
+            Message::Update(update) => {
+                ctx.action = match update.action {
+                    UpdateAction::Cancel => "referral.cancel",
+                    UpdateAction::WithdrawConsent => "referral.withdraw-consent",
+                };
+                self.update(principal, ids, update, now).await
+            }
+        }
+    }
+
+    async fn accept(
+        &self,
+        principal: &Principal,
+        ids: &RequestIds,
+        referral: NewReferral,
+        now: OffsetDateTime,
+    ) -> Result<Outcome, Rejection> {
+        let envelope = &referral.envelope;
+        let route = self
+            .routing
+            .route(&envelope.practice, &referral.referral_code)
+            .map_err(|e| Rejection::one(route_issue(&e)))?;
+        let provider = self.routing.provider(&route.provider).ok_or_else(|| {
+            tracing::error!(provider = %route.provider, "routing names a provider it does not define");
+            server_error()
+        })?;
+        let consent = consent::check(&referral.consents, provider, now)
+            .map_err(|issues| Rejection { issues })?;
+        let programme = self
+            .routing
+            .programme(&route.programme)
+            .ok_or_else(server_error)?;
+        let consent_json = serde_json::to_string(&consent).map_err(|_| server_error())?;
+        let message = serde_json::to_string(&referral.bundle).map_err(|_| server_error())?;
+
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut record = NewReferralRecord {
+            id: id.clone(),
+            reference: String::new(),
+            practice_ods: envelope.practice.to_string(),
+            bundle_id: envelope.bundle_id.clone(),
+            programme: route.programme.clone(),
+            locality: route.locality.clone(),
+            provider: route.provider.to_string(),
+            routing_version: route.mapping_version.clone(),
+            referral_code: referral.referral_code.clone(),
+            nhs_number: referral.nhs_number.expose().to_owned(),
+            consent: consent_json,
+            message,
+            source_endpoint: envelope.source_endpoint.clone(),
+            client_id: principal.client_id.clone(),
+            request_id: ids.request_id.to_string(),
+            correlation_id: ids.correlation_id.to_string(),
+            message_header_id: envelope.message_header_id.clone(),
+            sender_identifiers: envelope.sender_identifiers.clone(),
+            delivery_id: uuid::Uuid::new_v4().to_string(),
+            delivery_request_id: uuid::Uuid::new_v4().to_string(),
+            now,
+            audit: AuditContext {
+                action: "referral.new",
+                principal: Some(principal),
+                ids: Some(ids),
+            }
+            .record(
+                "accepted",
+                200,
+                Some(&id),
+                accepted_detail(&route, &consent),
+            ),
+        };
+        // A reference collision is astronomically rare; try a few fresh ones.
+        for _ in 0..5 {
+            record.reference = ReferralReference::generate(&programme.reference_prefix).to_string();
+            match self.store.insert_referral(&record).await {
+                Ok(Inserted::Accepted) => {
+                    tracing::info!(referral_id = %id, provider = %route.provider, programme = %route.programme, "referral accepted");
+                    let referral = self.load(&id).await?;
+                    return Ok(Outcome {
+                        bundle_id: envelope.bundle_id.clone(),
+                        referral,
+                    });
+                }
+                Ok(Inserted::Duplicate) => return Err(duplicate()),
+                Ok(Inserted::ReferenceTaken) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "storing an accepted referral failed");
+                    return Err(server_error());
+                }
+            }
+        }
+        tracing::error!("no free referral reference after 5 tries");
+        Err(server_error())
+    }
+
+    async fn load(&self, id: &str) -> Result<ReferralRow, Rejection> {
+        match self.store.referral(id).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(server_error()),
+            Err(e) => {
+                tracing::error!(error = %e, "reading a referral failed");
+                Err(server_error())
+            }
+        }
+    }
+
+    /// Finds the referral an update names: the gateway's id in `ServiceRequest.id`, or
+    /// one of the sender's identifiers, always within the sending practice.
+    async fn find_for_update(
+        &self,
+        update: &UpdateRequest,
+    ) -> Result<Option<ReferralRow>, Rejection> {
+        let env = &update.envelope;
+        let fail = |e: crate::store::StoreError| {
+            tracing::error!(error = %e, "looking up a referral failed");
+            server_error()
+        };
+        if let Some(id) = env.service_request_id.as_deref()
+            && uuid::Uuid::parse_str(id).is_ok()
+            && let Some(row) = self.store.referral(id).await.map_err(fail)?
+            && row.practice_ods == env.practice.as_str()
+        {
+            return Ok(Some(row));
+        }
+        for (system, value) in &env.sender_identifiers {
+            if let Some(row) = self
+                .store
+                .referral_by_sender_identifier(env.practice.as_str(), system, value)
+                .await
+                .map_err(fail)?
+            {
+                return Ok(Some(row));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn update(
+        &self,
+        principal: &Principal,
+        ids: &RequestIds,
+        update: UpdateRequest,
+        now: OffsetDateTime,
+    ) -> Result<Outcome, Rejection> {
+        let Some(referral) = self.find_for_update(&update).await? else {
+            return Err(Issue::new(
+                RecCode::NotFound,
+                IssueType::NotFound,
+                "no referral from this practice matches the ServiceRequest's id or identifiers",
+            )
+            .at("ServiceRequest")
+            .into());
+        };
+        if let Some(n) = &update.nhs_number
+            && n.expose() != referral.nhs_number
+        {
+            return Err(Issue::business(
+                IssueType::BusinessRule,
+                "Patient.identifier",
+                "the update's Patient is not the patient of the referral it names",
+            )
+            .into());
+        }
+        let (new_status, action) = match update.action {
+            UpdateAction::Cancel => (ReferralStatus::Cancelled, "referral.cancel"),
+            UpdateAction::WithdrawConsent => (
+                ReferralStatus::ConsentWithdrawn,
+                "referral.withdraw-consent",
+            ),
+        };
+        let record = UpdateRecord {
+            referral_id: referral.id.clone(),
+            new_status,
+            request_id: ids.request_id.to_string(),
+            message_header_id: update.envelope.message_header_id.clone(),
+            kind: update.action.name().to_owned(),
+            now,
+            audit: AuditContext {
+                action,
+                principal: Some(principal),
+                ids: Some(ids),
+            }
+            .record(
+                "accepted",
+                200,
+                Some(&referral.id),
+                json!({ "new_status": new_status.as_str() }),
+            ),
+        };
+        match self.store.apply_update(&record).await {
+            Ok(Updated::Applied { stopped, notices }) => {
+                tracing::info!(referral_id = %referral.id, action, stopped, notices, "referral updated");
+                let referral = self.load(&referral.id).await?;
+                Ok(Outcome {
+                    bundle_id: update.envelope.bundle_id.clone(),
+                    referral,
+                })
+            }
+            Ok(Updated::Duplicate) => Err(duplicate()),
+            Ok(Updated::NotActive) => Err(Issue::new(
+                RecCode::Conflict,
+                IssueType::Conflict,
+                "the referral is already cancelled or its consent withdrawn",
+            )
+            .into()),
+            Err(e) => {
+                tracing::error!(error = %e, "applying an update failed");
+                Err(server_error())
+            }
+        }
+    }
+}
+
+fn duplicate() -> Rejection {
+    Issue::new(
+        RecCode::Conflict,
+        IssueType::Duplicate,
+        "this X-Request-Id or MessageHeader.id (or the sender's ServiceRequest identifier) was already accepted; nothing was stored again",
+    )
+    .into()
+}
+
+fn route_issue(e: &RouteError) -> Issue {
+    let at = match e {
+        RouteError::NoProgramme(_) => "ServiceRequest.code",
+        _ => "ServiceRequest.requester",
+    };
+    Issue::new(
+        RecCode::UnprocessableEntity,
+        IssueType::BusinessRule,
+        e.to_string(),
+    )
+    .at(at)
+}
+
+fn accepted_detail(route: &RouteDecision, consent: &consent::ConsentRecord) -> serde_json::Value {
+    json!({
+        "route": route,
+        "consent": {
+            "recipient": consent.recipient,
+            "valid_from": consent.valid_from,
+            "valid_until": consent.valid_until,
+        },
+    })
+}

@@ -1,0 +1,20 @@
+//! thrive-gateway: receives employment support referrals from GP systems as FHIR R4
+//! messages, checks who sent them and whether the patient consented, routes each to
+//! its programme and provider, and stores it for delivery, answering at once.
+//!
+//! The modules follow a referral through the gateway: [`intake`] (HTTP), [`auth`],
+//! [`validation`], [`consent`], [`routing`], [`store`]; with [`config`], [`telemetry`],
+//! [`startup`] and [`cli`] around them.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod consent;
+pub mod domain;
+pub mod intake;
+pub mod outcome;
+pub mod routing;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod validation;

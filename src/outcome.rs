@@ -1,0 +1,303 @@
+//! Errors as GP systems see them: FHIR `OperationOutcome`s with the NHS `REC_*` codes.
+//!
+//! Every rejection anywhere in the pipeline becomes a [`Rejection`]; this module is the
+//! one place that turns it into an HTTP status and a body. Diagnostics are written by
+//! the gateway from fixed phrases and element paths, never copied from the request, so
+//! no patient data can reach a response.
+
+use actix_web::{HttpResponse, ResponseError, http::StatusCode};
+use serde_json::{Value, json};
+use std::fmt;
+
+/// The code system of the NHS HTTP error codes (lower-case `s`, as NHS examples write it).
+pub const HTTP_ERROR_CODES: &str = "https://fhir.nhs.uk/Codesystem/http-error-codes";
+
+/// NHS HTTP error codes (BaRS / spine `REC_*`), each tied to its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RecCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    UnprocessableEntity,
+    ServerError,
+    ServiceUnavailable,
+}
+
+impl RecCode {
+    pub fn status(self) -> StatusCode {
+        match self {
+            RecCode::BadRequest => StatusCode::BAD_REQUEST,
+            RecCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            RecCode::Forbidden => StatusCode::FORBIDDEN,
+            RecCode::NotFound => StatusCode::NOT_FOUND,
+            RecCode::Conflict => StatusCode::CONFLICT,
+            RecCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            RecCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            RecCode::UnprocessableEntity => StatusCode::UNPROCESSABLE_ENTITY,
+            RecCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+            RecCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `REC_*` code. 413 and 415 have no code of their own in the NHS list and are
+    /// reported as bad requests with their own HTTP status.
+    pub fn code(self) -> &'static str {
+        match self {
+            RecCode::BadRequest | RecCode::PayloadTooLarge | RecCode::UnsupportedMediaType => {
+                "REC_BAD_REQUEST"
+            }
+            RecCode::Unauthorized => "REC_UNAUTHORIZED",
+            RecCode::Forbidden => "REC_FORBIDDEN",
+            RecCode::NotFound => "REC_NOT_FOUND",
+            RecCode::Conflict => "REC_CONFLICT",
+            RecCode::UnprocessableEntity => "REC_UNPROCESSABLE_ENTITY",
+            RecCode::ServerError => "REC_SERVER_ERROR",
+            RecCode::ServiceUnavailable => "REC_SERVICE_UNAVAILABLE",
+        }
+    }
+
+    fn display(self) -> &'static str {
+        match self {
+            RecCode::BadRequest | RecCode::PayloadTooLarge | RecCode::UnsupportedMediaType => {
+                "400: The request was not understood"
+            }
+            RecCode::Unauthorized => "401: Not authorised",
+            RecCode::Forbidden => "403: Forbidden",
+            RecCode::NotFound => "404: Not found",
+            RecCode::Conflict => "409: Conflict",
+            RecCode::UnprocessableEntity => "422: Unprocessable entity",
+            RecCode::ServerError => "500: Internal server error",
+            RecCode::ServiceUnavailable => "503: Service unavailable",
+        }
+    }
+}
+
+/// FHIR `IssueType` codes the gateway uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueType {
+    Structure,
+    Required,
+    Value,
+    Invariant,
+    Invalid,
+    Security,
+    Login,
+    Forbidden,
+    NotFound,
+    Duplicate,
+    Conflict,
+    BusinessRule,
+    TooLong,
+    NotSupported,
+    Exception,
+    Transient,
+}
+
+impl IssueType {
+    pub fn code(self) -> &'static str {
+        match self {
+            IssueType::Structure => "structure",
+            IssueType::Required => "required",
+            IssueType::Value => "value",
+            IssueType::Invariant => "invariant",
+            IssueType::Invalid => "invalid",
+            IssueType::Security => "security",
+            IssueType::Login => "login",
+            IssueType::Forbidden => "forbidden",
+            IssueType::NotFound => "not-found",
+            IssueType::Duplicate => "duplicate",
+            IssueType::Conflict => "conflict",
+            IssueType::BusinessRule => "business-rule",
+            IssueType::TooLong => "too-long",
+            IssueType::NotSupported => "not-supported",
+            IssueType::Exception => "exception",
+            IssueType::Transient => "transient",
+        }
+    }
+}
+
+/// One problem found in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Which HTTP class the problem belongs to.
+    pub rec: RecCode,
+    pub code: IssueType,
+    /// FHIRPath of the element at fault, e.g. `Bundle.entry[2].resource.birthDate`.
+    pub expression: Option<String>,
+    /// What is wrong, in the gateway's own words; never request content.
+    pub diagnostics: String,
+}
+
+impl Issue {
+    pub fn new(rec: RecCode, code: IssueType, diagnostics: impl Into<String>) -> Self {
+        Self {
+            rec,
+            code,
+            expression: None,
+            diagnostics: diagnostics.into(),
+        }
+    }
+
+    pub fn at(mut self, expression: impl Into<String>) -> Self {
+        self.expression = Some(expression.into());
+        self
+    }
+
+    /// A structural problem (400).
+    pub fn structure(code: IssueType, expression: impl Into<String>, d: impl Into<String>) -> Self {
+        Self::new(RecCode::BadRequest, code, d).at(expression)
+    }
+
+    /// A business-rule problem (422).
+    pub fn business(code: IssueType, expression: impl Into<String>, d: impl Into<String>) -> Self {
+        Self::new(RecCode::UnprocessableEntity, code, d).at(expression)
+    }
+}
+
+/// A request the gateway will not act on, with every problem found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub issues: Vec<Issue>,
+}
+
+impl Rejection {
+    pub fn one(issue: Issue) -> Self {
+        Self {
+            issues: vec![issue],
+        }
+    }
+
+    pub fn from_issues(issues: Vec<Issue>) -> Option<Self> {
+        if issues.is_empty() {
+            None
+        } else {
+            Some(Self { issues })
+        }
+    }
+
+    /// The answer's status: the first class present in the order that tells the caller
+    /// most (a malformed message before a business rule).
+    pub fn rec(&self) -> RecCode {
+        const ORDER: [RecCode; 10] = [
+            RecCode::ServerError,
+            RecCode::ServiceUnavailable,
+            RecCode::Unauthorized,
+            RecCode::UnsupportedMediaType,
+            RecCode::PayloadTooLarge,
+            RecCode::Forbidden,
+            RecCode::BadRequest,
+            RecCode::NotFound,
+            RecCode::Conflict,
+            RecCode::UnprocessableEntity,
+        ];
+        ORDER
+            .into_iter()
+            .find(|r| self.issues.iter().any(|i| i.rec == *r))
+            .unwrap_or(RecCode::ServerError)
+    }
+
+    /// Stable, value-free summary for audit records: `code@expression` per issue.
+    pub fn summary(&self) -> Vec<String> {
+        self.issues
+            .iter()
+            .map(|i| match &i.expression {
+                Some(e) => format!("{}:{}@{}", i.rec.code(), i.code.code(), e),
+                None => format!("{}:{}", i.rec.code(), i.code.code()),
+            })
+            .collect()
+    }
+
+    /// The `OperationOutcome` body.
+    pub fn to_operation_outcome(&self) -> Value {
+        let issues: Vec<Value> = self
+            .issues
+            .iter()
+            .map(|i| {
+                let mut issue = json!({
+                    "severity": "error",
+                    "code": i.code.code(),
+                    "details": {"coding": [{
+                        "system": HTTP_ERROR_CODES,
+                        "code": i.rec.code(),
+                        "display": i.rec.display(),
+                    }]},
+                    "diagnostics": i.diagnostics,
+                });
+                if let Some(e) = &i.expression {
+                    issue["expression"] = json!([e]);
+                }
+                issue
+            })
+            .collect();
+        json!({
+            "resourceType": "OperationOutcome",
+            "id": uuid::Uuid::new_v4().to_string(),
+            "meta": {"profile": ["https://fhir.hl7.org.uk/StructureDefinition/UKCore-OperationOutcome"]},
+            "issue": issues,
+        })
+    }
+}
+
+impl From<Issue> for Rejection {
+    fn from(issue: Issue) -> Self {
+        Self::one(issue)
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} issues)", self.rec().code(), self.issues.len())
+    }
+}
+
+impl ResponseError for Rejection {
+    fn status_code(&self) -> StatusCode {
+        self.rec().status()
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut builder = HttpResponse::build(self.status_code());
+        builder.content_type("application/fhir+json");
+        if self.rec() == RecCode::Unauthorized {
+            builder.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        builder.json(self.to_operation_outcome())
+    }
+}
+
+/// Internal failures (database down, a bug): the caller gets a plain 500 with no detail;
+/// the detail goes to the log by the caller of this function.
+pub fn server_error() -> Rejection {
+    Rejection::one(Issue::new(
+        RecCode::ServerError,
+        IssueType::Exception,
+        "the gateway could not complete the request; nothing was stored, and it is safe to send again",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_follows_the_most_telling_class() {
+        let r = Rejection {
+            issues: vec![
+                Issue::business(IssueType::Value, "a", "x"),
+                Issue::structure(IssueType::Required, "b", "y"),
+            ],
+        };
+        assert_eq!(r.rec(), RecCode::BadRequest);
+        let body = r.to_operation_outcome();
+        assert_eq!(body["issue"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            body["issue"][0]["details"]["coding"][0]["code"],
+            "REC_UNPROCESSABLE_ENTITY"
+        );
+        assert_eq!(body["issue"][1]["expression"][0], "b");
+    }
+}

@@ -1,0 +1,162 @@
+//! Builds the running gateway: settings in, a bound server out. Tests start it on
+//! port 0 and read the bound address back.
+
+use crate::auth::{AuthSetupError, Authenticator};
+use crate::config::Settings;
+use crate::intake::{self, CORRELATION_ID, Gateway, REQUEST_ID};
+use crate::routing::{MappingError, Routing};
+use crate::store::{self, StoreError};
+use actix_web::{
+    App, HttpMessage, HttpServer,
+    body::MessageBody,
+    dev::{Server, ServiceRequest, ServiceResponse},
+    http::header::HeaderName,
+    middleware::Next,
+    web,
+};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+use tracing::Instrument;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthSetupError),
+    #[error("mappings: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Mappings(Vec<MappingError>),
+    #[error("cannot listen on {bind}: {source}")]
+    Bind {
+        bind: String,
+        source: std::io::Error,
+    },
+}
+
+/// A gateway bound to its address, ready to run.
+pub struct Application {
+    address: SocketAddr,
+    server: Server,
+    gateway: Gateway,
+}
+
+impl Application {
+    /// Connects the store (applying migrations), loads keys and mappings, and binds.
+    pub async fn build(settings: &Settings, production: bool) -> Result<Self, StartupError> {
+        if production && settings.dev.signing_key_file.is_some() {
+            return Err(AuthSetupError::DevSigningInProduction.into());
+        }
+        let auth = Authenticator::from_settings(&settings.auth, production).await?;
+        let routing = Routing::load(&settings.mappings.dir).map_err(StartupError::Mappings)?;
+        let store = store::connect(&settings.database).await?;
+        let gateway = Gateway {
+            store,
+            routing: Arc::new(routing),
+            auth,
+            minimum_age_years: settings.referral.minimum_age_years,
+            max_body_bytes: settings.server.max_body_bytes,
+        };
+        let listener = std::net::TcpListener::bind(&settings.server.bind).map_err(|source| {
+            StartupError::Bind {
+                bind: settings.server.bind.clone(),
+                source,
+            }
+        })?;
+        let address = listener.local_addr().map_err(|source| StartupError::Bind {
+            bind: settings.server.bind.clone(),
+            source,
+        })?;
+        let data = web::Data::new(gateway.clone());
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(actix_web::middleware::from_fn(request_context))
+                .configure(intake::configure)
+                .default_service(web::to(intake::not_found))
+        })
+        .shutdown_timeout(30);
+        if let Some(workers) = settings.server.workers {
+            server = server.workers(workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                bind: settings.server.bind.clone(),
+                source,
+            })?
+            .run();
+        Ok(Self {
+            address,
+            server,
+            gateway,
+        })
+    }
+
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The shared state, for tests and tools that inspect the store directly.
+    pub fn gateway(&self) -> &Gateway {
+        &self.gateway
+    }
+
+    /// Runs until stopped (SIGINT/SIGTERM: in-flight requests finish first).
+    pub async fn run(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}
+
+/// One span per request with its request id; echoes `X-Request-Id` and
+/// `X-Correlation-Id` on every response, errors included.
+async fn request_context(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let header = |name: &str| req.headers().get(name).cloned();
+    let request_id = header(REQUEST_ID);
+    let correlation_id = header(CORRELATION_ID);
+    // Only a well-formed UUID goes into the log; anything else could be arbitrary text.
+    let log_id = request_id
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| uuid::Uuid::parse_str(v.trim()).ok())
+        .unwrap_or_else(uuid::Uuid::new_v4);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %log_id,
+        method = %req.method(),
+        route = tracing::field::Empty,
+    );
+    req.extensions_mut().insert(log_id);
+    let started = Instant::now();
+    let result = next.call(req).instrument(span.clone()).await;
+    let _enter = span.enter();
+    match result {
+        Ok(mut res) => {
+            let route = res
+                .request()
+                .match_pattern()
+                .unwrap_or_else(|| "(unmatched)".into());
+            span.record("route", route.as_str());
+            for (name, value) in [(REQUEST_ID, request_id), (CORRELATION_ID, correlation_id)] {
+                if let Some(value) = value.filter(|v| v.to_str().is_ok_and(|s| s.len() <= 128)) {
+                    res.headers_mut()
+                        .insert(HeaderName::from_static(name), value);
+                }
+            }
+            tracing::info!(
+                status = res.status().as_u16(),
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request finished"
+            );
+            Ok(res)
+        }
+        Err(e) => {
+            tracing::warn!(
+                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request failed"
+            );
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Storage: the only module that speaks SQL.
+//!
+//! One [`Store`] interface with two implementations, embedded SQLite (the default) and
+//! PostgreSQL (production, several replicas), proven by one conformance suite. Every
+//! state change that belongs together (a referral, its consent, routing decision,
+//! message id, queued delivery and decision record) is written in one transaction.
+
+mod sql;
+
+use async_trait::async_trait;
+use fhir_sdk::time::OffsetDateTime;
+use secrecy::ExposeSecret;
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use crate::config::{Backend, DatabaseSettings};
+
+pub use sql::{PostgresStore, SqliteStore};
+
+/// Failures of the database itself. Never shown to callers (they get a plain 500).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is not in the expected form: {0}")]
+    Corrupt(String),
+}
+
+/// Referral lifecycle as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferralStatus {
+    Active,
+    Cancelled,
+    ConsentWithdrawn,
+}
+
+impl ReferralStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReferralStatus::Active => "active",
+            ReferralStatus::Cancelled => "cancelled",
+            ReferralStatus::ConsentWithdrawn => "consent-withdrawn",
+        }
+    }
+}
+
+impl FromStr for ReferralStatus {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(Self::Active),
+            "cancelled" => Ok(Self::Cancelled),
+            "consent-withdrawn" => Ok(Self::ConsentWithdrawn),
+            other => Err(StoreError::Corrupt(format!("referral status `{other}`"))),
+        }
+    }
+}
+
+/// One decision for the audit table. Holds ids, codes and paths, never patient data.
+#[derive(Debug, Clone)]
+pub struct AuditRecord {
+    pub at: OffsetDateTime,
+    /// e.g. `referral.new`, `referral.cancel`, `referral.read`.
+    pub action: String,
+    /// `accepted`, `rejected`, `allowed`, `denied`.
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub client_id: Option<String>,
+    pub role: Option<String>,
+    pub referral_id: Option<String>,
+    pub request_id: Option<String>,
+    pub correlation_id: Option<String>,
+    /// JSON object: routing decision, consent summary, rejection codes and paths.
+    pub detail: serde_json::Value,
+}
+
+/// A stored audit record.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AuditRow {
+    pub id: i64,
+    pub recorded_at: OffsetDateTime,
+    pub action: String,
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub client_id: Option<String>,
+    pub role: Option<String>,
+    pub referral_id: Option<String>,
+    pub request_id: Option<String>,
+    pub correlation_id: Option<String>,
+    pub detail: String,
+}
+
+/// Everything written when a referral is accepted.
+#[derive(Debug, Clone)]
+pub struct NewReferralRecord {
+    pub id: String,
+    pub reference: String,
+    pub practice_ods: String,
+    pub bundle_id: String,
+    pub programme: String,
+    pub locality: String,
+    pub provider: String,
+    pub routing_version: String,
+    pub referral_code: String,
+    pub nhs_number: String,
+    /// JSON of the accepted [`crate::consent::ConsentRecord`].
+    pub consent: String,
+    /// The message as received.
+    pub message: String,
+    pub source_endpoint: String,
+    pub client_id: String,
+    pub request_id: String,
+    pub correlation_id: String,
+    pub message_header_id: String,
+    pub sender_identifiers: Vec<(String, String)>,
+    /// The queued delivery's id and its stable `X-Request-Id` towards the provider.
+    pub delivery_id: String,
+    pub delivery_request_id: String,
+    pub now: OffsetDateTime,
+    pub audit: AuditRecord,
+}
+
+/// What happened to an insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    Accepted,
+    /// The request id, MessageHeader id or sender's ServiceRequest identifier was
+    /// already accepted: nothing was written.
+    Duplicate,
+    /// The generated reference collided; the caller picks another.
+    ReferenceTaken,
+}
+
+/// A stored referral as the gateway reads it back.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReferralRow {
+    pub id: String,
+    pub reference: String,
+    pub practice_ods: String,
+    pub bundle_id: String,
+    pub status: String,
+    pub programme: String,
+    pub locality: String,
+    pub provider: String,
+    pub routing_version: String,
+    pub referral_code: String,
+    pub nhs_number: String,
+    pub consent: String,
+    pub source_endpoint: String,
+    pub client_id: String,
+    pub correlation_id: String,
+    pub created_at: OffsetDateTime,
+    pub updated_at: OffsetDateTime,
+}
+
+impl ReferralRow {
+    pub fn status(&self) -> Result<ReferralStatus, StoreError> {
+        self.status.parse()
+    }
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DeliveryRow {
+    pub id: String,
+    pub referral_id: String,
+    pub provider: String,
+    pub kind: String,
+    pub state: String,
+    pub request_id: String,
+    pub attempts: i32,
+}
+
+/// A cancellation or consent withdrawal to apply.
+#[derive(Debug, Clone)]
+pub struct UpdateRecord {
+    pub referral_id: String,
+    pub new_status: ReferralStatus,
+    pub request_id: String,
+    pub message_header_id: String,
+    /// `cancel` or `withdraw-consent`.
+    pub kind: String,
+    pub now: OffsetDateTime,
+    pub audit: AuditRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Updated {
+    /// Applied: undelivered deliveries were cancelled (`stopped`), and a notice was
+    /// queued for each provider that already had the referral (`notices`).
+    Applied { stopped: u64, notices: u64 },
+    /// The referral is no longer active: nothing was written.
+    NotActive,
+    /// This request id or MessageHeader id was already accepted: nothing was written.
+    Duplicate,
+}
+
+/// The storage interface; see the module comment.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Applies pending migrations.
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Cheap reachability check for `/health/ready`.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Writes an accepted referral with everything that belongs to it, atomically.
+    async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError>;
+    async fn referral(&self, id: &str) -> Result<Option<ReferralRow>, StoreError>;
+    /// The referral a practice's system knows by one of its own identifiers.
+    async fn referral_by_sender_identifier(
+        &self,
+        practice_ods: &str,
+        system: &str,
+        value: &str,
+    ) -> Result<Option<ReferralRow>, StoreError>;
+    /// Cancels or withdraws, atomically and only while the referral is active.
+    async fn apply_update(&self, u: &UpdateRecord) -> Result<Updated, StoreError>;
+    async fn deliveries_for(&self, referral_id: &str) -> Result<Vec<DeliveryRow>, StoreError>;
+    /// Appends a decision record on its own (rejections: nothing else is written).
+    async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError>;
+    /// Audit records in order, oldest first, after `after_id`.
+    async fn audit_after(&self, after_id: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
+    /// How many referrals are stored (all states).
+    async fn count_referrals(&self) -> Result<i64, StoreError>;
+}
+
+/// Opens the database `settings.database.url` names (creating an SQLite file and its
+/// folder on first start) and applies migrations.
+pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, StoreError> {
+    let url = settings.url.expose_secret();
+    let store: Arc<dyn Store> = match settings
+        .backend()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?
+    {
+        Backend::Sqlite => {
+            use sqlx::sqlite::{
+                SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+            };
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // FULL: a commit survives power loss, not only a process crash.
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_millis(settings.sqlite_busy_timeout_ms));
+            if let Some(parent) = options.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| {
+                    StoreError::Corrupt(format!("cannot create database folder: {e}"))
+                })?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(settings.max_connections)
+                .connect_with(options)
+                .await?;
+            Arc::new(SqliteStore::new(pool))
+        }
+        Backend::Postgres => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
+            Arc::new(PostgresStore::new(pool))
+        }
+    };
+    store.migrate().await?;
+    Ok(store)
+}

@@ -1,0 +1,358 @@
+//! The SQL both engines share. The statements are written once in the common dialect
+//! (numbered `$n` parameters, `RETURNING`, standard types bound from Rust), and the
+//! macro below stamps out the [`Store`] implementation for each pool type. Where the
+//! engines must differ (migrations, locking), each implementation says so itself.
+
+use super::{
+    AuditRecord, AuditRow, DeliveryRow, Inserted, NewReferralRecord, ReferralRow, ReferralStatus,
+    Store, StoreError, UpdateRecord, Updated,
+};
+use async_trait::async_trait;
+
+/// Embedded SQLite (WAL, synchronous FULL).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: sqlx::SqlitePool,
+}
+
+/// PostgreSQL, shared by several gateway processes.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: sqlx::PgPool,
+}
+
+impl SqliteStore {
+    pub fn new(pool: sqlx::SqlitePool) -> Self {
+        Self { pool }
+    }
+}
+
+impl PostgresStore {
+    pub fn new(pool: sqlx::PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+/// Which unique rule a failed insert broke.
+enum Conflict {
+    Reference,
+    Other,
+}
+
+fn unique_violation(e: &sqlx::Error) -> Option<Conflict> {
+    let sqlx::Error::Database(db) = e else {
+        return None;
+    };
+    if !db.is_unique_violation() {
+        return None;
+    }
+    let on_reference = db.constraint() == Some("referrals_reference_key")
+        || db.message().contains("referrals.reference");
+    Some(if on_reference {
+        Conflict::Reference
+    } else {
+        Conflict::Other
+    })
+}
+
+/// The columns of [`ReferralRow`], spelled once.
+macro_rules! referral_columns {
+    () => {
+        "id, reference, practice_ods, bundle_id, status, programme, locality, provider, \
+         routing_version, referral_code, nhs_number, consent, source_endpoint, client_id, \
+         correlation_id, created_at, updated_at"
+    };
+}
+
+const INSERT_AUDIT: &str = "INSERT INTO audit_events (recorded_at, action, outcome, http_status, \
+     client_id, role, referral_id, request_id, correlation_id, detail) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+
+macro_rules! sql_store {
+    ($store:ty, $db:ty, $migrations:literal) => {
+        impl $store {
+            async fn write_audit<'e, E>(executor: E, a: &AuditRecord) -> Result<(), sqlx::Error>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                sqlx::query(INSERT_AUDIT)
+                    .bind(a.at)
+                    .bind(&a.action)
+                    .bind(&a.outcome)
+                    .bind(a.http_status.map(i32::from))
+                    .bind(&a.client_id)
+                    .bind(&a.role)
+                    .bind(&a.referral_id)
+                    .bind(&a.request_id)
+                    .bind(&a.correlation_id)
+                    .bind(a.detail.to_string())
+                    .execute(executor)
+                    .await
+                    .map(|_| ())
+            }
+
+            async fn insert_referral_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                r: &NewReferralRecord,
+            ) -> Result<(), sqlx::Error> {
+                sqlx::query(
+                    "INSERT INTO referrals (id, reference, practice_ods, bundle_id, status, \
+                     programme, locality, provider, routing_version, referral_code, nhs_number, \
+                     consent, message, source_endpoint, client_id, correlation_id, created_at, \
+                     updated_at) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8, $9, $10, $11, \
+                     $12, $13, $14, $15, $16, $16)",
+                )
+                .bind(&r.id)
+                .bind(&r.reference)
+                .bind(&r.practice_ods)
+                .bind(&r.bundle_id)
+                .bind(&r.programme)
+                .bind(&r.locality)
+                .bind(&r.provider)
+                .bind(&r.routing_version)
+                .bind(&r.referral_code)
+                .bind(&r.nhs_number)
+                .bind(&r.consent)
+                .bind(&r.message)
+                .bind(&r.source_endpoint)
+                .bind(&r.client_id)
+                .bind(&r.correlation_id)
+                .bind(r.now)
+                .execute(&mut **tx)
+                .await?;
+                for (system, value) in &r.sender_identifiers {
+                    sqlx::query(
+                        "INSERT INTO referral_identifiers (practice_ods, system, value, referral_id) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(&r.practice_ods)
+                    .bind(system)
+                    .bind(value)
+                    .bind(&r.id)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                sqlx::query(
+                    "INSERT INTO messages (request_id, message_header_id, referral_id, kind, received_at) \
+                     VALUES ($1, $2, $3, 'new', $4)",
+                )
+                .bind(&r.request_id)
+                .bind(&r.message_header_id)
+                .bind(&r.id)
+                .bind(r.now)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO deliveries (id, referral_id, provider, kind, state, request_id, \
+                     attempts, next_attempt_at, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 'referral', 'queued', $4, 0, $5, $5, $5)",
+                )
+                .bind(&r.delivery_id)
+                .bind(&r.id)
+                .bind(&r.provider)
+                .bind(&r.delivery_request_id)
+                .bind(r.now)
+                .execute(&mut **tx)
+                .await?;
+                Self::write_audit(&mut **tx, &r.audit).await
+            }
+
+            async fn apply_update_tx(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                u: &UpdateRecord,
+            ) -> Result<Option<Updated>, sqlx::Error> {
+                sqlx::query(
+                    "INSERT INTO messages (request_id, message_header_id, referral_id, kind, received_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(&u.request_id)
+                .bind(&u.message_header_id)
+                .bind(&u.referral_id)
+                .bind(&u.kind)
+                .bind(u.now)
+                .execute(&mut **tx)
+                .await?;
+                let changed = sqlx::query(
+                    "UPDATE referrals SET status = $1, updated_at = $2 \
+                     WHERE id = $3 AND status = 'active'",
+                )
+                .bind(u.new_status.as_str())
+                .bind(u.now)
+                .bind(&u.referral_id)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    return Ok(None);
+                }
+                let stopped = sqlx::query(
+                    "UPDATE deliveries SET state = 'cancelled', updated_at = $1 \
+                     WHERE referral_id = $2 AND kind = 'referral' AND state = 'queued'",
+                )
+                .bind(u.now)
+                .bind(&u.referral_id)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                let notice_kind = match u.new_status {
+                    ReferralStatus::ConsentWithdrawn => "withdrawal",
+                    _ => "cancellation",
+                };
+                let delivered: Vec<(String,)> = sqlx::query_as(
+                    "SELECT provider FROM deliveries \
+                     WHERE referral_id = $1 AND kind = 'referral' AND state = 'delivered'",
+                )
+                .bind(&u.referral_id)
+                .fetch_all(&mut **tx)
+                .await?;
+                for (provider,) in &delivered {
+                    sqlx::query(
+                        "INSERT INTO deliveries (id, referral_id, provider, kind, state, request_id, \
+                         attempts, next_attempt_at, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, 'queued', $5, 0, $6, $6, $6)",
+                    )
+                    .bind(uuid::Uuid::new_v4().to_string())
+                    .bind(&u.referral_id)
+                    .bind(provider)
+                    .bind(notice_kind)
+                    .bind(uuid::Uuid::new_v4().to_string())
+                    .bind(u.now)
+                    .execute(&mut **tx)
+                    .await?;
+                }
+                Self::write_audit(&mut **tx, &u.audit).await?;
+                Ok(Some(Updated::Applied {
+                    stopped,
+                    notices: delivered.len() as u64,
+                }))
+            }
+        }
+
+        #[async_trait]
+        impl Store for $store {
+            async fn migrate(&self) -> Result<(), StoreError> {
+                sqlx::migrate!($migrations).run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                match Self::insert_referral_tx(&mut tx, r).await {
+                    Ok(()) => {
+                        tx.commit().await?;
+                        Ok(Inserted::Accepted)
+                    }
+                    Err(e) => {
+                        tx.rollback().await?;
+                        match unique_violation(&e) {
+                            Some(Conflict::Reference) => Ok(Inserted::ReferenceTaken),
+                            Some(Conflict::Other) => Ok(Inserted::Duplicate),
+                            None => Err(e.into()),
+                        }
+                    }
+                }
+            }
+
+            async fn referral(&self, id: &str) -> Result<Option<ReferralRow>, StoreError> {
+                let row = sqlx::query_as::<_, ReferralRow>(concat!(
+                    "SELECT ",
+                    referral_columns!(),
+                    " FROM referrals WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row)
+            }
+
+            async fn referral_by_sender_identifier(
+                &self,
+                practice_ods: &str,
+                system: &str,
+                value: &str,
+            ) -> Result<Option<ReferralRow>, StoreError> {
+                let row = sqlx::query_as::<_, ReferralRow>(concat!(
+                    "SELECT ",
+                    referral_columns!(),
+                    " FROM referrals WHERE id = (SELECT referral_id FROM referral_identifiers \
+                     WHERE practice_ods = $1 AND system = $2 AND value = $3)"
+                ))
+                .bind(practice_ods)
+                .bind(system)
+                .bind(value)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row)
+            }
+
+            async fn apply_update(&self, u: &UpdateRecord) -> Result<Updated, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                match Self::apply_update_tx(&mut tx, u).await {
+                    Ok(Some(done)) => {
+                        tx.commit().await?;
+                        Ok(done)
+                    }
+                    Ok(None) => {
+                        tx.rollback().await?;
+                        Ok(Updated::NotActive)
+                    }
+                    Err(e) => {
+                        tx.rollback().await?;
+                        match unique_violation(&e) {
+                            Some(_) => Ok(Updated::Duplicate),
+                            None => Err(e.into()),
+                        }
+                    }
+                }
+            }
+
+            async fn deliveries_for(&self, referral_id: &str) -> Result<Vec<DeliveryRow>, StoreError> {
+                let rows = sqlx::query_as::<_, DeliveryRow>(
+                    "SELECT id, referral_id, provider, kind, state, request_id, attempts \
+                     FROM deliveries WHERE referral_id = $1 ORDER BY created_at, id",
+                )
+                .bind(referral_id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
+
+            async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError> {
+                Self::write_audit(&self.pool, a).await?;
+                Ok(())
+            }
+
+            async fn audit_after(&self, after_id: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+                let rows = sqlx::query_as::<_, AuditRow>(
+                    "SELECT id, recorded_at, action, outcome, http_status, client_id, role, \
+                     referral_id, request_id, correlation_id, detail \
+                     FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2",
+                )
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
+
+            async fn count_referrals(&self) -> Result<i64, StoreError> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM referrals")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(n)
+            }
+        }
+    };
+}
+
+sql_store!(SqliteStore, sqlx::Sqlite, "src/store/migrations/sqlite");
+sql_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    "src/store/migrations/postgres"
+);

@@ -1,0 +1,619 @@
+//! Validation: from a request body to a typed message the rest of the pipeline can
+//! trust, or every problem found, each with the FHIRPath of the element at fault.
+//!
+//! The body is read once as JSON (bounded depth), every entry is read into its
+//! `fhir-sdk` R4 model (so FHIR datatypes and required elements are checked by the
+//! models), references are resolved inside the bundle, and then the gateway's own
+//! MessageDefinition rules are applied. No diagnostic ever quotes a value from the
+//! request.
+
+mod bundle;
+mod dates;
+
+pub use bundle::{EntryIndex, ParsedBundle};
+pub use dates::{lower_bound, upper_bound};
+
+use crate::consent::ConsentFacts;
+use crate::domain::{NHS_NUMBER_SYSTEM, NhsNumber, NhsNumberError, OdsCode};
+use crate::outcome::{Issue, IssueType, RecCode, Rejection};
+use crate::routing::Routing;
+use bundle::Typed;
+use fhir_sdk::r4b::{
+    codes::{ConsentState, RequestIntent, RequestStatus},
+    resources::MessageHeaderEvent,
+    types::{CodeableConcept, Identifier, Reference},
+};
+use fhir_sdk::time::{Date, OffsetDateTime};
+
+pub const SNOMED: &str = "http://snomed.info/sct";
+pub const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
+pub const MESSAGE_REASONS: &str = "https://fhir.nhs.uk/CodeSystem/message-reason-bars";
+
+/// What validation needs from outside the request.
+pub struct Context<'a> {
+    pub now: OffsetDateTime,
+    pub minimum_age_years: u8,
+    pub routing: &'a Routing,
+}
+
+/// Facts every message carries.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// `Bundle.id`: echoed as `response.identifier`.
+    pub bundle_id: String,
+    /// `MessageHeader.id`: a repeat is a duplicate.
+    pub message_header_id: String,
+    /// The referring GP practice, canonical ODS code.
+    pub practice: OdsCode,
+    /// `MessageHeader.source.endpoint`: where asynchronous answers go.
+    pub source_endpoint: String,
+    /// `(system, value)` of the sender's own ServiceRequest identifiers.
+    pub sender_identifiers: Vec<(String, String)>,
+    /// The sender's `ServiceRequest.id`, which may be the gateway's referral id.
+    pub service_request_id: Option<String>,
+}
+
+/// A valid new referral, still holding identified data: only the store and (later)
+/// the mapping stage may see it.
+#[derive(Debug, Clone)]
+pub struct NewReferral {
+    pub envelope: Envelope,
+    pub nhs_number: NhsNumber,
+    /// SNOMED CT code of the referral (selects the programme).
+    pub referral_code: String,
+    /// Consents about the bundle's Patient, for the consent gate.
+    pub consents: Vec<ConsentFacts>,
+    /// The whole message as received, for delivery.
+    pub bundle: serde_json::Value,
+}
+
+/// What a `reason` `update` message asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateAction {
+    /// `ServiceRequest.status` `revoked` or `entered-in-error`.
+    Cancel,
+    /// A `Consent` with status `inactive` or `rejected`.
+    WithdrawConsent,
+}
+
+impl UpdateAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            UpdateAction::Cancel => "cancel",
+            UpdateAction::WithdrawConsent => "withdraw-consent",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct UpdateRequest {
+    pub envelope: Envelope,
+    pub action: UpdateAction,
+    /// Present when the update names the patient, to check it is the same person.
+    pub nhs_number: Option<NhsNumber>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Message {
+    New(NewReferral),
+    Update(UpdateRequest),
+}
+
+impl Message {
+    pub fn envelope(&self) -> &Envelope {
+        match self {
+            Message::New(n) => &n.envelope,
+            Message::Update(u) => &u.envelope,
+        }
+    }
+}
+
+/// The outcome of the first pass: the practice is known (so the caller can check the
+/// client may refer for it) but the message may still have problems.
+pub struct Checked {
+    pub practice: Option<OdsCode>,
+    pub result: Result<Message, Rejection>,
+}
+
+/// Reads the body as JSON. Syntax errors report line and column only.
+pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, Rejection> {
+    serde_json::from_slice(body).map_err(|e| {
+        let what = if e.to_string().contains("recursion limit") {
+            "the JSON is nested too deeply".to_owned()
+        } else {
+            format!(
+                "the body is not valid JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            )
+        };
+        Rejection::one(Issue::new(RecCode::BadRequest, IssueType::Structure, what))
+    })
+}
+
+/// Validates a parsed body against the gateway's MessageDefinition.
+pub fn validate(value: serde_json::Value, ctx: &Context<'_>) -> Checked {
+    let parsed = match ParsedBundle::parse(&value) {
+        Ok(p) => p,
+        Err(r) => {
+            return Checked {
+                practice: None,
+                result: Err(r),
+            };
+        }
+    };
+    let mut v = Validator {
+        b: &parsed,
+        issues: parsed.issues.clone(),
+        ctx,
+    };
+    let focus = v.focus_index();
+    let practice = focus.and_then(|sr| v.practice(sr));
+    let message = v.message(focus, practice.clone());
+    let result = match (Rejection::from_issues(v.issues), message) {
+        (Some(r), _) => Err(r),
+        (None, Some(mut m)) => {
+            if let Message::New(n) = &mut m {
+                n.bundle = value;
+            }
+            Ok(m)
+        }
+        (None, None) => Err(Rejection::one(Issue::new(
+            RecCode::BadRequest,
+            IssueType::Structure,
+            "the message could not be read as a referral",
+        ))),
+    };
+    Checked { practice, result }
+}
+
+struct Validator<'a> {
+    b: &'a ParsedBundle,
+    issues: Vec<Issue>,
+    ctx: &'a Context<'a>,
+}
+
+fn path(entry: EntryIndex, rest: &str) -> String {
+    if rest.is_empty() {
+        format!("Bundle.entry[{}].resource", entry.0)
+    } else {
+        format!("Bundle.entry[{}].resource.{rest}", entry.0)
+    }
+}
+
+fn codes_in<'c>(cc: &'c CodeableConcept, system: &'c str) -> impl Iterator<Item = &'c str> + 'c {
+    cc.coding
+        .iter()
+        .flatten()
+        .filter(move |c| c.system.as_deref() == Some(system))
+        .filter_map(|c| c.code.as_deref())
+}
+
+fn identifier_pairs(ids: &[Option<Identifier>]) -> Vec<(String, String)> {
+    ids.iter()
+        .flatten()
+        .filter_map(|i| Some((i.system.clone()?, i.value.clone()?)))
+        .collect()
+}
+
+impl Validator<'_> {
+    fn push(&mut self, issue: Issue) {
+        self.issues.push(issue);
+    }
+
+    /// Resolves a literal reference; reports it at `at` when it is absent or points
+    /// elsewhere than one of `types`.
+    fn resolve(
+        &mut self,
+        reference: Option<&Reference>,
+        at: String,
+        types: &[&str],
+        what: &str,
+    ) -> Option<EntryIndex> {
+        let Some(r) = reference.and_then(|r| r.reference.as_deref()) else {
+            self.push(Issue::structure(
+                IssueType::Required,
+                at,
+                format!("{what} is required as a reference to a resource in the bundle"),
+            ));
+            return None;
+        };
+        // Unresolvable references were already reported by the bundle pass.
+        let idx = self.b.resolve(r)?;
+        let rt = self.b.resource_type(idx);
+        if types.contains(&rt) {
+            Some(idx)
+        } else {
+            self.push(Issue::structure(
+                IssueType::Invalid,
+                format!("{at}.reference"),
+                format!("{what} must reference a {}, not a {rt}", types.join(" or ")),
+            ));
+            None
+        }
+    }
+
+    /// The referring practice: requester -> PractitionerRole.organization or
+    /// Organization, else MessageHeader.sender.
+    fn practice(&mut self, sr_idx: EntryIndex) -> Option<OdsCode> {
+        let Typed::ServiceRequest(sr) = self.b.typed(sr_idx) else {
+            return None;
+        };
+        let requester = self.resolve(
+            sr.requester.as_ref(),
+            path(sr_idx, "requester"),
+            &["PractitionerRole", "Practitioner", "Organization"],
+            "ServiceRequest.requester",
+        )?;
+        let org = match self.b.typed(requester) {
+            Typed::Organization(_) => Some(requester),
+            Typed::PractitionerRole(role) => self.resolve(
+                role.organization.as_ref(),
+                path(requester, "organization"),
+                &["Organization"],
+                "PractitionerRole.organization (the GP practice)",
+            ),
+            _ => {
+                let Typed::MessageHeader(h) = self.b.typed(EntryIndex(0)) else {
+                    return None;
+                };
+                self.resolve(
+                    h.sender.as_ref(),
+                    path(EntryIndex(0), "sender"),
+                    &["Organization"],
+                    "MessageHeader.sender (the GP practice)",
+                )
+            }
+        }?;
+        let Typed::Organization(o) = self.b.typed(org) else {
+            return None;
+        };
+        let found = o.identifier.iter().enumerate().find_map(|(k, i)| {
+            let i = i.as_ref()?;
+            OdsCode::is_ods_system(i.system.as_deref()?).then_some((k, i.value.as_deref()))
+        });
+        match found {
+            Some((k, Some(v))) => match OdsCode::parse(v) {
+                Ok(code) => Some(code),
+                Err(e) => {
+                    self.push(Issue::structure(
+                        IssueType::Value,
+                        path(org, &format!("identifier[{k}].value")),
+                        e.to_string(),
+                    ));
+                    None
+                }
+            },
+            _ => {
+                self.push(Issue::structure(
+                    IssueType::Required,
+                    path(org, "identifier"),
+                    "the GP practice Organization needs an ODS code identifier (https://fhir.nhs.uk/Id/ods-organization-code)",
+                ));
+                None
+            }
+        }
+    }
+
+    /// The index of the ServiceRequest in `MessageHeader.focus`.
+    fn focus_index(&mut self) -> Option<EntryIndex> {
+        let Typed::MessageHeader(h) = self.b.typed(EntryIndex(0)) else {
+            return None;
+        };
+        let focus: Vec<&Reference> = h.focus.iter().flatten().collect();
+        if focus.len() != 1 {
+            self.push(Issue::structure(
+                IssueType::Required,
+                path(EntryIndex(0), "focus"),
+                "MessageHeader.focus must hold exactly one reference, to the ServiceRequest",
+            ));
+            return None;
+        }
+        self.resolve(
+            Some(focus[0]),
+            path(EntryIndex(0), "focus[0]"),
+            &["ServiceRequest"],
+            "MessageHeader.focus",
+        )
+    }
+
+    fn message(
+        &mut self,
+        sr_idx: Option<EntryIndex>,
+        practice: Option<OdsCode>,
+    ) -> Option<Message> {
+        let Typed::MessageHeader(h) = self.b.typed(EntryIndex(0)) else {
+            // The bundle pass reported the missing MessageHeader.
+            return None;
+        };
+        let header_id = h.id.clone();
+        let source_endpoint = h.source.endpoint.clone();
+        match &h.event {
+            MessageHeaderEvent::Coding(c)
+                if c.system.as_deref() == Some(MESSAGE_EVENTS)
+                    && c.code.as_deref() == Some("servicerequest-request") => {}
+            _ => self.push(Issue::structure(
+                IssueType::Value,
+                path(EntryIndex(0), "eventCoding"),
+                "MessageHeader.eventCoding must be https://fhir.nhs.uk/CodeSystem/message-events-bars|servicerequest-request",
+            )),
+        }
+        let reason = h
+            .reason
+            .as_ref()
+            .and_then(|r| codes_in(r, MESSAGE_REASONS).next().map(str::to_owned));
+        let reason = match reason.as_deref() {
+            Some("new") => Some(true),
+            Some("update") => Some(false),
+            Some(_) => {
+                self.push(Issue::business(
+                    IssueType::NotSupported,
+                    path(EntryIndex(0), "reason"),
+                    "MessageHeader.reason: the gateway accepts `new` and `update` messages only",
+                ));
+                None
+            }
+            None => {
+                self.push(Issue::structure(
+                    IssueType::Required,
+                    path(EntryIndex(0), "reason"),
+                    "MessageHeader.reason needs a https://fhir.nhs.uk/CodeSystem/message-reason-bars code (new or update)",
+                ));
+                None
+            }
+        };
+        let header_id = header_id.unwrap_or_else(|| {
+            self.push(Issue::structure(
+                IssueType::Required,
+                path(EntryIndex(0), "id"),
+                "MessageHeader.id is required",
+            ));
+            String::new()
+        });
+
+        let (Some(sr_idx), Some(practice), Some(is_new)) = (sr_idx, practice, reason) else {
+            return None;
+        };
+        let Typed::ServiceRequest(sr) = self.b.typed(sr_idx) else {
+            return None;
+        };
+        let envelope = Envelope {
+            bundle_id: self.b.bundle_id.clone(),
+            message_header_id: header_id,
+            practice,
+            source_endpoint,
+            sender_identifiers: identifier_pairs(&sr.identifier),
+            service_request_id: sr.id.clone(),
+        };
+
+        let patient = self.resolve(
+            Some(&sr.subject),
+            path(sr_idx, "subject"),
+            &["Patient"],
+            "ServiceRequest.subject",
+        );
+        let nhs_number = patient.and_then(|p| self.nhs_number(p));
+
+        if is_new {
+            if sr.status != RequestStatus::Active {
+                self.push(Issue::business(
+                    IssueType::Value,
+                    path(sr_idx, "status"),
+                    "a new referral's ServiceRequest.status must be `active`",
+                ));
+            }
+            if !matches!(sr.intent, RequestIntent::Plan | RequestIntent::Order) {
+                self.push(Issue::business(
+                    IssueType::Value,
+                    path(sr_idx, "intent"),
+                    "ServiceRequest.intent must be `plan` or `order`",
+                ));
+            }
+            let referral_code = self.referral_code(sr_idx, sr.code.as_ref());
+            let referral_date = sr
+                .authored_on
+                .as_ref()
+                .map(|d| dates::lower_bound(d).date())
+                .unwrap_or(self.ctx.now.date());
+            if let Some(p) = patient {
+                self.age(p, referral_date);
+            }
+            let consents = match patient {
+                Some(p) => self.consents(p),
+                None => Vec::new(),
+            };
+            Some(Message::New(NewReferral {
+                envelope,
+                nhs_number: nhs_number?,
+                referral_code: referral_code?,
+                consents,
+                bundle: serde_json::Value::Null,
+            }))
+        } else {
+            let cancel = matches!(
+                sr.status,
+                RequestStatus::Revoked | RequestStatus::EnteredInError
+            );
+            let withdraw = self
+                .b
+                .consents()
+                .any(|(_, c)| matches!(c.status, ConsentState::Inactive | ConsentState::Rejected));
+            let action = if cancel {
+                UpdateAction::Cancel
+            } else if withdraw {
+                UpdateAction::WithdrawConsent
+            } else {
+                self.push(Issue::business(
+                    IssueType::NotSupported,
+                    path(sr_idx, "status"),
+                    "an update must cancel the referral (ServiceRequest.status `revoked` or `entered-in-error`) or withdraw consent (a Consent with status `inactive` or `rejected`)",
+                ));
+                return None;
+            };
+            Some(Message::Update(UpdateRequest {
+                envelope,
+                action,
+                nhs_number,
+            }))
+        }
+    }
+
+    fn nhs_number(&mut self, patient: EntryIndex) -> Option<NhsNumber> {
+        let Typed::Patient(p) = self.b.typed(patient) else {
+            return None;
+        };
+        let found = p.identifier.iter().enumerate().find_map(|(k, i)| {
+            let i = i.as_ref()?;
+            (i.system.as_deref() == Some(NHS_NUMBER_SYSTEM)).then_some((k, i.value.as_deref()))
+        });
+        match found {
+            Some((k, Some(v))) => match NhsNumber::parse(v) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    let code = match e {
+                        NhsNumberError::NotTenDigits => IssueType::Value,
+                        NhsNumberError::CheckDigit | NhsNumberError::AllSameDigit => {
+                            IssueType::BusinessRule
+                        }
+                    };
+                    self.push(Issue::business(
+                        code,
+                        path(patient, &format!("identifier[{k}].value")),
+                        e.to_string(),
+                    ));
+                    None
+                }
+            },
+            _ => {
+                self.push(Issue::structure(
+                    IssueType::Required,
+                    path(patient, "identifier"),
+                    "the Patient needs an NHS number identifier (https://fhir.nhs.uk/Id/nhs-number)",
+                ));
+                None
+            }
+        }
+    }
+
+    fn referral_code(&mut self, sr: EntryIndex, code: Option<&CodeableConcept>) -> Option<String> {
+        let Some(code) = code else {
+            self.push(Issue::structure(
+                IssueType::Required,
+                path(sr, "code"),
+                "ServiceRequest.code is required: a SNOMED CT employment support referral code",
+            ));
+            return None;
+        };
+        let found = codes_in(code, SNOMED).find(|c| self.ctx.routing.is_referral_code(c));
+        if found.is_none() {
+            self.push(Issue::business(
+                IssueType::Value,
+                path(sr, "code"),
+                "ServiceRequest.code is not an employment support referral code the gateway accepts (see MessageDefinition)",
+            ));
+        }
+        found.map(str::to_owned)
+    }
+
+    fn age(&mut self, patient: EntryIndex, on: Date) {
+        let Typed::Patient(p) = self.b.typed(patient) else {
+            return;
+        };
+        let Some(birth) = p.birth_date.as_ref() else {
+            self.push(Issue::structure(
+                IssueType::Required,
+                path(patient, "birthDate"),
+                "Patient.birthDate is required to check the programme's minimum age",
+            ));
+            return;
+        };
+        // The latest possible birthday for partial dates, so nobody under age passes.
+        let born = dates::latest_day(birth);
+        let mut years = on.year() - born.year();
+        if (on.month() as u8, on.day()) < (born.month() as u8, born.day()) {
+            years -= 1;
+        }
+        if born > on {
+            self.push(Issue::business(
+                IssueType::Value,
+                path(patient, "birthDate"),
+                "Patient.birthDate is after the referral date",
+            ));
+        } else if years < i32::from(self.ctx.minimum_age_years) {
+            self.push(Issue::business(
+                IssueType::BusinessRule,
+                path(patient, "birthDate"),
+                format!(
+                    "the patient must be at least {} years old on the referral date",
+                    self.ctx.minimum_age_years
+                ),
+            ));
+        }
+    }
+
+    fn consents(&mut self, patient: EntryIndex) -> Vec<ConsentFacts> {
+        let consents: Vec<_> = self.b.consents().collect();
+        let mut out = Vec::new();
+        for (idx, c) in consents {
+            let about_patient = c
+                .patient
+                .as_ref()
+                .and_then(|r| r.reference.as_deref())
+                .and_then(|r| self.b.resolve(r))
+                == Some(patient);
+            let mut actors = Vec::new();
+            if let Some(p) = &c.provision {
+                for a in p.actor.iter().flatten() {
+                    if let Some(i) = &a.reference.identifier {
+                        actors.extend(identifier_pairs(std::slice::from_ref(&Some(i.clone()))));
+                    }
+                    if let Some(target) = a
+                        .reference
+                        .reference
+                        .as_deref()
+                        .and_then(|r| self.b.resolve(r))
+                    {
+                        actors.extend(self.b.identifiers_of(target));
+                    }
+                }
+            }
+            out.push(ConsentFacts {
+                expression: path(idx, ""),
+                status: c.status.clone(),
+                about_patient,
+                date_time: c.date_time.as_ref().map(dates::lower_bound),
+                permit: c.provision.as_ref().and_then(|p| p.r#type.clone())
+                    == Some(fhir_sdk::r4b::codes::ConsentProvisionType::Permit),
+                period: c
+                    .provision
+                    .as_ref()
+                    .and_then(|p| p.period.as_ref())
+                    .map(|per| {
+                        (
+                            per.start.as_ref().map(dates::lower_bound),
+                            per.end.as_ref().map(dates::upper_bound),
+                        )
+                    }),
+                names_actors: c
+                    .provision
+                    .as_ref()
+                    .is_some_and(|p| p.actor.iter().flatten().next().is_some()),
+                actors,
+                explicit: c.policy_rule.as_ref().is_some_and(|r| {
+                    r.coding
+                        .iter()
+                        .flatten()
+                        .any(|c| c.code.as_deref() == Some("OPTIN"))
+                }) || c
+                    .policy
+                    .iter()
+                    .flatten()
+                    .any(|p| p.uri.is_some() || p.authority.is_some()),
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;
