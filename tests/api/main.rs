@@ -1,0 +1,9 @@
+//! Black-box tests of the running gateway, each on SQLite and on PostgreSQL.
+
+mod helpers;
+
+mod auth;
+mod duplicates;
+mod intake;
+mod updates;
+mod validation;
