@@ -186,7 +186,8 @@ mod tests {
     fn each_rule_fails_on_its_own() {
         let now = datetime!(2026-11-23 12:00 UTC);
         assert!(check(&[good(now)], &provider(), now).is_ok());
-        let cases: Vec<(fn(&mut ConsentFacts), &str)> = vec![
+        type Breaker = fn(&mut ConsentFacts);
+        let cases: Vec<(Breaker, &str)> = vec![
             (|c| c.status = ConsentState::Inactive, "status"),
             (|c| c.permit = false, "provision.type"),
             (|c| c.explicit = false, "policyRule"),

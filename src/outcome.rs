@@ -265,6 +265,14 @@ impl ResponseError for Rejection {
         if self.rec() == RecCode::Unauthorized {
             builder.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        // These are answered before the body is read: close the connection rather than
+        // leave an unread body in front of the client's next request.
+        if matches!(
+            self.rec(),
+            RecCode::Unauthorized | RecCode::PayloadTooLarge | RecCode::UnsupportedMediaType
+        ) {
+            builder.force_close();
+        }
         builder.json(self.to_operation_outcome())
     }
 }

@@ -579,10 +579,10 @@ impl Validator<'_> {
             }
             out.push(ConsentFacts {
                 expression: path(idx, ""),
-                status: c.status.clone(),
+                status: c.status,
                 about_patient,
                 date_time: c.date_time.as_ref().map(dates::lower_bound),
-                permit: c.provision.as_ref().and_then(|p| p.r#type.clone())
+                permit: c.provision.as_ref().and_then(|p| p.r#type)
                     == Some(fhir_sdk::r4b::codes::ConsentProvisionType::Permit),
                 period: c
                     .provision

@@ -335,7 +335,6 @@ pub mod at {
     pub const HEADER: &str = "/entry/0/resource";
     pub const SERVICE_REQUEST: &str = "/entry/1/resource";
     pub const PATIENT: &str = "/entry/2/resource";
-    pub const ROLE: &str = "/entry/3/resource";
     pub const PRACTICE: &str = "/entry/4/resource";
     pub const CONSENT: &str = "/entry/5/resource";
 }

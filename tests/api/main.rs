@@ -1,4 +1,5 @@
 //! Black-box tests of the running gateway, each on SQLite and on PostgreSQL.
+#![allow(clippy::unwrap_used)]
 
 mod helpers;
 
