@@ -6,5 +6,6 @@ mod helpers;
 mod auth;
 mod duplicates;
 mod intake;
+mod store;
 mod updates;
 mod validation;

@@ -1,0 +1,194 @@
+//! The command line as an operator uses it.
+#![allow(clippy::unwrap_used)]
+
+use figment::providers::Format;
+use std::process::Command;
+use thrive_gateway::auth::{AuthSetupError, Authenticator};
+use thrive_gateway::config::Settings;
+
+fn gateway() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_thrive-gateway"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.env_remove("THRIVE_ENV");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("THRIVE__") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// The shipped development settings; key paths in them are relative to the crate root,
+/// which is where cargo runs tests.
+fn development_settings() -> Settings {
+    let figment = figment::Figment::new()
+        .merge(figment::providers::Toml::file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/default.toml"
+        )))
+        .merge(figment::providers::Toml::file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/development.toml"
+        )));
+    Settings::from_figment(figment).unwrap()
+}
+
+#[test]
+fn mappings_check_passes_on_the_shipped_mappings() {
+    let out = gateway().args(["mappings", "check"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mappings ok"));
+}
+
+#[test]
+fn mappings_check_names_file_and_line_of_each_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/mappings/routing.toml"
+    ))
+    .unwrap();
+    let broken = shipped.replace(
+        "thrive-into-work = \"prospects\" }\n\n[localities.sandwell]",
+        "thrive-into-work = \"nobody\" }\n\n[localities.sandwell]",
+    );
+    assert_ne!(broken, shipped, "the fixture edit applies");
+    std::fs::write(dir.path().join("routing.toml"), &broken).unwrap();
+    let line = broken
+        .lines()
+        .position(|l| l.contains("[localities.wolverhampton]"))
+        .unwrap()
+        + 1;
+    let out = gateway()
+        .args(["mappings", "check"])
+        .env("THRIVE__MAPPINGS__DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("routing.toml:{line}:")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown provider nobody"), "{stderr}");
+}
+
+#[test]
+fn dev_token_mints_a_token_the_development_gateway_accepts() {
+    let out = gateway()
+        .args(["dev-token", "--client", "example-gp"])
+        .env("THRIVE_ENV", "development")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let settings = development_settings();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let auth = rt
+        .block_on(Authenticator::from_settings(&settings.auth, false))
+        .unwrap();
+    let who = auth.authenticate(Some(&format!("Bearer {token}"))).unwrap();
+    assert_eq!(who.client_id, "example-gp");
+    assert_eq!(who.role.name(), "gp-system");
+
+    let unknown = gateway()
+        .args(["dev-token", "--client", "nobody"])
+        .env("THRIVE_ENV", "development")
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+}
+
+#[test]
+fn production_refuses_development_keys_and_dev_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prod.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[database]\nurl = \"sqlite://{}/gw.db\"\n\n[auth.issuers.idp]\nissuer = \"https://idp.example\"\njwks_file = \"config/dev/jwks.json\"\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let out = gateway()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("THRIVE_ENV", "production")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("development signing key"), "{stderr}");
+
+    let out = gateway()
+        .args(["dev-token", "--client", "example-gp"])
+        .env("THRIVE_ENV", "production")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn an_unknown_key_stops_the_gateway_naming_the_key() {
+    let out = gateway()
+        .args(["migrate"])
+        .env("THRIVE__SERVER__BINDD", "x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bindd"));
+}
+
+#[test]
+fn migrate_creates_the_sqlite_database_on_first_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("nested/folder/gw.db");
+    let out = gateway()
+        .args(["migrate"])
+        .env(
+            "THRIVE__DATABASE__URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(db.exists());
+}
+
+#[tokio::test]
+async fn production_refuses_the_development_key_and_symmetric_algorithms() {
+    let settings = development_settings();
+    // Development: fine.
+    Authenticator::from_settings(&settings.auth, false)
+        .await
+        .unwrap();
+    // Production with the development issuer: refused, whatever the issuer is called.
+    let mut renamed = settings.auth.clone();
+    let issuer = renamed.issuers.remove("development").unwrap();
+    renamed.issuers.insert("corporate-idp".into(), issuer);
+    let err = Authenticator::from_settings(&renamed, true)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, AuthSetupError::DevelopmentKeyInProduction(ref name) if name == "corporate-idp"),
+        "{err}"
+    );
+
+    let mut hs = settings.auth.clone();
+    hs.algorithms = vec!["HS256".into()];
+    let err = Authenticator::from_settings(&hs, false).await.unwrap_err();
+    assert!(err.to_string().contains("HS256"), "{err}");
+}

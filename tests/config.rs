@@ -1,0 +1,137 @@
+//! Configuration layering as the contract says: defaults, THRIVE_ENV file, --config
+//! files in order, THRIVE__ environment; unknown keys named; secrets redacted.
+#![allow(clippy::unwrap_used, clippy::result_large_err)]
+
+use figment::Jail;
+use std::path::PathBuf;
+use thrive_gateway::config::{Settings, Sources};
+
+const DEFAULT: &str = include_str!("../config/default.toml");
+
+fn sources(env: Option<&str>, files: &[&str]) -> Sources {
+    Sources {
+        config_dir: PathBuf::from("config"),
+        environment: env.map(str::to_owned),
+        files: files.iter().map(PathBuf::from).collect(),
+        use_environment: true,
+    }
+}
+
+#[test]
+fn later_layers_win_in_the_documented_order() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        jail.create_file(
+            "config/staging.toml",
+            "[server]\nbind = \"0.0.0.0:1\"\nmax_body_bytes = 10\n",
+        )?;
+        jail.create_file("one.toml", "[server]\nbind = \"0.0.0.0:2\"\n")?;
+        jail.create_file(
+            "two.toml",
+            "[server]\nbind = \"0.0.0.0:3\"\n[referral]\nminimum_age_years = 16\n",
+        )?;
+
+        let s = Settings::load(&sources(None, &[])).unwrap();
+        assert_eq!(s.server.bind, "127.0.0.1:8080");
+        assert_eq!(s.server.max_body_bytes, 1_048_576);
+
+        let s = Settings::load(&sources(Some("staging"), &[])).unwrap();
+        assert_eq!(s.server.bind, "0.0.0.0:1");
+        assert_eq!(s.server.max_body_bytes, 10);
+
+        let s = Settings::load(&sources(Some("staging"), &["one.toml", "two.toml"])).unwrap();
+        assert_eq!(s.server.bind, "0.0.0.0:3", "the last --config file wins");
+        assert_eq!(
+            s.server.max_body_bytes, 10,
+            "untouched keys keep earlier values"
+        );
+        assert_eq!(s.referral.minimum_age_years, 16);
+
+        jail.set_env("THRIVE__SERVER__BIND", "0.0.0.0:4");
+        jail.set_env("THRIVE__REFERRAL__MINIMUM_AGE_YEARS", "21");
+        let s = Settings::load(&sources(Some("staging"), &["one.toml", "two.toml"])).unwrap();
+        assert_eq!(s.server.bind, "0.0.0.0:4", "environment wins over files");
+        assert_eq!(s.referral.minimum_age_years, 21);
+        Ok(())
+    });
+}
+
+#[test]
+fn tables_keyed_by_id_can_be_set_from_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        jail.set_env("THRIVE__AUTH__CLIENTS__NEWGP__ROLE", "gp-system");
+        jail.set_env("THRIVE__AUTH__CLIENTS__NEWGP__PRACTICES", "[\"Y90001\"]");
+        let s = Settings::load(&sources(None, &[])).unwrap();
+        assert!(s.auth.clients.contains_key("newgp"), "{:?}", s.auth.clients);
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        jail.create_file("typo.toml", "[server]\nbnd = \"0.0.0.0:2\"\n")?;
+        let err = Settings::load(&sources(None, &["typo.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bnd"), "{err}");
+
+        jail.set_env("THRIVE__DATABASE__URLL", "sqlite://x.db");
+        let err = Settings::load(&sources(None, &[])).unwrap_err().to_string();
+        assert!(err.contains("urll"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_values_are_refused_with_their_place() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        jail.create_file("role.toml", "[auth.clients.x]\nrole = \"superuser\"\n")?;
+        let err = Settings::load(&sources(None, &["role.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("superuser") && err.contains("role"), "{err}");
+
+        jail.create_file("db.toml", "[database]\nurl = \"mysql://x\"\n")?;
+        let err = Settings::load(&sources(None, &["db.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database.url"), "{err}");
+
+        jail.create_file(
+            "ods.toml",
+            "[auth.clients.x]\nrole = \"gp-system\"\npractices = [\"Y9-1\"]\n",
+        )?;
+        assert!(Settings::load(&sources(None, &["ods.toml"])).is_err());
+
+        let err = Settings::load(&sources(None, &["missing.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("missing.toml"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn secrets_are_redacted_in_debug_output() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        jail.set_env(
+            "THRIVE__DATABASE__URL",
+            "postgres://gw:s3cr3t-pw@db.example/gw",
+        );
+        let s = Settings::load(&sources(None, &[])).unwrap();
+        let shown = format!("{s:?}");
+        assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(shown.contains("REDACTED"), "{shown}");
+        Ok(())
+    });
+}
