@@ -1,0 +1,1 @@
+//! Keyed pseudonyms per recipient. (Being built.)
