@@ -36,6 +36,32 @@ pub enum Command {
         #[command(subcommand)]
         command: MappingsCommand,
     },
+    /// Inspect the delivery queue and replay dead letters.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeliveriesCommand {
+    /// List deliveries, newest first.
+    List {
+        /// Dead letters only.
+        #[arg(long)]
+        dead: bool,
+        /// How many at most.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a dead letter back in the queue (consent is checked again before sending).
+    Replay {
+        /// The delivery id, as `deliveries list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -85,12 +111,15 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         },
         Command::DevToken { client } => dev_token(&settings, &sources, &client),
+        Command::Deliveries { command } => deliveries(&settings, command).await,
         Command::Mappings {
             command: MappingsCommand::Check,
-        } => match Routing::load(&settings.mappings.dir) {
+        } => match Routing::load(&settings.mappings.dir)
+            .and_then(|r| crate::mapping::Datasets::load(&settings.mappings.dir, &r).map(|_| r))
+        {
             Ok(r) => {
                 println!(
-                    "mappings ok: routing version {}, {} providers",
+                    "mappings ok: routing version {}, {} providers, each with a dataset",
                     r.version(),
                     r.providers().count()
                 );
@@ -147,6 +176,85 @@ fn dev_token(settings: &Settings, sources: &Sources, client: &str) -> ExitCode {
         Err(e) => {
             eprintln!("cannot sign a token: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode {
+    let store = match crate::store::connect(&settings.database).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("thrive-gateway deliveries: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        DeliveriesCommand::List { dead, limit, json } => {
+            match crate::operations::list(store.as_ref(), dead, limit).await {
+                Ok(rows) if json => match serde_json::to_string_pretty(&rows) {
+                    Ok(text) => {
+                        println!("{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("{e}");
+                        ExitCode::FAILURE
+                    }
+                },
+                Ok(rows) => {
+                    println!(
+                        "{:<36}  {:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:>6}",
+                        "id", "referral", "provider", "kind", "state", "attempts", "status"
+                    );
+                    for r in rows {
+                        println!(
+                            "{:<36}  {:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:>6}",
+                            r.id,
+                            r.referral_id,
+                            r.provider,
+                            r.kind,
+                            r.state,
+                            r.attempts,
+                            r.last_status
+                                .map(|s| s.to_string())
+                                .unwrap_or_else(|| "-".into())
+                        );
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("thrive-gateway deliveries list: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        DeliveriesCommand::Replay { id } => {
+            let audit = crate::store::AuditRecord {
+                at: fhir_sdk::time::OffsetDateTime::now_utc(),
+                action: "operator.deliveries.replay".into(),
+                outcome: "accepted".into(),
+                http_status: None,
+                client_id: Some("command-line".into()),
+                role: Some("operator".into()),
+                referral_id: None,
+                request_id: None,
+                correlation_id: None,
+                detail: serde_json::json!({"delivery_id": id}),
+            };
+            match crate::operations::replay(store.as_ref(), &id, audit).await {
+                Ok(true) => {
+                    println!("delivery {id} queued again");
+                    ExitCode::SUCCESS
+                }
+                Ok(false) => {
+                    eprintln!("no dead letter has id {id}");
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("thrive-gateway deliveries replay: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

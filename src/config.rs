@@ -24,9 +24,114 @@ pub struct Settings {
     pub referral: ReferralSettings,
     pub auth: AuthSettings,
     pub mappings: MappingsSettings,
+    /// Provider case systems, keyed by the provider id used in the routing mapping.
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSettings>,
+    /// The delivery outbox worker.
+    pub delivery: DeliverySettings,
+    /// Key material, read from files or environment variables.
+    #[serde(default)]
+    pub keys: KeysSettings,
+    /// Local stand-in provider receivers (development and tests only).
+    #[serde(default)]
+    pub sandbox: SandboxSettings,
     /// Development-only conveniences; refused in production.
     #[serde(default)]
     pub dev: DevSettings,
+}
+
+/// How to reach one provider's case system.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// The URL deliveries are POSTed to.
+    pub endpoint: String,
+    /// `json`: the mapped dataset as a JSON document.
+    #[serde(default)]
+    pub format: ProviderFormat,
+    /// How the gateway authenticates to the provider.
+    #[serde(default)]
+    pub auth: ProviderAuth,
+    /// OAuth2 client credentials with a signed JWT client assertion, for
+    /// `auth = "signed-jwt"`.
+    #[serde(default)]
+    pub oauth: Option<OAuthSettings>,
+    /// Per-request timeout, in milliseconds.
+    #[serde(default = "default_provider_timeout")]
+    pub timeout_ms: u64,
+}
+
+fn default_provider_timeout() -> u64 {
+    10_000
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderFormat {
+    #[default]
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderAuth {
+    /// No credentials (sandbox receivers, or a provider reached over a private link).
+    #[default]
+    None,
+    /// A bearer token from the provider's token endpoint, obtained with a client
+    /// assertion signed RS512 (the NHS signed-JWT pattern); see `oauth`.
+    SignedJwt,
+}
+
+/// The provider's token endpoint and the gateway's client registration there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthSettings {
+    pub token_url: String,
+    /// `iss` and `sub` of the client assertion.
+    pub client_id: String,
+    /// RSA private key (PEM) the assertion is signed with.
+    pub key_file: PathBuf,
+    /// The `kid` the provider knows the public key by.
+    pub key_id: String,
+}
+
+/// The outbox worker's pace and patience.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    /// Run the worker inside `serve`.
+    pub enabled: bool,
+    /// How often an idle worker looks for due deliveries, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// How long a claimed delivery stays with its worker before others may take it.
+    pub lease_seconds: u64,
+    /// Deliveries claimed and sent at once by one worker.
+    pub batch_size: i64,
+    /// Attempts before a delivery becomes a dead letter.
+    pub max_attempts: i32,
+    /// Age after which a delivery still failing becomes a dead letter, in seconds.
+    pub max_age_seconds: u64,
+    /// First retry delay; doubles per attempt, with jitter, up to `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+/// Keys by purpose. Pseudonym keys are per recipient (provider id, `audit`,
+/// `reporting`), each with versions and one active version.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSettings {
+    #[serde(default)]
+    pub pseudonym: BTreeMap<String, crate::pseudonym::PseudonymKeySettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSettings {
+    /// Serve `/sandbox/<provider>/referrals` receivers inside the gateway.
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -242,6 +347,29 @@ impl Settings {
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be above 0".into(),
+            ));
+        }
+        for (id, provider) in &self.providers {
+            ProviderId::parse(id)
+                .map_err(|e| ConfigError::Invalid(format!("providers.{id}: {e}")))?;
+            if !(provider.endpoint.starts_with("https://")
+                || provider.endpoint.starts_with("http://"))
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "providers.{id}.endpoint must be an http(s) URL"
+                )));
+            }
+        }
+        for (id, provider) in &self.providers {
+            if provider.auth == ProviderAuth::SignedJwt && provider.oauth.is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "providers.{id}: auth = \"signed-jwt\" needs a [providers.{id}.oauth] table"
+                )));
+            }
+        }
+        if self.delivery.max_attempts < 1 || self.delivery.batch_size < 1 {
+            return Err(ConfigError::Invalid(
+                "delivery.max_attempts and delivery.batch_size must be at least 1".into(),
             ));
         }
         for (name, issuer) in &self.auth.issuers {

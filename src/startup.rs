@@ -3,7 +3,9 @@
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::Settings;
+use crate::delivery::{Deliverer, DeliverySetupError, sandbox::Sandbox};
 use crate::intake::{self, CORRELATION_ID, Gateway, REQUEST_ID};
+use crate::mapping::Datasets;
 use crate::routing::{MappingError, Routing};
 use crate::store::{self, StoreError};
 use actix_web::{
@@ -25,6 +27,12 @@ pub enum StartupError {
     Auth(#[from] AuthSetupError),
     #[error("mappings: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Mappings(Vec<MappingError>),
+    #[error(transparent)]
+    Delivery(#[from] DeliverySetupError),
+    #[error(
+        "THRIVE_ENV=production but sandbox.enabled is set: sandbox receivers are for development"
+    )]
+    SandboxInProduction,
     #[error("cannot listen on {bind}: {source}")]
     Bind {
         bind: String,
@@ -37,6 +45,8 @@ pub struct Application {
     address: SocketAddr,
     server: Server,
     gateway: Gateway,
+    deliverer: Option<Deliverer>,
+    run_worker: bool,
 }
 
 impl Application {
@@ -46,8 +56,21 @@ impl Application {
             return Err(AuthSetupError::DevSigningInProduction.into());
         }
         let auth = Authenticator::from_settings(&settings.auth, production).await?;
+        if production && settings.sandbox.enabled {
+            return Err(StartupError::SandboxInProduction);
+        }
         let routing = Routing::load(&settings.mappings.dir).map_err(StartupError::Mappings)?;
+        let datasets = Arc::new(
+            Datasets::load(&settings.mappings.dir, &routing).map_err(StartupError::Mappings)?,
+        );
         let store = store::connect(&settings.database).await?;
+        // Built whenever providers are configured (tests drive it by hand); run in the
+        // background when delivery.enabled.
+        let deliverer = if settings.delivery.enabled || !settings.providers.is_empty() {
+            Some(Deliverer::new(settings, store.clone(), &routing, datasets)?)
+        } else {
+            None
+        };
         let gateway = Gateway {
             store,
             routing: Arc::new(routing),
@@ -66,12 +89,22 @@ impl Application {
             source,
         })?;
         let data = web::Data::new(gateway.clone());
+        let sandbox = settings
+            .sandbox
+            .enabled
+            .then(|| web::Data::new(Sandbox::default()));
         let mut server = HttpServer::new(move || {
-            App::new()
+            let mut app = App::new()
                 .app_data(data.clone())
                 .wrap(actix_web::middleware::from_fn(request_context))
                 .configure(intake::configure)
-                .default_service(web::to(intake::not_found))
+                .configure(crate::operations::configure);
+            if let Some(sandbox) = &sandbox {
+                app = app
+                    .app_data(sandbox.clone())
+                    .configure(crate::delivery::sandbox::configure);
+            }
+            app.default_service(web::to(intake::not_found))
         })
         .shutdown_timeout(30);
         if let Some(workers) = settings.server.workers {
@@ -88,6 +121,8 @@ impl Application {
             address,
             server,
             gateway,
+            deliverer,
+            run_worker: settings.delivery.enabled,
         })
     }
 
@@ -100,9 +135,25 @@ impl Application {
         &self.gateway
     }
 
-    /// Runs until stopped (SIGINT/SIGTERM: in-flight requests finish first).
+    /// The outbox worker, when providers are configured.
+    pub fn deliverer(&self) -> Option<&Deliverer> {
+        self.deliverer.as_ref()
+    }
+
+    /// Runs until stopped (SIGINT/SIGTERM): in-flight requests finish, then the
+    /// delivery worker finishes its attempts and gives back its leases.
     pub async fn run(self) -> std::io::Result<()> {
-        self.server.await
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let worker = match (self.deliverer, self.run_worker) {
+            (Some(d), true) => Some(tokio::spawn(d.run(stopped))),
+            _ => None,
+        };
+        let result = self.server.await;
+        let _ = stop.send(true);
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
+        result
     }
 }
 

@@ -172,6 +172,67 @@ pub struct DeliveryRow {
     pub attempts: i32,
 }
 
+/// A delivery one worker holds the lease on, with what it needs to send it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedDelivery {
+    pub id: String,
+    pub referral_id: String,
+    pub provider: String,
+    /// `referral`, `cancellation` or `withdrawal`.
+    pub kind: String,
+    /// Stable across retries: the provider's de-duplication key.
+    pub request_id: String,
+    /// Attempts made before this one.
+    pub attempts: i32,
+    pub created_at: OffsetDateTime,
+    pub reference: String,
+    pub programme: String,
+    pub referral_status: String,
+    /// JSON of the accepted consent, checked again before every attempt.
+    pub consent: String,
+    /// The referral message as received.
+    pub message: String,
+    pub correlation_id: String,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The provider has it (2xx, or 409: it had it already).
+    Delivered {
+        status: u16,
+        receipt: Option<String>,
+    },
+    /// Try again at `next_attempt_at`.
+    Retry {
+        next_attempt_at: OffsetDateTime,
+        status: Option<u16>,
+        error: String,
+    },
+    /// Parked for an operator: the provider refused it, or attempts or age ran out.
+    Dead { status: Option<u16>, error: String },
+    /// Never to be sent: the referral was cancelled or its consent no longer holds.
+    Stopped { reason: String },
+}
+
+/// A delivery as operators see it (`deliveries list`).
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct DeliveryView {
+    pub id: String,
+    pub referral_id: String,
+    pub provider: String,
+    pub kind: String,
+    pub state: String,
+    pub request_id: String,
+    pub attempts: i32,
+    pub last_status: Option<i32>,
+    pub last_error: Option<String>,
+    #[serde(with = "fhir_sdk::time::serde::rfc3339")]
+    pub next_attempt_at: OffsetDateTime,
+    #[serde(with = "fhir_sdk::time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
 /// A cancellation or consent withdrawal to apply.
 #[derive(Debug, Clone)]
 pub struct UpdateRecord {
@@ -220,6 +281,41 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError>;
     /// Audit records in order, oldest first, after `after_id`.
     async fn audit_after(&self, after_id: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
+    /// Claims up to `limit` due deliveries for `owner` until `lease_until`. A
+    /// delivery is held by at most one owner at a time, across processes.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+    /// Records an attempt's outcome (and its audit record) only while `owner` still
+    /// holds the lease; `false` when the lease was lost and nothing was written.
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        owner: &str,
+        now: OffsetDateTime,
+        outcome: &DeliveryOutcome,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
+    /// Gives back every lease `owner` holds (graceful shutdown).
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+    /// Deliveries for operators, newest first; dead letters only when `dead_only`.
+    async fn list_deliveries(
+        &self,
+        dead_only: bool,
+        limit: i64,
+    ) -> Result<Vec<DeliveryView>, StoreError>;
+    /// Puts a dead letter back in the queue with a fresh attempt budget; `false` when
+    /// it is not a dead letter.
+    async fn replay_delivery(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
     /// How many referrals are stored (all states).
     async fn count_referrals(&self) -> Result<i64, StoreError>;
 }

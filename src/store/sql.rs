@@ -4,10 +4,11 @@
 //! engines must differ (migrations, locking), each implementation says so itself.
 
 use super::{
-    AuditRecord, AuditRow, DeliveryRow, Inserted, NewReferralRecord, ReferralRow, ReferralStatus,
-    Store, StoreError, UpdateRecord, Updated,
+    AuditRecord, AuditRow, ClaimedDelivery, DeliveryOutcome, DeliveryRow, DeliveryView, Inserted,
+    NewReferralRecord, ReferralRow, ReferralStatus, Store, StoreError, UpdateRecord, Updated,
 };
 use async_trait::async_trait;
+use fhir_sdk::time::OffsetDateTime;
 
 /// Embedded SQLite (WAL, synchronous FULL).
 #[derive(Debug, Clone)]
@@ -68,8 +69,35 @@ const INSERT_AUDIT: &str = "INSERT INTO audit_events (recorded_at, action, outco
      client_id, role, referral_id, request_id, correlation_id, detail) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
+/// Columns of [`ClaimedDelivery`], read with the referral they belong to.
+macro_rules! claimed_columns {
+    () => {
+        "SELECT d.id, d.referral_id, d.provider, d.kind, d.request_id, d.attempts, d.created_at, \
+         r.reference, r.programme, r.status AS referral_status, r.consent, r.message, \
+         r.correlation_id FROM deliveries d JOIN referrals r ON r.id = d.referral_id \
+         WHERE d.id = $1"
+    };
+}
+
+/// The statement that claims one due delivery. `$lock` is where the engines differ:
+/// PostgreSQL skips rows another transaction has locked; SQLite has one writer at a
+/// time, so the statement alone is atomic. The lease condition is repeated outside the
+/// subquery so that a row claimed concurrently is re-checked, not claimed twice.
+macro_rules! claim_one {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 WHERE id = (",
+            "SELECT id FROM deliveries WHERE state = 'queued' AND next_attempt_at <= $3 ",
+            "AND (lease_expires_at IS NULL OR lease_expires_at <= $3) ",
+            "ORDER BY next_attempt_at, created_at LIMIT 1 ",
+            $lock,
+            ") AND (lease_expires_at IS NULL OR lease_expires_at <= $3) RETURNING id"
+        )
+    };
+}
+
 macro_rules! sql_store {
-    ($store:ty, $db:ty, $migrations:literal) => {
+    ($store:ty, $db:ty, $migrations:literal, $lock:literal) => {
         impl $store {
             async fn write_audit<'e, E>(executor: E, a: &AuditRecord) -> Result<(), sqlx::Error>
             where
@@ -340,6 +368,135 @@ macro_rules! sql_store {
                 Ok(rows)
             }
 
+            async fn claim_deliveries(
+                &self,
+                owner: &str,
+                now: OffsetDateTime,
+                lease_until: OffsetDateTime,
+                limit: i64,
+            ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+                let mut claimed = Vec::new();
+                for _ in 0..limit {
+                    let id: Option<(String,)> = sqlx::query_as(claim_one!($lock))
+                        .bind(owner)
+                        .bind(lease_until)
+                        .bind(now)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    let Some((id,)) = id else { break };
+                    let row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
+                        .bind(&id)
+                        .fetch_one(&self.pool)
+                        .await?;
+                    claimed.push(row);
+                }
+                Ok(claimed)
+            }
+
+            async fn finish_delivery(
+                &self,
+                id: &str,
+                owner: &str,
+                now: OffsetDateTime,
+                outcome: &DeliveryOutcome,
+                audit: &AuditRecord,
+            ) -> Result<bool, StoreError> {
+                let (state, next, status, error, receipt, delivered_at) = match outcome {
+                    DeliveryOutcome::Delivered { status, receipt } => {
+                        ("delivered", now, Some(i32::from(*status)), None, receipt.clone(), Some(now))
+                    }
+                    DeliveryOutcome::Retry { next_attempt_at, status, error } => {
+                        ("queued", *next_attempt_at, status.map(i32::from), Some(error.clone()), None, None)
+                    }
+                    DeliveryOutcome::Dead { status, error } => {
+                        ("dead", now, status.map(i32::from), Some(error.clone()), None, None)
+                    }
+                    DeliveryOutcome::Stopped { reason } => {
+                        ("cancelled", now, None, Some(reason.clone()), None, None)
+                    }
+                };
+                let attempted = i32::from(!matches!(outcome, DeliveryOutcome::Stopped { .. }));
+                let mut tx = self.pool.begin().await?;
+                let changed = sqlx::query(
+                    "UPDATE deliveries SET state = $1, next_attempt_at = $2, last_status = $3, \
+                     last_error = $4, receipt = COALESCE($5, receipt), delivered_at = $6, \
+                     attempts = attempts + $7, lease_owner = NULL, lease_expires_at = NULL, \
+                     updated_at = $8 \
+                     WHERE id = $9 AND lease_owner = $10 AND lease_expires_at > $8",
+                )
+                .bind(state)
+                .bind(next)
+                .bind(status)
+                .bind(error)
+                .bind(receipt)
+                .bind(delivered_at)
+                .bind(attempted)
+                .bind(now)
+                .bind(id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                Self::write_audit(&mut *tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+                let n = sqlx::query(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE lease_owner = $1",
+                )
+                .bind(owner)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n)
+            }
+
+            async fn list_deliveries(&self, dead_only: bool, limit: i64) -> Result<Vec<DeliveryView>, StoreError> {
+                let rows = sqlx::query_as::<_, DeliveryView>(
+                    "SELECT id, referral_id, provider, kind, state, request_id, attempts, \
+                     last_status, last_error, next_attempt_at, created_at FROM deliveries \
+                     WHERE ($1 = 0 OR state = 'dead') ORDER BY created_at DESC, id LIMIT $2",
+                )
+                .bind(i32::from(dead_only))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
+
+            async fn replay_delivery(
+                &self,
+                id: &str,
+                now: OffsetDateTime,
+                audit: &AuditRecord,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let changed = sqlx::query(
+                    "UPDATE deliveries SET state = 'queued', attempts = 0, next_attempt_at = $1, \
+                     updated_at = $1, lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = $2 AND state = 'dead'",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if changed == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                Self::write_audit(&mut *tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
             async fn count_referrals(&self) -> Result<i64, StoreError> {
                 let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM referrals")
                     .fetch_one(&self.pool)
@@ -350,9 +507,10 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(SqliteStore, sqlx::Sqlite, "src/store/migrations/sqlite");
+sql_store!(SqliteStore, sqlx::Sqlite, "src/store/migrations/sqlite", "");
 sql_store!(
     PostgresStore,
     sqlx::Postgres,
-    "src/store/migrations/postgres"
+    "src/store/migrations/postgres",
+    "FOR UPDATE SKIP LOCKED"
 );

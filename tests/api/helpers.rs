@@ -96,12 +96,27 @@ role = "auditor"
 role = "operator"
 
 [mappings]
-dir = "{}/mappings"
-{extra_toml}
+dir = "{root}/mappings"
+
+[delivery]
+enabled = false
+
+[keys.pseudonym.bchft]
+active = "v1"
+[keys.pseudonym.bchft.versions.v1]
+file = "{root}/tests/fixtures/keys/pseudonym-bchft-v1.key"
+
+[keys.pseudonym.prospects]
+active = "v1"
+[keys.pseudonym.prospects.versions.v1]
+file = "{root}/tests/fixtures/keys/pseudonym-prospects-v1.key"
 "#,
-        env!("CARGO_MANIFEST_DIR")
+        root = env!("CARGO_MANIFEST_DIR")
     );
-    let figment = defaults_figment(&config_dir).merge(Toml::string(&overrides));
+    // The test's own TOML is a layer of its own, so it may set any table again.
+    let figment = defaults_figment(&config_dir)
+        .merge(Toml::string(&overrides))
+        .merge(Toml::string(extra_toml));
     Settings::from_figment(figment).expect("test settings are valid")
 }
 
@@ -110,7 +125,11 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
-    _dir: Option<tempfile::TempDir>,
+    /// The outbox worker, when the test configured providers; tests drive it.
+    pub deliverer: Option<thrive_gateway::delivery::Deliverer>,
+    /// The database URL, for a second gateway on the same database.
+    pub database_url: String,
+    _dir: Option<Arc<tempfile::TempDir>>,
 }
 
 impl TestApp {
@@ -120,19 +139,41 @@ impl TestApp {
 
     pub async fn spawn_with(db: Db, extra_toml: &str) -> Self {
         let (url, dir) = fresh_database(db).await;
-        let settings = test_settings(&url, extra_toml);
+        Self::spawn_on(&url, dir.map(Arc::new), extra_toml).await
+    }
+
+    /// Another gateway process on this one's database.
+    pub async fn second(&self, extra_toml: &str) -> Self {
+        Self::spawn_on(&self.database_url, self._dir.clone(), extra_toml).await
+    }
+
+    async fn spawn_on(url: &str, dir: Option<Arc<tempfile::TempDir>>, extra_toml: &str) -> Self {
+        let settings = test_settings(url, extra_toml);
         let app = Application::build(&settings, false)
             .await
             .expect("gateway starts");
         let base = format!("http://{}", app.address());
         let store = app.gateway().store.clone();
+        let deliverer = app.deliverer().cloned();
         tokio::spawn(app.run());
         Self {
             base,
             client: reqwest::Client::new(),
             store,
+            deliverer,
+            database_url: url.to_owned(),
             _dir: dir,
         }
+    }
+
+    /// Runs the outbox worker once: claims due deliveries and attempts them.
+    pub async fn deliver(&self) -> usize {
+        self.deliverer
+            .as_ref()
+            .expect("providers configured")
+            .run_once()
+            .await
+            .expect("delivery pass")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -451,4 +492,36 @@ macro_rules! on_both_databases {
             }
         )*
     };
+}
+
+/// An audit record for store-level tests.
+pub fn audit_record(action: &str) -> thrive_gateway::store::AuditRecord {
+    thrive_gateway::store::AuditRecord {
+        at: OffsetDateTime::now_utc(),
+        action: action.into(),
+        outcome: "accepted".into(),
+        http_status: Some(200),
+        client_id: Some("operator".into()),
+        role: Some("operator".into()),
+        referral_id: None,
+        request_id: None,
+        correlation_id: None,
+        detail: json!({}),
+    }
+}
+
+/// Runs one statement straight against a test database, as a tamperer or a clock
+/// would, bypassing the gateway.
+pub async fn execute_sql(db: Db, url: &str, sql: &str) {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+            sqlx::query(sql).execute(&pool).await.expect("statement");
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+            sqlx::query(sql).execute(&pool).await.expect("statement");
+        }
+    }
 }

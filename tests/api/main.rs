@@ -4,8 +4,10 @@
 mod helpers;
 
 mod auth;
+mod delivery;
 mod duplicates;
 mod intake;
+mod provider;
 mod store;
 mod updates;
 mod validation;

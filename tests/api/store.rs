@@ -6,7 +6,7 @@ use fhir_sdk::time::OffsetDateTime;
 use std::sync::Arc;
 use thrive_gateway::config::{DatabaseSettings, Settings};
 use thrive_gateway::store::{
-    AuditRecord, Inserted, NewReferralRecord, ReferralStatus, Store, UpdateRecord, Updated,
+    Inserted, NewReferralRecord, ReferralStatus, Store, UpdateRecord, Updated,
 };
 
 async fn open(db: Db) -> (Arc<dyn Store>, String, Option<tempfile::TempDir>) {
@@ -18,21 +18,6 @@ async fn open(db: Db) -> (Arc<dyn Store>, String, Option<tempfile::TempDir>) {
         url,
         dir,
     )
-}
-
-fn audit(action: &str) -> AuditRecord {
-    AuditRecord {
-        at: OffsetDateTime::now_utc(),
-        action: action.into(),
-        outcome: "accepted".into(),
-        http_status: Some(200),
-        client_id: Some("gp-a".into()),
-        role: Some("gp-system".into()),
-        referral_id: None,
-        request_id: None,
-        correlation_id: None,
-        detail: serde_json::json!({}),
-    }
 }
 
 fn record(n: u32) -> NewReferralRecord {
@@ -58,21 +43,7 @@ fn record(n: u32) -> NewReferralRecord {
         delivery_id: uuid::Uuid::new_v4().to_string(),
         delivery_request_id: uuid::Uuid::new_v4().to_string(),
         now: OffsetDateTime::now_utc(),
-        audit: audit("referral.new"),
-    }
-}
-
-async fn execute(db: Db, url: &str, sql: &str) {
-    let sql = sqlx::AssertSqlSafe(sql.to_owned());
-    match db {
-        Db::Sqlite => {
-            let pool = sqlx::SqlitePool::connect(url).await.unwrap();
-            sqlx::query(sql).execute(&pool).await.unwrap();
-        }
-        Db::Postgres => {
-            let pool = sqlx::PgPool::connect(url).await.unwrap();
-            sqlx::query(sql).execute(&pool).await.unwrap();
-        }
+        audit: audit_record("referral.new"),
     }
 }
 
@@ -142,7 +113,7 @@ async fn updates_apply_once_and_queue_notices_for_delivered_referrals(db: Db) {
     let delivered = record(2);
     store.insert_referral(&queued).await.unwrap();
     store.insert_referral(&delivered).await.unwrap();
-    execute(
+    execute_sql(
         db,
         &url,
         &format!(
@@ -159,7 +130,7 @@ async fn updates_apply_once_and_queue_notices_for_delivered_referrals(db: Db) {
         message_header_id: uuid::Uuid::new_v4().to_string(),
         kind: "cancel".into(),
         now: OffsetDateTime::now_utc(),
-        audit: audit("referral.cancel"),
+        audit: audit_record("referral.cancel"),
     };
     let cancel = update(&queued.id, ReferralStatus::Cancelled);
     assert_eq!(

@@ -1,0 +1,229 @@
+//! Provider clients: HTTPS (rustls) POSTs of one delivery, with the headers the
+//! provider de-duplicates and correlates on, and the provider's chosen authentication.
+
+use crate::config::{OAuthSettings, ProviderAuth, ProviderFormat, ProviderSettings};
+use fhir_sdk::time::Duration;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Mutex;
+
+/// What came back from one attempt.
+#[derive(Debug)]
+pub enum Answer {
+    /// The provider answered with a status.
+    Status {
+        status: u16,
+        /// `Retry-After`, in seconds, when given.
+        retry_after: Option<Duration>,
+        /// The start of the provider's answer, printable characters only, kept with
+        /// a dead letter so an operator can see why.
+        excerpt: String,
+    },
+    /// No answer: timeout, refused or reset connection, TLS failure, token endpoint
+    /// failure.
+    Failed(String),
+}
+
+/// One provider's endpoint and HTTP client.
+#[derive(Clone)]
+pub struct ProviderClient {
+    http: reqwest::Client,
+    endpoint: String,
+    format: ProviderFormat,
+    oauth: Option<Arc<OAuth>>,
+}
+
+impl std::fmt::Debug for ProviderClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderClient")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// Signed-JWT client credentials, with the access token cached until shortly before
+/// it expires.
+struct OAuth {
+    settings: OAuthSettings,
+    key: EncodingKey,
+    cached: Mutex<Option<(String, Instant)>>,
+}
+
+const EXCERPT_CHARS: usize = 300;
+/// Tokens are renewed this long before they expire.
+const TOKEN_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl ProviderClient {
+    pub fn new(settings: &ProviderSettings) -> Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_millis(settings.timeout_ms))
+            .connect_timeout(std::time::Duration::from_millis(
+                settings.timeout_ms.min(5_000),
+            ))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let oauth = match (settings.auth, &settings.oauth) {
+            (ProviderAuth::None, _) => None,
+            (ProviderAuth::SignedJwt, None) => {
+                return Err("auth = \"signed-jwt\" needs an oauth table".into());
+            }
+            (ProviderAuth::SignedJwt, Some(o)) => {
+                let pem = std::fs::read(&o.key_file)
+                    .map_err(|e| format!("cannot read {}: {e}", o.key_file.display()))?;
+                let key = EncodingKey::from_rsa_pem(&pem).map_err(|_| {
+                    format!("{} is not an RSA private key (PEM)", o.key_file.display())
+                })?;
+                Some(Arc::new(OAuth {
+                    settings: o.clone(),
+                    key,
+                    cached: Mutex::new(None),
+                }))
+            }
+        };
+        Ok(Self {
+            http,
+            endpoint: settings.endpoint.clone(),
+            format: settings.format,
+            oauth,
+        })
+    }
+
+    /// POSTs one delivery. `request_id` is the delivery's, the same on every retry.
+    pub async fn send(
+        &self,
+        request_id: &str,
+        correlation_id: &str,
+        body: &serde_json::Value,
+    ) -> Answer {
+        let ProviderFormat::Json = self.format;
+        let mut request = self
+            .http
+            .post(&self.endpoint)
+            .header("X-Request-Id", request_id)
+            .header("X-Correlation-Id", correlation_id)
+            .json(body);
+        if let Some(oauth) = &self.oauth {
+            match oauth.token(&self.http).await {
+                Ok(token) => request = request.bearer_auth(token),
+                Err(e) => return Answer::Failed(e),
+            }
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Answer::Failed(describe(&e)),
+        };
+        let status = response.status().as_u16();
+        if status == 401
+            && let Some(oauth) = &self.oauth
+        {
+            // The provider no longer accepts the cached token: fetch a new one next time.
+            *oauth.cached.lock().await = None;
+        }
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .map(Duration::seconds);
+        let excerpt = match response.text().await {
+            Ok(text) => text
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(EXCERPT_CHARS)
+                .collect(),
+            Err(e) => return Answer::Failed(describe(&e)),
+        };
+        Answer::Status {
+            status,
+            retry_after,
+            excerpt,
+        }
+    }
+}
+
+impl OAuth {
+    /// A valid access token: the cached one, or a new one from the token endpoint.
+    async fn token(&self, http: &reqwest::Client) -> Result<String, String> {
+        let mut cached = self.cached.lock().await;
+        if let Some((token, until)) = cached.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(token.clone());
+        }
+        let assertion = self.assertion()?;
+        let form = format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion={}",
+            "urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer", assertion
+        );
+        let response = http
+            .post(&self.settings.token_url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| format!("token endpoint: {}", describe(&e)))?;
+        if !response.status().is_success() {
+            return Err(format!(
+                "token endpoint answered {}",
+                response.status().as_u16()
+            ));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            access_token: String,
+            #[serde(default)]
+            expires_in: Option<u64>,
+        }
+        let token: TokenResponse = response
+            .json()
+            .await
+            .map_err(|_| "token endpoint: the answer is not a token response".to_owned())?;
+        let lifetime = std::time::Duration::from_secs(token.expires_in.unwrap_or(300));
+        let until = Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN);
+        *cached = Some((token.access_token.clone(), until));
+        Ok(token.access_token)
+    }
+
+    /// The client assertion: RS512 with `kid`, `iss` = `sub` = client id, `aud` = the
+    /// token URL, a unique `jti`, and `exp` five minutes ahead.
+    fn assertion(&self) -> Result<String, String> {
+        #[derive(serde::Serialize)]
+        struct Claims<'a> {
+            iss: &'a str,
+            sub: &'a str,
+            aud: &'a str,
+            jti: String,
+            iat: u64,
+            exp: u64,
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        let mut header = Header::new(Algorithm::RS512);
+        header.kid = Some(self.settings.key_id.clone());
+        jsonwebtoken::encode(
+            &header,
+            &Claims {
+                iss: &self.settings.client_id,
+                sub: &self.settings.client_id,
+                aud: &self.settings.token_url,
+                jti: uuid::Uuid::new_v4().to_string(),
+                iat: now,
+                exp: now + 300,
+            },
+            &self.key,
+        )
+        .map_err(|_| "could not sign the client assertion".to_owned())
+    }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        "timed out".into()
+    } else if e.is_connect() {
+        "could not connect".into()
+    } else if e.is_body() || e.is_decode() {
+        "the connection failed while reading the answer".into()
+    } else {
+        "the request failed".into()
+    }
+}

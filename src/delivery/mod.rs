@@ -1,0 +1,429 @@
+//! Delivery: the outbox worker that gets every accepted referral to its provider once.
+//!
+//! A worker claims due deliveries with a lease (so several gateway processes on one
+//! PostgreSQL database never send the same delivery at the same time), re-checks the
+//! referral's state and consent, minimises the referral to the provider's dataset,
+//! sends it with an `X-Request-Id` that stays the same across retries (the provider's
+//! de-duplication key), and records the outcome only while it still holds the lease.
+//! No database transaction is open while the provider is called.
+
+mod client;
+pub mod sandbox;
+
+pub use client::{Answer, ProviderClient};
+
+use crate::config::{DeliverySettings, Settings};
+use crate::consent::ConsentRecord;
+use crate::domain::ProviderId;
+use crate::mapping::{Datasets, Pseudonymise};
+use crate::pseudonym::PseudonymKeys;
+use crate::store::{AuditRecord, ClaimedDelivery, DeliveryOutcome, Store, StoreError};
+use fhir_sdk::time::{Duration, OffsetDateTime};
+use serde_json::json;
+use std::{collections::HashMap, sync::Arc};
+
+/// A problem with the delivery configuration, found at start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliverySetupError {
+    #[error("routing sends referrals to provider {0}, but providers.{0} is not configured")]
+    MissingProvider(String),
+    #[error("provider {0} has no dataset mapping")]
+    MissingDataset(String),
+    #[error("keys.pseudonym.{0}: {1}")]
+    Keys(String, String),
+    #[error("providers.{0}: {1}")]
+    Client(String, String),
+}
+
+/// Everything one provider needs: where to send, what to send, how to pseudonymise.
+struct Recipient {
+    client: ProviderClient,
+    keys: Option<PseudonymKeys>,
+}
+
+/// The outbox worker. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Deliverer {
+    store: Arc<dyn Store>,
+    datasets: Arc<Datasets>,
+    recipients: Arc<HashMap<ProviderId, Recipient>>,
+    settings: DeliverySettings,
+    /// This worker's lease owner name, unique per process.
+    owner: String,
+}
+
+impl std::fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("owner", &self.owner)
+            .finish()
+    }
+}
+
+/// Used where a dataset names no pseudonym (checked at start): it is never called.
+struct NoKeys;
+
+impl Pseudonymise for NoKeys {
+    fn pseudonym(&self, _input: &str) -> String {
+        String::new()
+    }
+    fn key_version(&self) -> &str {
+        ""
+    }
+}
+
+impl Deliverer {
+    /// Checks that every provider routing can choose has an endpoint, a dataset and,
+    /// where its dataset pseudonymises, keys.
+    pub fn new(
+        settings: &Settings,
+        store: Arc<dyn Store>,
+        routing: &crate::routing::Routing,
+        datasets: Arc<Datasets>,
+    ) -> Result<Self, DeliverySetupError> {
+        let mut recipients = HashMap::new();
+        for provider in routing.providers() {
+            let id = provider.id.to_string();
+            let config = settings
+                .providers
+                .get(&id)
+                .ok_or_else(|| DeliverySetupError::MissingProvider(id.clone()))?;
+            let Some(dataset) = datasets.for_provider(&provider.id) else {
+                return Err(DeliverySetupError::MissingDataset(id));
+            };
+            let keys = match settings.keys.pseudonym.get(&id) {
+                Some(k) => Some(
+                    PseudonymKeys::load(&id, k)
+                        .map_err(|e| DeliverySetupError::Keys(id.clone(), e.to_string()))?,
+                ),
+                None if dataset.uses_pseudonyms() => {
+                    return Err(DeliverySetupError::Keys(
+                        id,
+                        "the provider's dataset pseudonymises, but no keys are configured".into(),
+                    ));
+                }
+                None => None,
+            };
+            let client = ProviderClient::new(config)
+                .map_err(|e| DeliverySetupError::Client(id.clone(), e))?;
+            recipients.insert(provider.id.clone(), Recipient { client, keys });
+        }
+        Ok(Self {
+            store,
+            datasets,
+            recipients: Arc::new(recipients),
+            settings: settings.delivery.clone(),
+            owner: format!("worker-{}", uuid::Uuid::new_v4()),
+        })
+    }
+
+    /// Claims one batch of due deliveries and attempts them all; returns how many.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let lease_until = now + Duration::seconds(self.settings.lease_seconds as i64);
+        let claimed = self
+            .store
+            .claim_deliveries(&self.owner, now, lease_until, self.settings.batch_size)
+            .await?;
+        let n = claimed.len();
+        let attempts = claimed.into_iter().map(|d| self.attempt(d));
+        for result in futures_util::future::join_all(attempts).await {
+            result?;
+        }
+        Ok(n)
+    }
+
+    /// Works until `stop` turns true, then gives back its leases.
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let idle = std::time::Duration::from_millis(self.settings.poll_interval_ms);
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let busy = match self.run_once().await {
+                Ok(n) => n > 0,
+                Err(e) => {
+                    tracing::error!(error = %e, "delivery worker: database error");
+                    false
+                }
+            };
+            if !busy {
+                tokio::select! {
+                    _ = tokio::time::sleep(idle) => {}
+                    _ = stop.changed() => {}
+                }
+            }
+        }
+        match self.store.release_leases(&self.owner).await {
+            Ok(n) => tracing::info!(released = n, "delivery worker stopped"),
+            Err(e) => tracing::error!(error = %e, "delivery worker: could not release leases"),
+        }
+    }
+
+    async fn attempt(&self, d: ClaimedDelivery) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let attempt = d.attempts + 1;
+        let (outcome, receipt) = self.decide(&d, now).await;
+        let (result, status) = match &outcome {
+            DeliveryOutcome::Delivered { status, .. } => ("delivered", Some(*status)),
+            DeliveryOutcome::Retry { status, .. } => ("retry", *status),
+            DeliveryOutcome::Dead { status, .. } => ("dead-letter", *status),
+            DeliveryOutcome::Stopped { .. } => ("stopped", None),
+        };
+        let reason = match &outcome {
+            DeliveryOutcome::Stopped { reason } => Some(reason.clone()),
+            DeliveryOutcome::Dead { error, .. } if status.is_none() => Some(error.clone()),
+            _ => None,
+        };
+        let audit = AuditRecord {
+            at: now,
+            action: format!("delivery.{}", d.kind),
+            outcome: result.to_owned(),
+            http_status: status,
+            client_id: None,
+            role: None,
+            referral_id: Some(d.referral_id.clone()),
+            request_id: Some(d.request_id.clone()),
+            correlation_id: Some(d.correlation_id.clone()),
+            detail: json!({
+                "recipient": d.provider,
+                "attempt": attempt,
+                "reason": reason,
+                "receipt": receipt,
+            }),
+        };
+        let held = self
+            .store
+            .finish_delivery(
+                &d.id,
+                &self.owner,
+                OffsetDateTime::now_utc(),
+                &outcome,
+                &audit,
+            )
+            .await?;
+        if held {
+            tracing::info!(delivery_id = %d.id, referral_id = %d.referral_id, provider = %d.provider, kind = %d.kind, attempt, result, status, "delivery attempt");
+        } else {
+            tracing::warn!(delivery_id = %d.id, "delivery lease expired before the outcome was recorded; another worker will retry");
+        }
+        Ok(())
+    }
+
+    /// Decides and, where allowed, sends. Returns the outcome and the minimisation
+    /// receipt of what was disclosed.
+    async fn decide(
+        &self,
+        d: &ClaimedDelivery,
+        now: OffsetDateTime,
+    ) -> (DeliveryOutcome, Option<serde_json::Value>) {
+        let stopped = |reason: &str| {
+            (
+                DeliveryOutcome::Stopped {
+                    reason: reason.to_owned(),
+                },
+                None,
+            )
+        };
+        let dead = |error: String| {
+            (
+                DeliveryOutcome::Dead {
+                    status: None,
+                    error,
+                },
+                None,
+            )
+        };
+        let Ok(provider) = ProviderId::parse(&d.provider) else {
+            return dead("the delivery names an unknown provider".into());
+        };
+        let Some(recipient) = self.recipients.get(&provider) else {
+            return dead(format!("provider {provider} is not configured"));
+        };
+        if d.kind == "referral" {
+            if d.referral_status != "active" {
+                return stopped("the referral was cancelled or its consent withdrawn");
+            }
+            match serde_json::from_str::<ConsentRecord>(&d.consent) {
+                Ok(c) if c.covers(now) => {}
+                _ => return stopped("the consent no longer covers this disclosure"),
+            }
+        }
+        let age = now - d.created_at;
+        if age > Duration::seconds(self.settings.max_age_seconds as i64) {
+            return dead("the delivery is older than delivery.max_age_seconds".into());
+        }
+
+        let (body, receipt) = match self.body(d, &provider, recipient, now) {
+            Ok(b) => b,
+            Err(error) => return dead(error),
+        };
+        let answer = recipient
+            .client
+            .send(&d.request_id, &d.correlation_id, &body)
+            .await;
+        let outcome = self.classify(answer, d.attempts + 1, now, age);
+        let receipt = match outcome {
+            DeliveryOutcome::Delivered { .. } => receipt,
+            _ => None,
+        };
+        (outcome, receipt)
+    }
+
+    fn body(
+        &self,
+        d: &ClaimedDelivery,
+        provider: &ProviderId,
+        recipient: &Recipient,
+        now: OffsetDateTime,
+    ) -> Result<(serde_json::Value, Option<serde_json::Value>), String> {
+        let referral = json!({
+            "id": d.referral_id,
+            "reference": d.reference,
+            "programme": d.programme,
+        });
+        if d.kind != "referral" {
+            return Ok((json!({"notice": d.kind, "referral": referral}), None));
+        }
+        let dataset = self
+            .datasets
+            .for_provider(provider)
+            .ok_or_else(|| format!("provider {provider} has no dataset mapping"))?;
+        let message: serde_json::Value = serde_json::from_str(&d.message)
+            .map_err(|_| "the stored referral could not be read".to_owned())?;
+        let keys: &dyn Pseudonymise = match &recipient.keys {
+            Some(k) => k,
+            None => &NoKeys,
+        };
+        let minimised = dataset
+            .apply(&message, keys, now.date())
+            .map_err(|e| format!("minimisation failed: {e}"))?;
+        let receipt = serde_json::to_value(&minimised.receipt).ok();
+        Ok((
+            json!({
+                "notice": "referral",
+                "referral": referral,
+                "mapping": {"id": dataset.id(), "version": dataset.version()},
+                "data": minimised.data,
+            }),
+            receipt,
+        ))
+    }
+
+    fn classify(
+        &self,
+        answer: Answer,
+        attempt: i32,
+        now: OffsetDateTime,
+        age: Duration,
+    ) -> DeliveryOutcome {
+        let (status, retry_after, error) = match answer {
+            Answer::Status {
+                status,
+                retry_after,
+                excerpt,
+            } => {
+                if (200..300).contains(&status) || status == 409 {
+                    return DeliveryOutcome::Delivered {
+                        status,
+                        receipt: None,
+                    };
+                }
+                let transient = matches!(status, 408 | 425 | 429) || status >= 500;
+                let error = format!("provider answered {status}: {excerpt}");
+                if !transient {
+                    return DeliveryOutcome::Dead {
+                        status: Some(status),
+                        error,
+                    };
+                }
+                (Some(status), retry_after, error)
+            }
+            Answer::Failed(error) => (None, None, error),
+        };
+        if attempt >= self.settings.max_attempts {
+            return DeliveryOutcome::Dead {
+                status,
+                error: format!("gave up after {attempt} attempts; last: {error}"),
+            };
+        }
+        let wait = backoff(&self.settings, attempt, retry_after);
+        let next = now + wait;
+        if age + wait > Duration::seconds(self.settings.max_age_seconds as i64) {
+            return DeliveryOutcome::Dead {
+                status,
+                error: format!("would pass delivery.max_age_seconds; last: {error}"),
+            };
+        }
+        DeliveryOutcome::Retry {
+            next_attempt_at: next,
+            status,
+            error,
+        }
+    }
+}
+
+/// Exponential backoff with jitter: half the step fixed, half random, so retries
+/// from many deliveries spread out; never sooner than the provider's `Retry-After`.
+pub fn backoff(
+    settings: &DeliverySettings,
+    attempt: i32,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let exp = u32::try_from(attempt.saturating_sub(1))
+        .unwrap_or(0)
+        .min(30);
+    let step = settings
+        .initial_backoff_ms
+        .saturating_mul(1u64 << exp)
+        .min(settings.max_backoff_ms);
+    let mut bytes = [0u8; 8];
+    let random = if getrandom::fill(&mut bytes).is_ok() {
+        u64::from_le_bytes(bytes)
+    } else {
+        0
+    };
+    let half = step / 2;
+    let jittered = half + if half > 0 { random % (half + 1) } else { 0 };
+    let wait = Duration::milliseconds(jittered as i64);
+    match retry_after {
+        Some(r) if r > wait => r,
+        _ => wait,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> DeliverySettings {
+        DeliverySettings {
+            enabled: true,
+            poll_interval_ms: 10,
+            lease_seconds: 30,
+            batch_size: 4,
+            max_attempts: 5,
+            max_age_seconds: 3600,
+            initial_backoff_ms: 1000,
+            max_backoff_ms: 8000,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_caps_and_honours_retry_after() {
+        let s = settings();
+        for (attempt, low, high) in [
+            (1, 500, 1000),
+            (2, 1000, 2000),
+            (3, 2000, 4000),
+            (9, 4000, 8000),
+        ] {
+            for _ in 0..50 {
+                let w = backoff(&s, attempt, None).whole_milliseconds();
+                assert!((low..=high).contains(&w), "attempt {attempt}: {w}");
+            }
+        }
+        let long = Duration::seconds(120);
+        assert_eq!(backoff(&s, 1, Some(long)), long);
+    }
+}

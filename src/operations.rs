@@ -1,0 +1,135 @@
+//! Operator interface: the delivery queue and its dead letters, over HTTP
+//! (`/operator/v1`, operator role) and the command line. Every call is audited.
+
+use crate::auth::Role;
+use crate::intake::{Gateway, process::AuditContext};
+use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use crate::store::{AuditRecord, DeliveryView, Store, StoreError};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use fhir_sdk::time::OffsetDateTime;
+use serde::Deserialize;
+
+/// Lists deliveries, newest first (dead letters only when asked).
+pub async fn list(
+    store: &dyn Store,
+    dead_only: bool,
+    limit: i64,
+) -> Result<Vec<DeliveryView>, StoreError> {
+    store.list_deliveries(dead_only, limit).await
+}
+
+/// Puts a dead letter back in the queue. Its consent and referral state are checked
+/// again by the worker before it is sent.
+pub async fn replay(store: &dyn Store, id: &str, audit: AuditRecord) -> Result<bool, StoreError> {
+    store
+        .replay_delivery(id, OffsetDateTime::now_utc(), &audit)
+        .await
+}
+
+fn operator_only(gw: &Gateway, req: &HttpRequest) -> Result<crate::auth::Principal, Rejection> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or_default());
+    let principal = gw.auth.authenticate(header).map_err(|e| {
+        Rejection::one(Issue::new(
+            RecCode::Unauthorized,
+            IssueType::Login,
+            e.to_string(),
+        ))
+    })?;
+    if principal.role != Role::Operator {
+        return Err(Issue::new(
+            RecCode::Forbidden,
+            IssueType::Forbidden,
+            "only operators may manage deliveries",
+        )
+        .into());
+    }
+    Ok(principal)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    dead: bool,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+#[get("/operator/v1/deliveries")]
+async fn list_deliveries(
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let principal = operator_only(&gw, &req)?;
+    let rows = list(gw.store.as_ref(), query.dead, query.limit.clamp(1, 1000))
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "listing deliveries failed");
+            server_error()
+        })?;
+    let ctx = AuditContext {
+        action: "operator.deliveries.list",
+        principal: Some(&principal),
+        ids: None,
+    };
+    let record = ctx.record(
+        "allowed",
+        200,
+        None,
+        serde_json::json!({"dead_only": query.dead, "count": rows.len()}),
+    );
+    gw.store.append_audit(&record).await.map_err(|e| {
+        tracing::error!(error = %e, "could not audit an operator query");
+        server_error()
+    })?;
+    Ok(HttpResponse::Ok().json(rows))
+}
+
+#[post("/operator/v1/deliveries/{id}/replay")]
+async fn replay_delivery(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let principal = operator_only(&gw, &req)?;
+    let ctx = AuditContext {
+        action: "operator.deliveries.replay",
+        principal: Some(&principal),
+        ids: None,
+    };
+    let record = ctx.record(
+        "accepted",
+        202,
+        None,
+        serde_json::json!({"delivery_id": id.as_str()}),
+    );
+    let replayed = replay(gw.store.as_ref(), &id, record).await.map_err(|e| {
+        tracing::error!(error = %e, "replaying a delivery failed");
+        server_error()
+    })?;
+    if replayed {
+        Ok(HttpResponse::Accepted()
+            .json(serde_json::json!({"delivery_id": id.as_str(), "state": "queued"})))
+    } else {
+        let rejection: Rejection = Issue::new(
+            RecCode::NotFound,
+            IssueType::NotFound,
+            "no dead letter has this id",
+        )
+        .into();
+        gw.audit_rejection(&ctx, &rejection).await;
+        Err(rejection)
+    }
+}
+
+/// Registers the operator routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(list_deliveries).service(replay_delivery);
+}

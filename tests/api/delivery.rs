@@ -1,0 +1,436 @@
+//! Delivery: every accepted referral reaches its provider once, minimised, and what
+//! cannot be delivered is parked where an operator can see and replay it.
+
+use crate::helpers::*;
+use crate::on_both_databases;
+use crate::provider::{FAST_RETRIES, FakeProvider, Step};
+use fhir_sdk::time::OffsetDateTime;
+
+async fn accept(app: &TestApp, msg: &serde_json::Value) -> (String, Ids) {
+    let ids = Ids::fresh();
+    let reply = app.send_with("gp-a", msg, &ids).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    (
+        reply.json()["entry"][1]["resource"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        ids,
+    )
+}
+
+async fn state_of(app: &TestApp, referral: &str) -> Vec<(String, String)> {
+    app.store
+        .deliveries_for(referral)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.kind, d.state))
+        .collect()
+}
+
+async fn a_referral_is_delivered_once_minimised_with_stable_ids(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let app = TestApp::spawn_with(db, &provider.config("")).await;
+    let (id, ids) = accept(&app, &referral()).await;
+    assert_eq!(app.deliver().await, 1);
+    assert_eq!(app.deliver().await, 0, "nothing is sent twice");
+
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 1);
+    let delivery = &app.store.deliveries_for(&id).await.unwrap()[0];
+    assert_eq!(delivery.state, "delivered");
+    assert_eq!(
+        seen[0].request_id, delivery.request_id,
+        "X-Request-Id is the delivery's"
+    );
+    assert_eq!(seen[0].correlation_id, ids.correlation.to_string());
+    let body = &seen[0].body;
+    assert_eq!(body["referral"]["id"], id.as_str());
+    let data = &body["data"];
+    assert!(
+        data.is_object() && !data.as_object().unwrap().is_empty(),
+        "{body}"
+    );
+    let text = body.to_string();
+    for never in [
+        "9990000018",
+        "1973-04-12",
+        "knee pain",
+        "239873007",
+        "1 Example Street",
+    ] {
+        assert!(
+            !text.contains(never),
+            "the provider must not receive {never}"
+        );
+    }
+    assert!(
+        text.contains("v1:"),
+        "the NHS number travels as a pseudonym: {text}"
+    );
+
+    let audit = app.audit().await;
+    let sent = audit
+        .iter()
+        .find(|a| a.action == "delivery.referral")
+        .expect("attempt audited");
+    assert_eq!(sent.outcome, "delivered");
+    assert_eq!(
+        sent.request_id.as_deref(),
+        Some(delivery.request_id.as_str())
+    );
+    assert!(
+        sent.detail.contains("mapping_version"),
+        "receipt recorded: {}",
+        sent.detail
+    );
+    assert!(!sent.detail.contains("9990000018"));
+}
+
+async fn transient_failures_are_retried_with_the_same_request_id(db: Db) {
+    let provider = FakeProvider::start(vec![
+        Step::status(500),
+        Step {
+            status: 429,
+            retry_after: None,
+            delay_ms: 0,
+        },
+        Step::status(200),
+    ])
+    .await;
+    let app = TestApp::spawn_with(db, &provider.config(FAST_RETRIES)).await;
+    let (id, _) = accept(&app, &referral()).await;
+    for _ in 0..3 {
+        app.deliver().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 3);
+    assert!(seen.iter().all(|s| s.request_id == seen[0].request_id));
+    let d = &app.store.deliveries_for(&id).await.unwrap()[0];
+    assert_eq!((d.state.as_str(), d.attempts), ("delivered", 3));
+}
+
+async fn retry_after_is_honoured(db: Db) {
+    let provider = FakeProvider::start(vec![Step {
+        status: 503,
+        retry_after: Some(120),
+        delay_ms: 0,
+    }])
+    .await;
+    let app = TestApp::spawn_with(db, &provider.config(FAST_RETRIES)).await;
+    accept(&app, &referral()).await;
+    let before = OffsetDateTime::now_utc();
+    app.deliver().await;
+    let view = &app.store.list_deliveries(false, 10).await.unwrap()[0];
+    assert_eq!(view.state, "queued");
+    assert_eq!(view.last_status, Some(503));
+    assert!(
+        view.next_attempt_at >= before + fhir_sdk::time::Duration::seconds(119),
+        "{view:?}"
+    );
+    assert_eq!(app.deliver().await, 0, "not due yet");
+}
+
+async fn a_refusal_is_a_dead_letter_that_an_operator_can_replay(db: Db) {
+    let provider = FakeProvider::start(vec![Step::status(400)]).await;
+    let app = TestApp::spawn_with(db, &provider.config(FAST_RETRIES)).await;
+    let (id, _) = accept(&app, &referral()).await;
+    app.deliver().await;
+    let dead = app.store.list_deliveries(true, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_status, Some(400));
+    assert!(
+        dead[0]
+            .last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("answer"),
+        "provider's answer kept"
+    );
+    assert_eq!(
+        app.deliver().await,
+        0,
+        "dead letters are not retried by themselves"
+    );
+
+    let audit = audit_record("delivery.replay");
+    assert!(
+        app.store
+            .replay_delivery(&dead[0].id, OffsetDateTime::now_utc(), &audit)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !app.store
+            .replay_delivery(&dead[0].id, OffsetDateTime::now_utc(), &audit)
+            .await
+            .unwrap(),
+        "only dead letters replay"
+    );
+    app.deliver().await;
+    assert_eq!(
+        state_of(&app, &id).await,
+        vec![("referral".into(), "delivered".into())]
+    );
+    assert_eq!(provider.seen().len(), 2);
+}
+
+async fn an_unreachable_or_slow_provider_is_retried_then_parked(db: Db) {
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = format!(
+        "[providers.bchft]\nendpoint = \"http://127.0.0.1:{port}/x\"\n[providers.prospects]\nendpoint = \"http://127.0.0.1:{port}/x\"\n{FAST_RETRIES}"
+    );
+    let app = TestApp::spawn_with(db, &config).await;
+    let (id, _) = accept(&app, &referral()).await;
+    for _ in 0..3 {
+        app.deliver().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let d = &app.store.list_deliveries(true, 10).await.unwrap();
+    assert_eq!(d.len(), 1, "parked after max_attempts");
+    assert_eq!(d[0].attempts, 3);
+    assert!(
+        d[0].last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("connect")
+    );
+    assert_eq!(d[0].referral_id, id);
+
+    let slow = FakeProvider::start(vec![Step {
+        status: 200,
+        retry_after: None,
+        delay_ms: 3000,
+    }])
+    .await;
+    let app = TestApp::spawn_with(db, &slow.config(FAST_RETRIES)).await;
+    accept(&app, &referral()).await;
+    app.deliver().await;
+    let view = &app.store.list_deliveries(false, 10).await.unwrap()[0];
+    assert_eq!(view.state, "queued");
+    assert!(
+        view.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("timed out"),
+        "{view:?}"
+    );
+}
+
+async fn consent_is_checked_again_and_withdrawal_reaches_the_provider(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let app = TestApp::spawn_with(db, &provider.config("")).await;
+    // Delivered, then withdrawn: the provider gets a withdrawal notice.
+    let original = referral();
+    let (id, _) = accept(&app, &original).await;
+    app.deliver().await;
+    assert_eq!(app.send("gp-a", &withdrawal(&original)).await.status, 200);
+    app.deliver().await;
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[1].body["notice"], "withdrawal");
+    assert_eq!(seen[1].body["referral"]["id"], id.as_str());
+    assert!(
+        seen[1].body.get("data").is_none(),
+        "a notice carries no personal data"
+    );
+    assert_ne!(seen[1].request_id, seen[0].request_id);
+
+    // Consent that stops covering the disclosure before the attempt: never sent.
+    let (late, _) = accept(&app, &referral()).await;
+    let expired = r#"{"given_at":null,"valid_from":null,"valid_until":"2020-01-01T00:00:00Z","recipient":"prospects"}"#;
+    execute_sql(
+        db,
+        &app.database_url,
+        &format!("UPDATE referrals SET consent = '{expired}' WHERE id = '{late}'"),
+    )
+    .await;
+    app.deliver().await;
+    assert_eq!(provider.seen().len(), 2, "nothing more was sent");
+    assert_eq!(
+        state_of(&app, &late).await,
+        vec![("referral".into(), "cancelled".into())]
+    );
+}
+
+async fn two_gateways_on_one_database_deliver_each_referral_exactly_once(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let first = TestApp::spawn_with(db, &provider.config("")).await;
+    let second = first.second(&provider.config("")).await;
+    let mut referrals = Vec::new();
+    for i in 0..16 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        referrals.push(accept(app, &referral()).await.0);
+    }
+    let drain = |app: &TestApp| {
+        let d = app.deliverer.clone().unwrap();
+        async move {
+            for _ in 0..20 {
+                if d.run_once().await.unwrap() == 0 {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::join!(drain(&first), drain(&second), drain(&first), drain(&second));
+    let seen = provider.seen();
+    let mut ids: Vec<&str> = seen.iter().map(|s| s.request_id.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(seen.len(), 16, "each referral sent once");
+    assert_eq!(ids.len(), 16);
+    for r in &referrals {
+        assert_eq!(
+            state_of(&first, r).await,
+            vec![("referral".into(), "delivered".into())]
+        );
+    }
+}
+
+async fn the_sandbox_receives_like_a_provider(db: Db) {
+    let sandbox = TestApp::spawn_with(db, "[sandbox]\nenabled = true\n").await;
+    let url = format!("{}/sandbox/prospects/referrals", sandbox.base);
+    let app = TestApp::spawn_with(
+        db,
+        &format!(
+            "[providers.bchft]\nendpoint = \"{url}\"\n[providers.prospects]\nendpoint = \"{url}\"\n"
+        ),
+    )
+    .await;
+    let (id, _) = accept(&app, &referral()).await;
+    app.deliver().await;
+    let received: serde_json::Value = app
+        .client
+        .get(format!("{}/sandbox/prospects/received", sandbox.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(received.as_array().unwrap().len(), 1);
+    assert_eq!(received[0]["body"]["referral"]["id"], id.as_str());
+    assert_eq!(received[0]["times"], 1);
+}
+
+on_both_databases!(
+    a_referral_is_delivered_once_minimised_with_stable_ids,
+    transient_failures_are_retried_with_the_same_request_id,
+    retry_after_is_honoured,
+    a_refusal_is_a_dead_letter_that_an_operator_can_replay,
+    an_unreachable_or_slow_provider_is_retried_then_parked,
+    consent_is_checked_again_and_withdrawal_reaches_the_provider,
+    two_gateways_on_one_database_deliver_each_referral_exactly_once,
+    the_sandbox_receives_like_a_provider,
+);
+
+async fn operators_list_and_replay_dead_letters_over_http(db: Db) {
+    let provider = FakeProvider::start(vec![Step::status(422)]).await;
+    let app = TestApp::spawn_with(db, &provider.config(FAST_RETRIES)).await;
+    let (referral_id, _) = accept(&app, &referral()).await;
+    app.deliver().await;
+
+    let list = app
+        .get("operator", "/operator/v1/deliveries?dead=true")
+        .await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    let rows = list.json();
+    assert_eq!(rows.as_array().unwrap().len(), 1);
+    assert_eq!(rows[0]["referral_id"], referral_id.as_str());
+    assert_eq!(rows[0]["last_status"], 422);
+    let delivery_id = rows[0]["id"].as_str().unwrap().to_owned();
+
+    for client in ["gp-a", "auditor", "bchft"] {
+        assert_eq!(
+            app.get(client, "/operator/v1/deliveries").await.status,
+            403,
+            "{client}"
+        );
+    }
+    let replay = |client: &str| {
+        app.client
+            .post(app.url(&format!("/operator/v1/deliveries/{delivery_id}/replay")))
+            .bearer_auth(token(client))
+            .send()
+    };
+    assert_eq!(replay("gp-a").await.unwrap().status(), 403);
+    assert_eq!(replay("operator").await.unwrap().status(), 202);
+    assert_eq!(
+        replay("operator").await.unwrap().status(),
+        404,
+        "no longer a dead letter"
+    );
+    app.deliver().await;
+    assert_eq!(
+        state_of(&app, &referral_id).await,
+        vec![("referral".into(), "delivered".into())]
+    );
+    let audit = app.audit().await;
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "operator.deliveries.replay"
+                && a.client_id.as_deref() == Some("operator"))
+    );
+    assert!(audit.iter().any(|a| a.action == "operator.deliveries.list"));
+}
+
+on_both_databases!(operators_list_and_replay_dead_letters_over_http);
+
+async fn signed_jwt_client_credentials_are_used_and_cached(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let oauth = format!(
+        "auth = \"signed-jwt\"\n[providers.prospects.oauth]\ntoken_url = \"{}\"\nclient_id = \"thrive-gateway-client\"\nkey_file = \"{KEYS}/test-issuer.pem\"\nkey_id = \"test-1\"\n",
+        provider.token_url()
+    );
+    let config = format!(
+        "[providers.bchft]\nendpoint = \"{url}\"\n[providers.prospects]\nendpoint = \"{url}\"\n{oauth}",
+        url = provider.url
+    );
+    let app = TestApp::spawn_with(db, &config).await;
+    accept(&app, &referral()).await;
+    accept(&app, &referral()).await;
+    app.deliver().await;
+
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen.iter().all(|s| s.authorization == "Bearer tok-1"),
+        "{seen:?}"
+    );
+    let tokens = provider.token_requests();
+    assert_eq!(tokens.len(), 1, "the access token is cached");
+    let form = &tokens[0];
+    assert!(form.contains("grant_type=client_credentials"));
+    assert!(form.contains(
+        "client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+    ));
+    let assertion = form.split("client_assertion=").nth(1).unwrap();
+    let header = jsonwebtoken::decode_header(assertion).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS512);
+    assert_eq!(header.kid.as_deref(), Some("test-1"));
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_str(&std::fs::read_to_string(format!("{KEYS}/test-jwks.json")).unwrap())
+            .unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS512);
+    validation.set_audience(&[provider.token_url()]);
+    validation.set_issuer(&["thrive-gateway-client"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(assertion, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], "thrive-gateway-client");
+    assert!(claims["jti"].as_str().is_some_and(|j| !j.is_empty()));
+    let lifetime = claims["exp"].as_i64().unwrap() - OffsetDateTime::now_utc().unix_timestamp();
+    assert!(
+        (0..=300).contains(&lifetime),
+        "exp at most five minutes ahead: {lifetime}"
+    );
+}
+
+on_both_databases!(signed_jwt_client_credentials_are_used_and_cached);

@@ -1,0 +1,203 @@
+//! Crash safety: the gateway is killed (SIGKILL) while referrals are being accepted and
+//! delivered, then restarted. Every referral that got a 200 reaches the provider, once
+//! by its de-duplication key, and nothing that was stored is half-stored.
+#![allow(clippy::unwrap_used)]
+
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+#[path = "api/provider.rs"]
+#[allow(dead_code)]
+mod provider;
+
+use helpers::*;
+use provider::FakeProvider;
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(config: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_thrive-gateway"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_remove("THRIVE_ENV")
+        .env("THRIVE__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_ready(base: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("gateway did not become ready");
+}
+
+async fn killed_mid_flight(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let (url, _dir) = fresh_database(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("crash.toml");
+    let root = env!("CARGO_MANIFEST_DIR");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[database]
+url = "{url}"
+[auth.issuers.test]
+issuer = "{TEST_ISSUER}"
+jwks_file = "{KEYS}/test-jwks.json"
+[auth.clients.gp-a]
+role = "gp-system"
+practices = ["Y90001", "Y90010"]
+[delivery]
+enabled = true
+poll_interval_ms = 20
+lease_seconds = 2
+initial_backoff_ms = 10
+max_backoff_ms = 50
+[providers.bchft]
+endpoint = "{p}"
+[providers.prospects]
+endpoint = "{p}"
+[keys.pseudonym.bchft]
+active = "v1"
+[keys.pseudonym.bchft.versions.v1]
+file = "{root}/tests/fixtures/keys/pseudonym-bchft-v1.key"
+[keys.pseudonym.prospects]
+active = "v1"
+[keys.pseudonym.prospects.versions.v1]
+file = "{root}/tests/fixtures/keys/pseudonym-prospects-v1.key"
+"#,
+            p = provider.url
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut gateway = start(&config, port);
+    wait_ready(&base).await;
+
+    // Send referrals from several tasks; kill the gateway while they are in flight.
+    let client = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let (client, base) = (client.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 5)).await;
+            let msg = referral();
+            let res = client
+                .post(format!("{base}/fhir/r4/$process-message"))
+                .bearer_auth(token("gp-a"))
+                .header("Content-Type", "application/fhir+json")
+                .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+                .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+                .body(msg.to_string())
+                .send()
+                .await;
+            match res {
+                Ok(r) if r.status() == 200 => {
+                    let body: serde_json::Value = r.json().await.unwrap_or_default();
+                    body["entry"][1]["resource"]["id"]
+                        .as_str()
+                        .map(str::to_owned)
+                }
+                _ => None,
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gateway.kill().unwrap(); // SIGKILL
+    gateway.wait().unwrap();
+    let mut accepted = HashSet::new();
+    for t in tasks {
+        if let Some(id) = t.await.unwrap() {
+            accepted.insert(id);
+        }
+    }
+    assert!(
+        !accepted.is_empty(),
+        "some referrals were accepted before the kill"
+    );
+
+    // Restart and let the worker finish.
+    let mut gateway = start(&config, port);
+    wait_ready(&base).await;
+    let settings = test_settings(&url, "");
+    let store = thrive_gateway::store::connect(&settings.database)
+        .await
+        .unwrap();
+    let mut done = false;
+    for _ in 0..200 {
+        let queued = store.list_deliveries(false, 1000).await.unwrap();
+        if queued.iter().all(|d| d.state == "delivered") {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    assert!(
+        done,
+        "every stored referral was delivered after the restart"
+    );
+
+    // Every referral that got a 200 is stored whole and delivered.
+    let mut request_ids_by_referral: HashMap<String, HashSet<String>> = HashMap::new();
+    for seen in provider.seen() {
+        let referral = seen.body["referral"]["id"].as_str().unwrap().to_owned();
+        request_ids_by_referral
+            .entry(referral)
+            .or_default()
+            .insert(seen.request_id);
+    }
+    for id in &accepted {
+        let row = store
+            .referral(id)
+            .await
+            .unwrap()
+            .expect("a 200 means stored");
+        let deliveries = store.deliveries_for(&row.id).await.unwrap();
+        assert_eq!(deliveries.len(), 1);
+        let keys = request_ids_by_referral.get(id).expect("delivered");
+        assert_eq!(keys.len(), 1, "one de-duplication key per referral");
+        assert!(keys.contains(&deliveries[0].request_id));
+    }
+    // Nothing stored is half-stored: each referral has its delivery and its message.
+    let all = store.list_deliveries(false, 1000).await.unwrap();
+    assert_eq!(all.len() as i64, store.count_referrals().await.unwrap());
+    assert_eq!(
+        request_ids_by_referral.len(),
+        all.len(),
+        "nothing stored was left undelivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite() {
+    killed_mid_flight(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres() {
+    killed_mid_flight(Db::Postgres).await;
+}
