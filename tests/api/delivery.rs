@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use crate::on_both_databases;
-use crate::provider::{FAST_RETRIES, FakeProvider, Step};
+use crate::provider::{FAST_RETRIES, FakeProvider, Step, start_hanging_up};
 use fhir_sdk::time::OffsetDateTime;
 
 async fn accept(app: &TestApp, msg: &serde_json::Value) -> (String, Ids) {
@@ -434,3 +434,51 @@ async fn signed_jwt_client_credentials_are_used_and_cached(db: Db) {
 }
 
 on_both_databases!(signed_jwt_client_credentials_are_used_and_cached);
+
+async fn a_provider_hanging_up_mid_answer_or_a_failing_token_endpoint_means_retry(db: Db) {
+    // The connection closes half-way through a 200: not delivered, tried again.
+    let (url, count) = start_hanging_up().await;
+    let app = TestApp::spawn_with(
+        db,
+        &format!("[providers.bchft]\nendpoint = \"{url}\"\n[providers.prospects]\nendpoint = \"{url}\"\n{FAST_RETRIES}"),
+    )
+    .await;
+    let (id, _) = accept(&app, &referral()).await;
+    app.deliver().await;
+    let d = &app.store.deliveries_for(&id).await.unwrap()[0];
+    assert_eq!((d.state.as_str(), d.attempts), ("queued", 1));
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // The token endpoint fails: nothing reaches the provider, the delivery waits.
+    let provider = FakeProvider::start(vec![]).await;
+    provider.fail_tokens(true);
+    let config = format!(
+        "[providers.bchft]\nendpoint = \"{url}\"\n[providers.prospects]\nendpoint = \"{url}\"\nauth = \"signed-jwt\"\n[providers.prospects.oauth]\ntoken_url = \"{token}\"\nclient_id = \"c\"\nkey_file = \"{KEYS}/test-issuer.pem\"\nkey_id = \"test-1\"\n{FAST_RETRIES}",
+        url = provider.url,
+        token = provider.token_url()
+    );
+    let app = TestApp::spawn_with(db, &config).await;
+    let (id, _) = accept(&app, &referral()).await;
+    app.deliver().await;
+    assert!(provider.seen().is_empty(), "{:?}", provider.seen());
+    let view = &app.store.list_deliveries(false, 10).await.unwrap()[0];
+    assert_eq!(view.state, "queued");
+    assert!(
+        view.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("token endpoint"),
+        "{view:?}"
+    );
+    // Once it recovers, the delivery goes.
+    provider.fail_tokens(false);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    app.deliver().await;
+    assert_eq!(
+        state_of(&app, &id).await,
+        vec![("referral".into(), "delivered".into())]
+    );
+    assert_eq!(provider.seen().len(), 1);
+}
+
+on_both_databases!(a_provider_hanging_up_mid_answer_or_a_failing_token_endpoint_means_retry);

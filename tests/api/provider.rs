@@ -33,6 +33,8 @@ pub struct Seen {
 
 #[derive(Default)]
 struct State {
+    /// Answer 500 from `/token` instead of a token.
+    token_fails: bool,
     script: VecDeque<Step>,
     seen: Vec<Seen>,
     /// Form bodies posted to `/token`.
@@ -60,6 +62,9 @@ async fn answer(
         let mut s = state.lock().unwrap();
         s.token_requests
             .push(String::from_utf8_lossy(&body).into_owned());
+        if s.token_fails {
+            return HttpResponse::InternalServerError().finish();
+        }
         let n = s.token_requests.len();
         return HttpResponse::Ok().json(serde_json::json!({
             "access_token": format!("tok-{n}"), "expires_in": 599, "token_type": "Bearer"
@@ -110,6 +115,11 @@ impl FakeProvider {
         self.state.lock().unwrap().seen.clone()
     }
 
+    /// Makes the token endpoint fail (true) or work (false).
+    pub fn fail_tokens(&self, fail: bool) {
+        self.state.lock().unwrap().token_fails = fail;
+    }
+
     pub fn token_requests(&self) -> Vec<String> {
         self.state.lock().unwrap().token_requests.clone()
     }
@@ -131,3 +141,28 @@ impl FakeProvider {
 /// Delivery settings that make retries due almost at once.
 pub const FAST_RETRIES: &str =
     "\n[delivery]\nenabled = false\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\nmax_attempts = 3\n";
+
+/// A provider that reads the request, starts a 200 answer and closes the connection
+/// half-way through its body. Returns its URL and how many requests it took.
+pub async fn start_hanging_up() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/referrals", listener.local_addr().unwrap());
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                break;
+            };
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = socket.read(&mut buf).await;
+            let _ = socket
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/json\r\n\r\n{\"partial\":")
+                .await;
+            drop(socket);
+        }
+    });
+    (url, count)
+}
