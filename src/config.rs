@@ -56,6 +56,10 @@ pub struct ProviderSettings {
     /// `auth = "signed-jwt"`.
     #[serde(default)]
     pub oauth: Option<OAuthSettings>,
+    /// The CA to trust for this provider and the client certificate to present
+    /// (mutual TLS); combinable with any `auth`.
+    #[serde(default)]
+    pub tls: Option<ProviderTlsSettings>,
     /// Per-request timeout, in milliseconds.
     #[serde(default = "default_provider_timeout")]
     pub timeout_ms: u64,
@@ -81,6 +85,22 @@ pub enum ProviderAuth {
     /// A bearer token from the provider's token endpoint, obtained with a client
     /// assertion signed RS512 (the NHS signed-JWT pattern); see `oauth`.
     SignedJwt,
+}
+
+/// TLS towards one provider.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderTlsSettings {
+    /// Trust only this CA (PEM) for the provider's certificate, instead of the
+    /// platform's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS.
+    #[serde(default)]
+    pub client_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// The provider's token endpoint and the gateway's client registration there.
@@ -144,6 +164,20 @@ pub struct ServerSettings {
     /// HTTP worker threads; defaults to the number of cores.
     #[serde(default)]
     pub workers: Option<usize>,
+    /// Serve HTTPS instead of HTTP.
+    #[serde(default)]
+    pub tls: Option<ServerTlsSettings>,
+}
+
+/// The gateway's own certificate, and the CA whose client certificates it requires
+/// when set (mutual TLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsSettings {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -361,6 +395,13 @@ impl Settings {
             }
         }
         for (id, provider) in &self.providers {
+            if let Some(tls) = &provider.tls
+                && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "providers.{id}.tls: client_cert_file and client_key_file go together"
+                )));
+            }
             if provider.auth == ProviderAuth::SignedJwt && provider.oauth.is_none() {
                 return Err(ConfigError::Invalid(format!(
                     "providers.{id}: auth = \"signed-jwt\" needs a [providers.{id}.oauth] table"

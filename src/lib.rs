@@ -21,4 +21,5 @@ pub mod routing;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod validation;

@@ -33,6 +33,8 @@ pub enum StartupError {
         "THRIVE_ENV=production but sandbox.enabled is set: sandbox receivers are for development"
     )]
     SandboxInProduction,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {bind}: {source}")]
     Bind {
         bind: String,
@@ -110,13 +112,22 @@ impl Application {
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
-        let server = server
-            .listen(listener)
-            .map_err(|source| StartupError::Bind {
-                bind: settings.server.bind.clone(),
-                source,
-            })?
-            .run();
+        let server = match &settings.server.tls {
+            Some(tls) => {
+                let config = crate::tls::server_config(
+                    &tls.cert_file,
+                    &tls.key_file,
+                    tls.client_ca_file.as_deref(),
+                )?;
+                server.listen_rustls_0_23(listener, config)
+            }
+            None => server.listen(listener),
+        }
+        .map_err(|source| StartupError::Bind {
+            bind: settings.server.bind.clone(),
+            source,
+        })?
+        .run();
         Ok(Self {
             address,
             server,

@@ -56,13 +56,35 @@ const TOKEN_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl ProviderClient {
     pub fn new(settings: &ProviderSettings) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_millis(settings.timeout_ms))
             .connect_timeout(std::time::Duration::from_millis(
                 settings.timeout_ms.min(5_000),
-            ))
-            .build()
-            .map_err(|e| e.to_string())?;
+            ));
+        if let Some(tls) = &settings.tls {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
+            };
+            if let Some(ca) = &tls.ca_file {
+                let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
+                    .map_err(|_| format!("{} holds no PEM certificate", ca.display()))?;
+                builder = builder.tls_certs_only(certs);
+            }
+            if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
+                let mut pem = read(cert)?;
+                pem.push(b'\n');
+                pem.extend(read(key)?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
+                    format!(
+                        "{} and {} are not a PEM certificate and private key",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+                builder = builder.identity(identity);
+            }
+        }
+        let http = builder.build().map_err(|e| e.to_string())?;
         let oauth = match (settings.auth, &settings.oauth) {
             (ProviderAuth::None, _) => None,
             (ProviderAuth::SignedJwt, None) => {
@@ -217,6 +239,7 @@ impl OAuth {
 }
 
 fn describe(e: &reqwest::Error) -> String {
+    tracing::debug!(error = %e, "provider request failed");
     if e.is_timeout() {
         "timed out".into()
     } else if e.is_connect() {

@@ -3,7 +3,7 @@
 
 use crate::helpers::*;
 use crate::on_both_databases;
-use crate::provider::{FAST_RETRIES, FakeProvider, Step, start_hanging_up};
+use crate::provider::{FAST_RETRIES, FakeProvider, Step, TLS, start_hanging_up};
 use fhir_sdk::time::OffsetDateTime;
 
 async fn accept(app: &TestApp, msg: &serde_json::Value) -> (String, Ids) {
@@ -482,3 +482,69 @@ async fn a_provider_hanging_up_mid_answer_or_a_failing_token_endpoint_means_retr
 }
 
 on_both_databases!(a_provider_hanging_up_mid_answer_or_a_failing_token_endpoint_means_retry);
+
+fn tls_config(url: &str, ca: &str, client: Option<&str>) -> String {
+    let identity = client
+        .map(|c| {
+            format!("client_cert_file = \"{TLS}/{c}.pem\"\nclient_key_file = \"{TLS}/{c}.key\"\n")
+        })
+        .unwrap_or_default();
+    let mut out = String::new();
+    for p in ["bchft", "prospects"] {
+        out.push_str(&format!(
+            "[providers.{p}]\nendpoint = \"{url}\"\n[providers.{p}.tls]\nca_file = \"{TLS}/{ca}.pem\"\n{identity}"
+        ));
+    }
+    out.push_str(FAST_RETRIES);
+    out
+}
+
+async fn mutual_tls_to_providers_and_the_wrong_ca_is_refused(db: Db) {
+    // The provider requires a client certificate from the test CA.
+    let provider = FakeProvider::start_tls(vec![], "server", Some("ca")).await;
+    let app = TestApp::spawn_with(db, &tls_config(&provider.url, "ca", Some("client"))).await;
+    let (id, _) = accept(&app, &referral()).await;
+    app.deliver().await;
+    let view = app.store.list_deliveries(false, 1).await.unwrap();
+    assert_eq!(view[0].state, "delivered", "{view:?}");
+    assert_eq!(
+        state_of(&app, &id).await,
+        vec![("referral".into(), "delivered".into())]
+    );
+    assert_eq!(provider.seen().len(), 1);
+
+    // A provider whose certificate another CA issued is not trusted: nothing is sent.
+    let impostor = FakeProvider::start_tls(vec![], "other-server", None).await;
+    let app = TestApp::spawn_with(db, &tls_config(&impostor.url, "ca", Some("client"))).await;
+    let (id, _) = accept(&app, &referral()).await;
+    app.deliver().await;
+    assert!(impostor.seen().is_empty());
+    assert_eq!(
+        state_of(&app, &id).await,
+        vec![("referral".into(), "queued".into())]
+    );
+
+    // Without the client certificate the provider refuses the connection.
+    let app = TestApp::spawn_with(db, &tls_config(&provider.url, "ca", None)).await;
+    let (id, _) = accept(&app, &referral()).await;
+    app.deliver().await;
+    assert_eq!(
+        state_of(&app, &id).await,
+        vec![("referral".into(), "queued".into())]
+    );
+    // A certificate from another CA is refused too.
+    let app = TestApp::spawn_with(db, &tls_config(&provider.url, "ca", Some("other-client"))).await;
+    let (id, _) = accept(&app, &referral()).await;
+    app.deliver().await;
+    assert_eq!(
+        state_of(&app, &id).await,
+        vec![("referral".into(), "queued".into())]
+    );
+    assert_eq!(
+        provider.seen().len(),
+        1,
+        "only the first, authenticated delivery arrived"
+    );
+}
+
+on_both_databases!(mutual_tls_to_providers_and_the_wrong_ca_is_refused);

@@ -251,3 +251,83 @@ on_both_databases!(
     the_referring_practice_operators_and_auditors_can_read_a_referral,
     metadata_message_definition_and_health_answer,
 );
+
+async fn the_gateway_serves_https_and_can_require_client_certificates(db: Db) {
+    use crate::provider::TLS;
+    let (url, _dir) = fresh_database(db).await;
+    let https = |client_ca: &str| {
+        test_settings(
+            &url,
+            &format!(
+                "[server.tls]\ncert_file = \"{TLS}/server.pem\"\nkey_file = \"{TLS}/server.key\"\n{client_ca}"
+            ),
+        )
+    };
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(format!("{TLS}/ca.pem")).unwrap()).unwrap();
+    let identity = |name: &str| {
+        let mut pem = std::fs::read(format!("{TLS}/{name}.pem")).unwrap();
+        pem.extend(std::fs::read(format!("{TLS}/{name}.key")).unwrap());
+        reqwest::Identity::from_pem(&pem).unwrap()
+    };
+    let start = |settings: thrive_gateway::config::Settings| async move {
+        let app = thrive_gateway::startup::Application::build(&settings, false)
+            .await
+            .unwrap();
+        let base = format!("https://127.0.0.1:{}", app.address().port());
+        tokio::spawn(app.run());
+        base
+    };
+
+    // TLS only.
+    let base = start(https("")).await;
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca.clone()])
+        .build()
+        .unwrap();
+    let res = client
+        .get(format!("{base}/fhir/r4/metadata"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let plain = reqwest::get(format!(
+        "{}/fhir/r4/metadata",
+        base.replace("https", "http")
+    ))
+    .await;
+    assert!(
+        plain.map(|r| r.status() != 200).unwrap_or(true),
+        "plain HTTP is not served"
+    );
+
+    // Mutual TLS: a client certificate from the configured CA is required.
+    let base = start(https(&format!("client_ca_file = \"{TLS}/ca.pem\"\n"))).await;
+    let anonymous = client.get(format!("{base}/fhir/r4/metadata")).send().await;
+    assert!(anonymous.is_err(), "no client certificate, no connection");
+    let stranger = reqwest::Client::builder()
+        .tls_certs_only([ca.clone()])
+        .identity(identity("other-client"))
+        .build()
+        .unwrap();
+    assert!(
+        stranger
+            .get(format!("{base}/fhir/r4/metadata"))
+            .send()
+            .await
+            .is_err()
+    );
+    let known = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .identity(identity("client"))
+        .build()
+        .unwrap();
+    let res = known
+        .get(format!("{base}/fhir/r4/metadata"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+on_both_databases!(the_gateway_serves_https_and_can_require_client_certificates);

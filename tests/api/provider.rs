@@ -111,6 +111,34 @@ impl FakeProvider {
         Self { url, state }
     }
 
+    /// Like [`FakeProvider::start`], over HTTPS with `tests/fixtures/tls/<cert>.pem`,
+    /// requiring a client certificate from `client_ca` when given.
+    pub async fn start_tls(script: Vec<Step>, cert: &str, client_ca: Option<&str>) -> Self {
+        let dir = std::path::Path::new(TLS);
+        let config = thrive_gateway::tls::server_config(
+            &dir.join(format!("{cert}.pem")),
+            &dir.join(format!("{cert}.key")),
+            client_ca.map(|ca| dir.join(format!("{ca}.pem"))).as_deref(),
+        )
+        .unwrap();
+        let state = Arc::new(Mutex::new(State {
+            script: script.into(),
+            ..State::default()
+        }));
+        let data = web::Data::new(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(answer))
+        })
+        .workers(1)
+        .bind_rustls_0_23("127.0.0.1:0", config)
+        .unwrap();
+        let url = format!("https://{}/referrals", server.addrs()[0]);
+        tokio::spawn(server.run());
+        Self { url, state }
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
     }
@@ -137,6 +165,9 @@ impl FakeProvider {
         )
     }
 }
+
+/// Test-only TLS material (see its README).
+pub const TLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tls");
 
 /// Delivery settings that make retries due almost at once.
 pub const FAST_RETRIES: &str =
