@@ -72,8 +72,11 @@ fn default_provider_timeout() -> u64 {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderFormat {
+    /// The mapped dataset as a JSON document.
     #[default]
     Json,
+    /// A FHIR R4 message Bundle holding only the mapped elements.
+    Fhir,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

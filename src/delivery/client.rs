@@ -111,6 +111,11 @@ impl ProviderClient {
         })
     }
 
+    /// The body format this provider takes.
+    pub fn format(&self) -> ProviderFormat {
+        self.format
+    }
+
     /// POSTs one delivery. `request_id` is the delivery's, the same on every retry.
     pub async fn send(
         &self,
@@ -118,13 +123,17 @@ impl ProviderClient {
         correlation_id: &str,
         body: &serde_json::Value,
     ) -> Answer {
-        let ProviderFormat::Json = self.format;
+        let content_type = match self.format {
+            ProviderFormat::Json => "application/json",
+            ProviderFormat::Fhir => "application/fhir+json",
+        };
         let mut request = self
             .http
             .post(&self.endpoint)
             .header("X-Request-Id", request_id)
             .header("X-Correlation-Id", correlation_id)
-            .json(body);
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body.to_string());
         if let Some(oauth) = &self.oauth {
             match oauth.token(&self.http).await {
                 Ok(token) => request = request.bearer_auth(token),

@@ -8,11 +8,12 @@
 //! No database transaction is open while the provider is called.
 
 mod client;
+pub mod fhir;
 pub mod sandbox;
 
 pub use client::{Answer, ProviderClient};
 
-use crate::config::{DeliverySettings, Settings};
+use crate::config::{DeliverySettings, ProviderFormat, Settings};
 use crate::consent::ConsentRecord;
 use crate::domain::ProviderId;
 use crate::mapping::{Datasets, Pseudonymise};
@@ -282,8 +283,22 @@ impl Deliverer {
             "reference": d.reference,
             "programme": d.programme,
         });
+        let format = recipient.client.format();
+        let ids = fhir::ReferralIds {
+            id: &d.referral_id,
+            reference: &d.reference,
+            programme: &d.programme,
+            provider: provider.as_str(),
+        };
+        let stamp = now
+            .format(&fhir_sdk::time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
         if d.kind != "referral" {
-            return Ok((json!({"notice": d.kind, "referral": referral}), None));
+            let body = match format {
+                ProviderFormat::Json => json!({"notice": d.kind, "referral": referral}),
+                ProviderFormat::Fhir => fhir::notice(&ids, &d.kind, &stamp),
+            };
+            return Ok((body, None));
         }
         let dataset = self
             .datasets
@@ -299,15 +314,30 @@ impl Deliverer {
             .apply(&message, keys, now.date())
             .map_err(|e| format!("minimisation failed: {e}"))?;
         let receipt = serde_json::to_value(&minimised.receipt).ok();
-        Ok((
-            json!({
+        let body = match format {
+            ProviderFormat::Json => json!({
                 "notice": "referral",
                 "referral": referral,
                 "mapping": {"id": dataset.id(), "version": dataset.version()},
                 "data": minimised.data,
             }),
-            receipt,
-        ))
+            ProviderFormat::Fhir => {
+                let pseudonym_field = minimised
+                    .receipt
+                    .fields
+                    .iter()
+                    .find(|f| f.transform == "pseudonym")
+                    .map(|f| f.name.as_str());
+                fhir::referral(
+                    &ids,
+                    (dataset.id(), dataset.version()),
+                    &minimised.data,
+                    pseudonym_field,
+                    &stamp,
+                )
+            }
+        };
+        Ok((body, receipt))
     }
 
     fn classify(

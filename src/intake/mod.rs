@@ -3,7 +3,7 @@
 
 mod definitions;
 pub mod process;
-mod response;
+pub mod response;
 
 pub use process::Gateway;
 

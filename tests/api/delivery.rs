@@ -548,3 +548,87 @@ async fn mutual_tls_to_providers_and_the_wrong_ca_is_refused(db: Db) {
 }
 
 on_both_databases!(mutual_tls_to_providers_and_the_wrong_ca_is_refused);
+
+async fn the_fhir_format_sends_a_message_bundle_of_mapped_elements_only(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let config = format!(
+        "[providers.bchft]\nendpoint = \"{url}\"\nformat = \"fhir\"\n[providers.prospects]\nendpoint = \"{url}\"\nformat = \"fhir\"\n",
+        url = provider.url
+    );
+    let app = TestApp::spawn_with(db, &config).await;
+    let original = referral();
+    let (id, _) = accept(&app, &original).await;
+    app.deliver().await;
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 1);
+    let bundle = &seen[0].body;
+    serde_json::from_value::<fhir_sdk::r4b::resources::Bundle>(bundle.clone())
+        .expect("an R4 Bundle");
+    assert_eq!(bundle["type"], "message");
+    let resources: Vec<&serde_json::Value> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .collect();
+    let types: Vec<&str> = resources
+        .iter()
+        .map(|r| r["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "MessageHeader",
+            "ServiceRequest",
+            "Patient",
+            "QuestionnaireResponse"
+        ]
+    );
+    assert_eq!(resources[1]["id"], id.as_str());
+    let patient = resources[2];
+    assert_eq!(
+        patient.as_object().unwrap().len(),
+        3,
+        "only id and the pseudonym identifier: {patient}"
+    );
+    assert!(
+        patient["identifier"][0]["value"]
+            .as_str()
+            .unwrap()
+            .starts_with("v1:")
+    );
+    let items: Vec<&str> = resources[3]["item"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["linkId"].as_str().unwrap())
+        .collect();
+    assert!(
+        items.contains(&"patient_pseudonym") && items.contains(&"postcode_district"),
+        "{items:?}"
+    );
+    let text = bundle.to_string();
+    for never in [
+        "9990000018",
+        "1973-04-12",
+        "knee pain",
+        "239873007",
+        "1 Example Street",
+    ] {
+        assert!(
+            !text.contains(never),
+            "the provider must not receive {never}"
+        );
+    }
+
+    // A notice in the same format: the referral revoked, nothing personal.
+    assert_eq!(app.send("gp-a", &cancellation(&original)).await.status, 200);
+    app.deliver().await;
+    let notice = &provider.seen()[1].body;
+    serde_json::from_value::<fhir_sdk::r4b::resources::Bundle>(notice.clone())
+        .expect("an R4 Bundle");
+    assert_eq!(notice["entry"][1]["resource"]["status"], "revoked");
+    assert_eq!(notice["entry"].as_array().unwrap().len(), 2);
+}
+
+on_both_databases!(the_fhir_format_sends_a_message_bundle_of_mapped_elements_only);
