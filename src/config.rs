@@ -155,6 +155,11 @@ pub struct SandboxSettings {
     /// Serve `/sandbox/<provider>/referrals` receivers inside the gateway.
     #[serde(default)]
     pub enabled: bool,
+    /// When set, the receivers require a bearer token from their own token endpoint
+    /// (`/sandbox/<provider>/token`), issued only for a client assertion signed by a
+    /// key in this JWKS: the signed-JWT pattern a real provider would check.
+    #[serde(default)]
+    pub client_jwks_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

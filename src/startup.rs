@@ -33,6 +33,8 @@ pub enum StartupError {
         "THRIVE_ENV=production but sandbox.enabled is set: sandbox receivers are for development"
     )]
     SandboxInProduction,
+    #[error("sandbox.client_jwks_file: {0}")]
+    Sandbox(String),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {bind}: {source}")]
@@ -91,10 +93,19 @@ impl Application {
             source,
         })?;
         let data = web::Data::new(gateway.clone());
-        let sandbox = settings
-            .sandbox
-            .enabled
-            .then(|| web::Data::new(Sandbox::default()));
+        let sandbox = if settings.sandbox.enabled {
+            let jwks = match &settings.sandbox.client_jwks_file {
+                Some(file) => Some(std::fs::read_to_string(file).map_err(|e| {
+                    StartupError::Sandbox(format!("cannot read {}: {e}", file.display()))
+                })?),
+                None => None,
+            };
+            Some(web::Data::new(
+                Sandbox::new(jwks.as_deref()).map_err(StartupError::Sandbox)?,
+            ))
+        } else {
+            None
+        };
         let mut server = HttpServer::new(move || {
             let mut app = App::new()
                 .app_data(data.clone())

@@ -318,6 +318,61 @@ async fn the_sandbox_receives_like_a_provider(db: Db) {
     assert_eq!(received[0]["times"], 1);
 }
 
+async fn the_sandbox_checks_signed_jwt_client_credentials(db: Db) {
+    let sandbox = TestApp::spawn_with(
+        db,
+        &format!("[sandbox]\nenabled = true\nclient_jwks_file = \"{KEYS}/test-jwks.json\"\n"),
+    )
+    .await;
+    let gateway = |key: &str, auth: &str| {
+        let url = format!("{}/sandbox/prospects/referrals", sandbox.base);
+        let token = format!("{}/sandbox/prospects/token", sandbox.base);
+        format!(
+            "[providers.bchft]\nendpoint = \"{url}\"\n[providers.prospects]\nendpoint = \"{url}\"\nauth = \"{auth}\"\n[providers.prospects.oauth]\ntoken_url = \"{token}\"\nclient_id = \"gw\"\nkey_file = \"{KEYS}/{key}\"\nkey_id = \"test-1\"\n{FAST_RETRIES}"
+        )
+    };
+    let received = || async {
+        sandbox
+            .client
+            .get(format!("{}/sandbox/prospects/received", sandbox.base))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    // The right key: a token, then the delivery.
+    let app = TestApp::spawn_with(db, &gateway("test-issuer.pem", "signed-jwt")).await;
+    let (id, _) = accept(&app, &referral()).await;
+    app.deliver().await;
+    assert_eq!(
+        state_of(&app, &id).await,
+        vec![("referral".into(), "delivered".into())]
+    );
+    assert_eq!(received().await, 1);
+    // A forged assertion gets no token, so nothing is sent.
+    let forged = TestApp::spawn_with(db, &gateway("forger.pem", "signed-jwt")).await;
+    let (id, _) = accept(&forged, &referral()).await;
+    forged.deliver().await;
+    assert_eq!(
+        state_of(&forged, &id).await,
+        vec![("referral".into(), "queued".into())]
+    );
+    // No credentials at all: the receiver answers 401, a dead letter.
+    let bare = TestApp::spawn_with(db, &gateway("test-issuer.pem", "none")).await;
+    let (id, _) = accept(&bare, &referral()).await;
+    bare.deliver().await;
+    assert_eq!(
+        state_of(&bare, &id).await,
+        vec![("referral".into(), "dead".into())]
+    );
+    assert_eq!(received().await, 1);
+}
+
 on_both_databases!(
     a_referral_is_delivered_once_minimised_with_stable_ids,
     transient_failures_are_retried_with_the_same_request_id,
@@ -327,6 +382,7 @@ on_both_databases!(
     consent_is_checked_again_and_withdrawal_reaches_the_provider,
     two_gateways_on_one_database_deliver_each_referral_exactly_once,
     the_sandbox_receives_like_a_provider,
+    the_sandbox_checks_signed_jwt_client_credentials,
 );
 
 async fn operators_list_and_replay_dead_letters_over_http(db: Db) {
