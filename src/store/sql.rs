@@ -256,6 +256,24 @@ macro_rules! sql_store {
             }
         }
 
+        impl $store {
+            /// Commits a guarded change with its audit record, or rolls back when the
+            /// guard matched nothing (`false`).
+            async fn commit_with_audit(
+                mut tx: sqlx::Transaction<'_, $db>,
+                changed: u64,
+                audit: &AuditRecord,
+            ) -> Result<bool, StoreError> {
+                if changed == 0 {
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                Self::write_audit(&mut *tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+        }
+
         #[async_trait]
         impl Store for $store {
             async fn migrate(&self) -> Result<(), StoreError> {
@@ -437,13 +455,7 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if changed == 0 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                Self::write_audit(&mut *tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
+                Self::commit_with_audit(tx, changed, audit).await
             }
 
             async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
@@ -488,13 +500,7 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-                if changed == 0 {
-                    tx.rollback().await?;
-                    return Ok(false);
-                }
-                Self::write_audit(&mut *tx, audit).await?;
-                tx.commit().await?;
-                Ok(true)
+                Self::commit_with_audit(tx, changed, audit).await
             }
 
             async fn count_referrals(&self) -> Result<i64, StoreError> {

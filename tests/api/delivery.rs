@@ -114,7 +114,7 @@ async fn transient_failures_are_retried_with_the_same_request_id(db: Db) {
 
 async fn retry_after_is_honoured(db: Db) {
     let provider = FakeProvider::start(vec![Step {
-        status: 503,
+        status: 429,
         retry_after: Some(120),
         delay_ms: 0,
     }])
@@ -125,7 +125,7 @@ async fn retry_after_is_honoured(db: Db) {
     app.deliver().await;
     let view = &app.store.list_deliveries(false, 10).await.unwrap()[0];
     assert_eq!(view.state, "queued");
-    assert_eq!(view.last_status, Some(503));
+    assert_eq!(view.last_status, Some(429));
     assert!(
         view.next_attempt_at >= before + fhir_sdk::time::Duration::seconds(119),
         "{view:?}"
