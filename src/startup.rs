@@ -111,7 +111,8 @@ impl Application {
                 .app_data(data.clone())
                 .wrap(actix_web::middleware::from_fn(request_context))
                 .configure(intake::configure)
-                .configure(crate::operations::configure);
+                .configure(crate::operations::configure)
+                .configure(crate::provider_api::configure);
             if let Some(sandbox) = &sandbox {
                 app = app
                     .app_data(sandbox.clone())

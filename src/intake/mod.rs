@@ -253,11 +253,15 @@ async fn read_service_request(
                 "only the referring practice's systems may read this referral",
             ));
         }
-        Ok(row)
+        let events = gw.store.events_for(&row.id).await.map_err(|e| {
+            tracing::error!(error = %e, "reading status events failed");
+            server_error()
+        })?;
+        Ok((row, events))
     }
     .await;
     match result {
-        Ok(row) => {
+        Ok((row, events)) => {
             let record = ctx.record("allowed", 200, Some(&row.id), serde_json::json!({}));
             if let Err(e) = gw.store.append_audit(&record).await {
                 tracing::error!(error = %e, "could not record a read in the audit table");
@@ -265,7 +269,7 @@ async fn read_service_request(
             }
             Ok(fhir_json(
                 actix_web::http::StatusCode::OK,
-                &response::service_request(&row),
+                &response::service_request(&row, &events),
             ))
         }
         Err(r) => {

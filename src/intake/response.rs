@@ -4,7 +4,7 @@
 
 use super::process::Outcome;
 use crate::domain::ODS_SYSTEM;
-use crate::store::{ReferralRow, ReferralStatus};
+use crate::store::{EventRow, ReferralRow, ReferralStatus};
 use crate::validation::{MESSAGE_EVENTS, SNOMED};
 use serde_json::{Value, json};
 
@@ -19,13 +19,62 @@ fn fhir_instant(t: fhir_sdk::time::OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-/// The gateway's ServiceRequest for a stored referral.
-pub fn service_request(row: &ReferralRow) -> Value {
+/// Code system of the milestones providers report.
+pub const MILESTONE_SYSTEM: &str = "https://thrive-gateway.nhs.uk/CodeSystem/referral-milestone";
+
+/// One status event as a contained Task: `businessStatus` the milestone, `executionPeriod`
+/// when it happened; a decline carries its BaRS rejection reason.
+fn milestone_task(n: usize, referral_id: &str, e: &EventRow) -> Value {
+    let status = match e.event.as_str() {
+        "declined" => "rejected",
+        "closed" | "sustained-26-weeks" => "completed",
+        "accepted" => "accepted",
+        _ => "in-progress",
+    };
+    let mut task = json!({
+        "resourceType": "Task",
+        "id": format!("milestone-{}", n + 1),
+        "status": status,
+        "intent": "order",
+        "basedOn": [{"reference": format!("ServiceRequest/{referral_id}")}],
+        "businessStatus": {"coding": [{"system": MILESTONE_SYSTEM, "code": e.event}]},
+        "executionPeriod": {"start": fhir_instant(e.occurred_at)},
+        "authoredOn": fhir_instant(e.recorded_at),
+        "owner": {"display": e.provider},
+    });
+    if let Some(reason) = &e.reason {
+        let mut coding = vec![json!({"system": MILESTONE_SYSTEM, "code": reason})];
+        if e.event == "declined" {
+            coding.insert(
+                0,
+                json!({
+                    "system": "https://fhir.nhs.uk/CodeSystem/rejected-reasons-bars",
+                    "code": crate::events::bars_rejection(reason),
+                }),
+            );
+        }
+        task["statusReason"] = json!({"coding": coding, "text": reason});
+    }
+    if let Ok(detail) = serde_json::from_str::<Value>(&e.detail)
+        && detail.as_object().is_some_and(|d| !d.is_empty())
+    {
+        task["output"] = json!(detail
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| json!({"type": {"text": k}, "valueString": v.to_string().trim_matches('"')}))
+            .collect::<Vec<_>>());
+    }
+    task
+}
+
+/// The gateway's ServiceRequest for a stored referral, with its milestones.
+pub fn service_request(row: &ReferralRow, events: &[EventRow]) -> Value {
     let status = match row.status() {
         Ok(ReferralStatus::Active) => "active",
         _ => "revoked",
     };
-    json!({
+    let mut sr = json!({
         "resourceType": "ServiceRequest",
         "id": row.id,
         "meta": {"lastUpdated": fhir_instant(row.updated_at)},
@@ -42,8 +91,26 @@ pub fn service_request(row: &ReferralRow) -> Value {
         "authoredOn": fhir_instant(row.created_at),
         "requester": {"identifier": {"system": ODS_SYSTEM, "value": row.practice_ods}},
         "performer": [{"display": row.provider}],
-    })
+    });
+    sr["extension"]
+        .as_array_mut()
+        .into_iter()
+        .for_each(|x| x.push(json!({"url": MILESTONE_EXTENSION, "valueCode": row.milestone})));
+    if !events.is_empty() {
+        sr["contained"] = json!(
+            events
+                .iter()
+                .enumerate()
+                .map(|(n, e)| milestone_task(n, &row.id, e))
+                .collect::<Vec<_>>()
+        );
+    }
+    sr
 }
+
+/// Extension carrying the latest milestone a provider reported.
+pub const MILESTONE_EXTENSION: &str =
+    "https://thrive-gateway.nhs.uk/StructureDefinition/referral-milestone";
 
 fn encounter(row: &ReferralRow) -> Value {
     let status = match row.status() {
@@ -90,7 +157,7 @@ pub fn accepted(outcome: &Outcome) -> Value {
             },
             {
                 "fullUrl": format!("ServiceRequest/{}", row.id),
-                "resource": service_request(row),
+                "resource": service_request(row, &[]),
             },
             {
                 "fullUrl": format!("urn:uuid:{}", encounter["id"].as_str().unwrap_or_default()),

@@ -152,6 +152,8 @@ pub struct ReferralRow {
     pub correlation_id: String,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
+    /// The latest status event from the provider (`none` before the first).
+    pub milestone: String,
 }
 
 impl ReferralRow {
@@ -231,6 +233,48 @@ pub struct DeliveryView {
     pub next_attempt_at: OffsetDateTime,
     #[serde(with = "fhir_sdk::time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+/// A provider's status event to record, moving the referral from `from` to `event`.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    pub id: String,
+    pub referral_id: String,
+    pub provider: String,
+    /// The milestone the event was checked against; recording fails if it moved.
+    pub from: String,
+    pub event: String,
+    pub occurred_at: OffsetDateTime,
+    pub reason: Option<String>,
+    pub detail: serde_json::Value,
+    pub request_id: String,
+    pub now: OffsetDateTime,
+    pub audit: AuditRecord,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventRecorded {
+    Recorded,
+    /// This request id was already recorded for the referral: nothing was written.
+    Duplicate,
+    /// Another event moved the referral first: nothing was written.
+    Moved,
+}
+
+/// A recorded status event.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct EventRow {
+    pub id: String,
+    pub referral_id: String,
+    pub provider: String,
+    pub event: String,
+    #[serde(with = "fhir_sdk::time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    pub reason: Option<String>,
+    pub detail: String,
+    pub request_id: String,
+    #[serde(with = "fhir_sdk::time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
 }
 
 /// A cancellation or consent withdrawal to apply.
@@ -316,6 +360,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: OffsetDateTime,
         audit: &AuditRecord,
     ) -> Result<bool, StoreError>;
+    /// Records a status event and moves the referral's milestone, atomically, only
+    /// while the milestone is still `from`.
+    async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError>;
+    /// A referral's status events, oldest first.
+    async fn events_for(&self, referral_id: &str) -> Result<Vec<EventRow>, StoreError>;
     /// How many referrals are stored (all states).
     async fn count_referrals(&self) -> Result<i64, StoreError>;
 }

@@ -4,8 +4,9 @@
 //! engines must differ (migrations, locking), each implementation says so itself.
 
 use super::{
-    AuditRecord, AuditRow, ClaimedDelivery, DeliveryOutcome, DeliveryRow, DeliveryView, Inserted,
-    NewReferralRecord, ReferralRow, ReferralStatus, Store, StoreError, UpdateRecord, Updated,
+    AuditRecord, AuditRow, ClaimedDelivery, DeliveryOutcome, DeliveryRow, DeliveryView,
+    EventRecord, EventRecorded, EventRow, Inserted, NewReferralRecord, ReferralRow, ReferralStatus,
+    Store, StoreError, UpdateRecord, Updated,
 };
 use async_trait::async_trait;
 use fhir_sdk::time::OffsetDateTime;
@@ -61,7 +62,7 @@ macro_rules! referral_columns {
     () => {
         "id, reference, practice_ods, bundle_id, status, programme, locality, provider, \
          routing_version, referral_code, nhs_number, consent, source_endpoint, client_id, \
-         correlation_id, created_at, updated_at"
+         correlation_id, created_at, updated_at, milestone"
     };
 }
 
@@ -501,6 +502,61 @@ macro_rules! sql_store {
                 .await?
                 .rows_affected();
                 Self::commit_with_audit(tx, changed, audit).await
+            }
+
+            async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let inserted = sqlx::query(
+                    "INSERT INTO referral_events (id, referral_id, provider, event, occurred_at, \
+                     reason, detail, request_id, recorded_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(&e.id)
+                .bind(&e.referral_id)
+                .bind(&e.provider)
+                .bind(&e.event)
+                .bind(e.occurred_at)
+                .bind(&e.reason)
+                .bind(e.detail.to_string())
+                .bind(&e.request_id)
+                .bind(e.now)
+                .execute(&mut *tx)
+                .await;
+                if let Err(err) = inserted {
+                    tx.rollback().await?;
+                    return match unique_violation(&err) {
+                        Some(_) => Ok(EventRecorded::Duplicate),
+                        None => Err(err.into()),
+                    };
+                }
+                let moved = sqlx::query(
+                    "UPDATE referrals SET milestone = $1, updated_at = $2 \
+                     WHERE id = $3 AND milestone = $4",
+                )
+                .bind(&e.event)
+                .bind(e.now)
+                .bind(&e.referral_id)
+                .bind(&e.from)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if Self::commit_with_audit(tx, moved, &e.audit).await? {
+                    Ok(EventRecorded::Recorded)
+                } else {
+                    Ok(EventRecorded::Moved)
+                }
+            }
+
+            async fn events_for(&self, referral_id: &str) -> Result<Vec<EventRow>, StoreError> {
+                let rows = sqlx::query_as::<_, EventRow>(
+                    "SELECT id, referral_id, provider, event, occurred_at, reason, detail, \
+                     request_id, recorded_at FROM referral_events WHERE referral_id = $1 \
+                     ORDER BY recorded_at, id",
+                )
+                .bind(referral_id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
             }
 
             async fn count_referrals(&self) -> Result<i64, StoreError> {

@@ -89,6 +89,10 @@ practices = ["Y90020"]
 role = "provider"
 provider = "bchft"
 
+[auth.clients.prospects]
+role = "provider"
+provider = "prospects"
+
 [auth.clients.auditor]
 role = "auditor"
 

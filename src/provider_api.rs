@@ -1,0 +1,185 @@
+//! The provider interface (`/provider/v1`, provider role): status events about the
+//! referrals delivered to that provider. Every call is audited.
+
+use crate::auth::{Principal, Role};
+use crate::events::{self, EventBody, Milestone};
+use crate::intake::{Gateway, RequestIds, process::AuditContext};
+use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use crate::store::{EventRecord, EventRecorded, EventRow};
+use actix_web::{HttpRequest, HttpResponse, post, web};
+use fhir_sdk::time::OffsetDateTime;
+
+fn provider_only(gw: &Gateway, req: &HttpRequest) -> Result<(Principal, String), Rejection> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|v| v.to_str().unwrap_or_default());
+    let principal = gw.auth.authenticate(header).map_err(|e| {
+        Rejection::one(Issue::new(
+            RecCode::Unauthorized,
+            IssueType::Login,
+            e.to_string(),
+        ))
+    })?;
+    match &principal.role {
+        Role::Provider { provider } => {
+            let id = provider.to_string();
+            Ok((principal, id))
+        }
+        _ => Err(Issue::new(
+            RecCode::Forbidden,
+            IssueType::Forbidden,
+            "only providers send status events",
+        )
+        .into()),
+    }
+}
+
+fn fail(e: crate::store::StoreError) -> Rejection {
+    tracing::error!(error = %e, "status event: database error");
+    server_error()
+}
+
+fn event_json(row: &EventRow) -> serde_json::Value {
+    serde_json::json!({
+        "id": row.id,
+        "referral_id": row.referral_id,
+        "event": row.event,
+        "occurred_at": row.occurred_at.format(&fhir_sdk::time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "reason": row.reason,
+        "detail": serde_json::from_str::<serde_json::Value>(&row.detail).unwrap_or_default(),
+    })
+}
+
+#[post("/provider/v1/referrals/{referral_id}/events")]
+async fn post_event(
+    req: HttpRequest,
+    referral_id: web::Path<String>,
+    body: web::Bytes,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let (principal, provider) = provider_only(&gw, &req)?;
+    let ids = RequestIds::from_headers(req.headers());
+    let ctx = AuditContext {
+        action: "referral.event",
+        principal: Some(&principal),
+        ids: ids.as_ref().ok(),
+    };
+    let result = record(&gw, &provider, &referral_id, ids.clone(), &body, &ctx).await;
+    match result {
+        Ok(response) => Ok(response),
+        Err(r) => {
+            gw.audit_rejection(&ctx, &r).await;
+            Err(r)
+        }
+    }
+}
+
+async fn record(
+    gw: &Gateway,
+    provider: &str,
+    referral_id: &str,
+    ids: Result<RequestIds, Rejection>,
+    body: &[u8],
+    ctx: &AuditContext<'_>,
+) -> Result<HttpResponse, Rejection> {
+    let ids = ids?;
+    let not_found = || -> Rejection {
+        Issue::new(
+            RecCode::NotFound,
+            IssueType::NotFound,
+            "no referral has this id",
+        )
+        .into()
+    };
+    if uuid::Uuid::parse_str(referral_id).is_err() {
+        return Err(not_found());
+    }
+    let referral = gw
+        .store
+        .referral(referral_id)
+        .await
+        .map_err(fail)?
+        .ok_or_else(not_found)?;
+    let delivered = gw
+        .store
+        .deliveries_for(referral_id)
+        .await
+        .map_err(fail)?
+        .iter()
+        .any(|d| d.kind == "referral" && d.state == "delivered" && d.provider == provider);
+    if referral.provider != provider || !delivered {
+        return Err(Issue::new(
+            RecCode::Forbidden,
+            IssueType::Forbidden,
+            "this referral has not been delivered to this provider",
+        )
+        .into());
+    }
+    // The same request again: the same answer, nothing recorded twice.
+    let request_id = ids.request_id.to_string();
+    let existing = gw.store.events_for(referral_id).await.map_err(fail)?;
+    if let Some(row) = existing.iter().find(|e| e.request_id == request_id) {
+        return Ok(HttpResponse::Ok().json(event_json(row)));
+    }
+    let body: EventBody = serde_json::from_slice(body).map_err(|_| {
+        Rejection::one(Issue::new(
+            RecCode::BadRequest,
+            IssueType::Structure,
+            "the body must be JSON: {\"event\", \"occurred_at\", and \"reason\", \"start_date\", \"hours_per_week\" where the event needs them}",
+        ))
+    })?;
+    let now = OffsetDateTime::now_utc();
+    let event = events::parse(body, now).map_err(|problems| Rejection {
+        issues: problems
+            .into_iter()
+            .map(|p| Issue::new(RecCode::UnprocessableEntity, IssueType::Value, p))
+            .collect(),
+    })?;
+    let from: Milestone = referral.milestone.parse().map_err(|_| server_error())?;
+    if let Some(why) = from.refuse(event.event) {
+        return Err(Issue::new(RecCode::Conflict, IssueType::Conflict, why).into());
+    }
+    let record = EventRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        referral_id: referral_id.to_owned(),
+        provider: provider.to_owned(),
+        from: from.as_str().to_owned(),
+        event: event.event.as_str().to_owned(),
+        occurred_at: event.occurred_at,
+        reason: event.reason.clone(),
+        detail: event.detail.clone(),
+        request_id: request_id.clone(),
+        now,
+        audit: ctx.record(
+            "accepted",
+            201,
+            Some(referral_id),
+            serde_json::json!({"event": event.event.as_str(), "from": from.as_str(), "recipient": provider}),
+        ),
+    };
+    match gw.store.record_event(&record).await.map_err(fail)? {
+        EventRecorded::Recorded => {
+            tracing::info!(referral_id, event = event.event.as_str(), "status event recorded");
+            let rows = gw.store.events_for(referral_id).await.map_err(fail)?;
+            let row = rows.iter().find(|e| e.id == record.id).ok_or_else(server_error)?;
+            Ok(HttpResponse::Created().json(event_json(row)))
+        }
+        EventRecorded::Duplicate => {
+            let rows = gw.store.events_for(referral_id).await.map_err(fail)?;
+            let row = rows.iter().find(|e| e.request_id == request_id).ok_or_else(server_error)?;
+            Ok(HttpResponse::Ok().json(event_json(row)))
+        }
+        EventRecorded::Moved => Err(Issue::new(
+            RecCode::Conflict,
+            IssueType::Conflict,
+            "another status event for this referral was recorded at the same moment; read the referral and send again",
+        )
+        .into()),
+    }
+}
+
+/// Registers the provider routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(post_event);
+}

@@ -1,0 +1,264 @@
+//! Status events from providers, and the GP seeing them on the referral.
+
+use crate::helpers::*;
+use crate::on_both_databases;
+use crate::provider::FakeProvider;
+use serde_json::{Value, json};
+
+/// A referral from Y90001 (routed to prospects), delivered.
+async fn delivered(db: Db) -> (TestApp, String, FakeProvider) {
+    let provider = FakeProvider::start(vec![]).await;
+    let app = TestApp::spawn_with(db, &provider.config("")).await;
+    let reply = app.send("gp-a", &referral()).await;
+    let id = reply.json()["entry"][1]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.deliver().await;
+    (app, id, provider)
+}
+
+async fn post(
+    app: &TestApp,
+    client: &str,
+    referral: &str,
+    request_id: &str,
+    body: &Value,
+) -> Reply {
+    let res = app
+        .client
+        .post(app.url(&format!("/provider/v1/referrals/{referral}/events")))
+        .bearer_auth(token(client))
+        .header("X-Request-Id", request_id)
+        .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    Reply::from(res).await
+}
+
+fn event(name: &str) -> Value {
+    let mut e = json!({"event": name, "occurred_at": "2026-11-21T09:00:00Z"});
+    match name {
+        "declined" => e["reason"] = json!("failed-contact"),
+        "closed" => e["reason"] = json!("completed"),
+        "job-start" => {
+            e["start_date"] = json!("2026-11-30");
+            e["hours_per_week"] = json!(16);
+        }
+        _ => {}
+    }
+    e
+}
+
+async fn the_whole_journey_is_recorded_and_the_gp_sees_it(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    let journey = [
+        "accepted",
+        "contacted",
+        "engaged",
+        "action-plan-agreed",
+        "job-start",
+        "sustained-13-weeks",
+        "sustained-26-weeks",
+        "closed",
+    ];
+    for name in journey {
+        let reply = post(
+            &app,
+            "prospects",
+            &id,
+            &uuid::Uuid::new_v4().to_string(),
+            &event(name),
+        )
+        .await;
+        assert_eq!(reply.status, 201, "{name}: {}", reply.text);
+        assert_eq!(reply.json()["event"], name);
+    }
+    let read = app
+        .get("gp-a", &format!("/fhir/r4/ServiceRequest/{id}"))
+        .await;
+    assert_eq!(read.status, 200);
+    let sr = read.json();
+    serde_json::from_value::<fhir_sdk::r4b::resources::ServiceRequest>(sr.clone())
+        .expect("an R4 ServiceRequest with contained Tasks");
+    let milestones: Vec<&str> = sr["contained"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["businessStatus"]["coding"][0]["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(milestones, journey);
+    let job = &sr["contained"][4];
+    assert_eq!(job["executionPeriod"]["start"], "2026-11-21T09:00:00Z");
+    assert!(job["output"].to_string().contains("2026-11-30"));
+    assert!(sr["extension"].to_string().contains("\"closed\""));
+    // Nothing may follow closed.
+    let after = post(
+        &app,
+        "prospects",
+        &id,
+        &uuid::Uuid::new_v4().to_string(),
+        &event("engaged"),
+    )
+    .await;
+    after.assert_issue(409, "REC_CONFLICT", "");
+}
+
+async fn impossible_transitions_are_conflicts_with_a_reason(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    let early = post(
+        &app,
+        "prospects",
+        &id,
+        &uuid::Uuid::new_v4().to_string(),
+        &event("engaged"),
+    )
+    .await;
+    early.assert_issue(409, "REC_CONFLICT", "");
+    assert_eq!(
+        post(
+            &app,
+            "prospects",
+            &id,
+            &uuid::Uuid::new_v4().to_string(),
+            &event("accepted")
+        )
+        .await
+        .status,
+        201
+    );
+    let sustained = post(
+        &app,
+        "prospects",
+        &id,
+        &uuid::Uuid::new_v4().to_string(),
+        &event("sustained-13-weeks"),
+    )
+    .await;
+    assert_eq!(sustained.status, 409);
+    assert!(sustained.text.contains("job start"), "{}", sustained.text);
+    // Missing details are unprocessable.
+    let bare_job = json!({"event": "job-start", "occurred_at": "2026-11-21"});
+    let reply = post(
+        &app,
+        "prospects",
+        &id,
+        &uuid::Uuid::new_v4().to_string(),
+        &bare_job,
+    )
+    .await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.issues().len(), 2, "start date and hours both named");
+    let junk = post(
+        &app,
+        "prospects",
+        &id,
+        &uuid::Uuid::new_v4().to_string(),
+        &json!({"event": "x"}),
+    )
+    .await;
+    assert_eq!(junk.status, 400);
+    let events = app.store.events_for(&id).await.unwrap();
+    assert_eq!(events.len(), 1);
+}
+
+async fn a_repeated_event_is_idempotent(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    let request = uuid::Uuid::new_v4().to_string();
+    let first = post(&app, "prospects", &id, &request, &event("accepted")).await;
+    let again = post(&app, "prospects", &id, &request, &event("accepted")).await;
+    assert_eq!((first.status, again.status), (201, 200));
+    assert_eq!(first.json()["id"], again.json()["id"]);
+    assert_eq!(app.store.events_for(&id).await.unwrap().len(), 1);
+}
+
+async fn a_decline_maps_to_a_bars_rejection_reason(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    let no_reason = json!({"event": "declined", "occurred_at": "2026-11-21"});
+    assert_eq!(
+        post(
+            &app,
+            "prospects",
+            &id,
+            &uuid::Uuid::new_v4().to_string(),
+            &no_reason
+        )
+        .await
+        .status,
+        422
+    );
+    assert_eq!(
+        post(
+            &app,
+            "prospects",
+            &id,
+            &uuid::Uuid::new_v4().to_string(),
+            &event("declined")
+        )
+        .await
+        .status,
+        201
+    );
+    let sr = app
+        .get("gp-a", &format!("/fhir/r4/ServiceRequest/{id}"))
+        .await
+        .json();
+    let task = &sr["contained"][0];
+    assert_eq!(task["status"], "rejected");
+    assert_eq!(
+        task["statusReason"]["coding"][0]["system"],
+        "https://fhir.nhs.uk/CodeSystem/rejected-reasons-bars"
+    );
+    assert_eq!(task["statusReason"]["coding"][0]["code"], "FC");
+}
+
+async fn only_the_provider_that_has_the_referral_may_report(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    let rid = || uuid::Uuid::new_v4().to_string();
+    post(&app, "bchft", &id, &rid(), &event("accepted"))
+        .await
+        .assert_issue(403, "REC_FORBIDDEN", "");
+    post(&app, "gp-a", &id, &rid(), &event("accepted"))
+        .await
+        .assert_issue(403, "REC_FORBIDDEN", "");
+    post(
+        &app,
+        "prospects",
+        &uuid::Uuid::new_v4().to_string(),
+        &rid(),
+        &event("accepted"),
+    )
+    .await
+    .assert_issue(404, "REC_NOT_FOUND", "");
+    // Accepted but not yet delivered: the provider cannot know of it.
+    let waiting = app.send("gp-a", &referral()).await.json()["entry"][1]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    post(&app, "prospects", &waiting, &rid(), &event("accepted"))
+        .await
+        .assert_issue(403, "REC_FORBIDDEN", "");
+    let anonymous = app
+        .client
+        .post(app.url(&format!("/provider/v1/referrals/{id}/events")))
+        .json(&event("accepted"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let audit = app.audit().await;
+    assert!(audit.iter().any(|a| a.action == "referral.event"
+        && a.client_id.as_deref() == Some("bchft")
+        && a.http_status == Some(403)));
+    assert!(app.store.events_for(&id).await.unwrap().is_empty());
+}
+
+on_both_databases!(
+    the_whole_journey_is_recorded_and_the_gp_sees_it,
+    impossible_transitions_are_conflicts_with_a_reason,
+    a_repeated_event_is_idempotent,
+    a_decline_maps_to_a_bars_rejection_reason,
+    only_the_provider_that_has_the_referral_may_report,
+);
