@@ -75,6 +75,97 @@ async fn post_event(
     }
 }
 
+/// A FHIR `Task` update in place of the JSON event: `basedOn` the gateway's
+/// ServiceRequest, `businessStatus` the event, `executionPeriod.start` when, and
+/// `statusReason` and `input` (`start_date`, `hours_per_week`) where the event needs
+/// them. The same rules apply.
+#[post("/provider/v1/fhir/Task")]
+async fn post_task(
+    req: HttpRequest,
+    body: web::Bytes,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let (principal, provider) = provider_only(&gw, &req)?;
+    let ids = RequestIds::from_headers(req.headers());
+    let ctx = AuditContext {
+        action: "referral.event",
+        principal: Some(&principal),
+        ids: ids.as_ref().ok(),
+    };
+    let result = async {
+        let (referral_id, event) = task_to_event(&body)?;
+        let event = serde_json::to_vec(&event).map_err(|_| server_error())?;
+        record(&gw, &provider, &referral_id, ids.clone(), &event, &ctx).await
+    }
+    .await;
+    match result {
+        Ok(response) => Ok(response),
+        Err(r) => {
+            gw.audit_rejection(&ctx, &r).await;
+            Err(r)
+        }
+    }
+}
+
+/// Reads a Task into the referral it is about and the JSON event it stands for.
+fn task_to_event(body: &[u8]) -> Result<(String, serde_json::Value), Rejection> {
+    let bad = |what: &str, at: &str| -> Rejection {
+        Issue::new(RecCode::BadRequest, IssueType::Structure, what.to_owned())
+            .at(at.to_owned())
+            .into()
+    };
+    let task: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| bad("the body must be a FHIR Task (JSON)", "Task"))?;
+    serde_json::from_value::<fhir_sdk::r4b::resources::Task>(task.clone())
+        .map_err(|_| bad("the body is not a valid FHIR R4 Task", "Task"))?;
+    let referral = task["basedOn"][0]["reference"]
+        .as_str()
+        .and_then(|r| r.strip_prefix("ServiceRequest/"))
+        .ok_or_else(|| {
+            bad(
+                "Task.basedOn must reference ServiceRequest/<referral id>",
+                "Task.basedOn",
+            )
+        })?;
+    let event = task["businessStatus"]["coding"][0]["code"]
+        .as_str()
+        .ok_or_else(|| {
+            bad(
+                "Task.businessStatus needs the event code",
+                "Task.businessStatus",
+            )
+        })?;
+    let occurred_at = task["executionPeriod"]["start"]
+        .as_str()
+        .or_else(|| task["lastModified"].as_str())
+        .ok_or_else(|| {
+            bad(
+                "Task.executionPeriod.start (when it happened) is required",
+                "Task.executionPeriod",
+            )
+        })?;
+    let mut out = serde_json::json!({"event": event, "occurred_at": occurred_at});
+    if let Some(reason) = task["statusReason"]["coding"][0]["code"]
+        .as_str()
+        .or_else(|| task["statusReason"]["text"].as_str())
+    {
+        out["reason"] = serde_json::json!(reason);
+    }
+    for input in task["input"].as_array().into_iter().flatten() {
+        match input["type"]["text"].as_str() {
+            Some("start_date") => out["start_date"] = input["valueDate"].clone(),
+            Some("hours_per_week") => {
+                out["hours_per_week"] = input["valueDecimal"]
+                    .as_f64()
+                    .or_else(|| input["valueInteger"].as_f64())
+                    .map_or(serde_json::Value::Null, serde_json::Value::from)
+            }
+            _ => {}
+        }
+    }
+    Ok((referral.to_owned(), out))
+}
+
 async fn record(
     gw: &Gateway,
     provider: &str,
@@ -181,5 +272,5 @@ async fn record(
 
 /// Registers the provider routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(post_event);
+    cfg.service(post_event).service(post_task);
 }

@@ -262,3 +262,73 @@ on_both_databases!(
     a_decline_maps_to_a_bars_rejection_reason,
     only_the_provider_that_has_the_referral_may_report,
 );
+
+async fn providers_may_send_fhir_task_updates_under_the_same_rules(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    let task = |code: &str, extra: Value| {
+        let mut t = json!({
+            "resourceType": "Task",
+            "status": "in-progress",
+            "intent": "order",
+            "basedOn": [{"reference": format!("ServiceRequest/{id}")}],
+            "businessStatus": {"coding": [{"system": "https://thrive-gateway.nhs.uk/CodeSystem/referral-milestone", "code": code}]},
+            "executionPeriod": {"start": "2026-11-22T10:00:00Z"},
+        });
+        if let (Some(t), Some(extra)) = (t.as_object_mut(), extra.as_object()) {
+            t.extend(extra.clone());
+        }
+        t
+    };
+    let send = |body: Value, client: &'static str| {
+        let app = &app;
+        async move {
+            let res = app
+                .client
+                .post(app.url("/provider/v1/fhir/Task"))
+                .bearer_auth(token(client))
+                .header("Content-Type", "application/fhir+json")
+                .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+                .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            Reply::from(res).await
+        }
+    };
+    assert_eq!(
+        send(task("accepted", json!({})), "prospects").await.status,
+        201
+    );
+    assert_eq!(
+        send(task("engaged", json!({})), "prospects").await.status,
+        201
+    );
+    let job = task(
+        "job-start",
+        json!({"input": [
+            {"type": {"text": "start_date"}, "valueDate": "2026-12-01"},
+            {"type": {"text": "hours_per_week"}, "valueDecimal": 20}
+        ]}),
+    );
+    let reply = send(job, "prospects").await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    assert_eq!(reply.json()["detail"]["hours_per_week"], 20.0);
+    // Same rules: impossible transitions, other providers, malformed Tasks.
+    send(task("accepted", json!({})), "prospects")
+        .await
+        .assert_issue(409, "REC_CONFLICT", "");
+    send(task("sustained-13-weeks", json!({})), "bchft")
+        .await
+        .assert_issue(403, "REC_FORBIDDEN", "");
+    send(json!({"resourceType": "Task"}), "prospects")
+        .await
+        .assert_issue(400, "REC_BAD_REQUEST", "Task");
+    let sr = app
+        .get("gp-a", &format!("/fhir/r4/ServiceRequest/{id}"))
+        .await
+        .json();
+    assert_eq!(sr["contained"].as_array().unwrap().len(), 3);
+}
+
+on_both_databases!(providers_may_send_fhir_task_updates_under_the_same_rules);
