@@ -41,6 +41,31 @@ pub enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// Programme statistics for commissioners.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// Referrals, acceptances, engagement, job starts and sustained work, with small
+    /// numbers suppressed.
+    Programme {
+        /// First day (YYYY-MM-DD or RFC 3339), inclusive.
+        #[arg(long)]
+        from: String,
+        /// Last bound (YYYY-MM-DD or RFC 3339), exclusive.
+        #[arg(long)]
+        to: String,
+        /// provider, locality, programme or month.
+        #[arg(long, default_value = "provider")]
+        group_by: String,
+        /// table, csv or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +137,15 @@ pub async fn run(cli: Cli) -> ExitCode {
         },
         Command::DevToken { client } => dev_token(&settings, &sources, &client),
         Command::Deliveries { command } => deliveries(&settings, command).await,
+        Command::Report {
+            command:
+                ReportCommand::Programme {
+                    from,
+                    to,
+                    group_by,
+                    format,
+                },
+        } => report(&settings, &from, &to, &group_by, &format).await,
         Command::Mappings {
             command: MappingsCommand::Check,
         } => match Routing::load(&settings.mappings.dir)
@@ -257,4 +291,74 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
             }
         }
     }
+}
+
+async fn report(
+    settings: &Settings,
+    from: &str,
+    to: &str,
+    group_by: &str,
+    format: &str,
+) -> ExitCode {
+    use crate::reports;
+    let parsed = (|| {
+        Ok::<_, String>((
+            reports::bound(from)?,
+            reports::bound(to)?,
+            group_by.parse::<reports::GroupBy>()?,
+        ))
+    })();
+    let (from_t, to_t, group) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("thrive-gateway report programme: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let store = match crate::store::connect(&settings.database).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("thrive-gateway report programme: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rows = match store.report_rows(from_t, to_t).await {
+        Ok(r) => reports::programme(&r, group),
+        Err(e) => {
+            eprintln!("thrive-gateway report programme: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match format {
+        "csv" => print!("{}", reports::to_csv(&rows)),
+        "json" => match serde_json::to_string_pretty(&rows) {
+            Ok(t) => println!("{t}"),
+            Err(e) => {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        "table" => {
+            print!("{:<20}", "group");
+            for m in reports::MEASURES {
+                print!(" {m:>18}");
+            }
+            println!();
+            for r in &rows {
+                print!("{:<20}", r.group);
+                for m in reports::MEASURES {
+                    print!(" {:>18}", r.measures[m].to_string());
+                }
+                println!();
+            }
+            println!(
+                "counts of 1 to 4 are shown as <5; all other counts are rounded to the nearest 5"
+            );
+        }
+        other => {
+            eprintln!("--format must be table, csv or json, not {other}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
 }

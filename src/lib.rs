@@ -19,6 +19,7 @@ pub mod operations;
 pub mod outcome;
 pub mod provider_api;
 pub mod pseudonym;
+pub mod reports;
 pub mod routing;
 pub mod startup;
 pub mod store;

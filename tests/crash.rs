@@ -98,11 +98,12 @@ file = "{root}/tests/fixtures/keys/pseudonym-prospects-v1.key"
 
     // Send referrals from several tasks; kill the gateway while they are in flight.
     let client = reqwest::Client::new();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..60 {
-        let (client, base) = (client.clone(), base.clone());
+        let (client, base, answered) = (client.clone(), base.clone(), answered.clone());
         tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(i * 5)).await;
+            tokio::time::sleep(Duration::from_millis(i * 20)).await;
             let msg = referral();
             let res = client
                 .post(format!("{base}/fhir/r4/$process-message"))
@@ -115,6 +116,7 @@ file = "{root}/tests/fixtures/keys/pseudonym-prospects-v1.key"
                 .await;
             match res {
                 Ok(r) if r.status() == 200 => {
+                    answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let body: serde_json::Value = r.json().await.unwrap_or_default();
                     body["entry"][1]["resource"]["id"]
                         .as_str()
@@ -124,7 +126,14 @@ file = "{root}/tests/fixtures/keys/pseudonym-prospects-v1.key"
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Kill once some referrals are through and more are on the way, however slow the
+    // machine is.
+    for _ in 0..600 {
+        if answered.load(std::sync::atomic::Ordering::SeqCst) >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     gateway.kill().unwrap(); // SIGKILL
     gateway.wait().unwrap();
     let mut accepted = HashSet::new();

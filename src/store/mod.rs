@@ -277,6 +277,17 @@ pub struct EventRow {
     pub recorded_at: OffsetDateTime,
 }
 
+/// One referral as programme reporting sees it: where and when, and which milestones
+/// it reached. No identifiers of the person.
+#[derive(Debug, Clone)]
+pub struct ReportRow {
+    pub created_at: OffsetDateTime,
+    pub provider: String,
+    pub locality: String,
+    pub programme: String,
+    pub events: Vec<String>,
+}
+
 /// A cancellation or consent withdrawal to apply.
 #[derive(Debug, Clone)]
 pub struct UpdateRecord {
@@ -365,6 +376,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError>;
     /// A referral's status events, oldest first.
     async fn events_for(&self, referral_id: &str) -> Result<Vec<EventRow>, StoreError>;
+    /// Referrals received in `[from, to)` with the events each reached.
+    async fn report_rows(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+    ) -> Result<Vec<ReportRow>, StoreError>;
     /// How many referrals are stored (all states).
     async fn count_referrals(&self) -> Result<i64, StoreError>;
 }

@@ -6,7 +6,7 @@
 use super::{
     AuditRecord, AuditRow, ClaimedDelivery, DeliveryOutcome, DeliveryRow, DeliveryView,
     EventRecord, EventRecorded, EventRow, Inserted, NewReferralRecord, ReferralRow, ReferralStatus,
-    Store, StoreError, UpdateRecord, Updated,
+    ReportRow, Store, StoreError, UpdateRecord, Updated,
 };
 use async_trait::async_trait;
 use fhir_sdk::time::OffsetDateTime;
@@ -557,6 +557,45 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await?;
                 Ok(rows)
+            }
+
+            async fn report_rows(
+                &self,
+                from: OffsetDateTime,
+                to: OffsetDateTime,
+            ) -> Result<Vec<ReportRow>, StoreError> {
+                let referrals: Vec<(String, OffsetDateTime, String, String, String)> = sqlx::query_as(
+                    "SELECT id, created_at, provider, locality, programme FROM referrals \
+                     WHERE created_at >= $1 AND created_at < $2",
+                )
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?;
+                let events: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT e.referral_id, e.event FROM referral_events e \
+                     JOIN referrals r ON r.id = e.referral_id \
+                     WHERE r.created_at >= $1 AND r.created_at < $2",
+                )
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?;
+                let mut by_referral: std::collections::HashMap<String, Vec<String>> =
+                    std::collections::HashMap::new();
+                for (referral, event) in events {
+                    by_referral.entry(referral).or_default().push(event);
+                }
+                Ok(referrals
+                    .into_iter()
+                    .map(|(id, created_at, provider, locality, programme)| ReportRow {
+                        created_at,
+                        provider,
+                        locality,
+                        programme,
+                        events: by_referral.remove(&id).unwrap_or_default(),
+                    })
+                    .collect())
             }
 
             async fn count_referrals(&self) -> Result<i64, StoreError> {

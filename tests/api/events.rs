@@ -332,3 +332,110 @@ async fn providers_may_send_fhir_task_updates_under_the_same_rules(db: Db) {
 }
 
 on_both_databases!(providers_may_send_fhir_task_updates_under_the_same_rules);
+
+async fn programme_statistics_suppress_small_numbers(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let app = TestApp::spawn_with(db, &provider.config("")).await;
+    let mut prospects = Vec::new();
+    for _ in 0..7 {
+        prospects.push(
+            app.send("gp-a", &referral()).await.json()["entry"][1]["resource"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    assert_eq!(app.send("gp-a", &referral_from("Y90010")).await.status, 200);
+    app.deliver().await;
+    for (n, id) in prospects.iter().enumerate() {
+        let rid = uuid::Uuid::new_v4().to_string();
+        assert_eq!(
+            post(&app, "prospects", id, &rid, &event("accepted"))
+                .await
+                .status,
+            201
+        );
+        if n < 2 {
+            let rid = uuid::Uuid::new_v4().to_string();
+            assert_eq!(
+                post(&app, "prospects", id, &rid, &event("engaged"))
+                    .await
+                    .status,
+                201
+            );
+        }
+    }
+    let today = fhir_sdk::time::OffsetDateTime::now_utc().date();
+    let query = format!(
+        "/reports/v1/programme?from={}&to={}&group_by=provider",
+        today - fhir_sdk::time::Duration::days(1),
+        today + fhir_sdk::time::Duration::days(1)
+    );
+    let reply = app.get("auditor", &query).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let body = reply.json();
+    let row = |g: &str| {
+        body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["group"] == g)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("prospects")["measures"]["received"], 5, "7 rounds to 5");
+    assert_eq!(row("prospects")["measures"]["accepted"], 5);
+    assert_eq!(row("prospects")["measures"]["engaged"], "<5");
+    assert_eq!(row("bchft")["measures"]["received"], "<5");
+    assert_eq!(row("total")["measures"]["received"], 10, "8 rounds to 10");
+    for id in &prospects {
+        assert!(
+            !reply.text.contains(id.as_str()),
+            "no row identifies a referral"
+        );
+    }
+    assert_eq!(app.get("operator", &query).await.status, 200);
+    app.get("gp-a", &query)
+        .await
+        .assert_issue(403, "REC_FORBIDDEN", "");
+    app.get(
+        "auditor",
+        "/reports/v1/programme?from=2026-01-01&to=2027-01-01&group_by=colour",
+    )
+    .await
+    .assert_issue(400, "REC_BAD_REQUEST", "");
+
+    // The same from the command line, as CSV.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thrive-gateway"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("THRIVE_ENV")
+        .env("THRIVE__DATABASE__URL", &app.database_url)
+        .args([
+            "report",
+            "programme",
+            "--group-by",
+            "locality",
+            "--format",
+            "csv",
+            "--from",
+        ])
+        .arg((today - fhir_sdk::time::Duration::days(1)).to_string())
+        .arg("--to")
+        .arg((today + fhir_sdk::time::Duration::days(1)).to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        csv.starts_with("group,received,accepted,declined,engaged"),
+        "{csv}"
+    );
+    assert!(csv.contains("\nsandwell,5,5,0,<5,"), "{csv}");
+    assert!(csv.contains("\ndudley,<5,"), "{csv}");
+}
+
+on_both_databases!(programme_statistics_suppress_small_numbers);
