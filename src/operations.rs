@@ -27,17 +27,7 @@ pub async fn replay(store: &dyn Store, id: &str, audit: AuditRecord) -> Result<b
 }
 
 fn operator_only(gw: &Gateway, req: &HttpRequest) -> Result<crate::auth::Principal, Rejection> {
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or_default());
-    let principal = gw.auth.authenticate(header).map_err(|e| {
-        Rejection::one(Issue::new(
-            RecCode::Unauthorized,
-            IssueType::Login,
-            e.to_string(),
-        ))
-    })?;
+    let principal = crate::intake::authenticate(gw, req)?;
     if principal.role != Role::Operator {
         return Err(Issue::new(
             RecCode::Forbidden,
@@ -148,17 +138,7 @@ async fn programme_report(
     query: web::Query<ReportQuery>,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or_default());
-    let principal = gw.auth.authenticate(header).map_err(|e| {
-        Rejection::one(Issue::new(
-            RecCode::Unauthorized,
-            IssueType::Login,
-            e.to_string(),
-        ))
-    })?;
+    let principal = crate::intake::authenticate(&gw, &req)?;
     let ctx = AuditContext {
         action: "report.programme",
         principal: Some(&principal),

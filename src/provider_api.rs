@@ -10,17 +10,7 @@ use actix_web::{HttpRequest, HttpResponse, post, web};
 use fhir_sdk::time::OffsetDateTime;
 
 fn provider_only(gw: &Gateway, req: &HttpRequest) -> Result<(Principal, String), Rejection> {
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or_default());
-    let principal = gw.auth.authenticate(header).map_err(|e| {
-        Rejection::one(Issue::new(
-            RecCode::Unauthorized,
-            IssueType::Login,
-            e.to_string(),
-        ))
-    })?;
+    let principal = crate::intake::authenticate(gw, req)?;
     match &principal.role {
         Role::Provider { provider } => {
             let id = provider.to_string();

@@ -79,7 +79,9 @@ fn forbidden(what: &str) -> Rejection {
     Issue::new(RecCode::Forbidden, IssueType::Forbidden, what).into()
 }
 
-fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Principal, Rejection> {
+/// The calling client, from the request's bearer token; 401 otherwise. Every HTTP
+/// interface authenticates through here.
+pub(crate) fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Principal, Rejection> {
     let header = req
         .headers()
         .get(header::AUTHORIZATION)
