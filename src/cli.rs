@@ -66,6 +66,19 @@ pub enum ReportCommand {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// A person-level extract for evaluation: pseudonymised with the reporting key,
+    /// leaving out everyone on the National Data Opt-out list.
+    Extract {
+        /// First day (YYYY-MM-DD or RFC 3339), inclusive.
+        #[arg(long)]
+        from: String,
+        /// Last bound (YYYY-MM-DD or RFC 3339), exclusive.
+        #[arg(long)]
+        to: String,
+        /// csv or json.
+        #[arg(long, default_value = "csv")]
+        format: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +159,9 @@ pub async fn run(cli: Cli) -> ExitCode {
                     format,
                 },
         } => report(&settings, &from, &to, &group_by, &format).await,
+        Command::Report {
+            command: ReportCommand::Extract { from, to, format },
+        } => extract(&settings, &from, &to, &format).await,
         Command::Mappings {
             command: MappingsCommand::Check,
         } => match Routing::load(&settings.mappings.dir)
@@ -360,5 +376,62 @@ async fn report(
             return ExitCode::from(2);
         }
     }
+    ExitCode::SUCCESS
+}
+
+async fn extract(settings: &Settings, from: &str, to: &str, format: &str) -> ExitCode {
+    use crate::reports;
+    let fail = |e: String| {
+        eprintln!("thrive-gateway report extract: {e}");
+        ExitCode::FAILURE
+    };
+    let (from_t, to_t) = match (reports::bound(from), reports::bound(to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => return fail(e),
+    };
+    if format != "csv" && format != "json" {
+        return fail(format!("--format must be csv or json, not {format}"));
+    }
+    let Some(key_settings) = settings.keys.pseudonym.get("reporting") else {
+        return fail(
+            "keys.pseudonym.reporting is not configured: an extract is only ever pseudonymised"
+                .into(),
+        );
+    };
+    let keys = match crate::pseudonym::PseudonymKeys::load("reporting", key_settings) {
+        Ok(k) => k,
+        Err(e) => return fail(e.to_string()),
+    };
+    let Some(list_file) = &settings.reporting.opt_out_file else {
+        return fail("reporting.opt_out_file is not configured: the National Data Opt-out applies to extracts".into());
+    };
+    let opted_out = match std::fs::read_to_string(list_file)
+        .map_err(|e| format!("{}: {e}", list_file.display()))
+        .and_then(|t| reports::opt_outs(&t))
+    {
+        Ok(o) => o,
+        Err(e) => return fail(e),
+    };
+    let store = match crate::store::connect(&settings.database).await {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let rows = match store.report_rows(from_t, to_t).await {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    let (rows, left_out) = reports::extract(&rows, &keys, &opted_out);
+    if format == "json" {
+        match serde_json::to_string_pretty(&rows) {
+            Ok(t) => println!("{t}"),
+            Err(e) => return fail(e.to_string()),
+        }
+    } else {
+        print!("{}", reports::extract_csv(&rows));
+    }
+    eprintln!(
+        "{} rows; {left_out} left out under the National Data Opt-out",
+        rows.len()
+    );
     ExitCode::SUCCESS
 }

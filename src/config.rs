@@ -35,6 +35,9 @@ pub struct Settings {
     /// Local stand-in provider receivers (development and tests only).
     #[serde(default)]
     pub sandbox: SandboxSettings,
+    /// Reporting and evaluation extracts.
+    #[serde(default)]
+    pub reporting: ReportingSettings,
     /// Development-only conveniences; refused in production.
     #[serde(default)]
     pub dev: DevSettings,
@@ -147,6 +150,15 @@ pub struct DeliverySettings {
 pub struct KeysSettings {
     #[serde(default)]
     pub pseudonym: BTreeMap<String, crate::pseudonym::PseudonymKeySettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportingSettings {
+    /// The National Data Opt-out list: one NHS number a line (`#` comments allowed).
+    /// Read afresh by every extract, so an operator refreshes it by replacing the file.
+    #[serde(default)]
+    pub opt_out_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

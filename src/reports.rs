@@ -147,9 +147,82 @@ pub fn bound(s: &str) -> Result<OffsetDateTime, String> {
         .map_err(|_| format!("`{s}` is not a date (YYYY-MM-DD) or RFC 3339 date-time"))
 }
 
+/// One person-level extract row: the reporting pseudonym, never the NHS number.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExtractRow {
+    pub subject: String,
+    pub provider: String,
+    pub locality: String,
+    pub programme: String,
+    pub month: String,
+    pub milestones: String,
+}
+
+/// Reads the opt-out list; a bad line is named by number, never by content.
+pub fn opt_outs(text: &str) -> Result<std::collections::HashSet<String>, String> {
+    let mut out = std::collections::HashSet::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.is_empty() {
+            continue;
+        }
+        let number = crate::domain::NhsNumber::parse(line)
+            .map_err(|e| format!("opt-out list line {}: {e}", n + 1))?;
+        out.insert(number.expose().to_owned());
+    }
+    Ok(out)
+}
+
+/// The person-level extract: everyone in `rows` except those who opted out, each under
+/// the reporting pseudonym. Returns the rows and how many were left out.
+pub fn extract(
+    rows: &[ReportRow],
+    keys: &crate::pseudonym::PseudonymKeys,
+    opted_out: &std::collections::HashSet<String>,
+) -> (Vec<ExtractRow>, usize) {
+    let kept: Vec<ExtractRow> = rows
+        .iter()
+        .filter(|r| !opted_out.contains(&r.nhs_number))
+        .map(|r| ExtractRow {
+            subject: keys.pseudonym(&r.nhs_number).into_string(),
+            provider: r.provider.clone(),
+            locality: r.locality.clone(),
+            programme: r.programme.clone(),
+            month: format!("{}-{:02}", r.created_at.year(), r.created_at.month() as u8),
+            milestones: r.events.join(" "),
+        })
+        .collect();
+    let left_out = rows.len() - kept.len();
+    (kept, left_out)
+}
+
+/// The extract as CSV with a header row.
+pub fn extract_csv(rows: &[ExtractRow]) -> String {
+    let mut out = String::from("subject,provider,locality,programme,month,milestones\n");
+    for r in rows {
+        out.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            r.subject, r.provider, r.locality, r.programme, r.month, r.milestones
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn opt_out_lines_are_checked_and_named_by_number_only() {
+        let list =
+            opt_outs("# refreshed 2026-11-01\n999 000 0018\n\n9990000026 # second\n").unwrap();
+        assert!(list.contains("9990000018") && list.contains("9990000026"));
+        let err = opt_outs("9990000018\n9990000019\n").unwrap_err();
+        assert!(
+            err.contains("line 2") && !err.contains("9990000019"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn small_counts_are_suppressed_and_the_rest_rounded() {
@@ -166,6 +239,7 @@ mod tests {
     #[test]
     fn a_suppressed_cell_cannot_be_recovered_from_the_total() {
         let row = |provider: &str, events: &[&str]| ReportRow {
+            nhs_number: "9990000018".into(),
             created_at: OffsetDateTime::now_utc(),
             provider: provider.into(),
             locality: "x".into(),

@@ -281,6 +281,8 @@ pub struct EventRow {
 /// it reached. No identifiers of the person.
 #[derive(Debug, Clone)]
 pub struct ReportRow {
+    /// Only for person-level extracts, which pseudonymise it before anything leaves.
+    pub nhs_number: String,
     pub created_at: OffsetDateTime,
     pub provider: String,
     pub locality: String,

@@ -564,8 +564,8 @@ macro_rules! sql_store {
                 from: OffsetDateTime,
                 to: OffsetDateTime,
             ) -> Result<Vec<ReportRow>, StoreError> {
-                let referrals: Vec<(String, OffsetDateTime, String, String, String)> = sqlx::query_as(
-                    "SELECT id, created_at, provider, locality, programme FROM referrals \
+                let referrals: Vec<(String, String, OffsetDateTime, String, String, String)> = sqlx::query_as(
+                    "SELECT id, nhs_number, created_at, provider, locality, programme FROM referrals \
                      WHERE created_at >= $1 AND created_at < $2",
                 )
                 .bind(from)
@@ -588,7 +588,8 @@ macro_rules! sql_store {
                 }
                 Ok(referrals
                     .into_iter()
-                    .map(|(id, created_at, provider, locality, programme)| ReportRow {
+                    .map(|(id, nhs_number, created_at, provider, locality, programme)| ReportRow {
+                        nhs_number,
                         created_at,
                         provider,
                         locality,

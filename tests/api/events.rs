@@ -439,3 +439,89 @@ async fn programme_statistics_suppress_small_numbers(db: Db) {
 }
 
 on_both_databases!(programme_statistics_suppress_small_numbers);
+
+async fn the_reporting_extract_is_pseudonymised_and_honours_the_opt_out(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let app = TestApp::spawn_with(db, &provider.config("")).await;
+    let mut referrals = Vec::new();
+    for nhs in ["9990000018", "9990000026", "9990000034"] {
+        let mut msg = referral();
+        set(
+            &mut msg,
+            &format!("{}/identifier/0/value", at::PATIENT),
+            json!(nhs),
+        );
+        let reply = app.send("gp-a", &msg).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        referrals.push(
+            reply.json()["entry"][1]["resource"]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    app.deliver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let list = dir.path().join("opt-out.txt");
+    std::fs::write(&list, "# National Data Opt-out\n999 000 0026\n").unwrap();
+    let key = dir.path().join("reporting-v1.key");
+    std::fs::write(&key, "5d".repeat(32)).unwrap();
+    let today = fhir_sdk::time::OffsetDateTime::now_utc().date();
+    let run = |with_keys: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_thrive-gateway"));
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("THRIVE_ENV")
+            .env("THRIVE__DATABASE__URL", &app.database_url)
+            .env("THRIVE__REPORTING__OPT_OUT_FILE", &list)
+            .args(["report", "extract", "--from"])
+            .arg((today - fhir_sdk::time::Duration::days(1)).to_string())
+            .arg("--to")
+            .arg((today + fhir_sdk::time::Duration::days(1)).to_string());
+        if with_keys {
+            cmd.env("THRIVE__KEYS__PSEUDONYM__REPORTING__ACTIVE", "v1")
+                .env(
+                    "THRIVE__KEYS__PSEUDONYM__REPORTING__VERSIONS__V1__FILE",
+                    &key,
+                );
+        }
+        cmd.output().unwrap()
+    };
+    let refused = run(false);
+    assert!(
+        !refused.status.success(),
+        "no extract without the reporting key"
+    );
+    let out = run(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        lines[0],
+        "subject,provider,locality,programme,month,milestones"
+    );
+    assert_eq!(
+        lines.len(),
+        3,
+        "two people, the opted-out one left out: {csv}"
+    );
+    assert!(
+        lines[1..]
+            .iter()
+            .all(|l| l.starts_with("v1:") && l.contains(",prospects,sandwell,"))
+    );
+    for nhs in ["9990000018", "9990000026", "9990000034"] {
+        assert!(!csv.contains(nhs), "no NHS number in an extract");
+    }
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 left out"));
+    // Direct care is untouched: the opted-out person's referral was delivered.
+    assert_eq!(
+        app.store.deliveries_for(&referrals[1]).await.unwrap()[0].state,
+        "delivered"
+    );
+}
+
+on_both_databases!(the_reporting_extract_is_pseudonymised_and_honours_the_opt_out);
