@@ -48,21 +48,7 @@ async fn post_event(
     body: web::Bytes,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
-    let (principal, provider) = provider_only(&gw, &req)?;
-    let ids = RequestIds::from_headers(req.headers());
-    let ctx = AuditContext {
-        action: "referral.event",
-        principal: Some(&principal),
-        ids: ids.as_ref().ok(),
-    };
-    let result = record(&gw, &provider, &referral_id, ids.clone(), &body, &ctx).await;
-    match result {
-        Ok(response) => Ok(response),
-        Err(r) => {
-            gw.audit_rejection(&ctx, &r).await;
-            Err(r)
-        }
-    }
+    receive(&gw, &req, Ok((referral_id.into_inner(), body.to_vec()))).await
 }
 
 /// A FHIR `Task` update in place of the JSON event: `basedOn` the gateway's
@@ -75,26 +61,37 @@ async fn post_task(
     body: web::Bytes,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
-    let (principal, provider) = provider_only(&gw, &req)?;
+    let event = task_to_event(&body).and_then(|(referral_id, event)| {
+        let event = serde_json::to_vec(&event).map_err(|_| server_error())?;
+        Ok((referral_id, event))
+    });
+    receive(&gw, &req, event).await
+}
+
+/// Both forms of a status event end here: the caller must be a provider, and the
+/// event (or why it could not be read) is recorded and audited the same way.
+async fn receive(
+    gw: &Gateway,
+    req: &HttpRequest,
+    event: Result<(String, Vec<u8>), Rejection>,
+) -> Result<HttpResponse, Rejection> {
+    let (principal, provider) = provider_only(gw, req)?;
     let ids = RequestIds::from_headers(req.headers());
     let ctx = AuditContext {
         action: "referral.event",
         principal: Some(&principal),
         ids: ids.as_ref().ok(),
     };
-    let result = async {
-        let (referral_id, event) = task_to_event(&body)?;
-        let event = serde_json::to_vec(&event).map_err(|_| server_error())?;
-        record(&gw, &provider, &referral_id, ids.clone(), &event, &ctx).await
-    }
-    .await;
-    match result {
-        Ok(response) => Ok(response),
-        Err(r) => {
-            gw.audit_rejection(&ctx, &r).await;
-            Err(r)
+    let result = match event {
+        Ok((referral_id, body)) => {
+            record(gw, &provider, &referral_id, ids.clone(), &body, &ctx).await
         }
+        Err(r) => Err(r),
+    };
+    if let Err(r) = &result {
+        gw.audit_rejection(&ctx, r).await;
     }
+    result
 }
 
 /// Reads a Task into the referral it is about and the JSON event it stands for.
@@ -242,9 +239,18 @@ async fn record(
     match gw.store.record_event(&record).await.map_err(fail)? {
         EventRecorded::Recorded => {
             tracing::info!(referral_id, event = event.event.as_str(), "status event recorded");
-            let rows = gw.store.events_for(referral_id).await.map_err(fail)?;
-            let row = rows.iter().find(|e| e.id == record.id).ok_or_else(server_error)?;
-            Ok(HttpResponse::Created().json(event_json(row)))
+            let row = EventRow {
+                id: record.id,
+                referral_id: record.referral_id,
+                provider: record.provider,
+                event: record.event,
+                occurred_at: record.occurred_at,
+                reason: record.reason,
+                detail: record.detail.to_string(),
+                request_id: record.request_id,
+                recorded_at: record.now,
+            };
+            Ok(HttpResponse::Created().json(event_json(&row)))
         }
         EventRecorded::Duplicate => {
             let rows = gw.store.events_for(referral_id).await.map_err(fail)?;

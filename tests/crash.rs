@@ -55,7 +55,6 @@ async fn killed_mid_flight(db: Db) {
     let (url, _dir) = fresh_database(db).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("crash.toml");
-    let root = env!("CARGO_MANIFEST_DIR");
     std::fs::write(
         &config,
         format!(
@@ -78,16 +77,10 @@ max_backoff_ms = 50
 endpoint = "{p}"
 [providers.prospects]
 endpoint = "{p}"
-[keys.pseudonym.bchft]
-active = "v1"
-[keys.pseudonym.bchft.versions.v1]
-file = "{root}/tests/fixtures/keys/pseudonym-bchft-v1.key"
-[keys.pseudonym.prospects]
-active = "v1"
-[keys.pseudonym.prospects.versions.v1]
-file = "{root}/tests/fixtures/keys/pseudonym-prospects-v1.key"
+{keys}
 "#,
-            p = provider.url
+            p = provider.url,
+            keys = pseudonym_keys_toml(),
         ),
     )
     .unwrap();

@@ -60,6 +60,18 @@ pub async fn fresh_database(db: Db) -> (String, Option<tempfile::TempDir>) {
     }
 }
 
+/// The test pseudonym keys of both seed providers, as configuration.
+pub fn pseudonym_keys_toml() -> String {
+    let root = env!("CARGO_MANIFEST_DIR");
+    ["bchft", "prospects"]
+        .map(|p| {
+            format!(
+                "[keys.pseudonym.{p}]\nactive = \"v1\"\n[keys.pseudonym.{p}.versions.v1]\nfile = \"{root}/tests/fixtures/keys/pseudonym-{p}-v1.key\"\n"
+            )
+        })
+        .join("\n")
+}
+
 /// Settings for a test gateway: shipped defaults, the test issuer and clients.
 pub fn test_settings(database_url: &str, extra_toml: &str) -> Settings {
     let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -105,17 +117,10 @@ dir = "{root}/mappings"
 [delivery]
 enabled = false
 
-[keys.pseudonym.bchft]
-active = "v1"
-[keys.pseudonym.bchft.versions.v1]
-file = "{root}/tests/fixtures/keys/pseudonym-bchft-v1.key"
-
-[keys.pseudonym.prospects]
-active = "v1"
-[keys.pseudonym.prospects.versions.v1]
-file = "{root}/tests/fixtures/keys/pseudonym-prospects-v1.key"
+{keys}
 "#,
-        root = env!("CARGO_MANIFEST_DIR")
+        root = env!("CARGO_MANIFEST_DIR"),
+        keys = pseudonym_keys_toml(),
     );
     // The test's own TOML is a layer of its own, so it may set any table again.
     let figment = defaults_figment(&config_dir)
