@@ -41,6 +41,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// The information-governance audit trail: verify, checkpoint, export.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Programme statistics for commissioners.
     Report {
         #[command(subcommand)]
@@ -78,6 +83,42 @@ pub enum ReportCommand {
         /// csv or json.
         #[arg(long, default_value = "csv")]
         format: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole hash chain and the signed checkpoints; exits 1 naming the
+    /// first record that was changed, removed, inserted or reordered.
+    Verify,
+    /// Sign the current chain head now (serve also does it every
+    /// audit.checkpoint.interval_seconds).
+    Checkpoint,
+    /// Write the records of a time range as FHIR AuditEvents or CSV.
+    Export {
+        /// First day (YYYY-MM-DD or RFC 3339), inclusive.
+        #[arg(long)]
+        from: String,
+        /// Last bound (YYYY-MM-DD or RFC 3339), exclusive.
+        #[arg(long)]
+        to: String,
+        /// fhir or csv.
+        #[arg(long, default_value = "fhir")]
+        format: String,
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Check an exported FHIR Bundle without the database: record hashes, links and
+    /// checkpoint signatures (against audit.checkpoint.public_key_file, or --public-key).
+    VerifyExport {
+        file: PathBuf,
+        /// The checkpoint public key (PEM) to check with.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Its key id.
+        #[arg(long)]
+        key_id: Option<String>,
     },
 }
 
@@ -150,6 +191,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         },
         Command::DevToken { client } => dev_token(&settings, &sources, &client),
         Command::Deliveries { command } => deliveries(&settings, command).await,
+        Command::Audit { command } => crate::audit::cli::run(&settings, command).await,
         Command::Report {
             command:
                 ReportCommand::Programme {
@@ -280,16 +322,10 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
         }
         DeliveriesCommand::Replay { id } => {
             let audit = crate::store::AuditRecord {
-                at: fhir_sdk::time::OffsetDateTime::now_utc(),
-                action: "operator.deliveries.replay".into(),
-                outcome: "accepted".into(),
-                http_status: None,
                 client_id: Some("command-line".into()),
                 role: Some("operator".into()),
-                referral_id: None,
-                request_id: None,
-                correlation_id: None,
                 detail: serde_json::json!({"delivery_id": id}),
+                ..crate::store::AuditRecord::new("operator.deliveries.replay", "accepted")
             };
             match crate::operations::replay(store.as_ref(), &id, audit).await {
                 Ok(true) => {

@@ -38,6 +38,9 @@ pub struct Settings {
     /// Reporting and evaluation extracts.
     #[serde(default)]
     pub reporting: ReportingSettings,
+    /// The audit trail's signed checkpoints.
+    #[serde(default)]
+    pub audit: AuditSettings,
     /// Development-only conveniences; refused in production.
     #[serde(default)]
     pub dev: DevSettings,
@@ -150,6 +153,35 @@ pub struct DeliverySettings {
 pub struct KeysSettings {
     #[serde(default)]
     pub pseudonym: BTreeMap<String, crate::pseudonym::PseudonymKeySettings>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    /// Signs the chain head periodically; without it no checkpoints are written
+    /// (the chain itself is always kept).
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointSettings>,
+}
+
+/// The key checkpoints are signed with (Ed25519, PEM) and how often.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSettings {
+    /// The `kid` of the checkpoint JWS.
+    pub key_id: String,
+    /// PKCS#8 private key; only the gateway that signs needs it.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// The public key auditors verify with.
+    pub public_key_file: PathBuf,
+    /// Seconds between checkpoints written by `serve` (when the chain has grown).
+    #[serde(default = "default_checkpoint_interval")]
+    pub interval_seconds: u64,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

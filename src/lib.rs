@@ -6,6 +6,7 @@
 //! [`validation`], [`consent`], [`routing`], [`store`]; with [`config`], [`telemetry`],
 //! [`startup`] and [`cli`] around them.
 
+pub mod audit;
 pub mod auth;
 pub mod cli;
 pub mod config;

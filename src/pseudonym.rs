@@ -293,6 +293,19 @@ impl PseudonymKeys {
         Pseudonym(format!("{}:{}", self.active, hex::encode(tag)))
     }
 
+    /// `input`'s pseudonym under every configured version, active first: what an
+    /// auditor's lookup matches, so records made before a key rotation are found.
+    pub fn all_pseudonyms(&self, input: &str) -> Vec<String> {
+        let mut all = vec![self.pseudonym(input).into_string()];
+        for (version, key) in &self.versions {
+            if *version != self.active {
+                let tag = keyed(key, input).finalize().into_bytes();
+                all.push(format!("{version}:{}", hex::encode(tag)));
+            }
+        }
+        all
+    }
+
     /// True when `pseudonym` is `input`'s pseudonym under any configured version, so
     /// pseudonyms disclosed before a key rotation still check. Compares in constant time.
     pub fn verify(&self, input: &str, pseudonym: &str) -> bool {

@@ -37,6 +37,10 @@ pub enum StartupError {
     Sandbox(String),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("keys.pseudonym.audit: {0}")]
+    AuditKeys(String),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::audit::checkpoint::CheckpointError),
     #[error("cannot listen on {bind}: {source}")]
     Bind {
         bind: String,
@@ -51,6 +55,19 @@ pub struct Application {
     gateway: Gateway,
     deliverer: Option<Deliverer>,
     run_worker: bool,
+    /// Signs audit checkpoints in the background, at this interval.
+    signer: Option<(crate::audit::checkpoint::Signer, std::time::Duration)>,
+}
+
+/// The audit pseudonym key: every audit record names its subject with it.
+pub fn audit_keys(settings: &Settings) -> Result<crate::pseudonym::PseudonymKeys, StartupError> {
+    let Some(k) = settings.keys.pseudonym.get("audit") else {
+        return Err(StartupError::AuditKeys(
+            "not configured: audit records name their subject by the audit pseudonym".into(),
+        ));
+    };
+    crate::pseudonym::PseudonymKeys::load("audit", k)
+        .map_err(|e| StartupError::AuditKeys(e.to_string()))
 }
 
 impl Application {
@@ -75,12 +92,28 @@ impl Application {
         } else {
             None
         };
+        let audit_keys = audit_keys(settings)?;
+        let (checkpoint_keys, signer) = match &settings.audit.checkpoint {
+            Some(c) => (
+                Some(crate::audit::checkpoint::VerifyingKeys::from_settings(c)?),
+                match &c.private_key_file {
+                    Some(_) => Some((
+                        crate::audit::checkpoint::Signer::from_settings(c)?,
+                        std::time::Duration::from_secs(c.interval_seconds.max(1)),
+                    )),
+                    None => None,
+                },
+            ),
+            None => (None, None),
+        };
         let gateway = Gateway {
             store,
             routing: Arc::new(routing),
             auth,
             minimum_age_years: settings.referral.minimum_age_years,
             max_body_bytes: settings.server.max_body_bytes,
+            audit_keys: Arc::new(audit_keys),
+            checkpoint_keys,
         };
         let listener = std::net::TcpListener::bind(&settings.server.bind).map_err(|source| {
             StartupError::Bind {
@@ -112,7 +145,8 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(request_context))
                 .configure(intake::configure)
                 .configure(crate::operations::configure)
-                .configure(crate::provider_api::configure);
+                .configure(crate::provider_api::configure)
+                .configure(crate::audit::api::configure);
             if let Some(sandbox) = &sandbox {
                 app = app
                     .app_data(sandbox.clone())
@@ -146,6 +180,7 @@ impl Application {
             gateway,
             deliverer,
             run_worker: settings.delivery.enabled,
+            signer,
         })
     }
 
@@ -168,13 +203,16 @@ impl Application {
     pub async fn run(self) -> std::io::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let worker = match (self.deliverer, self.run_worker) {
-            (Some(d), true) => Some(tokio::spawn(d.run(stopped))),
+            (Some(d), true) => Some(tokio::spawn(d.run(stopped.clone()))),
             _ => None,
         };
+        let checkpoints = self.signer.map(|(signer, every)| {
+            tokio::spawn(signer.run(self.gateway.store.clone(), every, stopped))
+        });
         let result = self.server.await;
         let _ = stop.send(true);
-        if let Some(worker) = worker {
-            let _ = worker.await;
+        for task in [worker, checkpoints].into_iter().flatten() {
+            let _ = task.await;
         }
         result
     }

@@ -176,22 +176,35 @@ impl Deliverer {
             DeliveryOutcome::Dead { error, .. } if status.is_none() => Some(error.clone()),
             _ => None,
         };
+        let mapping = receipt.as_ref().and_then(|r| {
+            Some(format!(
+                "{}@{}",
+                r["mapping_id"].as_str()?,
+                r["mapping_version"].as_str()?
+            ))
+        });
+        let key_version = receipt
+            .as_ref()
+            .and_then(|r| r["key_version"].as_str().map(str::to_owned));
         let audit = AuditRecord {
             at: now,
-            action: format!("delivery.{}", d.kind),
-            outcome: result.to_owned(),
             http_status: status,
-            client_id: None,
-            role: None,
             referral_id: Some(d.referral_id.clone()),
             request_id: Some(d.request_id.clone()),
             correlation_id: Some(d.correlation_id.clone()),
+            recipient: Some(d.provider.clone()),
+            mapping_version: mapping,
+            key_version,
+            ..AuditRecord::new(format!("delivery.{}", d.kind), result)
+        };
+        let audit = AuditRecord {
             detail: json!({
                 "recipient": d.provider,
                 "attempt": attempt,
                 "reason": reason,
                 "receipt": receipt,
             }),
+            ..audit
         };
         let held = self
             .store

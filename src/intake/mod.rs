@@ -19,11 +19,13 @@ use futures_util::StreamExt;
 use process::AuditContext;
 use uuid::Uuid;
 
-/// The BaRS request headers, both UUIDs.
-#[derive(Debug, Clone, Copy)]
+/// The BaRS request headers: both ids (UUIDs) and, when sent, the NHS identity
+/// headers, summarised for the audit record.
+#[derive(Debug, Clone)]
 pub struct RequestIds {
     pub request_id: Uuid,
     pub correlation_id: Uuid,
+    pub identity: Option<String>,
 }
 
 /// Header names in the lower case HTTP/2 and actix use; clients may send any case.
@@ -65,6 +67,7 @@ impl RequestIds {
             (Some(request_id), Some(correlation_id)) => Ok(Self {
                 request_id,
                 correlation_id,
+                identity: crate::audit::identity::from_headers(headers),
             }),
             _ => Err(Rejection { issues }),
         }

@@ -25,6 +25,10 @@ pub struct Gateway {
     pub auth: crate::auth::Authenticator,
     pub minimum_age_years: u8,
     pub max_body_bytes: usize,
+    /// Names the subject of audit records (`keys.pseudonym.audit`).
+    pub audit_keys: Arc<crate::pseudonym::PseudonymKeys>,
+    /// Checks checkpoint signatures for auditors (`audit.checkpoint`).
+    pub checkpoint_keys: Option<crate::audit::checkpoint::VerifyingKeys>,
 }
 
 /// What an accepted message produced, for the response.
@@ -50,16 +54,15 @@ impl AuditContext<'_> {
         detail: serde_json::Value,
     ) -> AuditRecord {
         AuditRecord {
-            at: OffsetDateTime::now_utc(),
-            action: self.action.to_owned(),
-            outcome: outcome.to_owned(),
             http_status: Some(status),
             client_id: self.principal.map(|p| p.client_id.clone()),
             role: self.principal.map(|p| p.role.name().to_owned()),
             referral_id: referral_id.map(str::to_owned),
             request_id: self.ids.map(|i| i.request_id.to_string()),
             correlation_id: self.ids.map(|i| i.correlation_id.to_string()),
+            actor_identity: self.ids.and_then(|i| i.identity.clone()),
             detail,
+            ..AuditRecord::new(self.action, outcome)
         }
     }
 }
@@ -207,7 +210,13 @@ impl Gateway {
                 200,
                 Some(&id),
                 accepted_detail(&route, &consent),
-            ),
+            )
+            .to_recipient(route.provider.as_str())
+            .under_mapping(&format!("routing@{}", route.mapping_version)),
+            subject: self
+                .audit_keys
+                .pseudonym(referral.nhs_number.expose())
+                .into_string(),
         };
         // A reference collision is astronomically rare; try a few fresh ones.
         for _ in 0..5 {

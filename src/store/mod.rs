@@ -71,24 +71,93 @@ pub struct AuditRecord {
     pub referral_id: Option<String>,
     pub request_id: Option<String>,
     pub correlation_id: Option<String>,
+    /// The NHS identity headers the caller sent, summarised (see
+    /// [`crate::audit::identity`]): staff and system identifiers, never the patient's.
+    pub actor_identity: Option<String>,
+    /// The subject's audit pseudonym. Left empty for a record about a stored
+    /// referral, the store fills it in from the referral.
+    pub subject: Option<String>,
+    /// Who the data went (or would have gone) to: a provider or GP callback id.
+    pub recipient: Option<String>,
+    /// The mapping (dataset or routing table) and its version the decision used.
+    pub mapping_version: Option<String>,
+    /// The pseudonym key version used in a disclosure.
+    pub key_version: Option<String>,
     /// JSON object: routing decision, consent summary, rejection codes and paths.
     pub detail: serde_json::Value,
+}
+
+impl AuditRecord {
+    /// A record of `action` with `outcome` now, every other field empty.
+    pub fn new(action: impl Into<String>, outcome: impl Into<String>) -> Self {
+        Self {
+            at: OffsetDateTime::now_utc(),
+            action: action.into(),
+            outcome: outcome.into(),
+            http_status: None,
+            client_id: None,
+            role: None,
+            referral_id: None,
+            request_id: None,
+            correlation_id: None,
+            actor_identity: None,
+            subject: None,
+            recipient: None,
+            mapping_version: None,
+            key_version: None,
+            detail: serde_json::Value::Object(Default::default()),
+        }
+    }
+
+    /// The record is about data going to `recipient`.
+    pub fn to_recipient(mut self, recipient: &str) -> Self {
+        self.recipient = Some(recipient.to_owned());
+        self
+    }
+
+    /// The record's decision used this mapping version.
+    pub fn under_mapping(mut self, mapping_version: &str) -> Self {
+        self.mapping_version = Some(mapping_version.to_owned());
+        self
+    }
 }
 
 /// A stored audit record.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AuditRow {
     pub id: i64,
+    /// Place in the hash chain (`None`: written before the chain existed).
+    pub seq: Option<i64>,
     pub recorded_at: OffsetDateTime,
     pub action: String,
     pub outcome: String,
     pub http_status: Option<i32>,
     pub client_id: Option<String>,
     pub role: Option<String>,
+    pub actor_identity: Option<String>,
     pub referral_id: Option<String>,
+    pub subject: Option<String>,
+    pub recipient: Option<String>,
     pub request_id: Option<String>,
     pub correlation_id: Option<String>,
+    pub mapping_version: Option<String>,
+    pub key_version: Option<String>,
     pub detail: String,
+    pub prev_hash: Option<String>,
+    pub hash: Option<String>,
+}
+
+/// Which audit records an auditor asks for; every filter is optional.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub from: Option<OffsetDateTime>,
+    pub to: Option<OffsetDateTime>,
+    pub referral_id: Option<String>,
+    pub action: Option<String>,
+    pub recipient: Option<String>,
+    pub client_id: Option<String>,
+    /// Records about any of these subject pseudonyms (one per audit key version).
+    pub subjects: Vec<String>,
 }
 
 /// Everything written when a referral is accepted.
@@ -114,6 +183,8 @@ pub struct NewReferralRecord {
     pub correlation_id: String,
     pub message_header_id: String,
     pub sender_identifiers: Vec<(String, String)>,
+    /// The subject's audit pseudonym, named by every audit record about the referral.
+    pub subject: String,
     /// The queued delivery's id and its stable `X-Request-Id` towards the provider.
     pub delivery_id: String,
     pub delivery_request_id: String,
@@ -338,6 +409,29 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError>;
     /// Audit records in order, oldest first, after `after_id`.
     async fn audit_after(&self, after_id: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
+    /// Chained audit records in chain order, after place `after_seq`.
+    async fn audit_chain(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
+    /// Records outside the chain: how many were written before it began, and the id
+    /// of the first one written after it began (which should not exist).
+    async fn audit_unchained(&self) -> Result<(u64, Option<i64>), StoreError>;
+    /// The place of the record with this hash, if any.
+    async fn audit_seq_of_hash(&self, hash: &str) -> Result<Option<i64>, StoreError>;
+    /// The chain head as writers keep it: last place and hash.
+    async fn audit_head(&self) -> Result<(i64, String), StoreError>;
+    /// Records matching `filter`, in chain order, after place `after_seq`.
+    async fn audit_query(
+        &self,
+        filter: &AuditFilter,
+        after_seq: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditRow>, StoreError>;
+    async fn audit_checkpoints(
+        &self,
+    ) -> Result<Vec<crate::audit::checkpoint::CheckpointRow>, StoreError>;
+    async fn insert_checkpoint(
+        &self,
+        c: &crate::audit::checkpoint::CheckpointRow,
+    ) -> Result<(), StoreError>;
     /// Claims up to `limit` due deliveries for `owner` until `lease_until`. A
     /// delivery is held by at most one owner at a time, across processes.
     async fn claim_deliveries(

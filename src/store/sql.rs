@@ -4,9 +4,9 @@
 //! engines must differ (migrations, locking), each implementation says so itself.
 
 use super::{
-    AuditRecord, AuditRow, ClaimedDelivery, DeliveryOutcome, DeliveryRow, DeliveryView,
-    EventRecord, EventRecorded, EventRow, Inserted, NewReferralRecord, ReferralRow, ReferralStatus,
-    ReportRow, Store, StoreError, UpdateRecord, Updated,
+    AuditFilter, AuditRecord, AuditRow, ClaimedDelivery, DeliveryOutcome, DeliveryRow,
+    DeliveryView, EventRecord, EventRecorded, EventRow, Inserted, NewReferralRecord, ReferralRow,
+    ReferralStatus, ReportRow, Store, StoreError, UpdateRecord, Updated,
 };
 use async_trait::async_trait;
 use fhir_sdk::time::OffsetDateTime;
@@ -66,9 +66,35 @@ macro_rules! referral_columns {
     };
 }
 
-const INSERT_AUDIT: &str = "INSERT INTO audit_events (recorded_at, action, outcome, http_status, \
-     client_id, role, referral_id, request_id, correlation_id, detail) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const INSERT_AUDIT: &str = "INSERT INTO audit_events (seq, recorded_at, action, outcome, \
+     http_status, client_id, role, actor_identity, referral_id, subject, recipient, request_id, \
+     correlation_id, mapping_version, key_version, detail, prev_hash, hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
+
+/// The columns of [`AuditRow`], spelled once.
+macro_rules! audit_columns {
+    () => {
+        "SELECT id, seq, recorded_at, action, outcome, http_status, client_id, role, \
+         actor_identity, referral_id, subject, recipient, request_id, correlation_id, \
+         mapping_version, key_version, detail, prev_hash, hash FROM audit_events "
+    };
+}
+
+/// Every auditor filter, each one skipped when its parameter is NULL; `$8` is the
+/// paging cursor and `$9` the page size. Subjects are matched in Rust-built pairs.
+macro_rules! audit_filtered {
+    ($subjects:literal) => {
+        concat!(
+            audit_columns!(),
+            "WHERE seq IS NOT NULL AND ($1 IS NULL OR recorded_at >= $1) ",
+            "AND ($2 IS NULL OR recorded_at < $2) AND ($3 IS NULL OR referral_id = $3) ",
+            "AND ($4 IS NULL OR action = $4) AND ($5 IS NULL OR recipient = $5) ",
+            "AND ($6 IS NULL OR client_id = $6) AND seq > $8 ",
+            $subjects,
+            " ORDER BY seq LIMIT $9"
+        )
+    };
+}
 
 /// Columns of [`ClaimedDelivery`], read with the referral they belong to.
 macro_rules! claimed_columns {
@@ -100,24 +126,79 @@ macro_rules! claim_one {
 macro_rules! sql_store {
     ($store:ty, $db:ty, $migrations:literal, $lock:literal) => {
         impl $store {
-            async fn write_audit<'e, E>(executor: E, a: &AuditRecord) -> Result<(), sqlx::Error>
-            where
-                E: sqlx::Executor<'e, Database = $db>,
-            {
+            /// Appends `a` to the hash chain inside the caller's transaction. The head
+            /// row is taken first (and held to commit), so concurrent writers, in this
+            /// process or another, append one after the other and the chain never forks.
+            /// Always the last statement of a transaction, so no writer holding the head
+            /// waits for anything else.
+            async fn write_audit(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                a: &AuditRecord,
+            ) -> Result<(), sqlx::Error> {
+                let (seq, prev_hash): (i64, String) = sqlx::query_as(
+                    "UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash",
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                let subject = match (&a.subject, &a.referral_id) {
+                    (Some(s), _) => Some(s.clone()),
+                    (None, Some(referral)) => {
+                        let found: Option<(Option<String>,)> =
+                            sqlx::query_as("SELECT subject FROM referrals WHERE id = $1")
+                                .bind(referral)
+                                .fetch_optional(&mut *conn)
+                                .await?;
+                        found.and_then(|(s,)| s)
+                    }
+                    (None, None) => None,
+                };
+                let at = crate::audit::truncate(a.at);
+                let detail = a.detail.to_string();
+                let status = a.http_status.map(i32::from);
+                let hash = crate::audit::ChainEntry {
+                    recorded_at: at,
+                    action: &a.action,
+                    outcome: &a.outcome,
+                    http_status: status,
+                    client_id: a.client_id.as_deref(),
+                    role: a.role.as_deref(),
+                    actor_identity: a.actor_identity.as_deref(),
+                    referral_id: a.referral_id.as_deref(),
+                    subject: subject.as_deref(),
+                    recipient: a.recipient.as_deref(),
+                    request_id: a.request_id.as_deref(),
+                    correlation_id: a.correlation_id.as_deref(),
+                    mapping_version: a.mapping_version.as_deref(),
+                    key_version: a.key_version.as_deref(),
+                    detail: &detail,
+                }
+                .hash(&prev_hash);
                 sqlx::query(INSERT_AUDIT)
-                    .bind(a.at)
+                    .bind(seq)
+                    .bind(at)
                     .bind(&a.action)
                     .bind(&a.outcome)
-                    .bind(a.http_status.map(i32::from))
+                    .bind(status)
                     .bind(&a.client_id)
                     .bind(&a.role)
+                    .bind(&a.actor_identity)
                     .bind(&a.referral_id)
+                    .bind(&subject)
+                    .bind(&a.recipient)
                     .bind(&a.request_id)
                     .bind(&a.correlation_id)
-                    .bind(a.detail.to_string())
-                    .execute(executor)
-                    .await
-                    .map(|_| ())
+                    .bind(&a.mapping_version)
+                    .bind(&a.key_version)
+                    .bind(&detail)
+                    .bind(&prev_hash)
+                    .bind(&hash)
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1")
+                    .bind(&hash)
+                    .execute(&mut *conn)
+                    .await?;
+                Ok(())
             }
 
             async fn insert_referral_tx(
@@ -128,8 +209,8 @@ macro_rules! sql_store {
                     "INSERT INTO referrals (id, reference, practice_ods, bundle_id, status, \
                      programme, locality, provider, routing_version, referral_code, nhs_number, \
                      consent, message, source_endpoint, client_id, correlation_id, created_at, \
-                     updated_at) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8, $9, $10, $11, \
-                     $12, $13, $14, $15, $16, $16)",
+                     updated_at, subject) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8, $9, \
+                     $10, $11, $12, $13, $14, $15, $16, $16, $17)",
                 )
                 .bind(&r.id)
                 .bind(&r.reference)
@@ -147,6 +228,7 @@ macro_rules! sql_store {
                 .bind(&r.client_id)
                 .bind(&r.correlation_id)
                 .bind(r.now)
+                .bind(&r.subject)
                 .execute(&mut **tx)
                 .await?;
                 for (system, value) in &r.sender_identifiers {
@@ -370,21 +452,150 @@ macro_rules! sql_store {
             }
 
             async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError> {
-                Self::write_audit(&self.pool, a).await?;
+                let mut tx = self.pool.begin().await?;
+                Self::write_audit(&mut *tx, a).await?;
+                tx.commit().await?;
                 Ok(())
             }
 
             async fn audit_after(&self, after_id: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
-                let rows = sqlx::query_as::<_, AuditRow>(
-                    "SELECT id, recorded_at, action, outcome, http_status, client_id, role, \
-                     referral_id, request_id, correlation_id, detail \
-                     FROM audit_events WHERE id > $1 ORDER BY id LIMIT $2",
-                )
+                let rows = sqlx::query_as::<_, AuditRow>(concat!(
+                    audit_columns!(),
+                    "WHERE id > $1 ORDER BY id LIMIT $2"
+                ))
                 .bind(after_id)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
                 Ok(rows)
+            }
+
+            async fn audit_chain(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+                let rows = sqlx::query_as::<_, AuditRow>(concat!(
+                    audit_columns!(),
+                    "WHERE seq > $1 ORDER BY seq LIMIT $2"
+                ))
+                .bind(after_seq)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
+
+            async fn audit_unchained(&self) -> Result<(u64, Option<i64>), StoreError> {
+                let (legacy,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM audit_events WHERE seq IS NULL AND id < \
+                     COALESCE((SELECT MIN(id) FROM audit_events WHERE seq IS NOT NULL), 0)",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                let (late,): (Option<i64>,) = sqlx::query_as(
+                    "SELECT MIN(id) FROM audit_events WHERE seq IS NULL AND id > \
+                     COALESCE((SELECT MIN(id) FROM audit_events WHERE seq IS NOT NULL), 0)",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                let no_chain: (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM audit_events WHERE seq IS NOT NULL",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                // Before the first chained record exists, every record is legacy.
+                if no_chain.0 == 0 {
+                    let (all,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_events")
+                        .fetch_one(&self.pool)
+                        .await?;
+                    return Ok((u64::try_from(all).unwrap_or(0), None));
+                }
+                Ok((u64::try_from(legacy).unwrap_or(0), late))
+            }
+
+            async fn audit_seq_of_hash(&self, hash: &str) -> Result<Option<i64>, StoreError> {
+                let row: Option<(Option<i64>,)> =
+                    sqlx::query_as("SELECT seq FROM audit_events WHERE hash = $1 LIMIT 1")
+                        .bind(hash)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row.and_then(|(s,)| s))
+            }
+
+            async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+                let head: (i64, String) =
+                    sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(head)
+            }
+
+            async fn audit_query(
+                &self,
+                f: &AuditFilter,
+                after_seq: i64,
+                limit: i64,
+            ) -> Result<Vec<AuditRow>, StoreError> {
+                // Up to two subject pseudonyms per query (the audit key's active and
+                // previous versions); more are asked in turns and merged.
+                let subjects: Vec<Option<&str>> = if f.subjects.is_empty() {
+                    vec![None]
+                } else {
+                    f.subjects.iter().map(|s| Some(s.as_str())).collect()
+                };
+                let mut rows: Vec<AuditRow> = Vec::new();
+                for subject in subjects {
+                    let q = match subject {
+                        None => sqlx::query_as::<_, AuditRow>(audit_filtered!("AND ($7 IS NULL OR subject = $7)")),
+                        Some(_) => sqlx::query_as::<_, AuditRow>(audit_filtered!("AND subject = $7")),
+                    };
+                    let mut found = q
+                        .bind(f.from)
+                        .bind(f.to)
+                        .bind(&f.referral_id)
+                        .bind(&f.action)
+                        .bind(&f.recipient)
+                        .bind(&f.client_id)
+                        .bind(subject)
+                        .bind(after_seq)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    rows.append(&mut found);
+                }
+                rows.sort_by_key(|r| r.seq);
+                rows.dedup_by_key(|r| r.id);
+                rows.truncate(usize::try_from(limit).unwrap_or(0));
+                Ok(rows)
+            }
+
+            async fn audit_checkpoints(&self) -> Result<Vec<crate::audit::checkpoint::CheckpointRow>, StoreError> {
+                let rows = sqlx::query_as::<_, crate::audit::checkpoint::CheckpointRow>(
+                    "SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoints ORDER BY seq",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
+
+            async fn insert_checkpoint(
+                &self,
+                c: &crate::audit::checkpoint::CheckpointRow,
+            ) -> Result<(), StoreError> {
+                let inserted = sqlx::query(
+                    "INSERT INTO audit_checkpoints (seq, hash, signed_at, key_id, signature) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(c.seq)
+                .bind(&c.hash)
+                .bind(c.signed_at)
+                .bind(&c.key_id)
+                .bind(&c.signature)
+                .execute(&self.pool)
+                .await;
+                match inserted {
+                    // Another process signed the same head first: one checkpoint is enough.
+                    Err(e) if unique_violation(&e).is_some() => Ok(()),
+                    Err(e) => Err(e.into()),
+                    Ok(_) => Ok(()),
+                }
             }
 
             async fn claim_deliveries(

@@ -63,7 +63,7 @@ pub async fn fresh_database(db: Db) -> (String, Option<tempfile::TempDir>) {
 /// The test pseudonym keys of both seed providers, as configuration.
 pub fn pseudonym_keys_toml() -> String {
     let root = env!("CARGO_MANIFEST_DIR");
-    ["bchft", "prospects"]
+    ["bchft", "prospects", "audit"]
         .map(|p| {
             format!(
                 "[keys.pseudonym.{p}]\nactive = \"v1\"\n[keys.pseudonym.{p}.versions.v1]\nfile = \"{root}/tests/fixtures/keys/pseudonym-{p}-v1.key\"\n"
@@ -116,6 +116,11 @@ dir = "{root}/mappings"
 
 [delivery]
 enabled = false
+
+[audit.checkpoint]
+key_id = "test-audit-1"
+private_key_file = "{KEYS}/audit-checkpoint.pem"
+public_key_file = "{KEYS}/audit-checkpoint.pub.pem"
 
 {keys}
 "#,
@@ -506,16 +511,10 @@ macro_rules! on_both_databases {
 /// An audit record for store-level tests.
 pub fn audit_record(action: &str) -> thrive_gateway::store::AuditRecord {
     thrive_gateway::store::AuditRecord {
-        at: OffsetDateTime::now_utc(),
-        action: action.into(),
-        outcome: "accepted".into(),
         http_status: Some(200),
         client_id: Some("operator".into()),
         role: Some("operator".into()),
-        referral_id: None,
-        request_id: None,
-        correlation_id: None,
-        detail: json!({}),
+        ..thrive_gateway::store::AuditRecord::new(action, "accepted")
     }
 }
 

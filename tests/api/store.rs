@@ -40,6 +40,7 @@ fn record(n: u32) -> NewReferralRecord {
         correlation_id: uuid::Uuid::new_v4().to_string(),
         message_header_id: uuid::Uuid::new_v4().to_string(),
         sender_identifiers: vec![("sys".into(), format!("ref-{n}"))],
+        subject: format!("v1:{n:064}"),
         delivery_id: uuid::Uuid::new_v4().to_string(),
         delivery_request_id: uuid::Uuid::new_v4().to_string(),
         now: OffsetDateTime::now_utc(),

@@ -1,0 +1,403 @@
+//! The auditor API (`/audit/v1`, auditor role only). Every call, allowed or refused,
+//! is itself an audit record. NHS numbers are taken only in request bodies, so they
+//! stay out of URLs and access logs, and are turned into the audit pseudonym at once.
+
+use super::export::{self, Format};
+use crate::auth::{Principal, Role};
+use crate::domain::NhsNumber;
+use crate::intake::{Gateway, RequestIds, process::AuditContext};
+use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use crate::store::{AuditFilter, AuditRow, StoreError};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+fn fail(e: StoreError) -> Rejection {
+    tracing::error!(error = %e, "audit query failed");
+    server_error()
+}
+
+/// The request ids when sent (they are optional here), for the audit record.
+fn ids(req: &HttpRequest) -> Option<RequestIds> {
+    RequestIds::from_headers(req.headers()).ok()
+}
+
+/// Authenticates an auditor; a refusal is recorded before it is returned.
+async fn auditor(gw: &Gateway, req: &HttpRequest, action: &str) -> Result<Principal, Rejection> {
+    let ids = ids(req);
+    let principal = match crate::intake::authenticate(gw, req) {
+        Ok(p) => p,
+        Err(rejection) => {
+            let ctx = AuditContext {
+                action,
+                principal: None,
+                ids: ids.as_ref(),
+            };
+            gw.audit_rejection(&ctx, &rejection).await;
+            return Err(rejection);
+        }
+    };
+    if principal.role != Role::Auditor {
+        let rejection: Rejection = Issue::new(
+            RecCode::Forbidden,
+            IssueType::Forbidden,
+            "only auditors may read the audit trail",
+        )
+        .into();
+        let ctx = AuditContext {
+            action,
+            principal: Some(&principal),
+            ids: ids.as_ref(),
+        };
+        gw.audit_rejection(&ctx, &rejection).await;
+        return Err(rejection);
+    }
+    Ok(principal)
+}
+
+/// Records an allowed auditor call; the answer is given only once it is recorded.
+async fn record_call(
+    gw: &Gateway,
+    req: &HttpRequest,
+    principal: &Principal,
+    action: &str,
+    subject: Option<String>,
+    detail: Value,
+) -> Result<(), Rejection> {
+    let ids = ids(req);
+    let ctx = AuditContext {
+        action,
+        principal: Some(principal),
+        ids: ids.as_ref(),
+    };
+    let mut record = ctx.record("allowed", 200, None, detail);
+    record.subject = subject;
+    gw.store.append_audit(&record).await.map_err(fail)
+}
+
+fn bad(what: impl Into<String>) -> Rejection {
+    Issue::new(RecCode::BadRequest, IssueType::Value, what.into()).into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    from: Option<String>,
+    to: Option<String>,
+    referral: Option<String>,
+    action: Option<String>,
+    recipient: Option<String>,
+    client: Option<String>,
+    /// Paging cursor: the `seq` of the last record of the previous page.
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> Result<AuditFilter, Rejection> {
+        let time = |v: &Option<String>, name: &str| -> Result<_, Rejection> {
+            v.as_deref()
+                .map(crate::reports::bound)
+                .transpose()
+                .map_err(|_| {
+                    bad(format!(
+                        "`{name}` must be a date (YYYY-MM-DD) or an RFC 3339 instant"
+                    ))
+                })
+        };
+        Ok(AuditFilter {
+            from: time(&self.from, "from")?,
+            to: time(&self.to, "to")?,
+            referral_id: self.referral.clone(),
+            action: self.action.clone(),
+            recipient: self.recipient.clone(),
+            client_id: self.client.clone(),
+            subjects: Vec::new(),
+        })
+    }
+}
+
+/// A record as the API shows it: every column, `detail` as JSON.
+fn record_view(r: &AuditRow) -> Value {
+    let mut v = export::record_json(r);
+    v["detail"] = serde_json::from_str(&r.detail).unwrap_or(Value::Null);
+    v["actor_identity"] = r
+        .actor_identity
+        .as_deref()
+        .and_then(|i| serde_json::from_str(i).ok())
+        .unwrap_or(Value::Null);
+    v
+}
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 1_000;
+
+#[get("/audit/v1/records")]
+async fn list(
+    req: HttpRequest,
+    query: web::Query<ListQuery>,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let principal = auditor(&gw, &req, "audit.list").await?;
+    let filter = query.filter()?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let after = query.after.unwrap_or(0).max(0);
+    let rows = gw
+        .store
+        .audit_query(&filter, after, limit)
+        .await
+        .map_err(fail)?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().and_then(|r| r.seq))
+        .flatten();
+    record_call(
+        &gw,
+        &req,
+        &principal,
+        "audit.list",
+        None,
+        json!({"filter": {"from": query.from, "to": query.to, "referral": query.referral,
+            "action": query.action, "recipient": query.recipient, "client": query.client},
+            "after": after, "count": rows.len()}),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "records": rows.iter().map(record_view).collect::<Vec<_>>(),
+        "next": next,
+    })))
+}
+
+#[get("/audit/v1/records/{seq}")]
+async fn one(
+    req: HttpRequest,
+    seq: web::Path<String>,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let principal = auditor(&gw, &req, "audit.read").await?;
+    let not_found = || -> Rejection {
+        Issue::new(
+            RecCode::NotFound,
+            IssueType::NotFound,
+            "no audit record has this number",
+        )
+        .into()
+    };
+    let seq: i64 = seq.parse().map_err(|_| not_found())?;
+    let row = gw
+        .store
+        .audit_chain(seq.saturating_sub(1), 1)
+        .await
+        .map_err(fail)?
+        .into_iter()
+        .find(|r| r.seq == Some(seq));
+    record_call(
+        &gw,
+        &req,
+        &principal,
+        "audit.read",
+        None,
+        json!({"seq": seq, "found": row.is_some()}),
+    )
+    .await?;
+    let row = row.ok_or_else(not_found)?;
+    Ok(HttpResponse::Ok().json(record_view(&row)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubjectBody {
+    nhs_number: String,
+}
+
+/// Everything recorded and disclosed about one person, found by the audit pseudonym
+/// of the NHS number in the body (under every configured audit key version).
+#[post("/audit/v1/subjects")]
+async fn subjects(
+    req: HttpRequest,
+    body: web::Bytes,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let principal = auditor(&gw, &req, "audit.subjects").await?;
+    let body: SubjectBody = serde_json::from_slice(&body)
+        .map_err(|_| bad("the body must be JSON: {\"nhs_number\": \"<10 digits>\"}"))?;
+    let nhs = NhsNumber::parse(&body.nhs_number).map_err(|_| {
+        Rejection::one(
+            Issue::new(
+                RecCode::UnprocessableEntity,
+                IssueType::Value,
+                "nhs_number is not a valid NHS number (10 digits passing the Modulus 11 check)",
+            )
+            .at("nhs_number"),
+        )
+    })?;
+    let pseudonyms = gw.audit_keys.all_pseudonyms(nhs.expose());
+    let active = gw.audit_keys.pseudonym(nhs.expose()).into_string();
+    let filter = AuditFilter {
+        subjects: pseudonyms,
+        ..AuditFilter::default()
+    };
+    let rows = export::collect(gw.store.as_ref(), &filter)
+        .await
+        .map_err(fail)?;
+    let mut referrals: Vec<&str> = rows
+        .iter()
+        .filter_map(|r| r.referral_id.as_deref())
+        .collect();
+    referrals.sort_unstable();
+    referrals.dedup();
+    let disclosures: Vec<Value> = rows
+        .iter()
+        .filter(|r| r.action == "delivery.referral" && r.outcome == "delivered")
+        .map(|r| {
+            let detail: Value = serde_json::from_str(&r.detail).unwrap_or(Value::Null);
+            json!({
+                "seq": r.seq,
+                "at": export::record_json(r)["recorded_at"],
+                "referral_id": r.referral_id,
+                "recipient": r.recipient,
+                "mapping_version": r.mapping_version,
+                "key_version": r.key_version,
+                "fields": detail["receipt"]["fields"],
+            })
+        })
+        .collect();
+    record_call(
+        &gw,
+        &req,
+        &principal,
+        "audit.subjects",
+        Some(active.clone()),
+        json!({"records": rows.len(), "disclosures": disclosures.len()}),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "subject": active,
+        "referrals": referrals,
+        "disclosures": disclosures,
+        "records": rows.iter().map(record_view).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExportQuery {
+    from: String,
+    to: String,
+    #[serde(default = "default_format")]
+    format: String,
+}
+
+fn default_format() -> String {
+    "fhir".into()
+}
+
+/// The records written in `[from, to)`, as a contiguous stretch of the chain (so the
+/// export verifies on its own), in the format asked for.
+pub async fn export_range(
+    store: &dyn crate::store::Store,
+    from: fhir_sdk::time::OffsetDateTime,
+    to: fhir_sdk::time::OffsetDateTime,
+    format: Format,
+) -> Result<(String, usize), StoreError> {
+    let filter = AuditFilter {
+        from: Some(from),
+        to: Some(to),
+        ..AuditFilter::default()
+    };
+    let in_range = export::collect(store, &filter).await?;
+    let rows = match (
+        in_range.first().and_then(|r| r.seq),
+        in_range.last().and_then(|r| r.seq),
+    ) {
+        (Some(first), Some(last)) => {
+            let mut rows = Vec::new();
+            let mut after = first - 1;
+            while after < last {
+                let page = store.audit_chain(after, (last - after).min(1_000)).await?;
+                let Some(end) = page.last().and_then(|r| r.seq) else {
+                    break;
+                };
+                after = end;
+                rows.extend(page.into_iter().filter(|r| r.seq <= Some(last)));
+            }
+            rows
+        }
+        _ => Vec::new(),
+    };
+    let n = rows.len();
+    let text = match format {
+        Format::Fhir => {
+            let checkpoints = store.audit_checkpoints().await?;
+            export::fhir_bundle(&rows, &checkpoints).to_string()
+        }
+        Format::Csv => export::csv(&rows).map_err(StoreError::Corrupt)?,
+    };
+    Ok((text, n))
+}
+
+#[get("/audit/v1/export")]
+async fn export_records(
+    req: HttpRequest,
+    query: web::Query<ExportQuery>,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let principal = auditor(&gw, &req, "audit.export").await?;
+    let from = crate::reports::bound(&query.from)
+        .map_err(|_| bad("`from` must be a date or an RFC 3339 instant"))?;
+    let to = crate::reports::bound(&query.to)
+        .map_err(|_| bad("`to` must be a date or an RFC 3339 instant"))?;
+    let format: Format = query.format.parse().map_err(bad)?;
+    let (text, n) = export_range(gw.store.as_ref(), from, to, format)
+        .await
+        .map_err(fail)?;
+    record_call(
+        &gw,
+        &req,
+        &principal,
+        "audit.export",
+        None,
+        json!({"from": query.from, "to": query.to, "format": query.format, "count": n}),
+    )
+    .await?;
+    let content_type = match format {
+        Format::Fhir => "application/fhir+json",
+        Format::Csv => "text/csv; charset=utf-8",
+    };
+    Ok(HttpResponse::Ok().content_type(content_type).body(text))
+}
+
+/// Runs `audit verify` for an auditor: the answer says whether the chain is intact
+/// and, if not, the first record that is wrong.
+#[get("/audit/v1/verify")]
+async fn verify(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, Rejection> {
+    let principal = auditor(&gw, &req, "audit.verify").await?;
+    let v = super::verify(gw.store.as_ref(), gw.checkpoint_keys.as_ref())
+        .await
+        .map_err(fail)?;
+    let body = json!({
+        "intact": v.problem.is_none(),
+        "records": v.records,
+        "legacy_records": v.legacy,
+        "checkpoints": v.checkpoints,
+        "problem": v.problem.as_ref().map(ToString::to_string),
+    });
+    record_call(
+        &gw,
+        &req,
+        &principal,
+        "audit.verify",
+        None,
+        json!({"intact": v.problem.is_none()}),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(body))
+}
+
+/// Registers the auditor routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(list)
+        .service(one)
+        .service(subjects)
+        .service(export_records)
+        .service(verify);
+}

@@ -1,0 +1,216 @@
+//! `thrive-gateway audit ...`: verify the chain, sign a checkpoint, export a range,
+//! check an export offline. Exit codes: 0 intact or done, 1 tampered or failed,
+//! 2 configuration problem.
+
+use super::checkpoint::{Signer, VerifyingKeys};
+use super::export::Format;
+use crate::cli::AuditCommand;
+use crate::config::Settings;
+use crate::store::{AuditRecord, Store};
+use std::process::ExitCode;
+
+fn config_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("thrive-gateway audit: {e}");
+    ExitCode::from(2)
+}
+
+fn failed(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("thrive-gateway audit: {e}");
+    ExitCode::FAILURE
+}
+
+/// Records a command-line auditor action; a failure to record fails the command.
+async fn record(
+    store: &dyn Store,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<(), ExitCode> {
+    let record = AuditRecord {
+        client_id: Some("command-line".into()),
+        role: Some("auditor".into()),
+        detail,
+        ..AuditRecord::new(action, "allowed")
+    };
+    store.append_audit(&record).await.map_err(failed)
+}
+
+pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
+    if let AuditCommand::VerifyExport {
+        file,
+        public_key,
+        key_id,
+    } = &command
+    {
+        return verify_export(settings, file, public_key.as_deref(), key_id.as_deref());
+    }
+    let store = match crate::store::connect(&settings.database).await {
+        Ok(s) => s,
+        Err(e) => return failed(e),
+    };
+    match command {
+        AuditCommand::Verify => {
+            let keys = match settings
+                .audit
+                .checkpoint
+                .as_ref()
+                .map(VerifyingKeys::from_settings)
+            {
+                Some(Err(e)) => return config_error(e),
+                Some(Ok(k)) => Some(k),
+                None => None,
+            };
+            let v = match super::verify(store.as_ref(), keys.as_ref()).await {
+                Ok(v) => v,
+                Err(e) => return failed(e),
+            };
+            if let Err(code) = record(
+                store.as_ref(),
+                "audit.verify",
+                serde_json::json!({"intact": v.problem.is_none(), "records": v.records}),
+            )
+            .await
+            {
+                return code;
+            }
+            match v.problem {
+                None => {
+                    println!(
+                        "audit chain intact: {} records, {} checkpoints verified{}",
+                        v.records,
+                        v.checkpoints,
+                        if v.legacy > 0 {
+                            format!(
+                                ", {} older records written before the chain began",
+                                v.legacy
+                            )
+                        } else {
+                            String::new()
+                        }
+                    );
+                    ExitCode::SUCCESS
+                }
+                Some(problem) => {
+                    eprintln!(
+                        "audit chain BROKEN: {problem} ({} records verified before it)",
+                        v.records
+                    );
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        AuditCommand::Checkpoint => {
+            let Some(c) = &settings.audit.checkpoint else {
+                return config_error("audit.checkpoint is not configured");
+            };
+            let signer = match Signer::from_settings(c) {
+                Ok(s) => s,
+                Err(e) => return config_error(e),
+            };
+            match signer.checkpoint(store.as_ref()).await {
+                Ok(Some(c)) => {
+                    println!("checkpoint signed at record {} ({})", c.seq, c.hash);
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    println!("the latest checkpoint already covers the chain head");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => failed(e),
+            }
+        }
+        AuditCommand::Export {
+            from,
+            to,
+            format,
+            output,
+        } => {
+            let (Ok(from_t), Ok(to_t)) = (crate::reports::bound(&from), crate::reports::bound(&to))
+            else {
+                return config_error(
+                    "--from and --to must be dates (YYYY-MM-DD) or RFC 3339 instants",
+                );
+            };
+            let format_v: Format = match format.parse() {
+                Ok(f) => f,
+                Err(e) => return config_error(e),
+            };
+            let (text, n) =
+                match super::api::export_range(store.as_ref(), from_t, to_t, format_v).await {
+                    Ok(t) => t,
+                    Err(e) => return failed(e),
+                };
+            if let Err(code) = record(
+                store.as_ref(),
+                "audit.export",
+                serde_json::json!({"from": from, "to": to, "format": format, "count": n}),
+            )
+            .await
+            {
+                return code;
+            }
+            match output {
+                Some(path) => match std::fs::write(&path, text) {
+                    Ok(()) => {
+                        eprintln!("{n} records written to {}", path.display());
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => failed(format!("cannot write {}: {e}", path.display())),
+                },
+                None => {
+                    println!("{text}");
+                    ExitCode::SUCCESS
+                }
+            }
+        }
+        AuditCommand::VerifyExport { .. } => ExitCode::SUCCESS,
+    }
+}
+
+fn verify_export(
+    settings: &Settings,
+    file: &std::path::Path,
+    public_key: Option<&std::path::Path>,
+    key_id: Option<&str>,
+) -> ExitCode {
+    let keys = match (public_key, &settings.audit.checkpoint) {
+        (Some(pem), c) => {
+            let kid = key_id
+                .map(str::to_owned)
+                .or_else(|| c.as_ref().map(|c| c.key_id.clone()))
+                .unwrap_or_default();
+            VerifyingKeys::load(&kid, pem)
+        }
+        (None, Some(c)) => VerifyingKeys::from_settings(c),
+        (None, None) => return config_error("give --public-key, or configure audit.checkpoint"),
+    };
+    let keys = match keys {
+        Ok(k) => k,
+        Err(e) => return config_error(e),
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return config_error(format!("cannot read {}: {e}", file.display())),
+    };
+    let Ok(bundle) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return failed("the file is not JSON (only the FHIR export can be verified offline)");
+    };
+    match super::export::verify_bundle(&bundle, &keys) {
+        Err(e) => failed(e),
+        Ok(v) => match v.problem {
+            None => {
+                println!(
+                    "export intact: {} records linked, {} signed by {} checkpoints, {} after the last checkpoint",
+                    v.records,
+                    v.covered,
+                    v.checkpoints,
+                    v.records - v.covered
+                );
+                ExitCode::SUCCESS
+            }
+            Some(p) => {
+                eprintln!("export BROKEN: {p}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -1,0 +1,431 @@
+//! Exports of the audit trail for auditors: a FHIR R4 `Bundle` of `AuditEvent`
+//! resources shaped after IHE Basic Audit Log Patterns, or a CSV with one row per
+//! record. Both carry every chained field, so an export can be verified without the
+//! database: the FHIR form also carries the signed checkpoints that fall in its range
+//! (`thrive-gateway audit verify-export`).
+
+use super::checkpoint::{CheckpointRow, VerifyingKeys};
+use super::{Tamper, Walker};
+use crate::store::{AuditFilter, AuditRow, Store, StoreError};
+use base64::Engine;
+use fhir_sdk::time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use serde_json::{Value, json};
+
+/// Extension holding the chained record exactly as stored.
+pub const RECORD_EXTENSION: &str = "https://thrive-gateway.nhs.uk/StructureDefinition/audit-record";
+/// Extension on a checkpoint `Provenance` holding the place and hash it signs.
+pub const CHECKPOINT_EXTENSION: &str =
+    "https://thrive-gateway.nhs.uk/StructureDefinition/audit-checkpoint";
+/// Identifier system of the subject's audit pseudonym.
+pub const SUBJECT_SYSTEM: &str = "https://thrive-gateway.nhs.uk/Id/audit-pseudonym";
+/// Identifier system of the gateway's clients and recipients.
+pub const PARTY_SYSTEM: &str = "https://thrive-gateway.nhs.uk/Id/party";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Fhir,
+    Csv,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fhir" => Ok(Format::Fhir),
+            "csv" => Ok(Format::Csv),
+            _ => Err("format must be fhir or csv".into()),
+        }
+    }
+}
+
+/// Every record matching `filter`, in chain order.
+pub async fn collect(store: &dyn Store, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.audit_query(filter, after, 1_000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq.unwrap_or(after);
+        all.extend(page);
+    }
+    Ok(all)
+}
+
+fn instant(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+/// The stored record as a JSON object (every column), as exports carry it.
+pub fn record_json(r: &AuditRow) -> Value {
+    json!({
+        "id": r.id,
+        "seq": r.seq,
+        "recorded_at": instant(r.recorded_at),
+        "action": r.action,
+        "outcome": r.outcome,
+        "http_status": r.http_status,
+        "client_id": r.client_id,
+        "role": r.role,
+        "actor_identity": r.actor_identity,
+        "referral_id": r.referral_id,
+        "subject": r.subject,
+        "recipient": r.recipient,
+        "request_id": r.request_id,
+        "correlation_id": r.correlation_id,
+        "mapping_version": r.mapping_version,
+        "key_version": r.key_version,
+        "detail": r.detail,
+        "prev_hash": r.prev_hash,
+        "hash": r.hash,
+    })
+}
+
+/// Reads back what [`record_json`] wrote.
+pub fn record_from_json(v: &Value) -> Option<AuditRow> {
+    let s = |k: &str| v[k].as_str().map(str::to_owned);
+    Some(AuditRow {
+        id: v["id"].as_i64()?,
+        seq: v["seq"].as_i64(),
+        recorded_at: OffsetDateTime::parse(v["recorded_at"].as_str()?, &Rfc3339).ok()?,
+        action: s("action")?,
+        outcome: s("outcome")?,
+        http_status: v["http_status"]
+            .as_i64()
+            .and_then(|n| i32::try_from(n).ok()),
+        client_id: s("client_id"),
+        role: s("role"),
+        actor_identity: s("actor_identity"),
+        referral_id: s("referral_id"),
+        subject: s("subject"),
+        recipient: s("recipient"),
+        request_id: s("request_id"),
+        correlation_id: s("correlation_id"),
+        mapping_version: s("mapping_version"),
+        key_version: s("key_version"),
+        detail: s("detail")?,
+        prev_hash: s("prev_hash"),
+        hash: s("hash"),
+    })
+}
+
+/// BALP event type and subtype for an action.
+fn event_type(action: &str) -> (Value, Option<Value>, &'static str) {
+    let rest =
+        |code: &str| json!({"system": "http://hl7.org/fhir/restful-interaction", "code": code});
+    let rest_type = json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"});
+    if action.starts_with("delivery.") {
+        // A disclosure to a recipient (BALP PrivacyDisclosure).
+        return (
+            json!({"system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle", "code": "disclose", "display": "Disclose Record Lifecycle Event"}),
+            None,
+            "E",
+        );
+    }
+    let (sub, act) = match action {
+        "referral.new" | "referral.message" => ("create", "C"),
+        "referral.cancel" | "referral.withdraw-consent" | "provider.event" => ("update", "U"),
+        a if a.ends_with(".read") || a.starts_with("audit.") || a.starts_with("report.") => {
+            ("search", "R")
+        }
+        _ => ("operation", "E"),
+    };
+    (rest_type, Some(rest(sub)), act)
+}
+
+fn outcome_code(outcome: &str, status: Option<i32>) -> &'static str {
+    match (outcome, status) {
+        (_, Some(s)) if s >= 500 => "8",
+        ("rejected" | "denied" | "dead-letter", _) => "4",
+        (_, Some(s)) if s >= 400 => "4",
+        _ => "0",
+    }
+}
+
+/// One record as a BALP-style `AuditEvent`.
+pub fn audit_event(r: &AuditRow) -> Value {
+    let (kind, subtype, action) = event_type(&r.action);
+    let mut agents = vec![json!({
+        "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID"}]},
+        "who": {"identifier": {"system": PARTY_SYSTEM, "value": "thrive-gateway"}},
+        "requestor": r.client_id.is_none(),
+    })];
+    if let Some(client) = &r.client_id {
+        let mut agent = json!({
+            "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110152", "display": "Destination Role ID"}]},
+            "who": {"identifier": {"system": PARTY_SYSTEM, "value": client}},
+            "requestor": true,
+            "role": [{"text": r.role.clone().unwrap_or_default()}],
+        });
+        if let Some(identity) = &r.actor_identity {
+            agent["extension"] = json!([{"url": "https://thrive-gateway.nhs.uk/StructureDefinition/nhs-identity-headers", "valueString": identity}]);
+        }
+        agents.push(agent);
+    }
+    if let Some(recipient) = &r.recipient {
+        agents.push(json!({
+            "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP", "display": "information recipient"}]},
+            "who": {"identifier": {"system": PARTY_SYSTEM, "value": recipient}},
+            "requestor": false,
+        }));
+    }
+    let mut entities = Vec::new();
+    if let Some(subject) = &r.subject {
+        entities.push(json!({
+            "what": {"identifier": {"system": SUBJECT_SYSTEM, "value": subject}},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1", "display": "Patient"},
+        }));
+    }
+    if let Some(referral) = &r.referral_id {
+        entities.push(json!({
+            "what": {"reference": format!("ServiceRequest/{referral}")},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2", "display": "System Object"},
+            "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource"},
+        }));
+    }
+    let detail: Value = serde_json::from_str(&r.detail).unwrap_or(Value::Null);
+    if let Some(consent) = detail.get("consent").filter(|c| !c.is_null()) {
+        // The consent that authorised the disclosure (its summary: ids and codes).
+        entities.push(json!({
+            "what": {"display": "Consent"},
+            "type": {"system": "http://hl7.org/fhir/resource-types", "code": "Consent"},
+            "detail": [{"type": "consent", "valueString": consent.to_string()}],
+        }));
+    }
+    if let Some(receipt) = detail.get("receipt").filter(|c| !c.is_null()) {
+        // What was disclosed: field names and transforms, never values.
+        entities.push(json!({
+            "what": {"display": "minimisation receipt"},
+            "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"},
+            "detail": [{"type": "receipt", "valueString": receipt.to_string()}],
+        }));
+    }
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": r.seq.unwrap_or(r.id).to_string(),
+        "extension": [{"url": RECORD_EXTENSION, "valueString": record_json(r).to_string()}],
+        "type": kind,
+        "action": action,
+        "recorded": instant(r.recorded_at),
+        "outcome": outcome_code(&r.outcome, r.http_status),
+        "outcomeDesc": format!("{} {}", r.action, r.outcome),
+        "agent": agents,
+        "source": {
+            "observer": {"display": "thrive-gateway"},
+            "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
+        },
+    });
+    if let Some(subtype) = subtype {
+        event["subtype"] = json!([subtype]);
+    }
+    if !entities.is_empty() {
+        event["entity"] = json!(entities);
+    }
+    event
+}
+
+/// A checkpoint as a `Provenance` whose signature is the checkpoint JWS.
+fn checkpoint_provenance(c: &CheckpointRow) -> Value {
+    json!({
+        "resourceType": "Provenance",
+        "id": format!("checkpoint-{}", c.seq),
+        "extension": [{"url": CHECKPOINT_EXTENSION, "valueString": json!({"seq": c.seq, "hash": c.hash}).to_string()}],
+        "target": [{"reference": format!("AuditEvent/{}", c.seq)}],
+        "recorded": instant(c.signed_at),
+        "agent": [{"who": {"identifier": {"system": PARTY_SYSTEM, "value": "thrive-gateway"}}}],
+        "signature": [{
+            "type": [{"system": "urn:iso-astm:E1762-95:2013", "code": "1.2.840.10065.1.12.1.5", "display": "Verification Signature"}],
+            "when": instant(c.signed_at),
+            "who": {"identifier": {"system": PARTY_SYSTEM, "value": "thrive-gateway"}},
+            "sigFormat": "application/jose",
+            "data": base64::engine::general_purpose::STANDARD.encode(c.signature.as_bytes()),
+            "extension": [{"url": "https://thrive-gateway.nhs.uk/StructureDefinition/key-id", "valueString": c.key_id}],
+        }],
+    })
+}
+
+/// The FHIR export: a `collection` Bundle of AuditEvents in chain order, then the
+/// checkpoints that fall inside the range.
+pub fn fhir_bundle(rows: &[AuditRow], checkpoints: &[CheckpointRow]) -> Value {
+    let first = rows.first().and_then(|r| r.seq).unwrap_or(0);
+    let last = rows.last().and_then(|r| r.seq).unwrap_or(-1);
+    let mut entries: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"fullUrl": format!("AuditEvent/{}", r.seq.unwrap_or(r.id)), "resource": audit_event(r)}))
+        .collect();
+    entries.extend(
+        checkpoints
+            .iter()
+            .filter(|c| (first..=last).contains(&c.seq))
+            .map(|c| json!({"fullUrl": format!("Provenance/checkpoint-{}", c.seq), "resource": checkpoint_provenance(c)})),
+    );
+    json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "collection",
+        "timestamp": instant(OffsetDateTime::now_utc()),
+        "total": rows.len(),
+        "entry": entries,
+    })
+}
+
+/// CSV column names, in order.
+pub const CSV_COLUMNS: [&str; 19] = [
+    "seq",
+    "id",
+    "recorded_at",
+    "action",
+    "outcome",
+    "http_status",
+    "client_id",
+    "role",
+    "actor_identity",
+    "referral_id",
+    "subject",
+    "recipient",
+    "request_id",
+    "correlation_id",
+    "mapping_version",
+    "key_version",
+    "detail",
+    "prev_hash",
+    "hash",
+];
+
+/// The CSV export: a header row, then one row per record.
+pub fn csv(rows: &[AuditRow]) -> Result<String, String> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(CSV_COLUMNS).map_err(|e| e.to_string())?;
+    for r in rows {
+        let o = |v: &Option<String>| v.clone().unwrap_or_default();
+        w.write_record([
+            r.seq.map(|s| s.to_string()).unwrap_or_default(),
+            r.id.to_string(),
+            instant(r.recorded_at),
+            r.action.clone(),
+            r.outcome.clone(),
+            r.http_status.map(|s| s.to_string()).unwrap_or_default(),
+            o(&r.client_id),
+            o(&r.role),
+            o(&r.actor_identity),
+            o(&r.referral_id),
+            o(&r.subject),
+            o(&r.recipient),
+            o(&r.request_id),
+            o(&r.correlation_id),
+            o(&r.mapping_version),
+            o(&r.key_version),
+            r.detail.clone(),
+            o(&r.prev_hash),
+            o(&r.hash),
+        ])
+        .map_err(|e| e.to_string())?;
+    }
+    let bytes = w.into_inner().map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| e.to_string())
+}
+
+/// What checking an exported FHIR Bundle found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportVerification {
+    pub records: u64,
+    /// Records up to the last valid checkpoint: proven to be as the gateway wrote them.
+    pub covered: u64,
+    pub checkpoints: u64,
+    pub problem: Option<Tamper>,
+}
+
+/// Checks an exported Bundle without the database: every record's hash, every link
+/// inside the range, and every checkpoint's signature against `keys`.
+pub fn verify_bundle(bundle: &Value, keys: &VerifyingKeys) -> Result<ExportVerification, String> {
+    let entries = bundle["entry"]
+        .as_array()
+        .ok_or("the file is not an exported Bundle")?;
+    let mut rows = Vec::new();
+    let mut checkpoints = Vec::new();
+    for (n, e) in entries.iter().enumerate() {
+        let resource = &e["resource"];
+        let ext = resource["extension"]
+            .as_array()
+            .and_then(|x| x.first())
+            .and_then(|x| x["valueString"].as_str())
+            .ok_or_else(|| format!("entry {n} carries no audit record or checkpoint"))?;
+        let inner: Value =
+            serde_json::from_str(ext).map_err(|_| format!("entry {n}: unreadable"))?;
+        match resource["resourceType"].as_str() {
+            Some("AuditEvent") => rows.push(
+                record_from_json(&inner).ok_or_else(|| format!("entry {n}: unreadable record"))?,
+            ),
+            Some("Provenance") => {
+                let jws = resource["signature"][0]["data"]
+                    .as_str()
+                    .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+                    .and_then(|d| String::from_utf8(d).ok())
+                    .ok_or_else(|| format!("entry {n}: unreadable signature"))?;
+                checkpoints.push(CheckpointRow {
+                    seq: inner["seq"]
+                        .as_i64()
+                        .ok_or_else(|| format!("entry {n}: no seq"))?,
+                    hash: inner["hash"].as_str().unwrap_or_default().to_owned(),
+                    signed_at: OffsetDateTime::now_utc(),
+                    key_id: resource["signature"][0]["extension"][0]["valueString"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    signature: jws,
+                });
+            }
+            _ => {
+                return Err(format!(
+                    "entry {n} is neither an AuditEvent nor a checkpoint"
+                ));
+            }
+        }
+    }
+    let mut result = ExportVerification {
+        records: 0,
+        covered: 0,
+        checkpoints: 0,
+        problem: None,
+    };
+    let Some(first) = rows.first() else {
+        return Ok(result);
+    };
+    let mut walker = Walker::new(
+        first.seq.unwrap_or(0),
+        first.prev_hash.as_deref().unwrap_or_default(),
+    );
+    let hashes: std::collections::HashMap<&str, i64> = rows
+        .iter()
+        .filter_map(|r| Some((r.hash.as_deref()?, r.seq?)))
+        .collect();
+    for row in &rows {
+        if let Err(p) = walker.step(row, |h| hashes.get(h).copied()) {
+            result.records = walker.records;
+            result.problem = Some(p);
+            return Ok(result);
+        }
+    }
+    result.records = walker.records;
+    for c in &checkpoints {
+        if let Err(why) = keys.verify(c) {
+            result.problem = Some(Tamper::Checkpoint { seq: c.seq, why });
+            return Ok(result);
+        }
+        match rows.iter().find(|r| r.seq == Some(c.seq)) {
+            Some(r) if r.hash.as_deref() == Some(&c.hash) => {
+                result.checkpoints += 1;
+                let covered = rows.iter().filter(|r| r.seq <= Some(c.seq)).count() as u64;
+                result.covered = result.covered.max(covered);
+            }
+            _ => {
+                result.problem = Some(Tamper::Checkpoint {
+                    seq: c.seq,
+                    why: "the export does not hold the record this checkpoint signed".into(),
+                });
+                return Ok(result);
+            }
+        }
+    }
+    Ok(result)
+}

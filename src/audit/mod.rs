@@ -1,0 +1,308 @@
+//! The information-governance audit trail: one record for every decision and
+//! disclosure, chained by hash so that any change, removal, insertion or reordering
+//! is found by `thrive-gateway audit verify`, with signed checkpoints of the chain
+//! head so an exported range can be checked without the database.
+//!
+//! Records are written by the store (`write_audit`, the one place every writer goes
+//! through); this module holds what the chain means: how a record is hashed, how the
+//! chain is verified, the NHS identity headers kept as the actor, checkpoints,
+//! exports and the auditor API.
+
+pub mod api;
+pub mod checkpoint;
+pub mod cli;
+pub mod export;
+pub mod identity;
+
+use crate::store::{AuditRow, Store, StoreError};
+use fhir_sdk::time::{OffsetDateTime, format_description::well_known::Rfc3339};
+use sha2::{Digest, Sha256};
+
+/// The `prev_hash` of the first record in the chain.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Audit times are kept to the microsecond: what PostgreSQL stores, so a record
+/// reads back exactly as it was hashed on either engine.
+pub fn truncate(t: OffsetDateTime) -> OffsetDateTime {
+    let t = t.to_offset(fhir_sdk::time::UtcOffset::UTC);
+    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(t)
+}
+
+/// The content of one record as the chain covers it: every column but the id and
+/// the record's place (`seq`), so that moving a record is caught by the links, not
+/// mistaken for a change of content.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainEntry<'a> {
+    pub recorded_at: OffsetDateTime,
+    pub action: &'a str,
+    pub outcome: &'a str,
+    pub http_status: Option<i32>,
+    pub client_id: Option<&'a str>,
+    pub role: Option<&'a str>,
+    pub actor_identity: Option<&'a str>,
+    pub referral_id: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    pub recipient: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub mapping_version: Option<&'a str>,
+    pub key_version: Option<&'a str>,
+    /// The detail JSON exactly as stored.
+    pub detail: &'a str,
+}
+
+impl ChainEntry<'_> {
+    /// SHA-256, lower-case hex, of `prev_hash` and the content as a JSON array in a
+    /// fixed order (unambiguous: every string is quoted and escaped).
+    pub fn hash(&self, prev_hash: &str) -> String {
+        let at = self.recorded_at.format(&Rfc3339).unwrap_or_default();
+        let content = serde_json::json!([
+            prev_hash,
+            at,
+            self.action,
+            self.outcome,
+            self.http_status,
+            self.client_id,
+            self.role,
+            self.actor_identity,
+            self.referral_id,
+            self.subject,
+            self.recipient,
+            self.request_id,
+            self.correlation_id,
+            self.mapping_version,
+            self.key_version,
+            self.detail,
+        ]);
+        hex::encode(Sha256::digest(content.to_string().as_bytes()))
+    }
+}
+
+impl AuditRow {
+    /// The chained content of a stored record.
+    pub fn entry(&self) -> ChainEntry<'_> {
+        ChainEntry {
+            recorded_at: self.recorded_at,
+            action: &self.action,
+            outcome: &self.outcome,
+            http_status: self.http_status,
+            client_id: self.client_id.as_deref(),
+            role: self.role.as_deref(),
+            actor_identity: self.actor_identity.as_deref(),
+            referral_id: self.referral_id.as_deref(),
+            subject: self.subject.as_deref(),
+            recipient: self.recipient.as_deref(),
+            request_id: self.request_id.as_deref(),
+            correlation_id: self.correlation_id.as_deref(),
+            mapping_version: self.mapping_version.as_deref(),
+            key_version: self.key_version.as_deref(),
+            detail: &self.detail,
+        }
+    }
+}
+
+/// The first thing wrong with the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tamper {
+    /// The record's content no longer matches its hash.
+    Changed { seq: i64 },
+    /// Records are missing before `seq` (or, with `seq` one past the last record, at
+    /// the end of the chain).
+    Removed { seq: i64 },
+    /// The record at `seq` was put into the chain after the fact.
+    Inserted { seq: i64 },
+    /// The record at `seq` is not where it was written.
+    Reordered { seq: i64 },
+    /// A record without a place in the chain, written after the chain began.
+    Unchained { id: i64 },
+    /// A checkpoint's signature does not verify, or the chain no longer has the hash
+    /// the checkpoint signed.
+    Checkpoint { seq: i64, why: String },
+}
+
+impl std::fmt::Display for Tamper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tamper::Changed { seq } => write!(
+                f,
+                "record {seq} was changed after it was written (its content no longer matches its hash)"
+            ),
+            Tamper::Removed { seq } => write!(f, "records are missing before record {seq}"),
+            Tamper::Inserted { seq } => write!(
+                f,
+                "record {seq} was inserted after the fact (the next record links past it)"
+            ),
+            Tamper::Reordered { seq } => write!(
+                f,
+                "record {seq} is out of order (it links to a record that is not the one before it)"
+            ),
+            Tamper::Unchained { id } => write!(
+                f,
+                "record with id {id} has no place in the chain but was written after the chain began"
+            ),
+            Tamper::Checkpoint { seq, why } => write!(f, "checkpoint at record {seq}: {why}"),
+        }
+    }
+}
+
+/// What a verification found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// Chained records checked.
+    pub records: u64,
+    /// Records written before the chain existed (older databases), not covered.
+    pub legacy: u64,
+    /// Checkpoints whose signature and hash were checked.
+    pub checkpoints: u64,
+    pub problem: Option<Tamper>,
+}
+
+/// Walks the chain in order of `seq`, one page at a time. Stateful so that the same
+/// logic checks a database and an exported file.
+#[derive(Debug)]
+pub struct Walker {
+    expected_seq: i64,
+    prev_hash: String,
+    /// The hash of the record before the previous one: a link to it means the
+    /// previous record was inserted.
+    before_prev: Option<String>,
+    pub records: u64,
+}
+
+/// Where a broken link points.
+enum Link {
+    /// `prev_hash` names no record at all.
+    Unknown,
+    /// `prev_hash` names the record two back.
+    SkipsOne,
+    /// `prev_hash` names some other record.
+    Elsewhere,
+}
+
+impl Walker {
+    /// Starts at the genesis, or (for an exported range) after a known record.
+    pub fn new(first_seq: i64, prev_hash: &str) -> Self {
+        Self {
+            expected_seq: first_seq,
+            prev_hash: prev_hash.to_owned(),
+            before_prev: None,
+            records: 0,
+        }
+    }
+
+    /// The next record's place and its expected `prev_hash`.
+    pub fn head(&self) -> (i64, &str) {
+        (self.expected_seq - 1, &self.prev_hash)
+    }
+
+    /// Checks one record. `locate` says where a foreign `prev_hash` points.
+    pub fn step(
+        &mut self,
+        row: &AuditRow,
+        locate: impl FnOnce(&str) -> Option<i64>,
+    ) -> Result<(), Tamper> {
+        let (Some(seq), Some(prev), Some(hash)) = (row.seq, &row.prev_hash, &row.hash) else {
+            return Err(Tamper::Unchained { id: row.id });
+        };
+        if row.entry().hash(prev) != *hash {
+            return Err(Tamper::Changed { seq });
+        }
+        if *prev != self.prev_hash {
+            let link = if self.before_prev.as_deref() == Some(prev.as_str()) {
+                Link::SkipsOne
+            } else {
+                match locate(prev) {
+                    None => Link::Unknown,
+                    Some(_) => Link::Elsewhere,
+                }
+            };
+            return Err(match link {
+                Link::SkipsOne => Tamper::Inserted { seq: seq - 1 },
+                Link::Unknown => Tamper::Removed { seq },
+                Link::Elsewhere => Tamper::Reordered { seq },
+            });
+        }
+        if seq != self.expected_seq {
+            return Err(Tamper::Removed { seq });
+        }
+        self.before_prev = Some(std::mem::replace(&mut self.prev_hash, hash.clone()));
+        self.expected_seq = seq + 1;
+        self.records += 1;
+        Ok(())
+    }
+}
+
+/// Page size of a verification pass.
+const PAGE: i64 = 1_000;
+
+/// Verifies the whole chain in the database: every record's content, every link,
+/// the head the writers keep, records outside the chain, and every checkpoint
+/// (against `keys` when given).
+pub async fn verify(
+    store: &dyn Store,
+    keys: Option<&checkpoint::VerifyingKeys>,
+) -> Result<Verification, StoreError> {
+    let mut walker = Walker::new(1, GENESIS);
+    let (legacy, unchained) = store.audit_unchained().await?;
+    let done = |walker: &Walker, problem| Verification {
+        records: walker.records,
+        legacy,
+        checkpoints: 0,
+        problem: Some(problem),
+    };
+    if let Some(id) = unchained {
+        return Ok(done(&walker, Tamper::Unchained { id }));
+    }
+    let mut after = 0;
+    loop {
+        let rows = store.audit_chain(after, PAGE).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.seq.unwrap_or(after);
+        for row in &rows {
+            let foreign = match &row.prev_hash {
+                Some(p) if *p != walker.prev_hash => store.audit_seq_of_hash(p).await?,
+                _ => None,
+            };
+            if let Err(problem) = walker.step(row, |_| foreign) {
+                return Ok(done(&walker, problem));
+            }
+        }
+    }
+    let (head_seq, head_hash) = store.audit_head().await?;
+    let (last_seq, last_hash) = walker.head();
+    if head_seq > last_seq {
+        return Ok(done(&walker, Tamper::Removed { seq: last_seq + 1 }));
+    }
+    if head_seq != last_seq || head_hash != last_hash {
+        return Ok(done(&walker, Tamper::Changed { seq: last_seq }));
+    }
+    let mut checked = 0;
+    for c in store.audit_checkpoints().await? {
+        if let Some(keys) = keys
+            && let Err(why) = keys.verify(&c)
+        {
+            return Ok(done(&walker, Tamper::Checkpoint { seq: c.seq, why }));
+        }
+        let at = store.audit_chain(c.seq - 1, 1).await?;
+        match at.first() {
+            Some(row) if row.seq == Some(c.seq) && row.hash.as_deref() == Some(&c.hash) => {}
+            _ => {
+                return Ok(done(
+                    &walker,
+                    Tamper::Checkpoint {
+                        seq: c.seq,
+                        why: "the chain no longer has the hash this checkpoint signed".into(),
+                    },
+                ));
+            }
+        }
+        checked += 1;
+    }
+    Ok(Verification {
+        records: walker.records,
+        legacy,
+        checkpoints: checked,
+        problem: None,
+    })
+}
