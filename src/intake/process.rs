@@ -25,6 +25,8 @@ pub struct Gateway {
     pub auth: crate::auth::Authenticator,
     pub minimum_age_years: u8,
     pub max_body_bytes: usize,
+    /// Which GP system, if any, takes each referral's milestones back.
+    pub gp_callbacks: Arc<crate::delivery::GpCallbacks>,
 }
 
 /// What an accepted message produced, for the response.
