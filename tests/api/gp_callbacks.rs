@@ -2,6 +2,7 @@
 //! maps to a configured GP callback, each status event reaches that GP system as a
 //! BaRS `servicerequest-response` message, through the same outbox as deliveries.
 
+use crate::events::post;
 use crate::helpers::*;
 use crate::on_both_databases;
 use crate::provider::{FAST_RETRIES, FakeProvider, Step};
@@ -52,23 +53,9 @@ async fn delivered(db: Db, source: &str, gp_script: Vec<Step>) -> Setup {
     }
 }
 
-async fn post_event(app: &TestApp, referral: &str, request_id: &str, body: &Value) -> Reply {
-    let res = app
-        .client
-        .post(app.url(&format!("/provider/v1/referrals/{referral}/events")))
-        .bearer_auth(token("prospects"))
-        .header("X-Request-Id", request_id)
-        .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
-        .json(body)
-        .send()
-        .await
-        .unwrap();
-    Reply::from(res).await
-}
-
 async fn event(app: &TestApp, referral: &str, body: Value) -> String {
     let request_id = uuid::Uuid::new_v4().to_string();
-    let reply = post_event(app, referral, &request_id, &body).await;
+    let reply = post(app, "prospects", referral, &request_id, &body).await;
     assert_eq!(reply.status, 201, "{}", reply.text);
     request_id
 }
@@ -223,8 +210,22 @@ async fn milestones_arrive_in_order_each_with_its_own_request_id(db: Db) {
 async fn a_repeated_event_is_pushed_once(db: Db) {
     let s = delivered(db, FIXTURE_SOURCE, vec![]).await;
     let request_id = uuid::Uuid::new_v4().to_string();
-    let first = post_event(&s.app, &s.referral, &request_id, &happened("accepted")).await;
-    let again = post_event(&s.app, &s.referral, &request_id, &happened("accepted")).await;
+    let first = post(
+        &s.app,
+        "prospects",
+        &s.referral,
+        &request_id,
+        &happened("accepted"),
+    )
+    .await;
+    let again = post(
+        &s.app,
+        "prospects",
+        &s.referral,
+        &request_id,
+        &happened("accepted"),
+    )
+    .await;
     assert_eq!((first.status, again.status), (201, 200));
     drain(&s.app).await;
     assert_eq!(s.gp.seen().len(), 1);
