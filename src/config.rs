@@ -27,6 +27,10 @@ pub struct Settings {
     /// Provider case systems, keyed by the provider id used in the routing mapping.
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderSettings>,
+    /// GP systems that take milestones back, keyed by a local id that shares the
+    /// deliveries' recipient column with provider ids (so the two must differ).
+    #[serde(default)]
+    pub gp_callbacks: BTreeMap<String, GpCallbackSettings>,
     /// The delivery outbox worker.
     pub delivery: DeliverySettings,
     /// Key material, read from files or environment variables.
@@ -73,6 +77,47 @@ pub struct ProviderSettings {
 
 fn default_provider_timeout() -> u64 {
     10_000
+}
+
+/// Where one GP system takes milestones back: the referrals whose
+/// `MessageHeader.source.endpoint` is `source_endpoint` have each status event POSTed
+/// to `endpoint` as a BaRS `servicerequest-response` message (always FHIR).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpCallbackSettings {
+    /// The GP system's `MessageHeader.source.endpoint`, matched exactly (one
+    /// trailing `/` ignored).
+    pub source_endpoint: String,
+    /// The URL milestones are POSTed to.
+    pub endpoint: String,
+    #[serde(default)]
+    pub auth: ProviderAuth,
+    #[serde(default)]
+    pub oauth: Option<OAuthSettings>,
+    #[serde(default)]
+    pub tls: Option<ProviderTlsSettings>,
+    #[serde(default = "default_provider_timeout")]
+    pub timeout_ms: u64,
+}
+
+impl GpCallbackSettings {
+    /// The same client settings a FHIR provider has, so one HTTP client type serves
+    /// both.
+    pub fn client(&self) -> ProviderSettings {
+        ProviderSettings {
+            endpoint: self.endpoint.clone(),
+            format: ProviderFormat::Fhir,
+            auth: self.auth,
+            oauth: self.oauth.clone(),
+            tls: self.tls.clone(),
+            timeout_ms: self.timeout_ms,
+        }
+    }
+}
+
+/// A source endpoint as compared: without one trailing `/`.
+pub fn normalise_endpoint(endpoint: &str) -> &str {
+    endpoint.strip_suffix('/').unwrap_or(endpoint)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -438,25 +483,27 @@ impl Settings {
         for (id, provider) in &self.providers {
             ProviderId::parse(id)
                 .map_err(|e| ConfigError::Invalid(format!("providers.{id}: {e}")))?;
-            if !(provider.endpoint.starts_with("https://")
-                || provider.endpoint.starts_with("http://"))
-            {
-                return Err(ConfigError::Invalid(format!(
-                    "providers.{id}.endpoint must be an http(s) URL"
-                )));
-            }
+            check_client(&format!("providers.{id}"), provider)?;
         }
-        for (id, provider) in &self.providers {
-            if let Some(tls) = &provider.tls
-                && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
-            {
+        let mut sources: BTreeMap<&str, &str> = BTreeMap::new();
+        for (id, callback) in &self.gp_callbacks {
+            let at = format!("gp_callbacks.{id}");
+            ProviderId::parse(id).map_err(|e| ConfigError::Invalid(format!("{at}: {e}")))?;
+            if self.providers.contains_key(id) {
                 return Err(ConfigError::Invalid(format!(
-                    "providers.{id}.tls: client_cert_file and client_key_file go together"
+                    "{at}: `{id}` is also a provider id; GP callbacks and providers need different ids"
                 )));
             }
-            if provider.auth == ProviderAuth::SignedJwt && provider.oauth.is_none() {
+            check_client(&at, &callback.client())?;
+            let source = normalise_endpoint(&callback.source_endpoint);
+            if source.is_empty() {
                 return Err(ConfigError::Invalid(format!(
-                    "providers.{id}: auth = \"signed-jwt\" needs a [providers.{id}.oauth] table"
+                    "{at}.source_endpoint must not be empty"
+                )));
+            }
+            if let Some(other) = sources.insert(source, id) {
+                return Err(ConfigError::Invalid(format!(
+                    "gp_callbacks.{other} and {at} have the same source_endpoint"
                 )));
             }
         }
@@ -474,6 +521,29 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// What every outbound client needs: an http(s) endpoint, a client certificate with
+/// its key, and an oauth table for signed-JWT authentication. `at` names the table.
+fn check_client(at: &str, client: &ProviderSettings) -> Result<(), ConfigError> {
+    if !(client.endpoint.starts_with("https://") || client.endpoint.starts_with("http://")) {
+        return Err(ConfigError::Invalid(format!(
+            "{at}.endpoint must be an http(s) URL"
+        )));
+    }
+    if let Some(tls) = &client.tls
+        && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
+    {
+        return Err(ConfigError::Invalid(format!(
+            "{at}.tls: client_cert_file and client_key_file go together"
+        )));
+    }
+    if client.auth == ProviderAuth::SignedJwt && client.oauth.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "{at}: auth = \"signed-jwt\" needs a [{at}.oauth] table"
+        )));
+    }
+    Ok(())
 }
 
 /// Loads the shipped defaults only, from a given config folder: a starting point for

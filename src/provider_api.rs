@@ -5,7 +5,7 @@ use crate::auth::{Principal, Role};
 use crate::events::{self, EventBody, Milestone};
 use crate::intake::{Gateway, RequestIds, process::AuditContext};
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
-use crate::store::{EventRecord, EventRecorded, EventRow};
+use crate::store::{EventRecord, EventRecorded, EventRow, MilestoneDelivery};
 use actix_web::{HttpRequest, HttpResponse, post, web};
 use fhir_sdk::time::OffsetDateTime;
 
@@ -229,6 +229,14 @@ async fn record(
         detail: event.detail.clone(),
         request_id: request_id.clone(),
         now,
+        gp_push: gw
+            .gp_callbacks
+            .recipient(&referral.source_endpoint)
+            .map(|recipient| MilestoneDelivery {
+                id: uuid::Uuid::new_v4().to_string(),
+                recipient: recipient.to_owned(),
+                request_id: uuid::Uuid::new_v4().to_string(),
+            }),
         audit: ctx.record(
             "accepted",
             201,

@@ -3,7 +3,7 @@
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::Settings;
-use crate::delivery::{Deliverer, DeliverySetupError, sandbox::Sandbox};
+use crate::delivery::{Deliverer, DeliverySetupError, GpCallbacks, sandbox::Sandbox};
 use crate::intake::{self, CORRELATION_ID, Gateway, REQUEST_ID};
 use crate::mapping::Datasets;
 use crate::routing::{MappingError, Routing};
@@ -87,7 +87,10 @@ impl Application {
         let store = store::connect(&settings.database).await?;
         // Built whenever providers are configured (tests drive it by hand); run in the
         // background when delivery.enabled.
-        let deliverer = if settings.delivery.enabled || !settings.providers.is_empty() {
+        let deliverer = if settings.delivery.enabled
+            || !settings.providers.is_empty()
+            || !settings.gp_callbacks.is_empty()
+        {
             Some(Deliverer::new(settings, store.clone(), &routing, datasets)?)
         } else {
             None
@@ -114,6 +117,7 @@ impl Application {
             max_body_bytes: settings.server.max_body_bytes,
             audit_keys: Arc::new(audit_keys),
             checkpoint_keys,
+            gp_callbacks: Arc::new(GpCallbacks::new(&settings.gp_callbacks)),
         };
         let listener = std::net::TcpListener::bind(&settings.server.bind).map_err(|source| {
             StartupError::Bind {

@@ -135,3 +135,73 @@ fn secrets_are_redacted_in_debug_output() {
         Ok(())
     });
 }
+
+#[test]
+fn gp_callbacks_need_their_own_source_endpoint_and_id() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        let callback = |id: &str, source: &str| {
+            format!(
+                "[gp_callbacks.{id}]\nsource_endpoint = \"{source}\"\nendpoint = \"https://gp.example/{id}\"\n"
+            )
+        };
+        jail.create_file(
+            "good.toml",
+            &[
+                callback("emis-dudley", "https://emis.example/fhir"),
+                callback("tpp-walsall", "https://tpp.example/fhir"),
+            ]
+            .concat(),
+        )?;
+        let s = Settings::load(&sources(None, &["good.toml"])).unwrap();
+        assert_eq!(s.gp_callbacks.len(), 2);
+
+        // The same endpoint, once with a trailing slash.
+        jail.create_file(
+            "twice.toml",
+            &[
+                callback("emis-dudley", "https://emis.example/fhir"),
+                callback("emis-walsall", "https://emis.example/fhir/"),
+            ]
+            .concat(),
+        )?;
+        let err = Settings::load(&sources(None, &["twice.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gp_callbacks.emis-dudley")
+                && err.contains("gp_callbacks.emis-walsall")
+                && err.contains("source_endpoint"),
+            "{err}"
+        );
+
+        jail.create_file(
+            "clash.toml",
+            &format!(
+                "[providers.bchft]\nendpoint = \"https://bchft.example/referrals\"\n{}",
+                callback("bchft", "https://emis.example/fhir")
+            ),
+        )?;
+        let err = Settings::load(&sources(None, &["clash.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("gp_callbacks.bchft") && err.contains("provider id"),
+            "{err}"
+        );
+
+        jail.create_file(
+            "typo.toml",
+            &format!(
+                "{}format = \"json\"\n",
+                callback("emis-dudley", "https://emis.example/fhir")
+            ),
+        )?;
+        let err = Settings::load(&sources(None, &["typo.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("format"), "unknown keys are refused: {err}");
+        Ok(())
+    });
+}

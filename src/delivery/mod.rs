@@ -5,13 +5,17 @@
 //! referral's state and consent, minimises the referral to the provider's dataset,
 //! sends it with an `X-Request-Id` that stays the same across retries (the provider's
 //! de-duplication key), and records the outcome only while it still holds the lease.
-//! No database transaction is open while the provider is called.
+//! No database transaction is open while the provider is called. The same outbox
+//! carries each status event back to the referring GP system where a GP callback is
+//! configured for it (kind `milestone`, see [`gp_callbacks`]).
 
 mod client;
 pub mod fhir;
+pub mod gp_callbacks;
 pub mod sandbox;
 
 pub use client::{Answer, ProviderClient};
+pub use gp_callbacks::GpCallbacks;
 
 use crate::config::{DeliverySettings, ProviderFormat, Settings};
 use crate::consent::ConsentRecord;
@@ -34,7 +38,12 @@ pub enum DeliverySetupError {
     Keys(String, String),
     #[error("providers.{0}: {1}")]
     Client(String, String),
+    #[error("gp_callbacks.{0}: {1}")]
+    Callback(String, String),
 }
+
+/// The delivery kind that pushes one status event to the referring GP system.
+const MILESTONE: &str = "milestone";
 
 /// Everything one provider needs: where to send, what to send, how to pseudonymise.
 struct Recipient {
@@ -48,6 +57,8 @@ pub struct Deliverer {
     store: Arc<dyn Store>,
     datasets: Arc<Datasets>,
     recipients: Arc<HashMap<ProviderId, Recipient>>,
+    /// GP systems that take milestones back, by callback id.
+    callbacks: Arc<HashMap<String, ProviderClient>>,
     settings: DeliverySettings,
     /// This worker's lease owner name, unique per process.
     owner: String,
@@ -75,7 +86,7 @@ impl Pseudonymise for NoKeys {
 
 impl Deliverer {
     /// Checks that every provider routing can choose has an endpoint, a dataset and,
-    /// where its dataset pseudonymises, keys.
+    /// where its dataset pseudonymises, keys; builds a client per GP callback.
     pub fn new(
         settings: &Settings,
         store: Arc<dyn Store>,
@@ -109,10 +120,17 @@ impl Deliverer {
                 .map_err(|e| DeliverySetupError::Client(id.clone(), e))?;
             recipients.insert(provider.id.clone(), Recipient { client, keys });
         }
+        let mut callbacks = HashMap::new();
+        for (id, callback) in &settings.gp_callbacks {
+            let client = ProviderClient::new(&callback.client())
+                .map_err(|e| DeliverySetupError::Callback(id.clone(), e))?;
+            callbacks.insert(id.clone(), client);
+        }
         Ok(Self {
             store,
             datasets,
             recipients: Arc::new(recipients),
+            callbacks: Arc::new(callbacks),
             settings: settings.delivery.clone(),
             owner: format!("worker-{}", uuid::Uuid::new_v4()),
         })
@@ -186,6 +204,15 @@ impl Deliverer {
         let key_version = receipt
             .as_ref()
             .and_then(|r| r["key_version"].as_str().map(str::to_owned));
+        let mut detail = json!({
+            "recipient": d.provider,
+            "attempt": attempt,
+            "reason": reason,
+            "receipt": receipt,
+        });
+        if let Some(event) = &d.event {
+            detail["event"] = json!(event);
+        }
         let audit = AuditRecord {
             at: now,
             http_status: status,
@@ -195,16 +222,8 @@ impl Deliverer {
             recipient: Some(d.provider.clone()),
             mapping_version: mapping,
             key_version,
+            detail,
             ..AuditRecord::new(format!("delivery.{}", d.kind), result)
-        };
-        let audit = AuditRecord {
-            detail: json!({
-                "recipient": d.provider,
-                "attempt": attempt,
-                "reason": reason,
-                "receipt": receipt,
-            }),
-            ..audit
         };
         let held = self
             .store
@@ -231,57 +250,107 @@ impl Deliverer {
         d: &ClaimedDelivery,
         now: OffsetDateTime,
     ) -> (DeliveryOutcome, Option<serde_json::Value>) {
-        let stopped = |reason: &str| {
-            (
-                DeliveryOutcome::Stopped {
-                    reason: reason.to_owned(),
-                },
-                None,
-            )
-        };
-        let dead = |error: String| {
-            (
-                DeliveryOutcome::Dead {
-                    status: None,
-                    error,
-                },
-                None,
-            )
-        };
-        let Ok(provider) = ProviderId::parse(&d.provider) else {
-            return dead("the delivery names an unknown provider".into());
-        };
-        let Some(recipient) = self.recipients.get(&provider) else {
-            return dead(format!("provider {provider} is not configured"));
-        };
-        if d.kind == "referral" {
-            if d.referral_status != "active" {
-                return stopped("the referral was cancelled or its consent withdrawn");
-            }
-            match serde_json::from_str::<ConsentRecord>(&d.consent) {
-                Ok(c) if c.covers(now) => {}
-                _ => return stopped("the consent no longer covers this disclosure"),
-            }
-        }
         let age = now - d.created_at;
-        if age > Duration::seconds(self.settings.max_age_seconds as i64) {
-            return dead("the delivery is older than delivery.max_age_seconds".into());
-        }
-
-        let (body, receipt) = match self.body(d, &provider, recipient, now) {
-            Ok(b) => b,
-            Err(error) => return dead(error),
+        let prepared = if d.kind == MILESTONE {
+            self.prepare_milestone(d, now, age).await
+        } else {
+            self.prepare(d, now, age)
         };
-        let answer = recipient
-            .client
-            .send(&d.request_id, &d.correlation_id, &body)
-            .await;
+        let (client, body, receipt) = match prepared {
+            Ok(p) => p,
+            Err(outcome) => return (outcome, None),
+        };
+        let answer = client.send(&d.request_id, &d.correlation_id, &body).await;
         let outcome = self.classify(answer, d.attempts + 1, now, age);
         let receipt = match outcome {
             DeliveryOutcome::Delivered { .. } => receipt,
             _ => None,
         };
         (outcome, receipt)
+    }
+
+    /// A delivery to a provider: who gets it and what, or why nothing is sent.
+    fn prepare(
+        &self,
+        d: &ClaimedDelivery,
+        now: OffsetDateTime,
+        age: Duration,
+    ) -> Result<Prepared<'_>, DeliveryOutcome> {
+        let Ok(provider) = ProviderId::parse(&d.provider) else {
+            return Err(dead("the delivery names an unknown provider".into()));
+        };
+        let Some(recipient) = self.recipients.get(&provider) else {
+            return Err(dead(format!("provider {provider} is not configured")));
+        };
+        if d.kind == "referral" {
+            if d.referral_status != "active" {
+                return Err(stopped(
+                    "the referral was cancelled or its consent withdrawn",
+                ));
+            }
+            match serde_json::from_str::<ConsentRecord>(&d.consent) {
+                Ok(c) if c.covers(now) => {}
+                _ => return Err(stopped("the consent no longer covers this disclosure")),
+            }
+        }
+        self.young_enough(age)?;
+        let (body, receipt) = self.body(d, &provider, recipient, now).map_err(dead)?;
+        Ok((&recipient.client, body, receipt))
+    }
+
+    /// A milestone for the referring GP system. Neither a cancellation nor a consent
+    /// withdrawal stops it: the GP practice is the data controller and must hear how
+    /// the referral ended.
+    async fn prepare_milestone(
+        &self,
+        d: &ClaimedDelivery,
+        now: OffsetDateTime,
+        age: Duration,
+    ) -> Result<Prepared<'_>, DeliveryOutcome> {
+        let Some(client) = self.callbacks.get(&d.provider) else {
+            return Err(dead(format!(
+                "GP callback {} is not configured",
+                d.provider
+            )));
+        };
+        self.young_enough(age)?;
+        match self.milestone_body(d).await {
+            Ok(Some(body)) => Ok((client, body, None)),
+            Ok(None) => Err(dead("the milestone to push is not stored".into())),
+            Err(e) => {
+                tracing::error!(error = %e, delivery_id = %d.id, "milestone push: database error");
+                let failed = Answer::Failed("the milestone could not be read".into());
+                Err(self.classify(failed, d.attempts + 1, now, age))
+            }
+        }
+    }
+
+    /// The `servicerequest-response` message for the delivery's status event, read
+    /// with the referral it belongs to.
+    async fn milestone_body(
+        &self,
+        d: &ClaimedDelivery,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let Some(event_id) = &d.event_id else {
+            return Ok(None);
+        };
+        let Some(referral) = self.store.referral(&d.referral_id).await? else {
+            return Ok(None);
+        };
+        let history = self.store.events_for(&d.referral_id).await?;
+        Ok(crate::intake::response::milestone(
+            &referral, &history, event_id,
+        ))
+    }
+
+    /// A dead letter once a delivery is older than `delivery.max_age_seconds`.
+    fn young_enough(&self, age: Duration) -> Result<(), DeliveryOutcome> {
+        if age > Duration::seconds(self.settings.max_age_seconds as i64) {
+            return Err(dead(
+                "the delivery is older than delivery.max_age_seconds".into(),
+            ));
+        }
+        Ok(())
     }
 
     fn body(
@@ -373,7 +442,7 @@ impl Deliverer {
                     };
                 }
                 let transient = matches!(status, 408 | 425 | 429) || status >= 500;
-                let error = format!("provider answered {status}: {excerpt}");
+                let error = format!("the recipient answered {status}: {excerpt}");
                 if !transient {
                     return DeliveryOutcome::Dead {
                         status: Some(status),
@@ -403,6 +472,27 @@ impl Deliverer {
             status,
             error,
         }
+    }
+}
+
+/// Where a delivery goes and what it carries: the client, the body, and the
+/// minimisation receipt of what it discloses.
+type Prepared<'a> = (
+    &'a ProviderClient,
+    serde_json::Value,
+    Option<serde_json::Value>,
+);
+
+fn stopped(reason: &str) -> DeliveryOutcome {
+    DeliveryOutcome::Stopped {
+        reason: reason.to_owned(),
+    }
+}
+
+fn dead(error: String) -> DeliveryOutcome {
+    DeliveryOutcome::Dead {
+        status: None,
+        error,
     }
 }
 

@@ -29,6 +29,8 @@ pub struct Gateway {
     pub audit_keys: Arc<crate::pseudonym::PseudonymKeys>,
     /// Checks checkpoint signatures for auditors (`audit.checkpoint`).
     pub checkpoint_keys: Option<crate::audit::checkpoint::VerifyingKeys>,
+    /// Which GP system, if any, takes each referral's milestones back.
+    pub gp_callbacks: Arc<crate::delivery::GpCallbacks>,
 }
 
 /// What an accepted message produced, for the response.

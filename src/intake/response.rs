@@ -48,7 +48,7 @@ fn milestone_task(n: usize, referral_id: &str, e: &EventRow) -> Value {
             coding.insert(
                 0,
                 json!({
-                    "system": "https://fhir.nhs.uk/CodeSystem/rejected-reasons-bars",
+                    "system": REJECTED_REASONS,
                     "code": crate::events::bars_rejection(reason),
                 }),
             );
@@ -112,12 +112,10 @@ pub fn service_request(row: &ReferralRow, events: &[EventRow]) -> Value {
 pub const MILESTONE_EXTENSION: &str =
     "https://thrive-gateway.nhs.uk/StructureDefinition/referral-milestone";
 
-fn encounter(row: &ReferralRow) -> Value {
-    let status = match row.status() {
-        Ok(ReferralStatus::Active) => "planned",
-        _ => "cancelled",
-    };
-    json!({
+/// The Encounter of a response message: `identifier` the referral reference, `status`
+/// as the caller decides, and a BaRS rejection reason where the provider declined.
+fn encounter(row: &ReferralRow, status: &str, rejected: Option<&str>) -> Value {
+    let mut encounter = json!({
         "resourceType": "Encounter",
         "id": uuid::Uuid::new_v4().to_string(),
         "identifier": [{"system": REFERENCE_SYSTEM, "value": row.reference}],
@@ -128,14 +126,22 @@ fn encounter(row: &ReferralRow) -> Value {
             "display": "virtual",
         },
         "basedOn": [{"reference": format!("ServiceRequest/{}", row.id)}],
-    })
+    });
+    if let Some(code) = rejected {
+        encounter["reasonCode"] = json!([{"coding": [{"system": REJECTED_REASONS, "code": code}]}]);
+    }
+    encounter
 }
 
-/// The `servicerequest-response` message for an accepted request.
-pub fn accepted(outcome: &Outcome) -> Value {
-    let row = &outcome.referral;
+/// Code system of BaRS rejection reasons (`RRNA`, `FC`, `OTH`).
+pub const REJECTED_REASONS: &str = "https://fhir.nhs.uk/CodeSystem/rejected-reasons-bars";
+
+/// A `servicerequest-response` message Bundle answering the request Bundle
+/// `bundle_id`: MessageHeader (focus the ServiceRequest), the referral's
+/// ServiceRequest `sr`, and the Encounter.
+fn response_message(row: &ReferralRow, bundle_id: &str, sr: Value, encounter: Value) -> Value {
     let header_id = uuid::Uuid::new_v4().to_string();
-    let encounter = encounter(row);
+    let sr_id = &row.id;
     let now = fhir_instant(fhir_sdk::time::OffsetDateTime::now_utc());
     json!({
         "resourceType": "Bundle",
@@ -151,13 +157,13 @@ pub fn accepted(outcome: &Outcome) -> Value {
                     "id": header_id,
                     "eventCoding": {"system": MESSAGE_EVENTS, "code": "servicerequest-response"},
                     "source": {"name": "thrive-gateway", "endpoint": "https://thrive-gateway.nhs.uk/fhir/r4"},
-                    "response": {"identifier": outcome.bundle_id, "code": "ok"},
-                    "focus": [{"reference": format!("ServiceRequest/{}", row.id)}],
+                    "response": {"identifier": bundle_id, "code": "ok"},
+                    "focus": [{"reference": format!("ServiceRequest/{sr_id}")}],
                 },
             },
             {
-                "fullUrl": format!("ServiceRequest/{}", row.id),
-                "resource": service_request(row, &[]),
+                "fullUrl": format!("ServiceRequest/{sr_id}"),
+                "resource": sr,
             },
             {
                 "fullUrl": format!("urn:uuid:{}", encounter["id"].as_str().unwrap_or_default()),
@@ -165,4 +171,51 @@ pub fn accepted(outcome: &Outcome) -> Value {
             },
         ],
     })
+}
+
+/// The `servicerequest-response` message for an accepted request.
+pub fn accepted(outcome: &Outcome) -> Value {
+    let row = &outcome.referral;
+    let status = match row.status() {
+        Ok(ReferralStatus::Active) => "planned",
+        _ => "cancelled",
+    };
+    response_message(
+        row,
+        &outcome.bundle_id,
+        service_request(row, &[]),
+        encounter(row, status, None),
+    )
+}
+
+/// The `servicerequest-response` message that pushes one milestone back to the
+/// referring GP system, answering its original request (`referrals.bundle_id`): the
+/// ServiceRequest as of that milestone with the milestone as its contained Task
+/// (numbered as in the referral's history), and an Encounter whose status follows the
+/// milestone. `None` when `event_id` is not in `history`.
+pub fn milestone(row: &ReferralRow, history: &[EventRow], event_id: &str) -> Option<Value> {
+    let (n, event) = history.iter().enumerate().find(|(_, e)| e.id == event_id)?;
+    let as_of = ReferralRow {
+        milestone: event.event.clone(),
+        ..row.clone()
+    };
+    let mut sr = service_request(&as_of, &[]);
+    sr["contained"] = json!([milestone_task(n, &row.id, event)]);
+    let (status, rejected) = match event.event.as_str() {
+        "declined" => (
+            "cancelled",
+            Some(crate::events::bars_rejection(
+                event.reason.as_deref().unwrap_or_default(),
+            )),
+        ),
+        "closed" => ("finished", None),
+        "accepted" => ("planned", None),
+        _ => ("in-progress", None),
+    };
+    let mut message = response_message(row, &row.bundle_id, sr, encounter(row, status, rejected));
+    message["entry"][0]["resource"]["destination"] = json!([{
+        "endpoint": row.source_endpoint,
+        "receiver": {"identifier": {"system": ODS_SYSTEM, "value": row.practice_ods}},
+    }]);
+    Some(message)
 }

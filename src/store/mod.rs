@@ -251,7 +251,8 @@ pub struct ClaimedDelivery {
     pub id: String,
     pub referral_id: String,
     pub provider: String,
-    /// `referral`, `cancellation` or `withdrawal`.
+    /// `referral`, `cancellation`, `withdrawal` or `milestone` (then `provider` is
+    /// the GP callback id).
     pub kind: String,
     /// Stable across retries: the provider's de-duplication key.
     pub request_id: String,
@@ -266,6 +267,9 @@ pub struct ClaimedDelivery {
     /// The referral message as received.
     pub message: String,
     pub correlation_id: String,
+    /// `milestone`: the status event it carries, and that event's name.
+    pub event_id: Option<String>,
+    pub event: Option<String>,
 }
 
 /// How an attempt ended.
@@ -321,6 +325,19 @@ pub struct EventRecord {
     pub request_id: String,
     pub now: OffsetDateTime,
     pub audit: AuditRecord,
+    /// Where the referring GP system takes milestones back: the delivery queued with
+    /// the event, in the same transaction.
+    pub gp_push: Option<MilestoneDelivery>,
+}
+
+/// A `milestone` delivery of one status event to the referring GP system.
+#[derive(Debug, Clone)]
+pub struct MilestoneDelivery {
+    pub id: String,
+    /// The GP callback id (`gp_callbacks.<id>`).
+    pub recipient: String,
+    /// Its own `X-Request-Id`, stable across retries.
+    pub request_id: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -468,7 +485,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         audit: &AuditRecord,
     ) -> Result<bool, StoreError>;
     /// Records a status event and moves the referral's milestone, atomically, only
-    /// while the milestone is still `from`.
+    /// while the milestone is still `from`; queues its push to the GP system with it
+    /// where `gp_push` says so.
     async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError>;
     /// A referral's status events, oldest first.
     async fn events_for(&self, referral_id: &str) -> Result<Vec<EventRow>, StoreError>;

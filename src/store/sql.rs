@@ -101,7 +101,8 @@ macro_rules! claimed_columns {
     () => {
         "SELECT d.id, d.referral_id, d.provider, d.kind, d.request_id, d.attempts, d.created_at, \
          r.reference, r.programme, r.status AS referral_status, r.consent, r.message, \
-         r.correlation_id FROM deliveries d JOIN referrals r ON r.id = d.referral_id \
+         r.correlation_id, d.event_id, e.event FROM deliveries d \
+         JOIN referrals r ON r.id = d.referral_id LEFT JOIN referral_events e ON e.id = d.event_id \
          WHERE d.id = $1"
     };
 }
@@ -110,13 +111,19 @@ macro_rules! claimed_columns {
 /// PostgreSQL skips rows another transaction has locked; SQLite has one writer at a
 /// time, so the statement alone is atomic. The lease condition is repeated outside the
 /// subquery so that a row claimed concurrently is re-checked, not claimed twice.
+/// Milestones reach a GP system in the order they happened: one waits while an older
+/// milestone of the same referral to the same recipient is still queued (a dead
+/// letter no longer holds the rest back).
 macro_rules! claim_one {
     ($lock:literal) => {
         concat!(
             "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 WHERE id = (",
-            "SELECT id FROM deliveries WHERE state = 'queued' AND next_attempt_at <= $3 ",
-            "AND (lease_expires_at IS NULL OR lease_expires_at <= $3) ",
-            "ORDER BY next_attempt_at, created_at LIMIT 1 ",
+            "SELECT d.id FROM deliveries d WHERE d.state = 'queued' AND d.next_attempt_at <= $3 ",
+            "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $3) ",
+            "AND NOT (d.kind = 'milestone' AND EXISTS (SELECT 1 FROM deliveries o ",
+            "WHERE o.referral_id = d.referral_id AND o.provider = d.provider ",
+            "AND o.kind = 'milestone' AND o.state = 'queued' AND o.created_at < d.created_at)) ",
+            "ORDER BY d.next_attempt_at, d.created_at LIMIT 1 ",
             $lock,
             ") AND (lease_expires_at IS NULL OR lease_expires_at <= $3) RETURNING id"
         )
@@ -751,6 +758,21 @@ macro_rules! sql_store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+                if let Some(push) = e.gp_push.as_ref().filter(|_| moved > 0) {
+                    sqlx::query(
+                        "INSERT INTO deliveries (id, referral_id, provider, kind, state, request_id, \
+                         attempts, next_attempt_at, created_at, updated_at, event_id) \
+                         VALUES ($1, $2, $3, 'milestone', 'queued', $4, 0, $5, $5, $5, $6)",
+                    )
+                    .bind(&push.id)
+                    .bind(&e.referral_id)
+                    .bind(&push.recipient)
+                    .bind(&push.request_id)
+                    .bind(e.now)
+                    .bind(&e.id)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 if Self::commit_with_audit(tx, moved, &e.audit).await? {
                     Ok(EventRecorded::Recorded)
                 } else {

@@ -18,7 +18,8 @@ async fn delivered(db: Db) -> (TestApp, String, FakeProvider) {
     (app, id, provider)
 }
 
-async fn post(
+/// Posts a status event as provider `client`.
+pub async fn post(
     app: &TestApp,
     client: &str,
     referral: &str,

@@ -7,6 +7,7 @@ mod auth;
 mod delivery;
 mod duplicates;
 mod events;
+mod gp_callbacks;
 mod intake;
 mod provider;
 mod store;
