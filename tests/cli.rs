@@ -192,3 +192,89 @@ async fn production_refuses_the_development_key_and_symmetric_algorithms() {
     let err = Authenticator::from_settings(&hs, false).await.unwrap_err();
     assert!(err.to_string().contains("HS256"), "{err}");
 }
+
+/// `audit checkpoint`, `audit verify`, `audit export` and `audit verify-export` as an
+/// auditor runs them: intact answers exit 0, a tampered trail exits 1 naming the record.
+#[tokio::test]
+async fn audit_commands_verify_export_and_name_the_tampered_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("gw.db").display());
+    let run = |args: &[&str]| {
+        gateway()
+            .args(args)
+            .env("THRIVE_ENV", "development")
+            .env("THRIVE__DATABASE__URL", &url)
+            .output()
+            .unwrap()
+    };
+    let database: thrive_gateway::config::DatabaseSettings =
+        figment::Figment::from(figment::providers::Toml::string(&format!(
+            "url = \"{url}\"\nmax_connections = 2\nsqlite_busy_timeout_ms = 5000"
+        )))
+        .extract()
+        .unwrap();
+    let store = thrive_gateway::store::connect(&database).await.unwrap();
+    for action in ["referral.new", "delivery.referral", "referral.read"] {
+        store
+            .append_audit(&thrive_gateway::store::AuditRecord::new(action, "allowed"))
+            .await
+            .unwrap();
+    }
+
+    let out = run(&["audit", "checkpoint"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("checkpoint signed at record 3"));
+    let out = run(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("audit chain intact: 3 records, 1 checkpoints")
+    );
+
+    let file = dir.path().join("export.json");
+    let out = run(&[
+        "audit",
+        "export",
+        "--from",
+        "2000-01-01",
+        "--to",
+        "2100-01-01",
+        "--format",
+        "fhir",
+        "--output",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["audit", "verify-export", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 signed by 1 checkpoints"));
+
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE audit_events SET action = 'referral.cancel' WHERE seq = 2")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let out = run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("record 2 was changed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

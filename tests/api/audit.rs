@@ -1,0 +1,703 @@
+//! The information-governance audit trail: one chained record for every decision and
+//! disclosure, naming the subject only by the audit pseudonym; tampering of every
+//! kind is found; auditors list, read, search by person and export, and every one of
+//! their calls is itself recorded.
+
+use crate::helpers::*;
+use crate::on_both_databases;
+use crate::provider::FakeProvider;
+use base64::Engine;
+use serde_json::{Value, json};
+use thrive_gateway::audit::checkpoint::{Signer, VerifyingKeys};
+use thrive_gateway::audit::{Tamper, export};
+use thrive_gateway::config::CheckpointSettings;
+use thrive_gateway::pseudonym::PseudonymKeys;
+
+fn checkpoint_settings() -> CheckpointSettings {
+    CheckpointSettings {
+        key_id: "test-audit-1".into(),
+        private_key_file: Some(format!("{KEYS}/audit-checkpoint.pem").into()),
+        public_key_file: format!("{KEYS}/audit-checkpoint.pub.pem").into(),
+        interval_seconds: 300,
+    }
+}
+
+fn verifying_keys() -> VerifyingKeys {
+    VerifyingKeys::from_settings(&checkpoint_settings()).unwrap()
+}
+
+fn audit_keys() -> PseudonymKeys {
+    let hex = std::fs::read_to_string(format!("{KEYS}/pseudonym-audit-v1.key")).unwrap();
+    PseudonymKeys::from_hex("audit", "v1", [("v1", hex.trim())]).unwrap()
+}
+
+/// A gateway with a provider, one referral accepted and delivered, one rejected.
+async fn busy_gateway(db: Db) -> (TestApp, FakeProvider, String) {
+    let provider = FakeProvider::start(vec![]).await;
+    let app = TestApp::spawn_with(db, &provider.config("")).await;
+    let reply = app.send("gp-a", &referral()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let id = reply.json()["entry"][1]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.deliver().await, 1);
+    let mut bad = referral();
+    set(
+        &mut bad,
+        "/entry/2/resource/identifier/0/value",
+        json!("9990000019"),
+    );
+    assert_eq!(app.send("gp-a", &bad).await.status, 422);
+    (app, provider, id)
+}
+
+async fn verify(app: &TestApp) -> thrive_gateway::audit::Verification {
+    thrive_gateway::audit::verify(app.store.as_ref(), Some(&verifying_keys()))
+        .await
+        .unwrap()
+}
+
+async fn every_decision_is_one_chained_record_naming_the_subject_by_pseudonym(db: Db) {
+    let (app, _provider, id) = busy_gateway(db).await;
+    let rows = app.audit().await;
+    let actions: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.action.as_str(), r.outcome.as_str()))
+        .collect();
+    assert!(
+        actions.contains(&("referral.new", "accepted")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("delivery.referral", "delivered")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("referral.message", "rejected")),
+        "{actions:?}"
+    );
+
+    // The chain: places 1..n in order, each linking to the one before.
+    let seqs: Vec<i64> = rows.iter().map(|r| r.seq.unwrap()).collect();
+    assert_eq!(seqs, (1..=rows.len() as i64).collect::<Vec<_>>());
+    assert_eq!(
+        rows[0].prev_hash.as_deref(),
+        Some(thrive_gateway::audit::GENESIS)
+    );
+    for pair in rows.windows(2) {
+        assert_eq!(pair[1].prev_hash, pair[0].hash);
+    }
+    let v = verify(&app).await;
+    assert_eq!(v.problem, None);
+    assert_eq!(v.records, rows.len() as u64);
+
+    // Every record about the referral names the subject by the audit pseudonym.
+    let subject = audit_keys().pseudonym("9990000018").into_string();
+    let about: Vec<_> = rows
+        .iter()
+        .filter(|r| r.referral_id.as_deref() == Some(id.as_str()))
+        .collect();
+    assert!(about.len() >= 2);
+    for r in &about {
+        assert_eq!(r.subject.as_deref(), Some(subject.as_str()), "{}", r.action);
+    }
+    // The disclosure names recipient, mapping and key versions as columns.
+    let disclosure = rows
+        .iter()
+        .find(|r| r.action == "delivery.referral")
+        .unwrap();
+    assert_eq!(disclosure.recipient.as_deref(), Some("prospects"));
+    assert!(
+        disclosure
+            .mapping_version
+            .as_deref()
+            .is_some_and(|m| m.starts_with("prospects")),
+        "{:?}",
+        disclosure.mapping_version
+    );
+    assert_eq!(disclosure.key_version.as_deref(), Some("v1"));
+    let accepted = rows.iter().find(|r| r.action == "referral.new").unwrap();
+    assert_eq!(accepted.recipient.as_deref(), Some("prospects"));
+    assert!(
+        accepted
+            .mapping_version
+            .as_deref()
+            .is_some_and(|m| m.starts_with("routing@"))
+    );
+
+    // No patient data anywhere in the trail.
+    let all = rows
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for never in FIXTURE_PATIENT_DATA {
+        assert!(!all.contains(never), "the audit trail holds patient data");
+    }
+}
+
+async fn nhs_identity_headers_are_kept_as_the_actor(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let org = base64::engine::general_purpose::STANDARD.encode(
+        json!({"resourceType": "Organization", "identifier": [{"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y90001"}], "name": "Test Practice"}).to_string(),
+    );
+    let device = base64::engine::general_purpose::STANDARD.encode(
+        json!({"resourceType": "Device", "deviceName": [{"name": "Test GP System", "type": "manufacturer-name"}]}).to_string(),
+    );
+    let reply = app
+        .client
+        .post(app.url("/fhir/r4/$process-message"))
+        .bearer_auth(token("gp-a"))
+        .header("Content-Type", "application/fhir+json")
+        .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+        .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+        .header("NHSD-End-User-Organisation", org)
+        .header("NHSD-Requesting-Software", device)
+        .body(referral().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let rows = app.audit().await;
+    let record = rows.iter().find(|r| r.action == "referral.new").unwrap();
+    let identity: Value = serde_json::from_str(record.actor_identity.as_deref().unwrap()).unwrap();
+    assert_eq!(identity["organisation"]["identifier"][0]["value"], "Y90001");
+    assert_eq!(identity["software"]["name"], "Test GP System");
+    assert_eq!(verify(&app).await.problem, None);
+}
+
+async fn a_changed_record_is_found(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    execute_sql(
+        db,
+        &app.database_url,
+        "UPDATE audit_events SET outcome = 'rejected' WHERE seq = 2",
+    )
+    .await;
+    assert_eq!(verify(&app).await.problem, Some(Tamper::Changed { seq: 2 }));
+}
+
+async fn a_removed_record_is_found(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    execute_sql(
+        db,
+        &app.database_url,
+        "DELETE FROM audit_events WHERE seq = 2",
+    )
+    .await;
+    assert_eq!(verify(&app).await.problem, Some(Tamper::Removed { seq: 3 }));
+}
+
+async fn a_removed_record_is_found_even_when_the_rest_are_renumbered(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    execute_sql(
+        db,
+        &app.database_url,
+        "DELETE FROM audit_events WHERE seq = 2",
+    )
+    .await;
+    execute_sql(
+        db,
+        &app.database_url,
+        "UPDATE audit_events SET seq = -seq WHERE seq > 2",
+    )
+    .await;
+    execute_sql(
+        db,
+        &app.database_url,
+        "UPDATE audit_events SET seq = -seq - 1 WHERE seq < 0",
+    )
+    .await;
+    execute_sql(db, &app.database_url, "UPDATE audit_head SET seq = seq - 1").await;
+    assert_eq!(verify(&app).await.problem, Some(Tamper::Removed { seq: 2 }));
+}
+
+async fn the_last_record_removed_is_found_by_the_head(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    let (last, _) = app.store.audit_head().await.unwrap();
+    execute_sql(
+        db,
+        &app.database_url,
+        &format!("DELETE FROM audit_events WHERE seq = {last}"),
+    )
+    .await;
+    assert_eq!(
+        verify(&app).await.problem,
+        Some(Tamper::Removed { seq: last })
+    );
+}
+
+async fn an_inserted_record_is_found_even_with_a_valid_hash(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    let rows = app.audit().await;
+    // A forger makes room after record 1 and writes a record that links to it, with a
+    // correct hash of its own content: only the next record's link gives it away.
+    let mut forged = rows[0].clone();
+    forged.action = "referral.read".into();
+    forged.outcome = "allowed".into();
+    forged.actor_identity = None;
+    forged.referral_id = None;
+    forged.subject = None;
+    forged.recipient = None;
+    forged.request_id = None;
+    forged.correlation_id = None;
+    forged.mapping_version = None;
+    forged.key_version = None;
+    let prev = rows[0].hash.clone().unwrap();
+    let hash = forged.entry().hash(&prev);
+    execute_sql(
+        db,
+        &app.database_url,
+        "UPDATE audit_events SET seq = -seq WHERE seq > 1",
+    )
+    .await;
+    execute_sql(
+        db,
+        &app.database_url,
+        "UPDATE audit_events SET seq = -seq + 1 WHERE seq < 0",
+    )
+    .await;
+    execute_sql(
+        db,
+        &app.database_url,
+        &format!(
+            "INSERT INTO audit_events (seq, recorded_at, action, outcome, http_status, client_id, role, detail, prev_hash, hash) \
+             SELECT 2, recorded_at, 'referral.read', 'allowed', http_status, client_id, role, detail, '{prev}', '{hash}' \
+             FROM audit_events WHERE seq = 1"
+        ),
+    )
+    .await;
+    execute_sql(db, &app.database_url, "UPDATE audit_head SET seq = seq + 1").await;
+    assert_eq!(
+        verify(&app).await.problem,
+        Some(Tamper::Inserted { seq: 2 })
+    );
+}
+
+async fn reordered_records_are_found(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    execute_sql(
+        db,
+        &app.database_url,
+        "UPDATE audit_events SET seq = -1 WHERE seq = 2",
+    )
+    .await;
+    execute_sql(
+        db,
+        &app.database_url,
+        "UPDATE audit_events SET seq = 2 WHERE seq = 3",
+    )
+    .await;
+    execute_sql(
+        db,
+        &app.database_url,
+        "UPDATE audit_events SET seq = 3 WHERE seq = -1",
+    )
+    .await;
+    assert_eq!(
+        verify(&app).await.problem,
+        Some(Tamper::Reordered { seq: 2 })
+    );
+}
+
+async fn a_record_written_outside_the_chain_is_found(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    execute_sql(
+        db,
+        &app.database_url,
+        "INSERT INTO audit_events (recorded_at, action, outcome, detail) \
+         SELECT recorded_at, 'referral.read', 'allowed', '{}' FROM audit_events WHERE seq = 1",
+    )
+    .await;
+    assert!(matches!(
+        verify(&app).await.problem,
+        Some(Tamper::Unchained { .. })
+    ));
+}
+
+async fn a_rewritten_chain_is_caught_by_the_signed_checkpoint(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    let signer = Signer::from_settings(&checkpoint_settings()).unwrap();
+    let c = signer
+        .checkpoint(app.store.as_ref())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(verify(&app).await.checkpoints, 1);
+    // Nothing new: no second checkpoint of the same head.
+    assert!(
+        signer
+            .checkpoint(app.store.as_ref())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A tamperer without the private key rehashes the whole chain after a change.
+    execute_sql(
+        db,
+        &app.database_url,
+        "UPDATE audit_events SET outcome = 'rejected' WHERE seq = 1",
+    )
+    .await;
+    let mut prev = thrive_gateway::audit::GENESIS.to_owned();
+    for row in app.store.audit_chain(0, 1000).await.unwrap() {
+        let hash = row.entry().hash(&prev);
+        execute_sql(
+            db,
+            &app.database_url,
+            &format!(
+                "UPDATE audit_events SET prev_hash = '{prev}', hash = '{hash}' WHERE seq = {}",
+                row.seq.unwrap()
+            ),
+        )
+        .await;
+        prev = hash;
+    }
+    execute_sql(
+        db,
+        &app.database_url,
+        &format!("UPDATE audit_head SET hash = '{prev}'"),
+    )
+    .await;
+    let problem = verify(&app).await.problem;
+    assert!(
+        matches!(&problem, Some(Tamper::Checkpoint { seq, .. }) if *seq == c.seq),
+        "{problem:?}"
+    );
+
+    // And a forged checkpoint over the new head does not verify with the real key.
+    let forger = Signer::from_settings(&CheckpointSettings {
+        private_key_file: Some(format!("{KEYS}/audit-checkpoint-other.pem").into()),
+        ..checkpoint_settings()
+    })
+    .unwrap();
+    execute_sql(db, &app.database_url, "DELETE FROM audit_checkpoints").await;
+    forger
+        .checkpoint(app.store.as_ref())
+        .await
+        .unwrap()
+        .unwrap();
+    let problem = verify(&app).await.problem;
+    assert!(
+        matches!(&problem, Some(Tamper::Checkpoint { why, .. }) if why.contains("does not verify")),
+        "{problem:?}"
+    );
+}
+
+async fn two_gateways_writing_at_once_keep_one_unbroken_chain(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let other = app.second("").await;
+    let sends = (0..12).map(|n| {
+        let target = if n % 2 == 0 { &app } else { &other };
+        async move { target.send("gp-a", &referral()).await.status }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let v = verify(&app).await;
+    assert_eq!(v.problem, None);
+    assert_eq!(v.records, 12);
+    let (head, _) = app.store.audit_head().await.unwrap();
+    assert_eq!(head, 12);
+}
+
+async fn auditor_get(app: &TestApp, client: &str, path: &str) -> Reply {
+    app.get(client, path).await
+}
+
+async fn only_auditors_read_the_trail_and_every_call_is_recorded(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    for client in ["operator", "gp-a", "prospects"] {
+        let reply = auditor_get(&app, client, "/audit/v1/records").await;
+        reply.assert_issue(403, "REC_FORBIDDEN", "");
+    }
+    let unauthenticated = app
+        .client
+        .get(app.url("/audit/v1/records"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let rows = app.audit().await;
+    let refused = rows
+        .iter()
+        .filter(|r| r.action == "audit.list" && r.outcome == "rejected")
+        .count();
+    assert_eq!(refused, 4, "each refusal is recorded");
+
+    let reply = auditor_get(&app, "auditor", "/audit/v1/records").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let after = app.audit().await;
+    let last = after.last().unwrap();
+    assert_eq!(
+        (last.action.as_str(), last.outcome.as_str()),
+        ("audit.list", "allowed")
+    );
+    assert_eq!(last.client_id.as_deref(), Some("auditor"));
+    assert_eq!(verify(&app).await.problem, None);
+}
+
+async fn auditors_filter_and_page_stably(db: Db) {
+    let (app, _p, id) = busy_gateway(db).await;
+    for _ in 0..3 {
+        assert_eq!(app.send("gp-a", &referral()).await.status, 200);
+    }
+    // Filter by referral: its acceptance and its delivery.
+    let reply = auditor_get(&app, "auditor", &format!("/audit/v1/records?referral={id}")).await;
+    let records = reply.json()["records"].as_array().unwrap().clone();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["referral.new", "delivery.referral"]);
+    assert!(records.iter().all(|r| r["referral_id"] == id.as_str()));
+    // By action and recipient.
+    let reply = auditor_get(
+        &app,
+        "auditor",
+        "/audit/v1/records?action=referral.new&recipient=prospects",
+    )
+    .await;
+    assert_eq!(reply.json()["records"].as_array().unwrap().len(), 4);
+    let reply = auditor_get(&app, "auditor", "/audit/v1/records?client=gp-b").await;
+    assert_eq!(reply.json()["records"].as_array().unwrap().len(), 0);
+    // By time: nothing before yesterday.
+    let reply = auditor_get(&app, "auditor", "/audit/v1/records?to=2000-01-01").await;
+    assert_eq!(reply.json()["records"].as_array().unwrap().len(), 0);
+    let reply = auditor_get(&app, "auditor", "/audit/v1/records?from=yesterday").await;
+    reply.assert_issue(400, "REC_BAD_REQUEST", "");
+
+    // Paging: pages of two follow the chain; records the queries add land at the end
+    // and never shift a page already read.
+    let mut seen = Vec::new();
+    let mut next: Option<i64> = None;
+    loop {
+        let path = match next {
+            Some(n) => format!("/audit/v1/records?action=referral.new&limit=2&after={n}"),
+            None => "/audit/v1/records?action=referral.new&limit=2".into(),
+        };
+        let page = auditor_get(&app, "auditor", &path).await.json();
+        for r in page["records"].as_array().unwrap() {
+            seen.push(r["seq"].as_i64().unwrap());
+        }
+        match page["next"].as_i64() {
+            Some(n) => next = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 4);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+
+    // One record by its number.
+    let one = auditor_get(&app, "auditor", &format!("/audit/v1/records/{}", seen[0])).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["seq"], seen[0]);
+    assert_eq!(one.json()["action"], "referral.new");
+    auditor_get(&app, "auditor", "/audit/v1/records/999999")
+        .await
+        .assert_issue(404, "REC_NOT_FOUND", "");
+}
+
+async fn a_subject_access_request_finds_everything_about_one_person(db: Db) {
+    let (app, _p, id) = busy_gateway(db).await;
+    // Someone else's referral must not appear.
+    let mut other = referral();
+    set(
+        &mut other,
+        "/entry/2/resource/identifier/0/value",
+        json!("9434765919"),
+    );
+    assert_eq!(app.send("gp-a", &other).await.status, 200);
+
+    let post = |body: Value, client: &'static str| {
+        let app = &app;
+        async move {
+            let req = app
+                .client
+                .post(app.url("/audit/v1/subjects"))
+                .bearer_auth(token(client))
+                .json(&body);
+            Reply::from(req.send().await.unwrap()).await
+        }
+    };
+    post(json!({"nhs_number": "9990000018"}), "operator")
+        .await
+        .assert_issue(403, "REC_FORBIDDEN", "");
+    post(json!({"nhs_number": "9990000019"}), "auditor")
+        .await
+        .assert_issue(422, "REC_UNPROCESSABLE_ENTITY", "nhs_number");
+    let reply = post(json!({"nhs_number": "999 000 0018"}), "auditor").await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["referrals"], json!([id]));
+    let disclosures = body["disclosures"].as_array().unwrap();
+    assert_eq!(disclosures.len(), 1);
+    assert_eq!(disclosures[0]["recipient"], "prospects");
+    assert!(!disclosures[0]["fields"].as_array().unwrap().is_empty());
+    assert!(
+        body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["referral_id"] == id.as_str())
+    );
+    assert!(
+        !reply.text.contains("9990000018"),
+        "the answer names the person only by pseudonym"
+    );
+    // The lookup itself is recorded against the subject, without the number.
+    let rows = app.audit().await;
+    let lookup = rows
+        .iter()
+        .rev()
+        .find(|r| r.action == "audit.subjects" && r.outcome == "allowed")
+        .unwrap();
+    assert_eq!(lookup.subject, body["subject"].as_str().map(str::to_owned));
+    assert!(!format!("{rows:?}").contains("9990000018"));
+}
+
+async fn exports_carry_every_record_and_verify_without_the_database(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    let signer = Signer::from_settings(&checkpoint_settings()).unwrap();
+    signer
+        .checkpoint(app.store.as_ref())
+        .await
+        .unwrap()
+        .unwrap();
+    let total = app.store.audit_head().await.unwrap().0;
+
+    let fhir = auditor_get(
+        &app,
+        "auditor",
+        "/audit/v1/export?from=2000-01-01&to=2100-01-01&format=fhir",
+    )
+    .await;
+    assert_eq!(fhir.status, 200, "{}", fhir.text);
+    let bundle = fhir.json();
+    assert_eq!(bundle["resourceType"], "Bundle");
+    let events: Vec<&Value> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "AuditEvent")
+        .collect();
+    assert_eq!(
+        events.len() as i64,
+        total,
+        "{:?}",
+        events
+            .iter()
+            .map(|e| e["outcomeDesc"].clone())
+            .collect::<Vec<_>>()
+    );
+    // The disclosure, BALP-style: lifecycle "disclose", recipient agent, patient entity
+    // by pseudonym.
+    let disclosure = events
+        .iter()
+        .find(|e| e["type"]["code"] == "disclose")
+        .expect("a disclosure event");
+    assert!(
+        disclosure["agent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["type"]["coding"][0]["code"] == "IRCP"
+                && a["who"]["identifier"]["value"] == "prospects")
+    );
+    let patient = disclosure["entity"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["role"]["code"] == "1")
+        .unwrap();
+    assert_eq!(
+        patient["what"]["identifier"]["system"],
+        export::SUBJECT_SYSTEM
+    );
+    // Checks out offline with the public key alone.
+    let v = export::verify_bundle(&bundle, &verifying_keys()).unwrap();
+    assert_eq!(v.problem, None);
+    assert_eq!(v.checkpoints, 1);
+    assert_eq!(v.covered as i64, total);
+    // A record changed in the file is caught.
+    let mut tampered = bundle.clone();
+    let ext = tampered["entry"][0]["resource"]["extension"][0]["valueString"]
+        .as_str()
+        .unwrap()
+        .replace("\"accepted\"", "\"rejected\"");
+    tampered["entry"][0]["resource"]["extension"][0]["valueString"] = json!(ext);
+    let v = export::verify_bundle(&tampered, &verifying_keys()).unwrap();
+    assert_eq!(v.problem, Some(Tamper::Changed { seq: 1 }));
+
+    let csv = auditor_get(
+        &app,
+        "auditor",
+        "/audit/v1/export?from=2000-01-01&to=2100-01-01&format=csv",
+    )
+    .await;
+    assert_eq!(csv.status, 200);
+    let mut lines = csv.text.lines();
+    assert_eq!(lines.next().unwrap(), export::CSV_COLUMNS.join(","));
+    // Everything so far, now including the FHIR export itself, a row each.
+    let mut reader = csv::Reader::from_reader(csv.text.as_bytes());
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len() as i64, total + 1);
+    assert_eq!(&rows[rows.len() - 1][3], "audit.export");
+    for never in FIXTURE_PATIENT_DATA {
+        assert!(!fhir.text.contains(never) && !csv.text.contains(never));
+    }
+    auditor_get(
+        &app,
+        "auditor",
+        "/audit/v1/export?from=2000-01-01&to=2100-01-01&format=xml",
+    )
+    .await
+    .assert_issue(400, "REC_BAD_REQUEST", "");
+    // The exports are recorded too.
+    let rows = app.audit().await;
+    assert_eq!(
+        rows.iter().filter(|r| r.action == "audit.export").count(),
+        2
+    );
+}
+
+async fn checkpoints_found_by_the_auditor_verify_endpoint(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    let reply = auditor_get(&app, "auditor", "/audit/v1/verify").await;
+    assert_eq!(reply.json()["intact"], true, "{}", reply.text);
+    execute_sql(
+        db,
+        &app.database_url,
+        "UPDATE audit_events SET detail = '{}' WHERE seq = 1",
+    )
+    .await;
+    let reply = auditor_get(&app, "auditor", "/audit/v1/verify").await;
+    assert_eq!(reply.json()["intact"], false);
+    assert!(
+        reply.json()["problem"]
+            .as_str()
+            .unwrap()
+            .contains("record 1 was changed")
+    );
+}
+
+on_both_databases!(
+    every_decision_is_one_chained_record_naming_the_subject_by_pseudonym,
+    nhs_identity_headers_are_kept_as_the_actor,
+    a_changed_record_is_found,
+    a_removed_record_is_found,
+    a_removed_record_is_found_even_when_the_rest_are_renumbered,
+    the_last_record_removed_is_found_by_the_head,
+    an_inserted_record_is_found_even_with_a_valid_hash,
+    reordered_records_are_found,
+    a_record_written_outside_the_chain_is_found,
+    a_rewritten_chain_is_caught_by_the_signed_checkpoint,
+    two_gateways_writing_at_once_keep_one_unbroken_chain,
+    only_auditors_read_the_trail_and_every_call_is_recorded,
+    auditors_filter_and_page_stably,
+    a_subject_access_request_finds_everything_about_one_person,
+    exports_carry_every_record_and_verify_without_the_database,
+    checkpoints_found_by_the_auditor_verify_endpoint,
+);
