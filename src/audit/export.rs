@@ -123,7 +123,7 @@ fn event_type(action: &str) -> (Value, Option<Value>, &'static str) {
     }
     let (sub, act) = match action {
         "referral.new" | "referral.message" => ("create", "C"),
-        "referral.cancel" | "referral.withdraw-consent" | "provider.event" => ("update", "U"),
+        "referral.cancel" | "referral.withdraw-consent" | "referral.event" => ("update", "U"),
         a if a.ends_with(".read") || a.starts_with("audit.") || a.starts_with("report.") => {
             ("search", "R")
         }
