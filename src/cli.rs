@@ -282,7 +282,19 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
     };
     match command {
         DeliveriesCommand::List { dead, limit, json } => {
-            match crate::operations::list(store.as_ref(), dead, limit).await {
+            let listed = crate::operations::list(store.as_ref(), dead, limit).await;
+            if let Ok(rows) = &listed
+                && let Err(code) = crate::audit::cli::record_as(
+                    store.as_ref(),
+                    "operator",
+                    "operator.deliveries.list",
+                    serde_json::json!({"dead_only": dead, "count": rows.len()}),
+                )
+                .await
+            {
+                return code;
+            }
+            match listed {
                 Ok(rows) if json => match serde_json::to_string_pretty(&rows) {
                     Ok(text) => {
                         println!("{text}");
@@ -381,6 +393,16 @@ async fn report(
             return ExitCode::FAILURE;
         }
     };
+    if let Err(code) = crate::audit::cli::record_as(
+        store.as_ref(),
+        "operator",
+        "report.programme",
+        serde_json::json!({"from": from, "to": to, "group_by": group_by, "rows": rows.len()}),
+    )
+    .await
+    {
+        return code;
+    }
     match format {
         "csv" => print!("{}", reports::to_csv(&rows)),
         "json" => match serde_json::to_string_pretty(&rows) {
@@ -457,6 +479,17 @@ async fn extract(settings: &Settings, from: &str, to: &str, format: &str) -> Exi
         Err(e) => return fail(e.to_string()),
     };
     let (rows, left_out) = reports::extract(&rows, &keys, &opted_out);
+    if let Err(code) = crate::audit::cli::record_as(
+        store.as_ref(),
+        "operator",
+        "report.extract",
+        serde_json::json!({"from": from, "to": to, "rows": rows.len(), "opted_out": left_out,
+            "key_version": keys.key_version()}),
+    )
+    .await
+    {
+        return code;
+    }
     if format == "json" {
         match serde_json::to_string_pretty(&rows) {
             Ok(t) => println!("{t}"),

@@ -19,15 +19,25 @@ fn failed(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Records a command-line auditor action; a failure to record fails the command.
 async fn record(
     store: &dyn Store,
     action: &str,
     detail: serde_json::Value,
 ) -> Result<(), ExitCode> {
+    record_as(store, "auditor", action, detail).await
+}
+
+/// Records a command-line action taken in `role`; a failure to record fails the
+/// command, so nothing is read from the command line without its record.
+pub async fn record_as(
+    store: &dyn Store,
+    role: &str,
+    action: &str,
+    detail: serde_json::Value,
+) -> Result<(), ExitCode> {
     let record = AuditRecord {
         client_id: Some("command-line".into()),
-        role: Some("auditor".into()),
+        role: Some(role.into()),
         detail,
         ..AuditRecord::new(action, "allowed")
     };
