@@ -47,7 +47,7 @@ fn accept_to_delivered(c: &mut Criterion) {
         let sandbox_settings = thrive_gateway::config::Settings::from_figment(
             thrive_gateway::config::defaults_figment(&Path::new(ROOT).join("config")).merge(
                 Toml::string(&format!(
-                    "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}/sandbox.db\"\n[delivery]\nenabled = false\n[sandbox]\nenabled = true\n[mappings]\ndir = \"{ROOT}/mappings\"\n",
+                    "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}/sandbox.db\"\n[delivery]\nenabled = false\n[sandbox]\nenabled = true\n[mappings]\ndir = \"{ROOT}/mappings\"\n[keys.pseudonym.audit]\nactive = \"v1\"\n[keys.pseudonym.audit.versions.v1]\nfile = \"{ROOT}/tests/fixtures/keys/pseudonym-audit-v1.key\"\n",
                     dir.path().display()
                 )),
             ),
@@ -89,6 +89,10 @@ file = "{ROOT}/tests/fixtures/keys/pseudonym-bchft-v1.key"
 active = "v1"
 [keys.pseudonym.prospects.versions.v1]
 file = "{ROOT}/tests/fixtures/keys/pseudonym-prospects-v1.key"
+[keys.pseudonym.audit]
+active = "v1"
+[keys.pseudonym.audit.versions.v1]
+file = "{ROOT}/tests/fixtures/keys/pseudonym-audit-v1.key"
 "#,
                 db = dir.path().display()
             ))),

@@ -1,0 +1,466 @@
+//! Audit append cost against accept cost: one hash-chained audit record appended on
+//! its own (`Store::append_audit`), four writers appending at once (they take turns at
+//! the single `audit_head` row), and the whole accept path over HTTP for comparison.
+//! Goal: audit adds under 10% to accept cost.
+//!
+//! Runs on SQLite (a temporary file, opened as the gateway opens it), and also on
+//! PostgreSQL when `THRIVE_BENCH_POSTGRES` names a server, e.g.
+//! `THRIVE_BENCH_POSTGRES=postgres://postgres@127.0.0.1:5432`: a fresh database
+//! `thrive_bench_<uuid>` is created there and dropped afterwards.
+//!
+//! Ends with one line per database: audit append mean / accept mean, in percent.
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use fhir_sdk::time::{
+    Duration as TimeDuration, OffsetDateTime, format_description::well_known::Rfc3339,
+};
+use figment::providers::{Format, Toml};
+use serde_json::{Value, json};
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thrive_gateway::config::{Settings, defaults_figment};
+use thrive_gateway::store::{AuditRecord, Store};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const ISSUER: &str = "https://test-issuer.invalid";
+/// Criterion samples per benchmark; the summary averages the last this many calls
+/// (criterion's measurement, after its warm-up).
+const SAMPLES: usize = 10;
+const WRITERS: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Db {
+    Sqlite,
+    Postgres,
+}
+
+impl Db {
+    fn name(self) -> &'static str {
+        match self {
+            Db::Sqlite => "sqlite",
+            Db::Postgres => "postgres",
+        }
+    }
+}
+
+/// A database for one run, and how to get rid of it.
+enum Database {
+    Sqlite(tempfile::TempDir),
+    Postgres { base: String, name: String },
+}
+
+impl Database {
+    async fn create(db: Db) -> (String, Self) {
+        match db {
+            Db::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let url = format!("sqlite://{}/gateway.db", dir.path().display());
+                (url, Database::Sqlite(dir))
+            }
+            Db::Postgres => {
+                let base = postgres_base().expect("THRIVE_BENCH_POSTGRES set");
+                let name = format!("thrive_bench_{}", uuid::Uuid::new_v4().simple());
+                admin(&base, &format!("CREATE DATABASE {name}")).await;
+                (format!("{base}/{name}"), Database::Postgres { base, name })
+            }
+        }
+    }
+
+    async fn drop_now(self) {
+        match self {
+            Database::Sqlite(dir) => drop(dir),
+            Database::Postgres { base, name } => {
+                admin(
+                    &base,
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                )
+                .await
+            }
+        }
+    }
+}
+
+fn postgres_base() -> Option<String> {
+    std::env::var("THRIVE_BENCH_POSTGRES")
+        .ok()
+        .map(|b| b.trim_end_matches('/').to_owned())
+        .filter(|b| !b.is_empty())
+}
+
+async fn admin(base: &str, statement: &str) {
+    use sqlx::Executor;
+    let pool = sqlx::PgPool::connect(&format!("{base}/postgres"))
+        .await
+        .expect("PostgreSQL at THRIVE_BENCH_POSTGRES reachable");
+    pool.execute(sqlx::AssertSqlSafe(statement.to_owned()))
+        .await
+        .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    pool.close().await;
+}
+
+/// Settings as the API tests use them: shipped defaults (so the store opens exactly
+/// as a deployed gateway's does), the test issuer, pseudonym keys for both providers
+/// and the audit trail, signed checkpoints, no delivery.
+fn settings(database_url: &str) -> Settings {
+    let keys = ["bchft", "prospects", "audit"]
+        .map(|p| {
+            format!(
+                "[keys.pseudonym.{p}]\nactive = \"v1\"\n[keys.pseudonym.{p}.versions.v1]\nfile = \"{ROOT}/tests/fixtures/keys/pseudonym-{p}-v1.key\"\n"
+            )
+        })
+        .join("\n");
+    let overrides = format!(
+        r#"
+[server]
+bind = "127.0.0.1:0"
+workers = 2
+
+[database]
+url = "{database_url}"
+
+[auth.issuers.test]
+issuer = "{ISSUER}"
+jwks_file = "{ROOT}/tests/fixtures/keys/test-jwks.json"
+
+[auth.clients.gp-a]
+role = "gp-system"
+practices = ["Y90001"]
+
+[mappings]
+dir = "{ROOT}/mappings"
+
+[delivery]
+enabled = false
+
+[audit.checkpoint]
+key_id = "test-audit-1"
+private_key_file = "{ROOT}/tests/fixtures/keys/audit-checkpoint.pem"
+public_key_file = "{ROOT}/tests/fixtures/keys/audit-checkpoint.pub.pem"
+
+{keys}
+"#
+    );
+    Settings::from_figment(
+        defaults_figment(&Path::new(ROOT).join("config")).merge(Toml::string(&overrides)),
+    )
+    .expect("bench settings are valid")
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).expect("formats")
+}
+
+/// The example referral with fresh ids (so it is never refused as a duplicate) and
+/// dates around now (so its consent holds).
+fn referral(template: &Value) -> Value {
+    let mut v = template.clone();
+    let now = OffsetDateTime::now_utc();
+    let fresh = || uuid::Uuid::new_v4().to_string();
+    v["id"] = fresh().into();
+    v["entry"][0]["resource"]["id"] = fresh().into();
+    v["entry"][1]["resource"]["identifier"][0]["value"] =
+        format!("GP-REF-{}", uuid::Uuid::new_v4().simple()).into();
+    v["entry"][1]["resource"]["authoredOn"] = rfc3339(now - TimeDuration::minutes(5)).into();
+    let consent = &mut v["entry"][5]["resource"];
+    consent["dateTime"] = rfc3339(now - TimeDuration::minutes(10)).into();
+    consent["provision"]["period"] = json!({
+        "start": (now - TimeDuration::days(1)).date().to_string(),
+        "end": (now + TimeDuration::days(365)).date().to_string(),
+    });
+    v
+}
+
+/// A running gateway on a fresh database.
+struct Bench {
+    base: String,
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    token: String,
+    template: Value,
+}
+
+impl Bench {
+    async fn accept(&self) {
+        let res = self
+            .client
+            .post(format!("{}/fhir/r4/$process-message", self.base))
+            .bearer_auth(&self.token)
+            .header("Content-Type", "application/fhir+json")
+            .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+            .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+            .body(referral(&self.template).to_string())
+            .send()
+            .await
+            .expect("sent");
+        let status = res.status();
+        if status != 200 {
+            let text = res.text().await.unwrap_or_default();
+            panic!("accept answered {status}: {text}");
+        }
+    }
+}
+
+/// What a successful delivery to Prospects records: the referral, the recipient, the
+/// mapping and key versions, and the minimisation receipt of the example referral.
+fn delivery_record(referral_id: &str) -> AuditRecord {
+    use thrive_gateway::domain::ProviderId;
+    use thrive_gateway::mapping::Datasets;
+    use thrive_gateway::pseudonym::PseudonymKeys;
+    use thrive_gateway::routing::Routing;
+    let dir = Path::new(ROOT).join("mappings");
+    let routing = Routing::load(&dir).expect("routing");
+    let datasets = Datasets::load(&dir, &routing).expect("datasets");
+    let keys =
+        PseudonymKeys::from_hex("prospects", "v1", [("v1", &*"a2c9".repeat(16))]).expect("keys");
+    let bundle: Value =
+        serde_json::from_str(include_str!("../tests/fixtures/referral-new.json")).expect("JSON");
+    let minimised = datasets
+        .for_provider(&ProviderId::parse("prospects").expect("id"))
+        .expect("dataset")
+        .apply(&bundle, &keys, OffsetDateTime::now_utc().date())
+        .expect("maps");
+    let receipt = serde_json::to_value(&minimised.receipt).expect("receipt JSON");
+    AuditRecord {
+        http_status: Some(201),
+        referral_id: Some(referral_id.to_owned()),
+        request_id: Some(uuid::Uuid::new_v4().to_string()),
+        correlation_id: Some(uuid::Uuid::new_v4().to_string()),
+        recipient: Some("prospects".into()),
+        mapping_version: Some(format!(
+            "{}@{}",
+            minimised.receipt.mapping_id, minimised.receipt.mapping_version
+        )),
+        key_version: minimised.receipt.key_version.clone(),
+        detail: json!({
+            "recipient": "prospects",
+            "attempt": 1,
+            "reason": null,
+            "receipt": receipt,
+        }),
+        ..AuditRecord::new("delivery.referral", "delivered")
+    }
+}
+
+/// `(iterations, elapsed)` of every timed call; the last [`SAMPLES`] are criterion's
+/// measurement.
+#[derive(Default)]
+struct Calls(RefCell<Vec<(u64, Duration)>>);
+
+impl Calls {
+    fn record(&self, iters: u64, elapsed: Duration) -> Duration {
+        self.0.borrow_mut().push((iters, elapsed));
+        elapsed
+    }
+
+    /// Mean seconds per iteration over the measurement.
+    fn mean(&self) -> Option<f64> {
+        let calls = self.0.borrow();
+        let measured = &calls[calls.len().saturating_sub(SAMPLES)..];
+        let iters: u64 = measured.iter().map(|(i, _)| i).sum();
+        let secs: f64 = measured.iter().map(|(_, d)| d.as_secs_f64()).sum();
+        (iters > 0).then(|| secs / iters as f64)
+    }
+}
+
+#[derive(Default)]
+struct Figures {
+    append: Option<f64>,
+    concurrent: Option<f64>,
+    accept: Option<f64>,
+}
+
+fn run_on(c: &mut Criterion, db: Db) -> Figures {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (url, database) = runtime.block_on(Database::create(db));
+    let bench = runtime.block_on(async {
+        let app = thrive_gateway::startup::Application::build(&settings(&url), false)
+            .await
+            .expect("gateway starts");
+        let base = format!("http://{}", app.address());
+        let store = app.gateway().store.clone();
+        tokio::spawn(app.run());
+        let pem = std::fs::read(format!("{ROOT}/tests/fixtures/keys/test-issuer.pem"))
+            .expect("issuer key");
+        let token = thrive_gateway::auth::mint_token(
+            &pem,
+            "test-1",
+            ISSUER,
+            "thrive-gateway",
+            "gp-a",
+            3600,
+        )
+        .expect("token");
+        let template = serde_json::from_str(include_str!("../tests/fixtures/referral-new.json"))
+            .expect("JSON");
+        Bench {
+            base,
+            store,
+            client: reqwest::Client::new(),
+            token,
+            template,
+        }
+    });
+    // One accepted referral, so delivery records name a stored referral and the store
+    // looks its subject up, as it does for every real delivery record.
+    let record = runtime.block_on(async {
+        bench.accept().await;
+        let written = bench.store.audit_after(0, 100).await.expect("audit");
+        let referral_id = written
+            .iter()
+            .find_map(|r| r.referral_id.clone())
+            .expect("the accept wrote an audit record naming its referral");
+        let record = delivery_record(&referral_id);
+        bench.store.append_audit(&record).await.expect("appends");
+        let rows = bench.store.audit_after(0, 100).await.expect("audit");
+        let last = rows.last().expect("appended");
+        assert!(last.subject.is_some(), "the subject was looked up");
+        println!(
+            "{}: delivery.referral audit record, detail {} bytes",
+            db.name(),
+            last.detail.len()
+        );
+        record
+    });
+    let fresh = |record: &AuditRecord| AuditRecord {
+        at: OffsetDateTime::now_utc(),
+        ..record.clone()
+    };
+
+    let mut group = c.benchmark_group(format!("audit ({})", db.name()));
+    group
+        .sample_size(SAMPLES)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
+
+    let append = Calls::default();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("audit append", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    bench
+                        .store
+                        .append_audit(&fresh(&record))
+                        .await
+                        .expect("appends");
+                }
+                append.record(iters, start.elapsed())
+            })
+        })
+    });
+
+    let concurrent = Calls::default();
+    let (head_before, _) = runtime
+        .block_on(bench.store.audit_head())
+        .expect("audit head");
+    let mut written = 0u64;
+    group.throughput(Throughput::Elements(WRITERS as u64));
+    group.bench_function(format!("audit append, {WRITERS} concurrent writers"), |b| {
+        b.iter_custom(|iters| {
+            written += iters * WRITERS as u64;
+            runtime.block_on(async {
+                let start = Instant::now();
+                let writers: Vec<_> = (0..WRITERS)
+                    .map(|_| {
+                        let store = bench.store.clone();
+                        let record = record.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..iters {
+                                store.append_audit(&fresh(&record)).await.expect("appends");
+                            }
+                        })
+                    })
+                    .collect();
+                for w in writers {
+                    w.await.expect("writer finished");
+                }
+                concurrent.record(iters, start.elapsed())
+            })
+        })
+    });
+    let (head_after, _) = runtime
+        .block_on(bench.store.audit_head())
+        .expect("audit head");
+    assert_eq!(
+        head_after - head_before,
+        written as i64,
+        "every concurrent append has its own place in the chain"
+    );
+    let verified = runtime
+        .block_on(thrive_gateway::audit::verify(&*bench.store, None))
+        .expect("chain readable");
+    assert_eq!(verified.problem, None, "the chain verifies");
+    assert_eq!(verified.records as i64, head_after, "the chain is whole");
+    println!(
+        "{}: {WRITERS} writers appended {written} records; chain of {head_after} verified",
+        db.name()
+    );
+
+    let accept = Calls::default();
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("accept over HTTP", |b| {
+        b.iter_custom(|iters| {
+            runtime.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    bench.accept().await;
+                }
+                accept.record(iters, start.elapsed())
+            })
+        })
+    });
+    group.finish();
+
+    drop(bench);
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(database.drop_now());
+    Figures {
+        append: append.mean(),
+        // Each iteration is one record per writer.
+        concurrent: concurrent.mean().map(|s| WRITERS as f64 / s),
+        accept: accept.mean(),
+    }
+}
+
+fn audit(c: &mut Criterion) {
+    let mut dbs = vec![Db::Sqlite];
+    if postgres_base().is_some() {
+        dbs.push(Db::Postgres);
+    }
+    let figures: Vec<_> = dbs.into_iter().map(|db| (db, run_on(c, db))).collect();
+    let ms = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{:.3} ms", s * 1e3));
+    let line = figures
+        .iter()
+        .map(|(db, f)| {
+            let share = match (f.append, f.accept) {
+                (Some(a), Some(b)) => format!("{:.1}%", a / b * 100.0),
+                _ => "-".to_owned(),
+            };
+            let rate = f
+                .concurrent
+                .map_or("-".to_owned(), |r| format!("{r:.0} records/s"));
+            format!(
+                "{}: audit append {} / accept {} = {share} ({WRITERS} writers: {rate})",
+                db.name(),
+                ms(f.append),
+                ms(f.accept),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    println!("audit cost against accept (goal under 10%): {line}");
+}
+
+criterion_group!(benches, audit);
+criterion_main!(benches);
