@@ -150,6 +150,10 @@ pub struct DeliverySettings {
 pub struct KeysSettings {
     #[serde(default)]
     pub pseudonym: BTreeMap<String, crate::pseudonym::PseudonymKeySettings>,
+    /// The keys personal data held for delivery is encrypted at rest with; required
+    /// whenever the gateway serves or delivers.
+    #[serde(default)]
+    pub storage: Option<crate::store::crypto::StorageKeySettings>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -5,6 +5,7 @@
 //! state change that belongs together (a referral, its consent, routing decision,
 //! message id, queued delivery and decision record) is written in one transaction.
 
+pub mod crypto;
 mod sql;
 
 use async_trait::async_trait;
