@@ -138,16 +138,7 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Migrate => match crate::store::connect(&settings.database).await {
-            Ok(_) => {
-                println!("migrations applied");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("thrive-gateway migrate: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Migrate => migrate(&settings).await,
         Command::DevToken { client } => dev_token(&settings, &sources, &client),
         Command::Deliveries { command } => deliveries(&settings, command).await,
         Command::Report {
@@ -182,6 +173,39 @@ pub async fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Applies migrations; with `keys.storage` configured, also seals personal data that a
+/// gateway from before encryption at rest stored in the clear.
+async fn migrate(settings: &Settings) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("thrive-gateway migrate: {e}");
+        ExitCode::FAILURE
+    };
+    let Some(key_settings) = &settings.keys.storage else {
+        return match crate::store::connect(&settings.database).await {
+            Ok(_) => {
+                println!("migrations applied (keys.storage is not configured: nothing sealed)");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.to_string()),
+        };
+    };
+    let keys = match crate::store::crypto::StorageKeys::load(Some(key_settings)) {
+        Ok(k) => std::sync::Arc::new(k),
+        Err(e) => return fail(e.to_string()),
+    };
+    let store = match crate::store::connect_with_keys(&settings.database, keys).await {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    match store.seal_plaintext().await {
+        Ok(n) => {
+            println!("migrations applied; {n} referrals held in the clear were encrypted");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
     }
 }
 
@@ -338,7 +362,7 @@ async fn report(
             return ExitCode::FAILURE;
         }
     };
-    let rows = match store.report_rows(from_t, to_t).await {
+    let rows = match store.report_rows(from_t, to_t, false).await {
         Ok(r) => reports::programme(&r, group),
         Err(e) => {
             eprintln!("thrive-gateway report programme: {e}");
@@ -412,11 +436,16 @@ async fn extract(settings: &Settings, from: &str, to: &str, format: &str) -> Exi
         Ok(o) => o,
         Err(e) => return fail(e),
     };
-    let store = match crate::store::connect(&settings.database).await {
+    let storage_keys = match crate::store::crypto::StorageKeys::load(settings.keys.storage.as_ref())
+    {
+        Ok(k) => std::sync::Arc::new(k),
+        Err(e) => return fail(e.to_string()),
+    };
+    let store = match crate::store::connect_with_keys(&settings.database, storage_keys).await {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
     };
-    let rows = match store.report_rows(from_t, to_t).await {
+    let rows = match store.report_rows(from_t, to_t, true).await {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };

@@ -156,7 +156,7 @@ async fn programme_report(
         let from = crate::reports::bound(&query.from).map_err(bad)?;
         let to = crate::reports::bound(&query.to).map_err(bad)?;
         let group_by: crate::reports::GroupBy = query.group_by.parse().map_err(bad)?;
-        let rows = gw.store.report_rows(from, to).await.map_err(|e| {
+        let rows = gw.store.report_rows(from, to, false).await.map_err(|e| {
             tracing::error!(error = %e, "report query failed");
             server_error()
         })?;

@@ -7,7 +7,7 @@ use crate::delivery::{Deliverer, DeliverySetupError, sandbox::Sandbox};
 use crate::intake::{self, CORRELATION_ID, Gateway, REQUEST_ID};
 use crate::mapping::Datasets;
 use crate::routing::{MappingError, Routing};
-use crate::store::{self, StoreError};
+use crate::store::{self, StoreError, crypto::StorageKeyError, crypto::StorageKeys};
 use actix_web::{
     App, HttpMessage, HttpServer,
     body::MessageBody,
@@ -23,6 +23,8 @@ use tracing::Instrument;
 pub enum StartupError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    StorageKeys(#[from] StorageKeyError),
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
     #[error("mappings: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -54,7 +56,8 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects the store (applying migrations), loads keys and mappings, and binds.
+    /// Loads the storage keys (refusing to start without them), connects the store
+    /// (applying migrations), loads keys and mappings, and binds.
     pub async fn build(settings: &Settings, production: bool) -> Result<Self, StartupError> {
         if production && settings.dev.signing_key_file.is_some() {
             return Err(AuthSetupError::DevSigningInProduction.into());
@@ -63,11 +66,12 @@ impl Application {
         if production && settings.sandbox.enabled {
             return Err(StartupError::SandboxInProduction);
         }
+        let storage_keys = Arc::new(StorageKeys::load(settings.keys.storage.as_ref())?);
         let routing = Routing::load(&settings.mappings.dir).map_err(StartupError::Mappings)?;
         let datasets = Arc::new(
             Datasets::load(&settings.mappings.dir, &routing).map_err(StartupError::Mappings)?,
         );
-        let store = store::connect(&settings.database).await?;
+        let store = store::connect_with_keys(&settings.database, storage_keys).await?;
         // Built whenever providers are configured (tests drive it by hand); run in the
         // background when delivery.enabled.
         let deliverer = if settings.delivery.enabled || !settings.providers.is_empty() {

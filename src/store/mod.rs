@@ -4,6 +4,10 @@
 //! PostgreSQL (production, several replicas), proven by one conformance suite. Every
 //! state change that belongs together (a referral, its consent, routing decision,
 //! message id, queued delivery and decision record) is written in one transaction.
+//!
+//! Personal data held for delivery (the referral message and the NHS number) is sealed
+//! with the storage keys ([`crypto`]) on the way in and opened on the way out, here and
+//! nowhere else, so no caller can store it in the clear.
 
 pub mod crypto;
 mod sql;
@@ -14,6 +18,7 @@ use secrecy::ExposeSecret;
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use crate::config::{Backend, DatabaseSettings};
+use crypto::StorageKeys;
 
 pub use sql::{PostgresStore, SqliteStore};
 
@@ -26,6 +31,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is not in the expected form: {0}")]
     Corrupt(String),
+    /// Sealing failed, or the store was opened without the storage keys.
+    #[error("storage encryption: {0}")]
+    Encryption(String),
 }
 
 /// Referral lifecycle as stored.
@@ -196,6 +204,10 @@ pub struct ClaimedDelivery {
     /// The referral message as received.
     pub message: String,
     pub correlation_id: String,
+    /// Set when the stored message could not be decrypted: why, naming the referral
+    /// and key version, never the value. The worker dead-letters such a delivery.
+    #[sqlx(skip)]
+    pub unreadable: Option<String>,
 }
 
 /// How an attempt ended.
@@ -282,8 +294,9 @@ pub struct EventRow {
 /// it reached. No identifiers of the person.
 #[derive(Debug, Clone)]
 pub struct ReportRow {
-    /// Only for person-level extracts, which pseudonymise it before anything leaves.
-    pub nhs_number: String,
+    /// Only for person-level extracts, which pseudonymise it before anything leaves;
+    /// `None` unless asked for.
+    pub nhs_number: Option<String>,
     pub created_at: OffsetDateTime,
     pub provider: String,
     pub locality: String,
@@ -379,19 +392,42 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError>;
     /// A referral's status events, oldest first.
     async fn events_for(&self, referral_id: &str) -> Result<Vec<EventRow>, StoreError>;
-    /// Referrals received in `[from, to)` with the events each reached.
+    /// Referrals received in `[from, to)` with the events each reached; with their
+    /// NHS numbers (decrypted, so only with the storage keys) when `identified`.
     async fn report_rows(
         &self,
         from: OffsetDateTime,
         to: OffsetDateTime,
+        identified: bool,
     ) -> Result<Vec<ReportRow>, StoreError>;
     /// How many referrals are stored (all states).
     async fn count_referrals(&self) -> Result<i64, StoreError>;
+    /// Seals personal data still held in the clear, written before encryption at rest
+    /// (`thrive-gateway migrate` does this once); returns how many referrals it sealed.
+    /// Serving never does: there, a value not sealed is corrupt, not trusted.
+    async fn seal_plaintext(&self) -> Result<u64, StoreError>;
 }
 
 /// Opens the database `settings.database.url` names (creating an SQLite file and its
-/// folder on first start) and applies migrations.
+/// folder on first start) and applies migrations, without the storage keys: such a store
+/// serves the queue, audit and statistics, and refuses to write or read personal data
+/// ([`StoreError::Encryption`]). Serving and delivering use [`connect_with_keys`].
 pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, StoreError> {
+    open(settings, None).await
+}
+
+/// [`connect`], sealing and opening personal data with `keys`.
+pub async fn connect_with_keys(
+    settings: &DatabaseSettings,
+    keys: Arc<StorageKeys>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    open(settings, Some(keys)).await
+}
+
+async fn open(
+    settings: &DatabaseSettings,
+    keys: Option<Arc<StorageKeys>>,
+) -> Result<Arc<dyn Store>, StoreError> {
     let url = settings.url.expose_secret();
     let store: Arc<dyn Store> = match settings
         .backend()
@@ -419,7 +455,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, Stor
                 .max_connections(settings.max_connections)
                 .connect_with(options)
                 .await?;
-            Arc::new(SqliteStore::new(pool))
+            Arc::new(SqliteStore::new(pool, keys))
         }
         Backend::Postgres => {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -427,7 +463,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, Stor
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
-            Arc::new(PostgresStore::new(pool))
+            Arc::new(PostgresStore::new(pool, keys))
         }
     };
     store.migrate().await?;

@@ -3,6 +3,7 @@
 //! macro below stamps out the [`Store`] implementation for each pool type. Where the
 //! engines must differ (migrations, locking), each implementation says so itself.
 
+use super::crypto::{Column, StorageKeys};
 use super::{
     AuditRecord, AuditRow, ClaimedDelivery, DeliveryOutcome, DeliveryRow, DeliveryView,
     EventRecord, EventRecorded, EventRow, Inserted, NewReferralRecord, ReferralRow, ReferralStatus,
@@ -10,29 +11,83 @@ use super::{
 };
 use async_trait::async_trait;
 use fhir_sdk::time::OffsetDateTime;
+use std::sync::Arc;
 
 /// Embedded SQLite (WAL, synchronous FULL).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
+    keys: Option<Arc<StorageKeys>>,
 }
 
 /// PostgreSQL, shared by several gateway processes.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: sqlx::PgPool,
+    keys: Option<Arc<StorageKeys>>,
 }
 
 impl SqliteStore {
-    pub fn new(pool: sqlx::SqlitePool) -> Self {
-        Self { pool }
+    /// Without `keys`, personal data can be neither written nor read.
+    pub fn new(pool: sqlx::SqlitePool, keys: Option<Arc<StorageKeys>>) -> Self {
+        Self { pool, keys }
     }
 }
 
 impl PostgresStore {
-    pub fn new(pool: sqlx::PgPool) -> Self {
-        Self { pool }
+    /// Without `keys`, personal data can be neither written nor read.
+    pub fn new(pool: sqlx::PgPool, keys: Option<Arc<StorageKeys>>) -> Self {
+        Self { pool, keys }
     }
+}
+
+fn storage_keys(keys: &Option<Arc<StorageKeys>>) -> Result<&StorageKeys, StoreError> {
+    keys.as_deref().ok_or_else(|| {
+        StoreError::Encryption(
+            "this store was opened without keys.storage, so it cannot hold personal data".into(),
+        )
+    })
+}
+
+/// The record as written: its personal data sealed to its row.
+fn seal_record(
+    keys: &Option<Arc<StorageKeys>>,
+    r: &NewReferralRecord,
+) -> Result<NewReferralRecord, StoreError> {
+    let keys = storage_keys(keys)?;
+    let seal = |column, value: &str| {
+        keys.seal(column, &r.id, value)
+            .map_err(|e| StoreError::Encryption(e.to_string()))
+    };
+    Ok(NewReferralRecord {
+        nhs_number: seal(Column::ReferralNhsNumber, &r.nhs_number)?,
+        message: seal(Column::ReferralMessage, &r.message)?,
+        ..r.clone()
+    })
+}
+
+/// Opens one sealed column of referral `id`. The error names the referral, column and
+/// key version, never the value.
+fn open_column(
+    keys: &Option<Arc<StorageKeys>>,
+    column: Column,
+    id: &str,
+    value: &str,
+) -> Result<String, StoreError> {
+    storage_keys(keys)?
+        .open(column, id, value)
+        .map_err(|e| StoreError::Corrupt(format!("referral {id}: {} {e}", column.name())))
+}
+
+fn open_referral(
+    keys: &Option<Arc<StorageKeys>>,
+    row: Option<ReferralRow>,
+) -> Result<Option<ReferralRow>, StoreError> {
+    row.map(|mut row| {
+        row.nhs_number = open_column(keys, Column::ReferralNhsNumber, &row.id, &row.nhs_number)?;
+        Ok(row)
+    })
+    .transpose()
 }
 
 /// Which unique rule a failed insert broke.
@@ -288,8 +343,9 @@ macro_rules! sql_store {
             }
 
             async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
+                let sealed = seal_record(&self.keys, r)?;
                 let mut tx = self.pool.begin().await?;
-                match Self::insert_referral_tx(&mut tx, r).await {
+                match Self::insert_referral_tx(&mut tx, &sealed).await {
                     Ok(()) => {
                         tx.commit().await?;
                         Ok(Inserted::Accepted)
@@ -314,7 +370,7 @@ macro_rules! sql_store {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-                Ok(row)
+                open_referral(&self.keys, row)
             }
 
             async fn referral_by_sender_identifier(
@@ -334,7 +390,7 @@ macro_rules! sql_store {
                 .bind(value)
                 .fetch_optional(&self.pool)
                 .await?;
-                Ok(row)
+                open_referral(&self.keys, row)
             }
 
             async fn apply_update(&self, u: &UpdateRecord) -> Result<Updated, StoreError> {
@@ -403,10 +459,19 @@ macro_rules! sql_store {
                         .fetch_optional(&self.pool)
                         .await?;
                     let Some((id,)) = id else { break };
-                    let row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
+                    let mut row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
                         .bind(&id)
                         .fetch_one(&self.pool)
                         .await?;
+                    // An unreadable message must not stop the worker: the delivery
+                    // carries the reason and is dead-lettered.
+                    match open_column(&self.keys, Column::ReferralMessage, &row.referral_id, &row.message) {
+                        Ok(message) => row.message = message,
+                        Err(e) => {
+                            row.message = String::new();
+                            row.unreadable = Some(e.to_string());
+                        }
+                    }
                     claimed.push(row);
                 }
                 Ok(claimed)
@@ -563,6 +628,7 @@ macro_rules! sql_store {
                 &self,
                 from: OffsetDateTime,
                 to: OffsetDateTime,
+                identified: bool,
             ) -> Result<Vec<ReportRow>, StoreError> {
                 let referrals: Vec<(String, String, OffsetDateTime, String, String, String)> = sqlx::query_as(
                     "SELECT id, nhs_number, created_at, provider, locality, programme FROM referrals \
@@ -586,17 +652,25 @@ macro_rules! sql_store {
                 for (referral, event) in events {
                     by_referral.entry(referral).or_default().push(event);
                 }
-                Ok(referrals
+                referrals
                     .into_iter()
-                    .map(|(id, nhs_number, created_at, provider, locality, programme)| ReportRow {
-                        nhs_number,
-                        created_at,
-                        provider,
-                        locality,
-                        programme,
-                        events: by_referral.remove(&id).unwrap_or_default(),
+                    .map(|(id, nhs_number, created_at, provider, locality, programme)| {
+                        let nhs_number = if identified {
+                            Some(open_column(&self.keys, Column::ReferralNhsNumber, &id, &nhs_number)?)
+                                .filter(|n| !n.is_empty())
+                        } else {
+                            None
+                        };
+                        Ok(ReportRow {
+                            nhs_number,
+                            created_at,
+                            provider,
+                            locality,
+                            programme,
+                            events: by_referral.remove(&id).unwrap_or_default(),
+                        })
                     })
-                    .collect())
+                    .collect()
             }
 
             async fn count_referrals(&self) -> Result<i64, StoreError> {
@@ -604,6 +678,42 @@ macro_rules! sql_store {
                     .fetch_one(&self.pool)
                     .await?;
                 Ok(n)
+            }
+
+            async fn seal_plaintext(&self) -> Result<u64, StoreError> {
+                let keys = storage_keys(&self.keys)?;
+                let clear: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT id, message, nhs_number FROM referrals \
+                     WHERE message NOT LIKE 'enc:%' OR nhs_number NOT LIKE 'enc:%'",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                let mut sealed = 0;
+                for (id, message, nhs_number) in clear {
+                    let seal = |column: Column, value: String| {
+                        if value.starts_with(super::crypto::PREFIX) {
+                            return Ok(value);
+                        }
+                        keys.seal(column, &id, &value)
+                            .map_err(|e| StoreError::Encryption(e.to_string()))
+                    };
+                    let new_message = seal(Column::ReferralMessage, message.clone())?;
+                    let new_nhs = seal(Column::ReferralNhsNumber, nhs_number.clone())?;
+                    // Only if nobody changed the row meanwhile.
+                    sealed += sqlx::query(
+                        "UPDATE referrals SET message = $1, nhs_number = $2 \
+                         WHERE id = $3 AND message = $4 AND nhs_number = $5",
+                    )
+                    .bind(new_message)
+                    .bind(new_nhs)
+                    .bind(&id)
+                    .bind(message)
+                    .bind(nhs_number)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                }
+                Ok(sealed)
             }
         }
     };

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod delivery;
 mod duplicates;
+mod encryption;
 mod events;
 mod intake;
 mod provider;
