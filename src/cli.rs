@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `dev-token`, `mappings check`.
+//! The command line: `serve`, `migrate`, `dev-token`, `mappings check`, `deliveries`,
+//! `report`, `retention`.
 
 use crate::config::{Settings, Sources};
 use crate::routing::Routing;
@@ -46,6 +47,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// Purge personal data that delivery no longer needs.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Run one purge pass now (as `serve` does every retention.interval_seconds) and
+    /// print how many referrals were purged.
+    Run,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +113,12 @@ pub enum DeliveriesCommand {
         /// The delivery id, as `deliveries list` shows it.
         id: String,
     },
+    /// Mark a dead letter resolved: it is never replayed, and no longer holds back the
+    /// retention purge of the referral's personal data.
+    Resolve {
+        /// The delivery id, as `deliveries list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +160,9 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(&settings).await,
         Command::DevToken { client } => dev_token(&settings, &sources, &client),
         Command::Deliveries { command } => deliveries(&settings, command).await,
+        Command::Retention {
+            command: RetentionCommand::Run,
+        } => retention(&settings).await,
         Command::Report {
             command:
                 ReportCommand::Programme {
@@ -281,13 +303,18 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
                         "id", "referral", "provider", "kind", "state", "attempts", "status"
                     );
                     for r in rows {
+                        let state = if r.resolved_at.is_some() {
+                            "resolved"
+                        } else {
+                            r.state.as_str()
+                        };
                         println!(
                             "{:<36}  {:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:>6}",
                             r.id,
                             r.referral_id,
                             r.provider,
                             r.kind,
-                            r.state,
+                            state,
                             r.attempts,
                             r.last_status
                                 .map(|s| s.to_string())
@@ -303,32 +330,90 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
             }
         }
         DeliveriesCommand::Replay { id } => {
-            let audit = crate::store::AuditRecord {
-                at: fhir_sdk::time::OffsetDateTime::now_utc(),
-                action: "operator.deliveries.replay".into(),
-                outcome: "accepted".into(),
-                http_status: None,
-                client_id: Some("command-line".into()),
-                role: Some("operator".into()),
-                referral_id: None,
-                request_id: None,
-                correlation_id: None,
-                detail: serde_json::json!({"delivery_id": id}),
-            };
-            match crate::operations::replay(store.as_ref(), &id, audit).await {
-                Ok(true) => {
-                    println!("delivery {id} queued again");
-                    ExitCode::SUCCESS
-                }
-                Ok(false) => {
-                    eprintln!("no dead letter has id {id}");
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("thrive-gateway deliveries replay: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let audit = operator_audit("operator.deliveries.replay", &id);
+            dead_letter_result(
+                crate::operations::replay(store.as_ref(), &id, audit).await,
+                &id,
+                "replay",
+                "queued again",
+            )
+        }
+        DeliveriesCommand::Resolve { id } => {
+            let audit = operator_audit("operator.deliveries.resolve", &id);
+            dead_letter_result(
+                crate::operations::resolve(store.as_ref(), &id, audit).await,
+                &id,
+                "resolve",
+                "resolved: it will not be replayed",
+            )
+        }
+    }
+}
+
+fn operator_audit(action: &str, id: &str) -> crate::store::AuditRecord {
+    crate::store::AuditRecord {
+        at: fhir_sdk::time::OffsetDateTime::now_utc(),
+        action: action.into(),
+        outcome: "accepted".into(),
+        http_status: None,
+        client_id: Some("command-line".into()),
+        role: Some("operator".into()),
+        referral_id: None,
+        request_id: None,
+        correlation_id: None,
+        detail: serde_json::json!({"delivery_id": id}),
+    }
+}
+
+fn dead_letter_result(
+    result: Result<crate::operations::DeadLetterAction, crate::store::StoreError>,
+    id: &str,
+    verb: &str,
+    done: &str,
+) -> ExitCode {
+    use crate::operations::DeadLetterAction;
+    match result {
+        Ok(DeadLetterAction::Done) => {
+            println!("delivery {id} {done}");
+            ExitCode::SUCCESS
+        }
+        Ok(DeadLetterAction::Resolved) => {
+            eprintln!(
+                "delivery {id} is a dead letter an operator already resolved: it is never replayed"
+            );
+            ExitCode::FAILURE
+        }
+        Ok(DeadLetterAction::NotDeadLetter) => {
+            eprintln!("no dead letter has id {id}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("thrive-gateway deliveries {verb}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn retention(settings: &Settings) -> ExitCode {
+    // Purging needs no keys: it only ever clears.
+    let store = match crate::store::connect(&settings.database).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("thrive-gateway retention run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::retention::run_once(store.as_ref(), &settings.retention, "command-line").await {
+        Ok(p) => {
+            println!(
+                "retention: purged the personal data of {} referrals settled more than {} days ago",
+                p.referrals, p.after_days
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("thrive-gateway retention run: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -459,8 +544,10 @@ async fn extract(settings: &Settings, from: &str, to: &str, format: &str) -> Exi
         print!("{}", reports::extract_csv(&rows));
     }
     eprintln!(
-        "{} rows; {left_out} left out under the National Data Opt-out",
-        rows.len()
+        "{} rows; {} left out under the National Data Opt-out; {} purged under retention",
+        rows.len(),
+        left_out.opted_out,
+        left_out.purged
     );
     ExitCode::SUCCESS
 }

@@ -173,27 +173,42 @@ pub fn opt_outs(text: &str) -> Result<std::collections::HashSet<String>, String>
     Ok(out)
 }
 
-/// The person-level extract: everyone in `rows` except those who opted out, each under
-/// the reporting pseudonym. Returns the rows and how many were left out.
+/// What an extract left out, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeftOut {
+    /// On the National Data Opt-out list.
+    pub opted_out: usize,
+    /// Purged under retention: no NHS number is held any more to pseudonymise.
+    pub purged: usize,
+}
+
+/// The person-level extract: everyone in `rows` except those who opted out and those
+/// whose personal data retention has purged, each under the reporting pseudonym.
 pub fn extract(
     rows: &[ReportRow],
     keys: &crate::pseudonym::PseudonymKeys,
     opted_out: &std::collections::HashSet<String>,
-) -> (Vec<ExtractRow>, usize) {
-    let kept: Vec<ExtractRow> = rows
-        .iter()
-        .filter_map(|r| Some((r, r.nhs_number.as_deref()?)))
-        .filter(|(_, n)| !opted_out.contains(*n))
-        .map(|(r, n)| ExtractRow {
-            subject: keys.pseudonym(n).into_string(),
+) -> (Vec<ExtractRow>, LeftOut) {
+    let mut left_out = LeftOut::default();
+    let mut kept = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Some(nhs_number) = &r.nhs_number else {
+            left_out.purged += 1;
+            continue;
+        };
+        if opted_out.contains(nhs_number) {
+            left_out.opted_out += 1;
+            continue;
+        }
+        kept.push(ExtractRow {
+            subject: keys.pseudonym(nhs_number).into_string(),
             provider: r.provider.clone(),
             locality: r.locality.clone(),
             programme: r.programme.clone(),
             month: format!("{}-{:02}", r.created_at.year(), r.created_at.month() as u8),
             milestones: r.events.join(" "),
-        })
-        .collect();
-    let left_out = rows.len() - kept.len();
+        });
+    }
     (kept, left_out)
 }
 

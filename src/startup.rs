@@ -2,12 +2,12 @@
 //! port 0 and read the bound address back.
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::config::Settings;
+use crate::config::{RetentionSettings, Settings};
 use crate::delivery::{Deliverer, DeliverySetupError, sandbox::Sandbox};
 use crate::intake::{self, CORRELATION_ID, Gateway, REQUEST_ID};
 use crate::mapping::Datasets;
 use crate::routing::{MappingError, Routing};
-use crate::store::{self, StoreError, crypto::StorageKeyError, crypto::StorageKeys};
+use crate::store::{self, Store, StoreError, crypto::StorageKeyError, crypto::StorageKeys};
 use actix_web::{
     App, HttpMessage, HttpServer,
     body::MessageBody,
@@ -53,6 +53,8 @@ pub struct Application {
     gateway: Gateway,
     deliverer: Option<Deliverer>,
     run_worker: bool,
+    /// The periodic purge, when `retention.enabled`.
+    retention: Option<(Arc<dyn Store>, RetentionSettings)>,
 }
 
 impl Application {
@@ -79,6 +81,7 @@ impl Application {
         } else {
             None
         };
+        let store_for_retention = store.clone();
         let gateway = Gateway {
             store,
             routing: Arc::new(routing),
@@ -150,6 +153,10 @@ impl Application {
             gateway,
             deliverer,
             run_worker: settings.delivery.enabled,
+            retention: settings
+                .retention
+                .enabled
+                .then(|| (store_for_retention, settings.retention.clone())),
         })
     }
 
@@ -168,17 +175,21 @@ impl Application {
     }
 
     /// Runs until stopped (SIGINT/SIGTERM): in-flight requests finish, then the
-    /// delivery worker finishes its attempts and gives back its leases.
+    /// delivery worker finishes its attempts and gives back its leases, and the
+    /// retention task stops.
     pub async fn run(self) -> std::io::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let worker = match (self.deliverer, self.run_worker) {
-            (Some(d), true) => Some(tokio::spawn(d.run(stopped))),
+            (Some(d), true) => Some(tokio::spawn(d.run(stopped.clone()))),
             _ => None,
         };
+        let retention = self
+            .retention
+            .map(|(store, settings)| tokio::spawn(crate::retention::run(store, settings, stopped)));
         let result = self.server.await;
         let _ = stop.send(true);
-        if let Some(worker) = worker {
-            let _ = worker.await;
+        for task in [worker, retention].into_iter().flatten() {
+            let _ = task.await;
         }
         result
     }

@@ -7,7 +7,8 @@
 //!
 //! Personal data held for delivery (the referral message and the NHS number) is sealed
 //! with the storage keys ([`crypto`]) on the way in and opened on the way out, here and
-//! nowhere else, so no caller can store it in the clear.
+//! nowhere else, so no caller can store it in the clear. Once a referral no longer
+//! needs it, [`Store::purge_settled`] replaces it by the empty marker.
 
 pub mod crypto;
 mod sql;
@@ -163,6 +164,8 @@ pub struct ReferralRow {
     pub updated_at: OffsetDateTime,
     /// The latest status event from the provider (`none` before the first).
     pub milestone: String,
+    /// When retention purged the personal data (`nhs_number` is then empty).
+    pub purged_at: Option<OffsetDateTime>,
 }
 
 impl ReferralRow {
@@ -201,7 +204,7 @@ pub struct ClaimedDelivery {
     pub referral_status: String,
     /// JSON of the accepted consent, checked again before every attempt.
     pub consent: String,
-    /// The referral message as received.
+    /// The referral message as received (empty once purged).
     pub message: String,
     pub correlation_id: String,
     /// Set when the stored message could not be decrypted: why, naming the referral
@@ -246,6 +249,10 @@ pub struct DeliveryView {
     pub next_attempt_at: OffsetDateTime,
     #[serde(with = "fhir_sdk::time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When an operator resolved this dead letter: it is not replayed, and no longer
+    /// holds back the retention purge.
+    #[serde(with = "fhir_sdk::time::serde::rfc3339::option")]
+    pub resolved_at: Option<OffsetDateTime>,
 }
 
 /// A provider's status event to record, moving the referral from `from` to `event`.
@@ -295,7 +302,7 @@ pub struct EventRow {
 #[derive(Debug, Clone)]
 pub struct ReportRow {
     /// Only for person-level extracts, which pseudonymise it before anything leaves;
-    /// `None` unless asked for.
+    /// `None` once retention purged it.
     pub nhs_number: Option<String>,
     pub created_at: OffsetDateTime,
     pub provider: String,
@@ -380,13 +387,36 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: i64,
     ) -> Result<Vec<DeliveryView>, StoreError>;
     /// Puts a dead letter back in the queue with a fresh attempt budget; `false` when
-    /// it is not a dead letter.
+    /// it is not a dead letter, or an operator resolved it.
     async fn replay_delivery(
         &self,
         id: &str,
         now: OffsetDateTime,
         audit: &AuditRecord,
     ) -> Result<bool, StoreError>;
+    /// One delivery as operators see it.
+    async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError>;
+    /// Marks a dead letter resolved (with its audit record): it is never replayed and
+    /// no longer holds back the purge. `false` when it is not an unresolved dead letter.
+    async fn resolve_delivery(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
+    /// Purges the personal data of every referral whose last change (its own or any
+    /// delivery's) is before `cutoff` and whose deliveries are all settled (delivered,
+    /// cancelled, or dead and resolved): the message and NHS number become empty,
+    /// `purged_at` is set, and the error excerpts of those deliveries are cleared. One
+    /// guarded statement, so concurrent gateways never purge a referral twice. When
+    /// anything was purged, `audit` is written in the same transaction with
+    /// `detail.referrals` set to the count. Returns the count.
+    async fn purge_settled(
+        &self,
+        cutoff: OffsetDateTime,
+        now: OffsetDateTime,
+        audit: &AuditRecord,
+    ) -> Result<u64, StoreError>;
     /// Records a status event and moves the referral's milestone, atomically, only
     /// while the milestone is still `from`.
     async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError>;

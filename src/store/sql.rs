@@ -41,6 +41,9 @@ impl PostgresStore {
     }
 }
 
+/// The purged marker: what a sealed column holds once retention cleared it.
+const PURGED: &str = "";
+
 fn storage_keys(keys: &Option<Arc<StorageKeys>>) -> Result<&StorageKeys, StoreError> {
     keys.as_deref().ok_or_else(|| {
         StoreError::Encryption(
@@ -66,14 +69,17 @@ fn seal_record(
     })
 }
 
-/// Opens one sealed column of referral `id`. The error names the referral, column and
-/// key version, never the value.
+/// Opens one sealed column of referral `id`; the purged marker stays empty. The error
+/// names the referral, column and key version, never the value.
 fn open_column(
     keys: &Option<Arc<StorageKeys>>,
     column: Column,
     id: &str,
     value: &str,
 ) -> Result<String, StoreError> {
+    if value == PURGED {
+        return Ok(String::new());
+    }
     storage_keys(keys)?
         .open(column, id, value)
         .map_err(|e| StoreError::Corrupt(format!("referral {id}: {} {e}", column.name())))
@@ -117,7 +123,7 @@ macro_rules! referral_columns {
     () => {
         "id, reference, practice_ods, bundle_id, status, programme, locality, provider, \
          routing_version, referral_code, nhs_number, consent, source_endpoint, client_id, \
-         correlation_id, created_at, updated_at, milestone"
+         correlation_id, created_at, updated_at, milestone, purged_at"
     };
 }
 
@@ -132,6 +138,22 @@ macro_rules! claimed_columns {
          r.reference, r.programme, r.status AS referral_status, r.consent, r.message, \
          r.correlation_id FROM deliveries d JOIN referrals r ON r.id = d.referral_id \
          WHERE d.id = $1"
+    };
+}
+
+/// Columns of [`DeliveryView`].
+macro_rules! delivery_view_columns {
+    () => {
+        "SELECT id, referral_id, provider, kind, state, request_id, attempts, last_status, \
+         last_error, next_attempt_at, created_at, resolved_at FROM deliveries"
+    };
+}
+
+/// A delivery (`d`) that no longer needs the referral's personal data: delivered,
+/// cancelled, or a dead letter an operator resolved.
+macro_rules! settled {
+    () => {
+        "(state IN ('delivered', 'cancelled') OR (state = 'dead' AND resolved_at IS NOT NULL))"
     };
 }
 
@@ -538,9 +560,10 @@ macro_rules! sql_store {
 
             async fn list_deliveries(&self, dead_only: bool, limit: i64) -> Result<Vec<DeliveryView>, StoreError> {
                 let rows = sqlx::query_as::<_, DeliveryView>(
-                    "SELECT id, referral_id, provider, kind, state, request_id, attempts, \
-                     last_status, last_error, next_attempt_at, created_at FROM deliveries \
-                     WHERE ($1 = 0 OR state = 'dead') ORDER BY created_at DESC, id LIMIT $2",
+                    concat!(
+                        delivery_view_columns!(),
+                        " WHERE ($1 = 0 OR state = 'dead') ORDER BY created_at DESC, id LIMIT $2"
+                    ),
                 )
                 .bind(i32::from(dead_only))
                 .bind(limit)
@@ -559,7 +582,7 @@ macro_rules! sql_store {
                 let changed = sqlx::query(
                     "UPDATE deliveries SET state = 'queued', attempts = 0, next_attempt_at = $1, \
                      updated_at = $1, lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = $2 AND state = 'dead'",
+                     WHERE id = $2 AND state = 'dead' AND resolved_at IS NULL",
                 )
                 .bind(now)
                 .bind(id)
@@ -567,6 +590,79 @@ macro_rules! sql_store {
                 .await?
                 .rows_affected();
                 Self::commit_with_audit(tx, changed, audit).await
+            }
+
+            async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+                let row = sqlx::query_as::<_, DeliveryView>(concat!(
+                    delivery_view_columns!(),
+                    " WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row)
+            }
+
+            async fn resolve_delivery(
+                &self,
+                id: &str,
+                now: OffsetDateTime,
+                audit: &AuditRecord,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let changed = sqlx::query(
+                    "UPDATE deliveries SET resolved_at = $1 \
+                     WHERE id = $2 AND state = 'dead' AND resolved_at IS NULL",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                Self::commit_with_audit(tx, changed, audit).await
+            }
+
+            async fn purge_settled(
+                &self,
+                cutoff: OffsetDateTime,
+                now: OffsetDateTime,
+                audit: &AuditRecord,
+            ) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                // Re-checked row by row under the row lock, so a referral another
+                // gateway purged, or that changed meanwhile, is left alone.
+                let purged = sqlx::query(concat!(
+                    "UPDATE referrals SET message = '', nhs_number = '', purged_at = $1 \
+                     WHERE purged_at IS NULL AND updated_at < $2 AND NOT EXISTS (\
+                     SELECT 1 FROM deliveries d WHERE d.referral_id = referrals.id \
+                     AND (d.updated_at >= $2 OR NOT ",
+                    settled!(),
+                    "))"
+                ))
+                .bind(now)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if purged == 0 {
+                    tx.rollback().await?;
+                    return Ok(0);
+                }
+                // A provider's answer may echo what it was sent: gone with the data.
+                sqlx::query(concat!(
+                    "UPDATE deliveries SET last_error = NULL WHERE last_error IS NOT NULL AND ",
+                    settled!(),
+                    " AND referral_id IN (SELECT id FROM referrals WHERE purged_at = $1)"
+                ))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let mut audit = audit.clone();
+                if let Some(detail) = audit.detail.as_object_mut() {
+                    detail.insert("referrals".into(), serde_json::json!(purged));
+                }
+                Self::commit_with_audit(tx, purged, &audit).await?;
+                Ok(purged)
             }
 
             async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError> {
@@ -683,8 +779,8 @@ macro_rules! sql_store {
             async fn seal_plaintext(&self) -> Result<u64, StoreError> {
                 let keys = storage_keys(&self.keys)?;
                 let clear: Vec<(String, String, String)> = sqlx::query_as(
-                    "SELECT id, message, nhs_number FROM referrals \
-                     WHERE message NOT LIKE 'enc:%' OR nhs_number NOT LIKE 'enc:%'",
+                    "SELECT id, message, nhs_number FROM referrals WHERE purged_at IS NULL \
+                     AND (message NOT LIKE 'enc:%' OR nhs_number NOT LIKE 'enc:%')",
                 )
                 .fetch_all(&self.pool)
                 .await?;

@@ -124,6 +124,9 @@ dir = "{root}/mappings"
 [delivery]
 enabled = false
 
+[retention]
+enabled = false
+
 {keys}
 {storage}
 "#,

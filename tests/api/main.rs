@@ -10,6 +10,7 @@ mod encryption;
 mod events;
 mod intake;
 mod provider;
+mod retention;
 mod store;
 mod updates;
 mod validation;
