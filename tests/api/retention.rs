@@ -368,9 +368,34 @@ async fn serve_purges_periodically(db: Db) {
     assert_eq!(records, vec![json!({"referrals": 1, "after_days": 30})]);
 }
 
+async fn two_gateways_purging_at_once_purge_each_referral_once(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let first = TestApp::spawn_with(db, &provider.config("")).await;
+    let second = first.second(&provider.config("")).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(accept(&first, &referral()).await);
+    }
+    while first.deliver().await > 0 {}
+    for id in &ids {
+        age(db, &first, id).await;
+    }
+    let (a, b, c, d) = tokio::join!(purge(&first), purge(&second), purge(&first), purge(&second));
+    assert_eq!(a + b + c + d, 6, "each referral purged once");
+    for id in &ids {
+        assert_purged(db, &first, id).await;
+    }
+    let counted: u64 = purge_records(&first.audit().await)
+        .iter()
+        .map(|r| r["referrals"].as_u64().unwrap())
+        .sum();
+    assert_eq!(counted, 6, "the audit counts each purge once");
+}
+
 on_both_databases!(
     only_settled_referrals_older_than_the_period_are_purged,
     after_purge_the_referral_its_events_statistics_and_audit_still_work,
     the_command_line_purges_resolves_and_prints_counts,
     serve_purges_periodically,
+    two_gateways_purging_at_once_purge_each_referral_once,
 );
