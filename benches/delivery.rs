@@ -38,6 +38,13 @@ fn map_and_pseudonymise(c: &mut Criterion) {
     }
 }
 
+/// Every gateway encrypts personal data at rest with the test storage key.
+const STORAGE_KEYS: &str = concat!(
+    "[keys.storage]\nactive = \"v1\"\n[keys.storage.versions.v1]\nfile = \"",
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/keys/storage-v1.key\"\n"
+);
+
 /// Referrals accepted over HTTP and delivered to a sandbox provider, per referral.
 fn accept_to_delivered(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -47,7 +54,7 @@ fn accept_to_delivered(c: &mut Criterion) {
         let sandbox_settings = thrive_gateway::config::Settings::from_figment(
             thrive_gateway::config::defaults_figment(&Path::new(ROOT).join("config")).merge(
                 Toml::string(&format!(
-                    "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}/sandbox.db\"\n[delivery]\nenabled = false\n[sandbox]\nenabled = true\n[mappings]\ndir = \"{ROOT}/mappings\"\n[keys.pseudonym.audit]\nactive = \"v1\"\n[keys.pseudonym.audit.versions.v1]\nfile = \"{ROOT}/tests/fixtures/keys/pseudonym-audit-v1.key\"\n",
+                    "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}/sandbox.db\"\n[delivery]\nenabled = false\n[sandbox]\nenabled = true\n[mappings]\ndir = \"{ROOT}/mappings\"\n[keys.pseudonym.audit]\nactive = \"v1\"\n[keys.pseudonym.audit.versions.v1]\nfile = \"{ROOT}/tests/fixtures/keys/pseudonym-audit-v1.key\"\n{STORAGE_KEYS}",
                     dir.path().display()
                 )),
             ),
@@ -93,6 +100,7 @@ file = "{ROOT}/tests/fixtures/keys/pseudonym-prospects-v1.key"
 active = "v1"
 [keys.pseudonym.audit.versions.v1]
 file = "{ROOT}/tests/fixtures/keys/pseudonym-audit-v1.key"
+{STORAGE_KEYS}
 "#,
                 db = dir.path().display()
             ))),

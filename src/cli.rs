@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate`, `dev-token`, `mappings check`.
+//! The command line: `serve`, `migrate`, `dev-token`, `mappings check`, `deliveries`,
+//! `report`, `retention`.
 
 use crate::config::{Settings, Sources};
 use crate::routing::Routing;
@@ -51,6 +52,18 @@ pub enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// Purge personal data that delivery no longer needs.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetentionCommand {
+    /// Run one purge pass now (as `serve` does every retention.interval_seconds) and
+    /// print how many referrals were purged.
+    Run,
 }
 
 #[derive(Debug, Subcommand)]
@@ -141,6 +154,12 @@ pub enum DeliveriesCommand {
         /// The delivery id, as `deliveries list` shows it.
         id: String,
     },
+    /// Mark a dead letter resolved: it is never replayed, and no longer holds back the
+    /// retention purge of the referral's personal data.
+    Resolve {
+        /// The delivery id, as `deliveries list` shows it.
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -179,19 +198,13 @@ pub async fn run(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Migrate => match crate::store::connect(&settings.database).await {
-            Ok(_) => {
-                println!("migrations applied");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("thrive-gateway migrate: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        Command::Migrate => migrate(&settings).await,
         Command::DevToken { client } => dev_token(&settings, &sources, &client),
         Command::Deliveries { command } => deliveries(&settings, command).await,
         Command::Audit { command } => crate::audit::cli::run(&settings, command).await,
+        Command::Retention {
+            command: RetentionCommand::Run,
+        } => retention(&settings).await,
         Command::Report {
             command:
                 ReportCommand::Programme {
@@ -224,6 +237,39 @@ pub async fn run(cli: Cli) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// Applies migrations; with `keys.storage` configured, also seals personal data that a
+/// gateway from before encryption at rest stored in the clear.
+async fn migrate(settings: &Settings) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("thrive-gateway migrate: {e}");
+        ExitCode::FAILURE
+    };
+    let Some(key_settings) = &settings.keys.storage else {
+        return match crate::store::connect(&settings.database).await {
+            Ok(_) => {
+                println!("migrations applied (keys.storage is not configured: nothing sealed)");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.to_string()),
+        };
+    };
+    let keys = match crate::store::crypto::StorageKeys::load(Some(key_settings)) {
+        Ok(k) => std::sync::Arc::new(k),
+        Err(e) => return fail(e.to_string()),
+    };
+    let store = match crate::store::connect_with_keys(&settings.database, keys).await {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    match store.seal_plaintext().await {
+        Ok(n) => {
+            println!("migrations applied; {n} referrals held in the clear were encrypted");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e.to_string()),
     }
 }
 
@@ -311,13 +357,18 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
                         "id", "referral", "provider", "kind", "state", "attempts", "status"
                     );
                     for r in rows {
+                        let state = if r.resolved_at.is_some() {
+                            "resolved"
+                        } else {
+                            r.state.as_str()
+                        };
                         println!(
                             "{:<36}  {:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:>6}",
                             r.id,
                             r.referral_id,
                             r.provider,
                             r.kind,
-                            r.state,
+                            state,
                             r.attempts,
                             r.last_status
                                 .map(|s| s.to_string())
@@ -333,26 +384,84 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
             }
         }
         DeliveriesCommand::Replay { id } => {
-            let audit = crate::store::AuditRecord {
-                client_id: Some("command-line".into()),
-                role: Some("operator".into()),
-                detail: serde_json::json!({"delivery_id": id}),
-                ..crate::store::AuditRecord::new("operator.deliveries.replay", "accepted")
-            };
-            match crate::operations::replay(store.as_ref(), &id, audit).await {
-                Ok(true) => {
-                    println!("delivery {id} queued again");
-                    ExitCode::SUCCESS
-                }
-                Ok(false) => {
-                    eprintln!("no dead letter has id {id}");
-                    ExitCode::FAILURE
-                }
-                Err(e) => {
-                    eprintln!("thrive-gateway deliveries replay: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let audit = operator_audit("operator.deliveries.replay", &id);
+            dead_letter_result(
+                crate::operations::replay(store.as_ref(), &id, audit).await,
+                &id,
+                "replay",
+                "queued again",
+            )
+        }
+        DeliveriesCommand::Resolve { id } => {
+            let audit = operator_audit("operator.deliveries.resolve", &id);
+            dead_letter_result(
+                crate::operations::resolve(store.as_ref(), &id, audit).await,
+                &id,
+                "resolve",
+                "resolved: it will not be replayed",
+            )
+        }
+    }
+}
+
+fn operator_audit(action: &str, id: &str) -> crate::store::AuditRecord {
+    crate::store::AuditRecord {
+        client_id: Some("command-line".into()),
+        role: Some("operator".into()),
+        detail: serde_json::json!({"delivery_id": id}),
+        ..crate::store::AuditRecord::new(action, "accepted")
+    }
+}
+
+fn dead_letter_result(
+    result: Result<crate::operations::DeadLetterAction, crate::store::StoreError>,
+    id: &str,
+    verb: &str,
+    done: &str,
+) -> ExitCode {
+    use crate::operations::DeadLetterAction;
+    match result {
+        Ok(DeadLetterAction::Done) => {
+            println!("delivery {id} {done}");
+            ExitCode::SUCCESS
+        }
+        Ok(DeadLetterAction::Resolved) => {
+            eprintln!(
+                "delivery {id} is a dead letter an operator already resolved: it is never replayed"
+            );
+            ExitCode::FAILURE
+        }
+        Ok(DeadLetterAction::NotDeadLetter) => {
+            eprintln!("no dead letter has id {id}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("thrive-gateway deliveries {verb}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn retention(settings: &Settings) -> ExitCode {
+    // Purging needs no keys: it only ever clears.
+    let store = match crate::store::connect(&settings.database).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("thrive-gateway retention run: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::retention::run_once(store.as_ref(), &settings.retention, "command-line").await {
+        Ok(p) => {
+            println!(
+                "retention: purged the personal data of {} referrals settled more than {} days ago",
+                p.referrals, p.after_days
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("thrive-gateway retention run: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -386,7 +495,7 @@ async fn report(
             return ExitCode::FAILURE;
         }
     };
-    let rows = match store.report_rows(from_t, to_t).await {
+    let rows = match store.report_rows(from_t, to_t, false).await {
         Ok(r) => reports::programme(&r, group),
         Err(e) => {
             eprintln!("thrive-gateway report programme: {e}");
@@ -470,11 +579,16 @@ async fn extract(settings: &Settings, from: &str, to: &str, format: &str) -> Exi
         Ok(o) => o,
         Err(e) => return fail(e),
     };
-    let store = match crate::store::connect(&settings.database).await {
+    let storage_keys = match crate::store::crypto::StorageKeys::load(settings.keys.storage.as_ref())
+    {
+        Ok(k) => std::sync::Arc::new(k),
+        Err(e) => return fail(e.to_string()),
+    };
+    let store = match crate::store::connect_with_keys(&settings.database, storage_keys).await {
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
     };
-    let rows = match store.report_rows(from_t, to_t).await {
+    let rows = match store.report_rows(from_t, to_t, true).await {
         Ok(r) => r,
         Err(e) => return fail(e.to_string()),
     };
@@ -483,7 +597,7 @@ async fn extract(settings: &Settings, from: &str, to: &str, format: &str) -> Exi
         store.as_ref(),
         "operator",
         "report.extract",
-        serde_json::json!({"from": from, "to": to, "rows": rows.len(), "opted_out": left_out,
+        serde_json::json!({"from": from, "to": to, "rows": rows.len(), "opted_out": left_out.opted_out, "purged": left_out.purged,
             "key_version": keys.key_version()}),
     )
     .await
@@ -499,8 +613,10 @@ async fn extract(settings: &Settings, from: &str, to: &str, format: &str) -> Exi
         print!("{}", reports::extract_csv(&rows));
     }
     eprintln!(
-        "{} rows; {left_out} left out under the National Data Opt-out",
-        rows.len()
+        "{} rows; {} left out under the National Data Opt-out; {} purged under retention",
+        rows.len(),
+        left_out.opted_out,
+        left_out.purged
     );
     ExitCode::SUCCESS
 }

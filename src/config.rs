@@ -45,6 +45,9 @@ pub struct Settings {
     /// The audit trail's signed checkpoints.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// Purging personal data once delivery no longer needs it.
+    #[serde(default)]
+    pub retention: RetentionSettings,
     /// Development-only conveniences; refused in production.
     #[serde(default)]
     pub dev: DevSettings,
@@ -198,6 +201,48 @@ pub struct DeliverySettings {
 pub struct KeysSettings {
     #[serde(default)]
     pub pseudonym: BTreeMap<String, crate::pseudonym::PseudonymKeySettings>,
+    /// The keys personal data held for delivery is encrypted at rest with; required
+    /// whenever the gateway serves or delivers.
+    #[serde(default)]
+    pub storage: Option<crate::store::crypto::StorageKeySettings>,
+}
+
+/// How long personal data held for delivery is kept once it is no longer needed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Run the purge periodically inside `serve`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Days after a referral's last change, once every delivery of it is settled,
+    /// before its personal data is purged.
+    #[serde(default = "default_retention_days")]
+    pub after_days: i64,
+    /// How often `serve` runs a purge pass, in seconds.
+    #[serde(default = "default_retention_interval")]
+    pub interval_seconds: u64,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            after_days: default_retention_days(),
+            interval_seconds: default_retention_interval(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_retention_days() -> i64 {
+    30
+}
+
+fn default_retention_interval() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -510,6 +555,11 @@ impl Settings {
         if self.delivery.max_attempts < 1 || self.delivery.batch_size < 1 {
             return Err(ConfigError::Invalid(
                 "delivery.max_attempts and delivery.batch_size must be at least 1".into(),
+            ));
+        }
+        if self.retention.after_days < 1 || self.retention.interval_seconds < 1 {
+            return Err(ConfigError::Invalid(
+                "retention.after_days and retention.interval_seconds must be at least 1".into(),
             ));
         }
         for (name, issuer) in &self.auth.issuers {

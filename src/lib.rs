@@ -21,6 +21,7 @@ pub mod outcome;
 pub mod provider_api;
 pub mod pseudonym;
 pub mod reports;
+pub mod retention;
 pub mod routing;
 pub mod startup;
 pub mod store;

@@ -1,5 +1,9 @@
 //! Operator interface: the delivery queue and its dead letters, over HTTP
 //! (`/operator/v1`, operator role) and the command line. Every call is audited.
+//!
+//! A dead letter is either replayed (queued again) or resolved: an operator decides it
+//! will not be sent, so it is never replayed and no longer holds back the retention
+//! purge of the referral's personal data.
 
 use crate::auth::Role;
 use crate::intake::{Gateway, process::AuditContext};
@@ -18,12 +22,56 @@ pub async fn list(
     store.list_deliveries(dead_only, limit).await
 }
 
+/// What became of a replay or resolve request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterAction {
+    /// Done (queued again, or marked resolved).
+    Done,
+    /// No dead letter has this id.
+    NotDeadLetter,
+    /// The dead letter was already resolved: it is never replayed or resolved again.
+    Resolved,
+}
+
+/// Why `id` was not acted on: resolved already, or not a dead letter at all.
+async fn refusal(store: &dyn Store, id: &str) -> Result<DeadLetterAction, StoreError> {
+    Ok(match store.delivery(id).await? {
+        Some(d) if d.state == "dead" && d.resolved_at.is_some() => DeadLetterAction::Resolved,
+        _ => DeadLetterAction::NotDeadLetter,
+    })
+}
+
 /// Puts a dead letter back in the queue. Its consent and referral state are checked
-/// again by the worker before it is sent.
-pub async fn replay(store: &dyn Store, id: &str, audit: AuditRecord) -> Result<bool, StoreError> {
-    store
+/// again by the worker before it is sent. A resolved dead letter is not replayed.
+pub async fn replay(
+    store: &dyn Store,
+    id: &str,
+    audit: AuditRecord,
+) -> Result<DeadLetterAction, StoreError> {
+    if store
         .replay_delivery(id, OffsetDateTime::now_utc(), &audit)
-        .await
+        .await?
+    {
+        Ok(DeadLetterAction::Done)
+    } else {
+        refusal(store, id).await
+    }
+}
+
+/// Marks a dead letter resolved: never replayed, and no longer holding back the purge.
+pub async fn resolve(
+    store: &dyn Store,
+    id: &str,
+    audit: AuditRecord,
+) -> Result<DeadLetterAction, StoreError> {
+    if store
+        .resolve_delivery(id, OffsetDateTime::now_utc(), &audit)
+        .await?
+    {
+        Ok(DeadLetterAction::Done)
+    } else {
+        refusal(store, id).await
+    }
 }
 
 fn operator_only(gw: &Gateway, req: &HttpRequest) -> Result<crate::auth::Principal, Rejection> {
@@ -104,18 +152,66 @@ async fn replay_delivery(
         tracing::error!(error = %e, "replaying a delivery failed");
         server_error()
     })?;
-    if replayed {
-        Ok(HttpResponse::Accepted()
-            .json(serde_json::json!({"delivery_id": id.as_str(), "state": "queued"})))
-    } else {
-        let rejection: Rejection = Issue::new(
+    match replayed {
+        DeadLetterAction::Done => Ok(HttpResponse::Accepted()
+            .json(serde_json::json!({"delivery_id": id.as_str(), "state": "queued"}))),
+        refused => {
+            let rejection = dead_letter_refusal(refused, "replayed");
+            gw.audit_rejection(&ctx, &rejection).await;
+            Err(rejection)
+        }
+    }
+}
+
+/// 404 for an id that is no dead letter; 409 for a dead letter already resolved.
+fn dead_letter_refusal(refused: DeadLetterAction, verb: &str) -> Rejection {
+    match refused {
+        DeadLetterAction::Resolved => Issue::new(
+            RecCode::Conflict,
+            IssueType::Conflict,
+            format!("this dead letter was resolved by an operator and cannot be {verb}"),
+        )
+        .into(),
+        _ => Issue::new(
             RecCode::NotFound,
             IssueType::NotFound,
             "no dead letter has this id",
         )
-        .into();
-        gw.audit_rejection(&ctx, &rejection).await;
-        Err(rejection)
+        .into(),
+    }
+}
+
+#[post("/operator/v1/deliveries/{id}/resolve")]
+async fn resolve_delivery(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let principal = operator_only(&gw, &req)?;
+    let ctx = AuditContext {
+        action: "operator.deliveries.resolve",
+        principal: Some(&principal),
+        ids: None,
+    };
+    let record = ctx.record(
+        "accepted",
+        200,
+        None,
+        serde_json::json!({"delivery_id": id.as_str()}),
+    );
+    let resolved = resolve(gw.store.as_ref(), &id, record).await.map_err(|e| {
+        tracing::error!(error = %e, "resolving a delivery failed");
+        server_error()
+    })?;
+    match resolved {
+        DeadLetterAction::Done => Ok(HttpResponse::Ok().json(
+            serde_json::json!({"delivery_id": id.as_str(), "state": "dead", "resolved": true}),
+        )),
+        refused => {
+            let rejection = dead_letter_refusal(refused, "resolved again");
+            gw.audit_rejection(&ctx, &rejection).await;
+            Err(rejection)
+        }
     }
 }
 
@@ -156,7 +252,7 @@ async fn programme_report(
         let from = crate::reports::bound(&query.from).map_err(bad)?;
         let to = crate::reports::bound(&query.to).map_err(bad)?;
         let group_by: crate::reports::GroupBy = query.group_by.parse().map_err(bad)?;
-        let rows = gw.store.report_rows(from, to).await.map_err(|e| {
+        let rows = gw.store.report_rows(from, to, false).await.map_err(|e| {
             tracing::error!(error = %e, "report query failed");
             server_error()
         })?;
@@ -194,5 +290,6 @@ async fn programme_report(
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(list_deliveries)
         .service(replay_delivery)
+        .service(resolve_delivery)
         .service(programme_report);
 }

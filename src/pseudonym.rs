@@ -85,12 +85,10 @@ impl TryFrom<RawKeySource> for KeySource {
         match (raw.file, raw.env) {
             (Some(file), None) => Ok(Self::File(file)),
             (None, Some(env)) => Ok(Self::Env(env)),
-            (Some(_), Some(_)) => {
-                Err("a pseudonym key version takes `file` or `env`, not both".to_owned())
+            (Some(_), Some(_)) => Err("a key version takes `file` or `env`, not both".to_owned()),
+            (None, None) => {
+                Err("a key version needs `file = \"<path>\"` or `env = \"<VAR>\"`".to_owned())
             }
-            (None, None) => Err(
-                "a pseudonym key version needs `file = \"<path>\"` or `env = \"<VAR>\"`".to_owned(),
-            ),
         }
     }
 }

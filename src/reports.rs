@@ -173,26 +173,42 @@ pub fn opt_outs(text: &str) -> Result<std::collections::HashSet<String>, String>
     Ok(out)
 }
 
-/// The person-level extract: everyone in `rows` except those who opted out, each under
-/// the reporting pseudonym. Returns the rows and how many were left out.
+/// What an extract left out, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeftOut {
+    /// On the National Data Opt-out list.
+    pub opted_out: usize,
+    /// Purged under retention: no NHS number is held any more to pseudonymise.
+    pub purged: usize,
+}
+
+/// The person-level extract: everyone in `rows` except those who opted out and those
+/// whose personal data retention has purged, each under the reporting pseudonym.
 pub fn extract(
     rows: &[ReportRow],
     keys: &crate::pseudonym::PseudonymKeys,
     opted_out: &std::collections::HashSet<String>,
-) -> (Vec<ExtractRow>, usize) {
-    let kept: Vec<ExtractRow> = rows
-        .iter()
-        .filter(|r| !opted_out.contains(&r.nhs_number))
-        .map(|r| ExtractRow {
-            subject: keys.pseudonym(&r.nhs_number).into_string(),
+) -> (Vec<ExtractRow>, LeftOut) {
+    let mut left_out = LeftOut::default();
+    let mut kept = Vec::with_capacity(rows.len());
+    for r in rows {
+        let Some(nhs_number) = &r.nhs_number else {
+            left_out.purged += 1;
+            continue;
+        };
+        if opted_out.contains(nhs_number) {
+            left_out.opted_out += 1;
+            continue;
+        }
+        kept.push(ExtractRow {
+            subject: keys.pseudonym(nhs_number).into_string(),
             provider: r.provider.clone(),
             locality: r.locality.clone(),
             programme: r.programme.clone(),
             month: format!("{}-{:02}", r.created_at.year(), r.created_at.month() as u8),
             milestones: r.events.join(" "),
-        })
-        .collect();
-    let left_out = rows.len() - kept.len();
+        });
+    }
     (kept, left_out)
 }
 
@@ -239,7 +255,7 @@ mod tests {
     #[test]
     fn a_suppressed_cell_cannot_be_recovered_from_the_total() {
         let row = |provider: &str, events: &[&str]| ReportRow {
-            nhs_number: "9990000018".into(),
+            nhs_number: Some("9990000018".into()),
             created_at: OffsetDateTime::now_utc(),
             provider: provider.into(),
             locality: "x".into(),

@@ -2,12 +2,12 @@
 //! port 0 and read the bound address back.
 
 use crate::auth::{AuthSetupError, Authenticator};
-use crate::config::Settings;
+use crate::config::{RetentionSettings, Settings};
 use crate::delivery::{Deliverer, DeliverySetupError, GpCallbacks, sandbox::Sandbox};
 use crate::intake::{self, CORRELATION_ID, Gateway, REQUEST_ID};
 use crate::mapping::Datasets;
 use crate::routing::{MappingError, Routing};
-use crate::store::{self, StoreError};
+use crate::store::{self, Store, StoreError, crypto::StorageKeyError, crypto::StorageKeys};
 use actix_web::{
     App, HttpMessage, HttpServer,
     body::MessageBody,
@@ -23,6 +23,8 @@ use tracing::Instrument;
 pub enum StartupError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    StorageKeys(#[from] StorageKeyError),
     #[error(transparent)]
     Auth(#[from] AuthSetupError),
     #[error("mappings: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -57,6 +59,8 @@ pub struct Application {
     run_worker: bool,
     /// Signs audit checkpoints in the background, at this interval.
     signer: Option<(crate::audit::checkpoint::Signer, std::time::Duration)>,
+    /// The periodic purge, when `retention.enabled`.
+    retention: Option<(Arc<dyn Store>, RetentionSettings)>,
 }
 
 /// The audit pseudonym key: every audit record names its subject with it.
@@ -71,7 +75,8 @@ pub fn audit_keys(settings: &Settings) -> Result<crate::pseudonym::PseudonymKeys
 }
 
 impl Application {
-    /// Connects the store (applying migrations), loads keys and mappings, and binds.
+    /// Loads the storage keys (refusing to start without them), connects the store
+    /// (applying migrations), loads keys and mappings, and binds.
     pub async fn build(settings: &Settings, production: bool) -> Result<Self, StartupError> {
         if production && settings.dev.signing_key_file.is_some() {
             return Err(AuthSetupError::DevSigningInProduction.into());
@@ -80,11 +85,12 @@ impl Application {
         if production && settings.sandbox.enabled {
             return Err(StartupError::SandboxInProduction);
         }
+        let storage_keys = Arc::new(StorageKeys::load(settings.keys.storage.as_ref())?);
         let routing = Routing::load(&settings.mappings.dir).map_err(StartupError::Mappings)?;
         let datasets = Arc::new(
             Datasets::load(&settings.mappings.dir, &routing).map_err(StartupError::Mappings)?,
         );
-        let store = store::connect(&settings.database).await?;
+        let store = store::connect_with_keys(&settings.database, storage_keys).await?;
         // Built whenever providers are configured (tests drive it by hand); run in the
         // background when delivery.enabled.
         let deliverer = if settings.delivery.enabled
@@ -109,6 +115,7 @@ impl Application {
             ),
             None => (None, None),
         };
+        let store_for_retention = store.clone();
         let gateway = Gateway {
             store,
             routing: Arc::new(routing),
@@ -185,6 +192,10 @@ impl Application {
             deliverer,
             run_worker: settings.delivery.enabled,
             signer,
+            retention: settings
+                .retention
+                .enabled
+                .then(|| (store_for_retention, settings.retention.clone())),
         })
     }
 
@@ -203,7 +214,8 @@ impl Application {
     }
 
     /// Runs until stopped (SIGINT/SIGTERM): in-flight requests finish, then the
-    /// delivery worker finishes its attempts and gives back its leases.
+    /// delivery worker finishes its attempts and gives back its leases, and the
+    /// retention task stops.
     pub async fn run(self) -> std::io::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let worker = match (self.deliverer, self.run_worker) {
@@ -211,11 +223,14 @@ impl Application {
             _ => None,
         };
         let checkpoints = self.signer.map(|(signer, every)| {
-            tokio::spawn(signer.run(self.gateway.store.clone(), every, stopped))
+            tokio::spawn(signer.run(self.gateway.store.clone(), every, stopped.clone()))
         });
+        let retention = self
+            .retention
+            .map(|(store, settings)| tokio::spawn(crate::retention::run(store, settings, stopped)));
         let result = self.server.await;
         let _ = stop.send(true);
-        for task in [worker, checkpoints].into_iter().flatten() {
+        for task in [worker, checkpoints, retention].into_iter().flatten() {
             let _ = task.await;
         }
         result

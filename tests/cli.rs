@@ -138,6 +138,32 @@ fn production_refuses_development_keys_and_dev_tokens() {
 }
 
 #[test]
+fn serve_refuses_to_start_without_the_storage_key_and_development_has_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gw.db");
+    let out = gateway()
+        .args(["serve"])
+        .env(
+            "THRIVE__DATABASE__URL",
+            format!("sqlite://{}", db.display()),
+        )
+        .env("THRIVE__SERVER__BIND", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("keys.storage is not configured"),
+        "{stderr}"
+    );
+    assert!(!db.exists(), "nothing was written without the key");
+
+    let settings = development_settings();
+    thrive_gateway::store::crypto::StorageKeys::load(settings.keys.storage.as_ref())
+        .expect("the development configuration has a storage key");
+}
+
+#[test]
 fn an_unknown_key_stops_the_gateway_naming_the_key() {
     let out = gateway()
         .args(["migrate"])

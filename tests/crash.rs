@@ -78,9 +78,11 @@ endpoint = "{p}"
 [providers.prospects]
 endpoint = "{p}"
 {keys}
+{storage}
 "#,
             p = provider.url,
             keys = pseudonym_keys_toml(),
+            storage = storage_keys_toml(),
         ),
     )
     .unwrap();
@@ -144,7 +146,9 @@ endpoint = "{p}"
     let mut gateway = start(&config, port);
     wait_ready(&base).await;
     let settings = test_settings(&url, "");
-    let store = thrive_gateway::store::connect(&settings.database)
+    let keys =
+        thrive_gateway::store::crypto::StorageKeys::load(settings.keys.storage.as_ref()).unwrap();
+    let store = thrive_gateway::store::connect_with_keys(&settings.database, keys.into())
         .await
         .unwrap();
     let mut done = false;

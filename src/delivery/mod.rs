@@ -386,6 +386,9 @@ impl Deliverer {
             .datasets
             .for_provider(provider)
             .ok_or_else(|| format!("provider {provider} has no dataset mapping"))?;
+        if let Some(why) = &d.unreadable {
+            return Err(why.clone());
+        }
         let message: serde_json::Value = serde_json::from_str(&d.message)
             .map_err(|_| "the stored referral could not be read".to_owned())?;
         let keys: &dyn Pseudonymise = match &recipient.keys {

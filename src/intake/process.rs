@@ -302,7 +302,10 @@ impl Gateway {
             .at("ServiceRequest")
             .into());
         };
+        // Once retention purged the referral's personal data there is no NHS number to
+        // compare; the referral was still found within the sending practice.
         if let Some(n) = &update.nhs_number
+            && referral.purged_at.is_none()
             && n.expose() != referral.nhs_number
         {
             return Err(Issue::business(

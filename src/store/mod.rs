@@ -4,7 +4,13 @@
 //! PostgreSQL (production, several replicas), proven by one conformance suite. Every
 //! state change that belongs together (a referral, its consent, routing decision,
 //! message id, queued delivery and decision record) is written in one transaction.
+//!
+//! Personal data held for delivery (the referral message and the NHS number) is sealed
+//! with the storage keys ([`crypto`]) on the way in and opened on the way out, here and
+//! nowhere else, so no caller can store it in the clear. Once a referral no longer
+//! needs it, [`Store::purge_settled`] replaces it by the empty marker.
 
+pub mod crypto;
 mod sql;
 
 use async_trait::async_trait;
@@ -13,6 +19,7 @@ use secrecy::ExposeSecret;
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use crate::config::{Backend, DatabaseSettings};
+use crypto::StorageKeys;
 
 pub use sql::{PostgresStore, SqliteStore};
 
@@ -25,6 +32,9 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored data is not in the expected form: {0}")]
     Corrupt(String),
+    /// Sealing failed, or the store was opened without the storage keys.
+    #[error("storage encryption: {0}")]
+    Encryption(String),
 }
 
 /// Referral lifecycle as stored.
@@ -225,6 +235,8 @@ pub struct ReferralRow {
     pub updated_at: OffsetDateTime,
     /// The latest status event from the provider (`none` before the first).
     pub milestone: String,
+    /// When retention purged the personal data (`nhs_number` is then empty).
+    pub purged_at: Option<OffsetDateTime>,
 }
 
 impl ReferralRow {
@@ -264,12 +276,16 @@ pub struct ClaimedDelivery {
     pub referral_status: String,
     /// JSON of the accepted consent, checked again before every attempt.
     pub consent: String,
-    /// The referral message as received.
+    /// The referral message as received (empty once purged).
     pub message: String,
     pub correlation_id: String,
     /// `milestone`: the status event it carries, and that event's name.
     pub event_id: Option<String>,
     pub event: Option<String>,
+    /// Set when the stored message could not be decrypted: why, naming the referral
+    /// and key version, never the value. The worker dead-letters such a delivery.
+    #[sqlx(skip)]
+    pub unreadable: Option<String>,
 }
 
 /// How an attempt ended.
@@ -308,6 +324,10 @@ pub struct DeliveryView {
     pub next_attempt_at: OffsetDateTime,
     #[serde(with = "fhir_sdk::time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When an operator resolved this dead letter: it is not replayed, and no longer
+    /// holds back the retention purge.
+    #[serde(with = "fhir_sdk::time::serde::rfc3339::option")]
+    pub resolved_at: Option<OffsetDateTime>,
 }
 
 /// A provider's status event to record, moving the referral from `from` to `event`.
@@ -369,8 +389,9 @@ pub struct EventRow {
 /// it reached. No identifiers of the person.
 #[derive(Debug, Clone)]
 pub struct ReportRow {
-    /// Only for person-level extracts, which pseudonymise it before anything leaves.
-    pub nhs_number: String,
+    /// Only for person-level extracts, which pseudonymise it before anything leaves;
+    /// `None` once retention purged it.
+    pub nhs_number: Option<String>,
     pub created_at: OffsetDateTime,
     pub provider: String,
     pub locality: String,
@@ -477,32 +498,78 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         limit: i64,
     ) -> Result<Vec<DeliveryView>, StoreError>;
     /// Puts a dead letter back in the queue with a fresh attempt budget; `false` when
-    /// it is not a dead letter.
+    /// it is not a dead letter, or an operator resolved it.
     async fn replay_delivery(
         &self,
         id: &str,
         now: OffsetDateTime,
         audit: &AuditRecord,
     ) -> Result<bool, StoreError>;
+    /// One delivery as operators see it.
+    async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError>;
+    /// Marks a dead letter resolved (with its audit record): it is never replayed and
+    /// no longer holds back the purge. `false` when it is not an unresolved dead letter.
+    async fn resolve_delivery(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
+    /// Purges the personal data of every referral whose last change (its own or any
+    /// delivery's) is before `cutoff` and whose deliveries are all settled (delivered,
+    /// cancelled, or dead and resolved): the message and NHS number become empty,
+    /// `purged_at` is set, and the error excerpts of those deliveries are cleared. One
+    /// guarded statement, so concurrent gateways never purge a referral twice. When
+    /// anything was purged, `audit` is written in the same transaction with
+    /// `detail.referrals` set to the count. Returns the count.
+    async fn purge_settled(
+        &self,
+        cutoff: OffsetDateTime,
+        now: OffsetDateTime,
+        audit: &AuditRecord,
+    ) -> Result<u64, StoreError>;
     /// Records a status event and moves the referral's milestone, atomically, only
     /// while the milestone is still `from`; queues its push to the GP system with it
     /// where `gp_push` says so.
     async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError>;
     /// A referral's status events, oldest first.
     async fn events_for(&self, referral_id: &str) -> Result<Vec<EventRow>, StoreError>;
-    /// Referrals received in `[from, to)` with the events each reached.
+    /// Referrals received in `[from, to)` with the events each reached; with their
+    /// NHS numbers (decrypted, so only with the storage keys) when `identified`.
     async fn report_rows(
         &self,
         from: OffsetDateTime,
         to: OffsetDateTime,
+        identified: bool,
     ) -> Result<Vec<ReportRow>, StoreError>;
     /// How many referrals are stored (all states).
     async fn count_referrals(&self) -> Result<i64, StoreError>;
+    /// Seals personal data still held in the clear, written before encryption at rest
+    /// (`thrive-gateway migrate` does this once); returns how many referrals it sealed.
+    /// Serving never does: there, a value not sealed is corrupt, not trusted.
+    async fn seal_plaintext(&self) -> Result<u64, StoreError>;
 }
 
 /// Opens the database `settings.database.url` names (creating an SQLite file and its
-/// folder on first start) and applies migrations.
+/// folder on first start) and applies migrations, without the storage keys: such a store
+/// serves the queue, audit and statistics, and refuses to write or read personal data
+/// ([`StoreError::Encryption`]). Serving and delivering use [`connect_with_keys`].
 pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, StoreError> {
+    open(settings, None).await
+}
+
+/// [`connect`], sealing and opening personal data with `keys`.
+pub async fn connect_with_keys(
+    settings: &DatabaseSettings,
+    keys: Arc<StorageKeys>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    open(settings, Some(keys)).await
+}
+
+async fn open(
+    settings: &DatabaseSettings,
+    keys: Option<Arc<StorageKeys>>,
+) -> Result<Arc<dyn Store>, StoreError> {
     let url = settings.url.expose_secret();
     let store: Arc<dyn Store> = match settings
         .backend()
@@ -530,7 +597,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, Stor
                 .max_connections(settings.max_connections)
                 .connect_with(options)
                 .await?;
-            Arc::new(SqliteStore::new(pool))
+            Arc::new(SqliteStore::new(pool, keys))
         }
         Backend::Postgres => {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -538,7 +605,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, Stor
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
-            Arc::new(PostgresStore::new(pool))
+            Arc::new(PostgresStore::new(pool, keys))
         }
     };
     store.migrate().await?;

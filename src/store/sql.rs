@@ -3,6 +3,7 @@
 //! macro below stamps out the [`Store`] implementation for each pool type. Where the
 //! engines must differ (migrations, locking), each implementation says so itself.
 
+use super::crypto::{Column, StorageKeys};
 use super::{
     AuditFilter, AuditRecord, AuditRow, ClaimedDelivery, DeliveryOutcome, DeliveryRow,
     DeliveryView, EventRecord, EventRecorded, EventRow, Inserted, NewReferralRecord, ReferralRow,
@@ -10,29 +11,89 @@ use super::{
 };
 use async_trait::async_trait;
 use fhir_sdk::time::OffsetDateTime;
+use std::sync::Arc;
 
 /// Embedded SQLite (WAL, synchronous FULL).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
+    keys: Option<Arc<StorageKeys>>,
 }
 
 /// PostgreSQL, shared by several gateway processes.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: sqlx::PgPool,
+    keys: Option<Arc<StorageKeys>>,
 }
 
 impl SqliteStore {
-    pub fn new(pool: sqlx::SqlitePool) -> Self {
-        Self { pool }
+    /// Without `keys`, personal data can be neither written nor read.
+    pub fn new(pool: sqlx::SqlitePool, keys: Option<Arc<StorageKeys>>) -> Self {
+        Self { pool, keys }
     }
 }
 
 impl PostgresStore {
-    pub fn new(pool: sqlx::PgPool) -> Self {
-        Self { pool }
+    /// Without `keys`, personal data can be neither written nor read.
+    pub fn new(pool: sqlx::PgPool, keys: Option<Arc<StorageKeys>>) -> Self {
+        Self { pool, keys }
     }
+}
+
+/// The purged marker: what a sealed column holds once retention cleared it.
+const PURGED: &str = "";
+
+fn storage_keys(keys: &Option<Arc<StorageKeys>>) -> Result<&StorageKeys, StoreError> {
+    keys.as_deref().ok_or_else(|| {
+        StoreError::Encryption(
+            "this store was opened without keys.storage, so it cannot hold personal data".into(),
+        )
+    })
+}
+
+/// The record as written: its personal data sealed to its row.
+fn seal_record(
+    keys: &Option<Arc<StorageKeys>>,
+    r: &NewReferralRecord,
+) -> Result<NewReferralRecord, StoreError> {
+    let keys = storage_keys(keys)?;
+    let seal = |column, value: &str| {
+        keys.seal(column, &r.id, value)
+            .map_err(|e| StoreError::Encryption(e.to_string()))
+    };
+    Ok(NewReferralRecord {
+        nhs_number: seal(Column::ReferralNhsNumber, &r.nhs_number)?,
+        message: seal(Column::ReferralMessage, &r.message)?,
+        ..r.clone()
+    })
+}
+
+/// Opens one sealed column of referral `id`; the purged marker stays empty. The error
+/// names the referral, column and key version, never the value.
+fn open_column(
+    keys: &Option<Arc<StorageKeys>>,
+    column: Column,
+    id: &str,
+    value: &str,
+) -> Result<String, StoreError> {
+    if value == PURGED {
+        return Ok(String::new());
+    }
+    storage_keys(keys)?
+        .open(column, id, value)
+        .map_err(|e| StoreError::Corrupt(format!("referral {id}: {} {e}", column.name())))
+}
+
+fn open_referral(
+    keys: &Option<Arc<StorageKeys>>,
+    row: Option<ReferralRow>,
+) -> Result<Option<ReferralRow>, StoreError> {
+    row.map(|mut row| {
+        row.nhs_number = open_column(keys, Column::ReferralNhsNumber, &row.id, &row.nhs_number)?;
+        Ok(row)
+    })
+    .transpose()
 }
 
 /// Which unique rule a failed insert broke.
@@ -62,7 +123,7 @@ macro_rules! referral_columns {
     () => {
         "id, reference, practice_ods, bundle_id, status, programme, locality, provider, \
          routing_version, referral_code, nhs_number, consent, source_endpoint, client_id, \
-         correlation_id, created_at, updated_at, milestone"
+         correlation_id, created_at, updated_at, milestone, purged_at"
     };
 }
 
@@ -104,6 +165,22 @@ macro_rules! claimed_columns {
          r.correlation_id, d.event_id, e.event FROM deliveries d \
          JOIN referrals r ON r.id = d.referral_id LEFT JOIN referral_events e ON e.id = d.event_id \
          WHERE d.id = $1"
+    };
+}
+
+/// Columns of [`DeliveryView`].
+macro_rules! delivery_view_columns {
+    () => {
+        "SELECT id, referral_id, provider, kind, state, request_id, attempts, last_status, \
+         last_error, next_attempt_at, created_at, resolved_at FROM deliveries"
+    };
+}
+
+/// A delivery (`d`) that no longer needs the referral's personal data: delivered,
+/// cancelled, or a dead letter an operator resolved.
+macro_rules! settled {
+    () => {
+        "(state IN ('delivered', 'cancelled') OR (state = 'dead' AND resolved_at IS NOT NULL))"
     };
 }
 
@@ -377,8 +454,9 @@ macro_rules! sql_store {
             }
 
             async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
+                let sealed = seal_record(&self.keys, r)?;
                 let mut tx = self.pool.begin().await?;
-                match Self::insert_referral_tx(&mut tx, r).await {
+                match Self::insert_referral_tx(&mut tx, &sealed).await {
                     Ok(()) => {
                         tx.commit().await?;
                         Ok(Inserted::Accepted)
@@ -403,7 +481,7 @@ macro_rules! sql_store {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-                Ok(row)
+                open_referral(&self.keys, row)
             }
 
             async fn referral_by_sender_identifier(
@@ -423,7 +501,7 @@ macro_rules! sql_store {
                 .bind(value)
                 .fetch_optional(&self.pool)
                 .await?;
-                Ok(row)
+                open_referral(&self.keys, row)
             }
 
             async fn apply_update(&self, u: &UpdateRecord) -> Result<Updated, StoreError> {
@@ -621,10 +699,19 @@ macro_rules! sql_store {
                         .fetch_optional(&self.pool)
                         .await?;
                     let Some((id,)) = id else { break };
-                    let row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
+                    let mut row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
                         .bind(&id)
                         .fetch_one(&self.pool)
                         .await?;
+                    // An unreadable message must not stop the worker: the delivery
+                    // carries the reason and is dead-lettered.
+                    match open_column(&self.keys, Column::ReferralMessage, &row.referral_id, &row.message) {
+                        Ok(message) => row.message = message,
+                        Err(e) => {
+                            row.message = String::new();
+                            row.unreadable = Some(e.to_string());
+                        }
+                    }
                     claimed.push(row);
                 }
                 Ok(claimed)
@@ -691,9 +778,10 @@ macro_rules! sql_store {
 
             async fn list_deliveries(&self, dead_only: bool, limit: i64) -> Result<Vec<DeliveryView>, StoreError> {
                 let rows = sqlx::query_as::<_, DeliveryView>(
-                    "SELECT id, referral_id, provider, kind, state, request_id, attempts, \
-                     last_status, last_error, next_attempt_at, created_at FROM deliveries \
-                     WHERE ($1 = 0 OR state = 'dead') ORDER BY created_at DESC, id LIMIT $2",
+                    concat!(
+                        delivery_view_columns!(),
+                        " WHERE ($1 = 0 OR state = 'dead') ORDER BY created_at DESC, id LIMIT $2"
+                    ),
                 )
                 .bind(i32::from(dead_only))
                 .bind(limit)
@@ -712,7 +800,7 @@ macro_rules! sql_store {
                 let changed = sqlx::query(
                     "UPDATE deliveries SET state = 'queued', attempts = 0, next_attempt_at = $1, \
                      updated_at = $1, lease_owner = NULL, lease_expires_at = NULL \
-                     WHERE id = $2 AND state = 'dead'",
+                     WHERE id = $2 AND state = 'dead' AND resolved_at IS NULL",
                 )
                 .bind(now)
                 .bind(id)
@@ -720,6 +808,79 @@ macro_rules! sql_store {
                 .await?
                 .rows_affected();
                 Self::commit_with_audit(tx, changed, audit).await
+            }
+
+            async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+                let row = sqlx::query_as::<_, DeliveryView>(concat!(
+                    delivery_view_columns!(),
+                    " WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row)
+            }
+
+            async fn resolve_delivery(
+                &self,
+                id: &str,
+                now: OffsetDateTime,
+                audit: &AuditRecord,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                let changed = sqlx::query(
+                    "UPDATE deliveries SET resolved_at = $1 \
+                     WHERE id = $2 AND state = 'dead' AND resolved_at IS NULL",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                Self::commit_with_audit(tx, changed, audit).await
+            }
+
+            async fn purge_settled(
+                &self,
+                cutoff: OffsetDateTime,
+                now: OffsetDateTime,
+                audit: &AuditRecord,
+            ) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin().await?;
+                // Re-checked row by row under the row lock, so a referral another
+                // gateway purged, or that changed meanwhile, is left alone.
+                let purged = sqlx::query(concat!(
+                    "UPDATE referrals SET message = '', nhs_number = '', purged_at = $1 \
+                     WHERE purged_at IS NULL AND updated_at < $2 AND NOT EXISTS (\
+                     SELECT 1 FROM deliveries d WHERE d.referral_id = referrals.id \
+                     AND (d.updated_at >= $2 OR NOT ",
+                    settled!(),
+                    "))"
+                ))
+                .bind(now)
+                .bind(cutoff)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if purged == 0 {
+                    tx.rollback().await?;
+                    return Ok(0);
+                }
+                // A provider's answer may echo what it was sent: gone with the data.
+                sqlx::query(concat!(
+                    "UPDATE deliveries SET last_error = NULL WHERE last_error IS NOT NULL AND ",
+                    settled!(),
+                    " AND referral_id IN (SELECT id FROM referrals WHERE purged_at = $1)"
+                ))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                let mut audit = audit.clone();
+                if let Some(detail) = audit.detail.as_object_mut() {
+                    detail.insert("referrals".into(), serde_json::json!(purged));
+                }
+                Self::commit_with_audit(tx, purged, &audit).await?;
+                Ok(purged)
             }
 
             async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError> {
@@ -796,6 +957,7 @@ macro_rules! sql_store {
                 &self,
                 from: OffsetDateTime,
                 to: OffsetDateTime,
+                identified: bool,
             ) -> Result<Vec<ReportRow>, StoreError> {
                 let referrals: Vec<(String, String, OffsetDateTime, String, String, String)> = sqlx::query_as(
                     "SELECT id, nhs_number, created_at, provider, locality, programme FROM referrals \
@@ -819,17 +981,25 @@ macro_rules! sql_store {
                 for (referral, event) in events {
                     by_referral.entry(referral).or_default().push(event);
                 }
-                Ok(referrals
+                referrals
                     .into_iter()
-                    .map(|(id, nhs_number, created_at, provider, locality, programme)| ReportRow {
-                        nhs_number,
-                        created_at,
-                        provider,
-                        locality,
-                        programme,
-                        events: by_referral.remove(&id).unwrap_or_default(),
+                    .map(|(id, nhs_number, created_at, provider, locality, programme)| {
+                        let nhs_number = if identified {
+                            Some(open_column(&self.keys, Column::ReferralNhsNumber, &id, &nhs_number)?)
+                                .filter(|n| !n.is_empty())
+                        } else {
+                            None
+                        };
+                        Ok(ReportRow {
+                            nhs_number,
+                            created_at,
+                            provider,
+                            locality,
+                            programme,
+                            events: by_referral.remove(&id).unwrap_or_default(),
+                        })
                     })
-                    .collect())
+                    .collect()
             }
 
             async fn count_referrals(&self) -> Result<i64, StoreError> {
@@ -837,6 +1007,42 @@ macro_rules! sql_store {
                     .fetch_one(&self.pool)
                     .await?;
                 Ok(n)
+            }
+
+            async fn seal_plaintext(&self) -> Result<u64, StoreError> {
+                let keys = storage_keys(&self.keys)?;
+                let clear: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT id, message, nhs_number FROM referrals WHERE purged_at IS NULL \
+                     AND (message NOT LIKE 'enc:%' OR nhs_number NOT LIKE 'enc:%')",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                let mut sealed = 0;
+                for (id, message, nhs_number) in clear {
+                    let seal = |column: Column, value: String| {
+                        if value.starts_with(super::crypto::PREFIX) {
+                            return Ok(value);
+                        }
+                        keys.seal(column, &id, &value)
+                            .map_err(|e| StoreError::Encryption(e.to_string()))
+                    };
+                    let new_message = seal(Column::ReferralMessage, message.clone())?;
+                    let new_nhs = seal(Column::ReferralNhsNumber, nhs_number.clone())?;
+                    // Only if nobody changed the row meanwhile.
+                    sealed += sqlx::query(
+                        "UPDATE referrals SET message = $1, nhs_number = $2 \
+                         WHERE id = $3 AND message = $4 AND nhs_number = $5",
+                    )
+                    .bind(new_message)
+                    .bind(new_nhs)
+                    .bind(&id)
+                    .bind(message)
+                    .bind(nhs_number)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                }
+                Ok(sealed)
             }
         }
     };

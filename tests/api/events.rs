@@ -474,6 +474,11 @@ async fn the_reporting_extract_is_pseudonymised_and_honours_the_opt_out(db: Db) 
             .env_remove("THRIVE_ENV")
             .env("THRIVE__DATABASE__URL", &app.database_url)
             .env("THRIVE__REPORTING__OPT_OUT_FILE", &list)
+            .env("THRIVE__KEYS__STORAGE__ACTIVE", "v1")
+            .env(
+                "THRIVE__KEYS__STORAGE__VERSIONS__V1__FILE",
+                format!("{KEYS}/storage-v1.key"),
+            )
             .args(["report", "extract", "--from"])
             .arg((today - fhir_sdk::time::Duration::days(1)).to_string())
             .arg("--to")

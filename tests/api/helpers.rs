@@ -72,6 +72,13 @@ pub fn pseudonym_keys_toml() -> String {
         .join("\n")
 }
 
+/// The test storage key (v1), as configuration; every test gateway runs encrypted.
+pub fn storage_keys_toml() -> String {
+    format!(
+        "[keys.storage]\nactive = \"v1\"\n[keys.storage.versions.v1]\nfile = \"{KEYS}/storage-v1.key\"\n"
+    )
+}
+
 /// Settings for a test gateway: shipped defaults, the test issuer and clients.
 pub fn test_settings(database_url: &str, extra_toml: &str) -> Settings {
     let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
@@ -121,11 +128,15 @@ enabled = false
 key_id = "test-audit-1"
 private_key_file = "{KEYS}/audit-checkpoint.pem"
 public_key_file = "{KEYS}/audit-checkpoint.pub.pem"
+[retention]
+enabled = false
 
 {keys}
+{storage}
 "#,
         root = env!("CARGO_MANIFEST_DIR"),
         keys = pseudonym_keys_toml(),
+        storage = storage_keys_toml(),
     );
     // The test's own TOML is a layer of its own, so it may set any table again.
     let figment = defaults_figment(&config_dir)
@@ -515,6 +526,37 @@ pub fn audit_record(action: &str) -> thrive_gateway::store::AuditRecord {
         client_id: Some("operator".into()),
         role: Some("operator".into()),
         ..thrive_gateway::store::AuditRecord::new(action, "accepted")
+    }
+}
+
+/// The text columns of a query's rows, read straight from a test database as someone
+/// holding a copy of it would.
+pub async fn query_text(db: Db, url: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+    use sqlx::Row;
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
+            let rows = sqlx::query(sql).fetch_all(&pool).await.expect("query");
+            rows.iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.get::<Option<String>, _>(i))
+                        .collect()
+                })
+                .collect()
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(url).await.expect("postgres");
+            let rows = sqlx::query(sql).fetch_all(&pool).await.expect("query");
+            rows.iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.get::<Option<String>, _>(i))
+                        .collect()
+                })
+                .collect()
+        }
     }
 }
 

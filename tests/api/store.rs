@@ -5,6 +5,7 @@ use crate::on_both_databases;
 use fhir_sdk::time::OffsetDateTime;
 use std::sync::Arc;
 use thrive_gateway::config::{DatabaseSettings, Settings};
+use thrive_gateway::store::crypto::StorageKeys;
 use thrive_gateway::store::{
     Inserted, NewReferralRecord, ReferralStatus, Store, UpdateRecord, Updated,
 };
@@ -13,8 +14,11 @@ async fn open(db: Db) -> (Arc<dyn Store>, String, Option<tempfile::TempDir>) {
     let (url, dir) = fresh_database(db).await;
     let settings: Settings = test_settings(&url, "");
     let database: DatabaseSettings = settings.database;
+    let keys = StorageKeys::load(settings.keys.storage.as_ref()).unwrap();
     (
-        thrive_gateway::store::connect(&database).await.unwrap(),
+        thrive_gateway::store::connect_with_keys(&database, Arc::new(keys))
+            .await
+            .unwrap(),
         url,
         dir,
     )
