@@ -498,6 +498,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Vec<ReportRow>, StoreError>;
     /// How many referrals are stored (all states).
     async fn count_referrals(&self) -> Result<i64, StoreError>;
+    /// How many deliveries are in each state (`queued`, `delivered`, `dead`,
+    /// `cancelled`); states with none are left out. Read at every `/metrics` scrape.
+    async fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// Opens the database `settings.database.url` names (creating an SQLite file and its

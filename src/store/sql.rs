@@ -838,6 +838,15 @@ macro_rules! sql_store {
                     .await?;
                 Ok(n)
             }
+
+            async fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT state, COUNT(*) FROM deliveries GROUP BY state ORDER BY state",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
         }
     };
 }
