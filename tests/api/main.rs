@@ -10,6 +10,7 @@ mod duplicates;
 mod events;
 mod gp_callbacks;
 mod intake;
+mod metrics;
 mod provider;
 mod store;
 mod updates;
