@@ -362,6 +362,10 @@ pub struct TelemetrySettings {
     pub format: LogFormat,
     /// A `tracing` filter, e.g. `info` or `thrive_gateway=debug,info`.
     pub filter: String,
+    /// When set, `GET /metrics` requires `Authorization: Bearer <this token>`; without
+    /// it the endpoint is open, for a scrape on a private network (like `/health/*`).
+    #[serde(default)]
+    pub metrics_token: Option<SecretString>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -551,6 +555,16 @@ impl Settings {
                     "gp_callbacks.{other} and {at} have the same source_endpoint"
                 )));
             }
+        }
+        if self.telemetry.metrics_token.as_ref().is_some_and(|t| {
+            let t = t.expose_secret();
+            t.is_empty() || !t.chars().all(|c| c.is_ascii_graphic())
+        }) {
+            return Err(ConfigError::Invalid(
+                "telemetry.metrics_token must be printable ASCII without spaces, and not empty \
+                 (leave it out for an open endpoint)"
+                    .into(),
+            ));
         }
         if self.delivery.max_attempts < 1 || self.delivery.batch_size < 1 {
             return Err(ConfigError::Invalid(

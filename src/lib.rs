@@ -4,7 +4,7 @@
 //!
 //! The modules follow a referral through the gateway: [`intake`] (HTTP), [`auth`],
 //! [`validation`], [`consent`], [`routing`], [`store`]; with [`config`], [`telemetry`],
-//! [`startup`] and [`cli`] around them.
+//! [`metrics`], [`startup`] and [`cli`] around them.
 
 pub mod audit;
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod domain;
 pub mod events;
 pub mod intake;
 pub mod mapping;
+pub mod metrics;
 pub mod operations;
 pub mod outcome;
 pub mod provider_api;

@@ -6,6 +6,7 @@ use crate::config::{RetentionSettings, Settings};
 use crate::delivery::{Deliverer, DeliverySetupError, GpCallbacks, sandbox::Sandbox};
 use crate::intake::{self, CORRELATION_ID, Gateway, REQUEST_ID};
 use crate::mapping::Datasets;
+use crate::metrics::{Metrics, UNMATCHED};
 use crate::routing::{MappingError, Routing};
 use crate::store::{self, Store, StoreError, crypto::StorageKeyError, crypto::StorageKeys};
 use actix_web::{
@@ -43,6 +44,8 @@ pub enum StartupError {
     AuditKeys(String),
     #[error(transparent)]
     Checkpoint(#[from] crate::audit::checkpoint::CheckpointError),
+    #[error("metrics registry: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {bind}: {source}")]
     Bind {
         bind: String,
@@ -91,13 +94,20 @@ impl Application {
             Datasets::load(&settings.mappings.dir, &routing).map_err(StartupError::Mappings)?,
         );
         let store = store::connect_with_keys(&settings.database, storage_keys).await?;
+        let metrics = Arc::new(Metrics::new(settings.telemetry.metrics_token.as_ref())?);
         // Built whenever providers are configured (tests drive it by hand); run in the
         // background when delivery.enabled.
         let deliverer = if settings.delivery.enabled
             || !settings.providers.is_empty()
             || !settings.gp_callbacks.is_empty()
         {
-            Some(Deliverer::new(settings, store.clone(), &routing, datasets)?)
+            Some(Deliverer::new(
+                settings,
+                store.clone(),
+                &routing,
+                datasets,
+                metrics.clone(),
+            )?)
         } else {
             None
         };
@@ -125,6 +135,7 @@ impl Application {
             audit_keys: Arc::new(audit_keys),
             checkpoint_keys,
             gp_callbacks: Arc::new(GpCallbacks::new(&settings.gp_callbacks)),
+            metrics,
         };
         let listener = std::net::TcpListener::bind(&settings.server.bind).map_err(|source| {
             StartupError::Bind {
@@ -157,7 +168,8 @@ impl Application {
                 .configure(intake::configure)
                 .configure(crate::operations::configure)
                 .configure(crate::provider_api::configure)
-                .configure(crate::audit::api::configure);
+                .configure(crate::audit::api::configure)
+                .configure(crate::metrics::configure);
             if let Some(sandbox) = &sandbox {
                 app = app
                     .app_data(sandbox.clone())
@@ -238,7 +250,8 @@ impl Application {
 }
 
 /// One span per request with its request id; echoes `X-Request-Id` and
-/// `X-Correlation-Id` on every response, errors included.
+/// `X-Correlation-Id` on every response, errors included; counts and times every
+/// request for `/metrics` by its route pattern (never the concrete path).
 async fn request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -259,15 +272,27 @@ async fn request_context(
         route = tracing::field::Empty,
     );
     req.extensions_mut().insert(log_id);
+    let metrics = req
+        .app_data::<web::Data<Gateway>>()
+        .map(|gw| gw.metrics.clone());
+    let method = req.method().clone();
+    // The pattern the path matches, read before the handler runs too, so that a
+    // request failing without a response is still counted under its route.
+    let before = req.match_pattern();
     let started = Instant::now();
     let result = next.call(req).instrument(span.clone()).await;
     let _enter = span.enter();
+    let elapsed = started.elapsed().as_secs_f64();
+    let (route, status) = match &result {
+        Ok(res) => (res.request().match_pattern(), res.status()),
+        Err(e) => (before, e.as_response_error().status_code()),
+    };
+    let route = route.unwrap_or_else(|| UNMATCHED.to_owned());
+    if let Some(metrics) = &metrics {
+        metrics.request(&route, method.as_str(), status.as_u16(), elapsed);
+    }
     match result {
         Ok(mut res) => {
-            let route = res
-                .request()
-                .match_pattern()
-                .unwrap_or_else(|| "(unmatched)".into());
             span.record("route", route.as_str());
             for (name, value) in [(REQUEST_ID, request_id), (CORRELATION_ID, correlation_id)] {
                 if let Some(value) = value.filter(|v| v.to_str().is_ok_and(|s| s.len() <= 128)) {
@@ -277,16 +302,13 @@ async fn request_context(
             }
             tracing::info!(
                 status = res.status().as_u16(),
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                latency_ms = elapsed * 1000.0,
                 "request finished"
             );
             Ok(res)
         }
         Err(e) => {
-            tracing::warn!(
-                latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "request failed"
-            );
+            tracing::warn!(latency_ms = elapsed * 1000.0, "request failed");
             Err(e)
         }
     }

@@ -1,6 +1,6 @@
 //! The whole referral flow with canary patient data: a distinctive NHS number, name,
 //! date of birth, phone, email, address and note. None of them may appear in the log
-//! output, an error body, the audit trail or an audit export; in the provider's payload
+//! output, an error body, the metrics, the audit trail or an audit export; in the provider's payload
 //! they appear only where the provider's dataset mapping names them. Its own test
 //! binary, because it owns the global log subscriber. Runs on SQLite and PostgreSQL.
 #![allow(clippy::unwrap_used)]
@@ -221,6 +221,15 @@ async fn flow(db: Db) -> Vec<String> {
     let records = app.audit().await;
     assert!(records.len() >= 10);
     assert_clean("the audit trail", &format!("{records:?}"));
+
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.contains("thrive_referrals_total"),
+        "the flow was counted"
+    );
+    assert_clean("the metrics", &metrics);
     bodies
 }
 

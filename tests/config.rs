@@ -111,6 +111,17 @@ fn bad_values_are_refused_with_their_place() {
         )?;
         assert!(Settings::load(&sources(None, &["ods.toml"])).is_err());
 
+        for token in ["", "two words"] {
+            jail.create_file(
+                "metrics.toml",
+                &format!("[telemetry]\nmetrics_token = \"{token}\"\n"),
+            )?;
+            let err = Settings::load(&sources(None, &["metrics.toml"]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("telemetry.metrics_token"), "{err}");
+        }
+
         let err = Settings::load(&sources(None, &["missing.toml"]))
             .unwrap_err()
             .to_string();
@@ -128,9 +139,11 @@ fn secrets_are_redacted_in_debug_output() {
             "THRIVE__DATABASE__URL",
             "postgres://gw:s3cr3t-pw@db.example/gw",
         );
+        jail.set_env("THRIVE__TELEMETRY__METRICS_TOKEN", "m3tr1cs-t0ken");
         let s = Settings::load(&sources(None, &[])).unwrap();
         let shown = format!("{s:?}");
         assert!(!shown.contains("s3cr3t-pw"), "{shown}");
+        assert!(!shown.contains("m3tr1cs-t0ken"), "{shown}");
         assert!(shown.contains("REDACTED"), "{shown}");
         Ok(())
     });

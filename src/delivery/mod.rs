@@ -62,6 +62,8 @@ pub struct Deliverer {
     settings: DeliverySettings,
     /// This worker's lease owner name, unique per process.
     owner: String,
+    /// Counts attempts for `GET /metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for Deliverer {
@@ -92,6 +94,7 @@ impl Deliverer {
         store: Arc<dyn Store>,
         routing: &crate::routing::Routing,
         datasets: Arc<Datasets>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, DeliverySetupError> {
         let mut recipients = HashMap::new();
         for provider in routing.providers() {
@@ -133,7 +136,28 @@ impl Deliverer {
             callbacks: Arc::new(callbacks),
             settings: settings.delivery.clone(),
             owner: format!("worker-{}", uuid::Uuid::new_v4()),
+            metrics,
         })
+    }
+
+    /// The delivery's recipient and kind as metric labels: configured ids and known
+    /// kinds only, so a stray value in the database never becomes a label.
+    fn labels<'a>(&self, d: &'a ClaimedDelivery) -> (&'a str, &'a str) {
+        let configured = if d.kind == MILESTONE {
+            self.callbacks.contains_key(&d.provider)
+        } else {
+            ProviderId::parse(&d.provider).is_ok_and(|p| self.recipients.contains_key(&p))
+        };
+        let recipient = if configured {
+            d.provider.as_str()
+        } else {
+            "(unknown)"
+        };
+        let kind = match d.kind.as_str() {
+            k @ ("referral" | "cancellation" | "withdrawal" | MILESTONE) => k,
+            _ => "(other)",
+        };
+        (recipient, kind)
     }
 
     /// Claims one batch of due deliveries and attempts them all; returns how many.
@@ -189,6 +213,8 @@ impl Deliverer {
             DeliveryOutcome::Dead { status, .. } => ("dead-letter", *status),
             DeliveryOutcome::Stopped { .. } => ("stopped", None),
         };
+        let (recipient, kind) = self.labels(&d);
+        self.metrics.delivery_attempt(recipient, kind, result);
         let reason = match &outcome {
             DeliveryOutcome::Stopped { reason } => Some(reason.clone()),
             DeliveryOutcome::Dead { error, .. } if status.is_none() => Some(error.clone()),

@@ -8,6 +8,7 @@ pub mod response;
 pub use process::Gateway;
 
 use crate::auth::{AuthError, Principal, Role};
+use crate::metrics::ReferralOutcome;
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
 use actix_web::{
     HttpRequest, HttpResponse, Responder, get,
@@ -149,8 +150,25 @@ async fn process_message(
     mut payload: web::Payload,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
+    let result = receive_message(&req, &mut payload, &gw).await;
+    gw.metrics.referral(match &result {
+        Ok(outcome) => outcome.decision,
+        Err(rejection) => ReferralOutcome::of_rejection(rejection),
+    });
+    Ok(fhir_json(
+        actix_web::http::StatusCode::OK,
+        &response::accepted(&result?),
+    ))
+}
+
+/// One `$process-message` request from its headers to the gateway's decision.
+async fn receive_message(
+    req: &HttpRequest,
+    payload: &mut web::Payload,
+    gw: &Gateway,
+) -> Result<process::Outcome, Rejection> {
     let ids = RequestIds::from_headers(req.headers());
-    let principal = match authenticate(&gw, &req) {
+    let principal = match authenticate(gw, req) {
         Ok(p) => p,
         Err(r) => {
             let ctx = AuditContext {
@@ -163,7 +181,7 @@ async fn process_message(
         }
     };
     let early = async {
-        if !is_fhir_json(&req) {
+        if !is_fhir_json(req) {
             return Err(Rejection::one(Issue::new(
                 RecCode::UnsupportedMediaType,
                 IssueType::NotSupported,
@@ -187,7 +205,7 @@ async fn process_message(
             )));
         }
         let ids = ids.clone()?;
-        let body = read_body(&mut payload, gw.max_body_bytes).await?;
+        let body = read_body(payload, gw.max_body_bytes).await?;
         Ok((ids, body))
     };
     let (ids, body) = match early.await {
@@ -202,13 +220,8 @@ async fn process_message(
             return Err(r);
         }
     };
-    let outcome = gw
-        .process(&principal, &ids, &body, OffsetDateTime::now_utc())
-        .await?;
-    Ok(fhir_json(
-        actix_web::http::StatusCode::OK,
-        &response::accepted(&outcome),
-    ))
+    gw.process(&principal, &ids, &body, OffsetDateTime::now_utc())
+        .await
 }
 
 #[get("/fhir/r4/ServiceRequest/{id}")]

@@ -6,6 +6,7 @@ use super::RequestIds;
 use crate::auth::{Principal, Role};
 use crate::consent;
 use crate::domain::ReferralReference;
+use crate::metrics::ReferralOutcome;
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
 use crate::routing::{RouteDecision, RouteError, Routing};
 use crate::store::{
@@ -31,6 +32,8 @@ pub struct Gateway {
     pub checkpoint_keys: Option<crate::audit::checkpoint::VerifyingKeys>,
     /// Which GP system, if any, takes each referral's milestones back.
     pub gp_callbacks: Arc<crate::delivery::GpCallbacks>,
+    /// Counters and histograms for `GET /metrics`, shared with the delivery worker.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What an accepted message produced, for the response.
@@ -38,6 +41,8 @@ pub struct Gateway {
 pub struct Outcome {
     pub bundle_id: String,
     pub referral: ReferralRow,
+    /// What the message did: stored a referral, cancelled or withdrew one.
+    pub decision: ReferralOutcome,
 }
 
 /// Fields every audit record of a request shares.
@@ -230,6 +235,7 @@ impl Gateway {
                     return Ok(Outcome {
                         bundle_id: envelope.bundle_id.clone(),
                         referral,
+                        decision: ReferralOutcome::Accepted,
                     });
                 }
                 Ok(Inserted::Duplicate) => return Err(duplicate()),
@@ -315,11 +321,16 @@ impl Gateway {
             )
             .into());
         }
-        let (new_status, action) = match update.action {
-            UpdateAction::Cancel => (ReferralStatus::Cancelled, "referral.cancel"),
+        let (new_status, action, decision) = match update.action {
+            UpdateAction::Cancel => (
+                ReferralStatus::Cancelled,
+                "referral.cancel",
+                ReferralOutcome::Cancelled,
+            ),
             UpdateAction::WithdrawConsent => (
                 ReferralStatus::ConsentWithdrawn,
                 "referral.withdraw-consent",
+                ReferralOutcome::Withdrawn,
             ),
         };
         let record = UpdateRecord {
@@ -348,6 +359,7 @@ impl Gateway {
                 Ok(Outcome {
                     bundle_id: update.envelope.bundle_id.clone(),
                     referral,
+                    decision,
                 })
             }
             Ok(Updated::Duplicate) => Err(duplicate()),

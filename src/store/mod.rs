@@ -548,6 +548,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// (`thrive-gateway migrate` does this once); returns how many referrals it sealed.
     /// Serving never does: there, a value not sealed is corrupt, not trusted.
     async fn seal_plaintext(&self) -> Result<u64, StoreError>;
+    /// How many deliveries are in each state (`queued`, `delivered`, `dead`,
+    /// `cancelled`); states with none are left out. Read at every `/metrics` scrape.
+    async fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// Opens the database `settings.database.url` names (creating an SQLite file and its

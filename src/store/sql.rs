@@ -1044,6 +1044,16 @@ macro_rules! sql_store {
                 }
                 Ok(sealed)
             }
+
+            async fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT CASE WHEN state = 'dead' AND resolved_at IS NOT NULL THEN 'resolved' \
+                     ELSE state END AS s, COUNT(*) FROM deliveries GROUP BY s ORDER BY s",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
         }
     };
 }

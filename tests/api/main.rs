@@ -11,6 +11,7 @@ mod encryption;
 mod events;
 mod gp_callbacks;
 mod intake;
+mod metrics;
 mod provider;
 mod retention;
 mod store;

@@ -182,12 +182,18 @@ async fn updates_apply_once_and_queue_notices_for_delivered_referrals(db: Db) {
             .unwrap(),
         ReferralStatus::ConsentWithdrawn
     );
+    assert_eq!(
+        store.delivery_counts().await.unwrap(),
+        [("cancelled", 1), ("delivered", 1), ("queued", 1)].map(|(s, n)| (s.to_owned(), n)),
+        "deliveries counted by state for /metrics"
+    );
 }
 
 async fn migrations_are_idempotent_and_the_store_answers_pings(db: Db) {
     let (store, _url, _dir) = open(db).await;
     store.migrate().await.unwrap();
     store.ping().await.unwrap();
+    assert!(store.delivery_counts().await.unwrap().is_empty());
 }
 
 on_both_databases!(

@@ -1,0 +1,397 @@
+//! Metrics: `GET /metrics` in the Prometheus text format, for a scrape on a private
+//! network.
+//!
+//! Every label value is bounded and names no one: route *patterns* (never concrete
+//! paths), HTTP methods and statuses, fixed outcome words, and configured recipient
+//! ids. Counters and histograms live in one [`Metrics`] per gateway (shared by the
+//! request middleware, the intake handler and the delivery worker); the queue gauges
+//! are read from the database at each scrape, so every replica on a shared database
+//! reports the same queue.
+
+use crate::intake::Gateway;
+use crate::outcome::{Issue, IssueType, RecCode, Rejection};
+use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, proto::MetricFamily,
+};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The route label of a request no route matched (a 404 on an unknown path).
+pub const UNMATCHED: &str = "(unmatched)";
+
+/// How a `$process-message` request ended, as the `outcome` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReferralOutcome {
+    /// A new referral was stored.
+    Accepted,
+    /// A cancellation was applied.
+    Cancelled,
+    /// A consent withdrawal was applied.
+    Withdrawn,
+    /// Already accepted (same request id, MessageHeader id or sender identifier).
+    Duplicate,
+    /// Refused: authentication, headers, structure, business rules, consent, routing.
+    Rejected,
+    /// The gateway failed (500).
+    Error,
+}
+
+impl ReferralOutcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Cancelled => "cancelled",
+            Self::Withdrawn => "withdrawn",
+            Self::Duplicate => "duplicate",
+            Self::Rejected => "rejected",
+            Self::Error => "error",
+        }
+    }
+
+    /// The outcome of a refused message.
+    pub fn of_rejection(rejection: &Rejection) -> Self {
+        match rejection.rec() {
+            RecCode::ServerError | RecCode::ServiceUnavailable => Self::Error,
+            RecCode::Conflict
+                if rejection
+                    .issues
+                    .iter()
+                    .any(|i| i.code == IssueType::Duplicate) =>
+            {
+                Self::Duplicate
+            }
+            _ => Self::Rejected,
+        }
+    }
+}
+
+/// The gateway's counters and histograms, and who may read them.
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    referrals: IntCounterVec,
+    delivery_attempts: IntCounterVec,
+    /// SHA-256 of `telemetry.metrics_token`, when set.
+    token: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("token", &self.token.map(|_| "[REDACTED]"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry; `token`, when given, is required to read it.
+    pub fn new(token: Option<&SecretString>) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "thrive_http_requests_total",
+                "HTTP requests answered, by route pattern, method and status.",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "thrive_http_request_duration_seconds",
+                "Time from request to response, by route pattern.",
+            ),
+            &["route"],
+        )?;
+        let referrals = IntCounterVec::new(
+            Opts::new(
+                "thrive_referrals_total",
+                "Referral messages ($process-message), by outcome.",
+            ),
+            &["outcome"],
+        )?;
+        let delivery_attempts = IntCounterVec::new(
+            Opts::new(
+                "thrive_delivery_attempts_total",
+                "Delivery attempts, by recipient (provider or GP callback id), kind and result.",
+            ),
+            &["recipient", "kind", "result"],
+        )?;
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(referrals.clone()))?;
+        registry.register(Box::new(delivery_attempts.clone()))?;
+        Ok(Self {
+            registry,
+            http_requests,
+            http_duration,
+            referrals,
+            delivery_attempts,
+            token: token.map(|t| digest(t.expose_secret())),
+        })
+    }
+
+    /// One answered request. `route` is the matched pattern or [`UNMATCHED`].
+    pub fn request(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let status = status.to_string();
+        if let Ok(c) =
+            self.http_requests
+                .get_metric_with_label_values(&[route, method_label(method), &status])
+        {
+            c.inc();
+        }
+        if let Ok(h) = self.http_duration.get_metric_with_label_values(&[route]) {
+            h.observe(seconds);
+        }
+    }
+
+    /// One `$process-message` request decided.
+    pub fn referral(&self, outcome: ReferralOutcome) {
+        if let Ok(c) = self
+            .referrals
+            .get_metric_with_label_values(&[outcome.label()])
+        {
+            c.inc();
+        }
+    }
+
+    /// One delivery attempt. `recipient` and `kind` must be bounded values (configured
+    /// ids, known kinds): the caller maps anything else to a placeholder.
+    pub fn delivery_attempt(&self, recipient: &str, kind: &str, result: &str) {
+        if let Ok(c) = self
+            .delivery_attempts
+            .get_metric_with_label_values(&[recipient, kind, result])
+        {
+            c.inc();
+        }
+    }
+
+    /// True when the request may read the metrics: no token is configured, or the
+    /// request carries `Authorization: Bearer <token>` (compared in constant time).
+    pub fn allows(&self, req: &HttpRequest) -> bool {
+        let Some(expected) = &self.token else {
+            return true;
+        };
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
+        match presented {
+            // Both sides hashed first, so the comparison takes the same time whatever
+            // the length or content of what was presented.
+            Some(token) => bool::from(digest(token).ct_eq(expected)),
+            None => false,
+        }
+    }
+
+    /// Everything in the text format, with the queue gauges from `queue` (deliveries
+    /// by state) when the database answered.
+    pub fn render(&self, queue: Option<&[(String, i64)]>) -> Result<String, prometheus::Error> {
+        let mut families = self.registry.gather();
+        if let Some(queue) = queue {
+            families.extend(queue_gauges(queue)?);
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut text = String::new();
+        TextEncoder::new().encode_utf8(&families, &mut text)?;
+        Ok(text)
+    }
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Methods the gateway serves by name; any other (clients may send anything) is `OTHER`.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// `thrive_delivery_queue_depth{state}` (queued, dead) and `thrive_dead_letters`, built
+/// fresh at each scrape so that a scrape the database could not answer shows them
+/// missing rather than stale.
+fn queue_gauges(counts: &[(String, i64)]) -> Result<Vec<MetricFamily>, prometheus::Error> {
+    use prometheus::core::Collector;
+    let count = |state: &str| {
+        counts
+            .iter()
+            .filter(|(s, _)| s == state)
+            .map(|(_, n)| *n)
+            .sum::<i64>()
+    };
+    let depth = IntGaugeVec::new(
+        Opts::new(
+            "thrive_delivery_queue_depth",
+            "Deliveries waiting to be sent (queued, retries included) or parked (dead), \
+             from the database at scrape time.",
+        ),
+        &["state"],
+    )?;
+    for state in ["queued", "dead"] {
+        depth
+            .get_metric_with_label_values(&[state])?
+            .set(count(state));
+    }
+    let dead = IntGauge::new(
+        "thrive_dead_letters",
+        "Dead letters waiting for an operator (deliveries replay), from the database at scrape time.",
+    )?;
+    dead.set(count("dead"));
+    let mut families = depth.collect();
+    families.extend(dead.collect());
+    Ok(families)
+}
+
+fn unauthorised() -> Rejection {
+    Issue::new(
+        RecCode::Unauthorized,
+        IssueType::Login,
+        "this endpoint needs the metrics bearer token (telemetry.metrics_token)",
+    )
+    .into()
+}
+
+/// The scrape. Open unless `telemetry.metrics_token` is set; then 401 without it.
+#[get("/metrics")]
+async fn metrics(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, Rejection> {
+    if !gw.metrics.allows(&req) {
+        return Err(unauthorised());
+    }
+    let queue = match gw.store.delivery_counts().await {
+        Ok(counts) => Some(counts),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: the delivery queue could not be counted");
+            None
+        }
+    };
+    match gw.metrics.render(queue.as_deref()) {
+        Ok(text) => Ok(HttpResponse::Ok()
+            .content_type(TextEncoder::new().format_type())
+            .body(text)),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: encoding failed");
+            Err(crate::outcome::server_error())
+        }
+    }
+}
+
+/// Registers `GET /metrics`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(metrics);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    fn scrape(m: &Metrics) -> String {
+        m.render(Some(&[("queued".into(), 2), ("delivered".into(), 5)]))
+            .expect("renders")
+    }
+
+    #[test]
+    fn counters_render_with_their_labels_and_the_queue_gauges() {
+        let m = Metrics::new(None).expect("registry");
+        m.request("/fhir/r4/ServiceRequest/{id}", "GET", 404, 0.003);
+        m.request(UNMATCHED, "BREW", 404, 0.001);
+        m.referral(ReferralOutcome::Accepted);
+        m.delivery_attempt("bchft", "referral", "delivered");
+        let text = scrape(&m);
+        for line in [
+            r#"thrive_http_requests_total{method="GET",route="/fhir/r4/ServiceRequest/{id}",status="404"} 1"#,
+            r#"thrive_http_requests_total{method="OTHER",route="(unmatched)",status="404"} 1"#,
+            r#"thrive_http_request_duration_seconds_count{route="/fhir/r4/ServiceRequest/{id}"} 1"#,
+            r#"thrive_referrals_total{outcome="accepted"} 1"#,
+            r#"thrive_delivery_attempts_total{kind="referral",recipient="bchft",result="delivered"} 1"#,
+            r#"thrive_delivery_queue_depth{state="queued"} 2"#,
+            r#"thrive_delivery_queue_depth{state="dead"} 0"#,
+            "thrive_dead_letters 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("BREW"), "unknown methods are not labels");
+        assert!(
+            !text.contains(r#"state="delivered""#),
+            "only queued and dead are gauged"
+        );
+    }
+
+    #[test]
+    fn without_the_database_the_gauges_are_missing_not_stale() {
+        let m = Metrics::new(None).expect("registry");
+        assert!(scrape(&m).contains("thrive_dead_letters 0"));
+        let text = m.render(None).expect("renders");
+        assert!(!text.contains("thrive_dead_letters"), "{text}");
+        assert!(!text.contains("thrive_delivery_queue_depth"), "{text}");
+    }
+
+    #[test]
+    fn rejections_are_told_apart() {
+        let duplicate =
+            Rejection::one(Issue::new(RecCode::Conflict, IssueType::Duplicate, "again"));
+        let conflict = Rejection::one(Issue::new(
+            RecCode::Conflict,
+            IssueType::Conflict,
+            "already cancelled",
+        ));
+        let bad = Rejection::one(Issue::business(IssueType::Value, "Patient", "bad"));
+        assert_eq!(
+            ReferralOutcome::of_rejection(&duplicate),
+            ReferralOutcome::Duplicate
+        );
+        assert_eq!(
+            ReferralOutcome::of_rejection(&conflict),
+            ReferralOutcome::Rejected
+        );
+        assert_eq!(
+            ReferralOutcome::of_rejection(&bad),
+            ReferralOutcome::Rejected
+        );
+        assert_eq!(
+            ReferralOutcome::of_rejection(&crate::outcome::server_error()),
+            ReferralOutcome::Error
+        );
+    }
+
+    #[test]
+    fn the_token_is_a_bearer_token_compared_whole() {
+        let open = Metrics::new(None).expect("registry");
+        assert!(open.allows(&TestRequest::default().to_http_request()));
+
+        let token = SecretString::from("s3cret-metrics-token");
+        let m = Metrics::new(Some(&token)).expect("registry");
+        let with = |value: &str| {
+            TestRequest::default()
+                .insert_header((header::AUTHORIZATION, value))
+                .to_http_request()
+        };
+        assert!(!m.allows(&TestRequest::default().to_http_request()));
+        assert!(m.allows(&with("Bearer s3cret-metrics-token")));
+        assert!(m.allows(&with("bearer s3cret-metrics-token")));
+        for wrong in [
+            "Bearer s3cret-metrics-toke",
+            "Bearer s3cret-metrics-token2",
+            "Basic s3cret-metrics-token",
+            "s3cret-metrics-token",
+            "Bearer ",
+        ] {
+            assert!(!m.allows(&with(wrong)), "{wrong}");
+        }
+        assert!(!format!("{m:?}").contains("s3cret"));
+    }
+}
