@@ -43,11 +43,25 @@ async fn refusal(store: &dyn Store, id: &str) -> Result<DeadLetterAction, StoreE
 
 /// Puts a dead letter back in the queue. Its consent and referral state are checked
 /// again by the worker before it is sent. A resolved dead letter is not replayed.
+/// The record names the delivery's referral (and so its subject) and recipient.
+async fn about_delivery(
+    store: &dyn Store,
+    id: &str,
+    mut audit: AuditRecord,
+) -> Result<AuditRecord, StoreError> {
+    if let Some(d) = store.delivery(id).await? {
+        audit.referral_id = Some(d.referral_id.clone());
+        audit.recipient = Some(d.provider.clone());
+    }
+    Ok(audit)
+}
+
 pub async fn replay(
     store: &dyn Store,
     id: &str,
     audit: AuditRecord,
 ) -> Result<DeadLetterAction, StoreError> {
+    let audit = about_delivery(store, id, audit).await?;
     if store
         .replay_delivery(id, OffsetDateTime::now_utc(), &audit)
         .await?
@@ -64,6 +78,7 @@ pub async fn resolve(
     id: &str,
     audit: AuditRecord,
 ) -> Result<DeadLetterAction, StoreError> {
+    let audit = about_delivery(store, id, audit).await?;
     if store
         .resolve_delivery(id, OffsetDateTime::now_utc(), &audit)
         .await?
@@ -74,15 +89,38 @@ pub async fn resolve(
     }
 }
 
-fn operator_only(gw: &Gateway, req: &HttpRequest) -> Result<crate::auth::Principal, Rejection> {
-    let principal = crate::intake::authenticate(gw, req)?;
+/// Authenticates an operator; a refusal is recorded before it is returned.
+async fn operator_only(
+    gw: &Gateway,
+    req: &HttpRequest,
+    action: &str,
+) -> Result<crate::auth::Principal, Rejection> {
+    let principal = match crate::intake::authenticate(gw, req) {
+        Ok(p) => p,
+        Err(rejection) => {
+            let ctx = AuditContext {
+                action,
+                principal: None,
+                ids: None,
+            };
+            gw.audit_rejection(&ctx, &rejection).await;
+            return Err(rejection);
+        }
+    };
     if principal.role != Role::Operator {
-        return Err(Issue::new(
+        let rejection: Rejection = Issue::new(
             RecCode::Forbidden,
             IssueType::Forbidden,
             "only operators may manage deliveries",
         )
-        .into());
+        .into();
+        let ctx = AuditContext {
+            action,
+            principal: Some(&principal),
+            ids: None,
+        };
+        gw.audit_rejection(&ctx, &rejection).await;
+        return Err(rejection);
     }
     Ok(principal)
 }
@@ -105,7 +143,7 @@ async fn list_deliveries(
     query: web::Query<ListQuery>,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
-    let principal = operator_only(&gw, &req)?;
+    let principal = operator_only(&gw, &req, "operator.deliveries.list").await?;
     let rows = list(gw.store.as_ref(), query.dead, query.limit.clamp(1, 1000))
         .await
         .map_err(|e| {
@@ -136,7 +174,7 @@ async fn replay_delivery(
     id: web::Path<String>,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
-    let principal = operator_only(&gw, &req)?;
+    let principal = operator_only(&gw, &req, "operator.deliveries.replay").await?;
     let ctx = AuditContext {
         action: "operator.deliveries.replay",
         principal: Some(&principal),
@@ -187,7 +225,7 @@ async fn resolve_delivery(
     id: web::Path<String>,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
-    let principal = operator_only(&gw, &req)?;
+    let principal = operator_only(&gw, &req, "operator.deliveries.resolve").await?;
     let ctx = AuditContext {
         action: "operator.deliveries.resolve",
         principal: Some(&principal),

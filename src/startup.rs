@@ -134,6 +134,7 @@ impl Application {
             max_body_bytes: settings.server.max_body_bytes,
             audit_keys: Arc::new(audit_keys),
             checkpoint_keys,
+            checkpoint_signer: signer.as_ref().map(|(s, _)| s.clone()),
             gp_callbacks: Arc::new(GpCallbacks::new(&settings.gp_callbacks)),
             metrics,
         };

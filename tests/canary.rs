@@ -56,8 +56,11 @@ const NEVER_SENT: [&str; 7] = [
     NOTE,
 ];
 
+/// A number that fails the check, sent in a refused message.
+const BAD_NHS_NUMBER: &str = "7182936454";
+
 fn all_canaries() -> Vec<&'static str> {
-    let mut v = vec![NHS_NUMBER, NHS_NUMBER_SPACED];
+    let mut v = vec![NHS_NUMBER, NHS_NUMBER_SPACED, BAD_NHS_NUMBER];
     v.extend(MAPPED);
     v.extend(NEVER_SENT);
     v

@@ -283,13 +283,30 @@ async fn audit_commands_verify_export_and_name_the_tampered_record() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Four records: the three above and `audit verify`'s own; the export signs the
+    // head first, so a second checkpoint covers the fourth.
     let out = run(&["audit", "verify-export", file.to_str().unwrap()]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("3 signed by 1 checkpoints"));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("export intact: 4 records linked and signed by 2 checkpoints")
+    );
+    // The same export stripped of its checkpoint proves nothing: exit 1.
+    let mut bundle: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    bundle["entry"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|e| e["resource"]["resourceType"] != "Provenance");
+    let unsigned = dir.path().join("unsigned.json");
+    std::fs::write(&unsigned, bundle.to_string()).unwrap();
+    let out = run(&["audit", "verify-export", unsigned.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT PROVEN: 0 of 4 records"));
 
     let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
     sqlx::query("UPDATE audit_events SET action = 'referral.cancel' WHERE seq = 2")

@@ -75,6 +75,35 @@ async fn record_call(
     gw.store.append_audit(&record).await.map_err(fail)
 }
 
+/// Records a refusal that came after authentication (bad parameters, unknown record),
+/// then hands it back: every auditor call leaves a record, allowed or not.
+async fn refused(
+    gw: &Gateway,
+    req: &HttpRequest,
+    principal: &Principal,
+    action: &str,
+    result: Result<HttpResponse, Rejection>,
+) -> Result<HttpResponse, Rejection> {
+    if let Err(rejection) = &result {
+        let ids = ids(req);
+        let ctx = AuditContext {
+            action,
+            principal: Some(principal),
+            ids: ids.as_ref(),
+        };
+        gw.audit_rejection(&ctx, rejection).await;
+    }
+    result
+}
+
+/// The query string read after authentication, so a malformed one is refused (and
+/// recorded) like any other bad parameter.
+fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, Rejection> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|_| bad("the query parameters are not ones this endpoint takes, or are malformed"))
+}
+
 fn bad(what: impl Into<String>) -> Rejection {
     Issue::new(RecCode::BadRequest, IssueType::Value, what.into()).into()
 }
@@ -133,12 +162,18 @@ const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1_000;
 
 #[get("/audit/v1/records")]
-async fn list(
-    req: HttpRequest,
-    query: web::Query<ListQuery>,
-    gw: web::Data<Gateway>,
-) -> Result<HttpResponse, Rejection> {
+async fn list(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.list").await?;
+    let result = list_records(&gw, &req, &principal).await;
+    refused(&gw, &req, &principal, "audit.list", result).await
+}
+
+async fn list_records(
+    gw: &Gateway,
+    req: &HttpRequest,
+    principal: &Principal,
+) -> Result<HttpResponse, Rejection> {
+    let query: ListQuery = query(req)?;
     let filter = query.filter()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let after = query.after.unwrap_or(0).max(0);
@@ -151,9 +186,9 @@ async fn list(
         .then(|| rows.last().and_then(|r| r.seq))
         .flatten();
     record_call(
-        &gw,
-        &req,
-        &principal,
+        gw,
+        req,
+        principal,
         "audit.list",
         None,
         json!({"filter": {"from": query.from, "to": query.to, "referral": query.referral,
@@ -174,6 +209,16 @@ async fn one(
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.read").await?;
+    let result = read_record(&gw, &req, &principal, &seq).await;
+    refused(&gw, &req, &principal, "audit.read", result).await
+}
+
+async fn read_record(
+    gw: &Gateway,
+    req: &HttpRequest,
+    principal: &Principal,
+    seq: &str,
+) -> Result<HttpResponse, Rejection> {
     let not_found = || -> Rejection {
         Issue::new(
             RecCode::NotFound,
@@ -190,16 +235,9 @@ async fn one(
         .map_err(fail)?
         .into_iter()
         .find(|r| r.seq == Some(seq));
-    record_call(
-        &gw,
-        &req,
-        &principal,
-        "audit.read",
-        None,
-        json!({"seq": seq, "found": row.is_some()}),
-    )
-    .await?;
+    // Not found is refused, and recorded as such by the caller.
     let row = row.ok_or_else(not_found)?;
+    record_call(gw, req, principal, "audit.read", None, json!({"seq": seq})).await?;
     Ok(HttpResponse::Ok().json(record_view(&row)))
 }
 
@@ -218,7 +256,17 @@ async fn subjects(
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.subjects").await?;
-    let body: SubjectBody = serde_json::from_slice(&body)
+    let result = subject_records(&gw, &req, &principal, &body).await;
+    refused(&gw, &req, &principal, "audit.subjects", result).await
+}
+
+async fn subject_records(
+    gw: &Gateway,
+    req: &HttpRequest,
+    principal: &Principal,
+    body: &[u8],
+) -> Result<HttpResponse, Rejection> {
+    let body: SubjectBody = serde_json::from_slice(body)
         .map_err(|_| bad("the body must be JSON: {\"nhs_number\": \"<10 digits>\"}"))?;
     let nhs = NhsNumber::parse(&body.nhs_number).map_err(|_| {
         Rejection::one(
@@ -262,9 +310,9 @@ async fn subjects(
         })
         .collect();
     record_call(
-        &gw,
-        &req,
-        &principal,
+        gw,
+        req,
+        principal,
         "audit.subjects",
         Some(active.clone()),
         json!({"records": rows.len(), "disclosures": disclosures.len()}),
@@ -291,14 +339,24 @@ fn default_format() -> String {
     "fhir".into()
 }
 
-/// The records written in `[from, to)`, as a contiguous stretch of the chain (so the
-/// export verifies on its own), in the format asked for.
+/// The records written in `[from, to)`, as a contiguous stretch of the chain running
+/// on to the first signed checkpoint at or after its end (so the export verifies on its
+/// own, signature included), in the format asked for. With a `signer`, the chain head
+/// is signed first, so there always is such a checkpoint.
 pub async fn export_range(
     store: &dyn crate::store::Store,
+    signer: Option<&super::checkpoint::Signer>,
     from: fhir_sdk::time::OffsetDateTime,
     to: fhir_sdk::time::OffsetDateTime,
     format: Format,
 ) -> Result<(String, usize), StoreError> {
+    if let Some(signer) = signer {
+        signer.checkpoint(store).await.map_err(|e| match e {
+            super::checkpoint::CheckpointError::Store(e) => e,
+            other => StoreError::Corrupt(other.to_string()),
+        })?;
+    }
+    let checkpoints = store.audit_checkpoints().await?;
     let filter = AuditFilter {
         from: Some(from),
         to: Some(to),
@@ -310,6 +368,11 @@ pub async fn export_range(
         in_range.last().and_then(|r| r.seq),
     ) {
         (Some(first), Some(last)) => {
+            let last = checkpoints
+                .iter()
+                .map(|c| c.seq)
+                .find(|seq| *seq >= last)
+                .unwrap_or(last);
             let mut rows = Vec::new();
             let mut after = first - 1;
             while after < last {
@@ -326,10 +389,7 @@ pub async fn export_range(
     };
     let n = rows.len();
     let text = match format {
-        Format::Fhir => {
-            let checkpoints = store.audit_checkpoints().await?;
-            export::fhir_bundle(&rows, &checkpoints).to_string()
-        }
+        Format::Fhir => export::fhir_bundle(&rows, &checkpoints).to_string(),
         Format::Csv => export::csv(&rows).map_err(StoreError::Corrupt)?,
     };
     Ok((text, n))
@@ -338,22 +398,37 @@ pub async fn export_range(
 #[get("/audit/v1/export")]
 async fn export_records(
     req: HttpRequest,
-    query: web::Query<ExportQuery>,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.export").await?;
+    let result = export_inner(&gw, &req, &principal).await;
+    refused(&gw, &req, &principal, "audit.export", result).await
+}
+
+async fn export_inner(
+    gw: &Gateway,
+    req: &HttpRequest,
+    principal: &Principal,
+) -> Result<HttpResponse, Rejection> {
+    let query: ExportQuery = query(req)?;
     let from = crate::reports::bound(&query.from)
         .map_err(|_| bad("`from` must be a date or an RFC 3339 instant"))?;
     let to = crate::reports::bound(&query.to)
         .map_err(|_| bad("`to` must be a date or an RFC 3339 instant"))?;
     let format: Format = query.format.parse().map_err(bad)?;
-    let (text, n) = export_range(gw.store.as_ref(), from, to, format)
-        .await
-        .map_err(fail)?;
+    let (text, n) = export_range(
+        gw.store.as_ref(),
+        gw.checkpoint_signer.as_ref(),
+        from,
+        to,
+        format,
+    )
+    .await
+    .map_err(fail)?;
     record_call(
-        &gw,
-        &req,
-        &principal,
+        gw,
+        req,
+        principal,
         "audit.export",
         None,
         json!({"from": query.from, "to": query.to, "format": query.format, "count": n}),

@@ -144,14 +144,20 @@ fn outcome_code(outcome: &str, status: Option<i32>) -> &'static str {
 /// One record as a BALP-style `AuditEvent`.
 pub fn audit_event(r: &AuditRow) -> Value {
     let (kind, subtype, action) = event_type(&r.action);
+    // The gateway answers a caller (destination) or, delivering on its own, sends
+    // (source); a caller is always the source of its request.
+    let (code, display) = match r.client_id {
+        Some(_) => ("110152", "Destination Role ID"),
+        None => ("110153", "Source Role ID"),
+    };
     let mut agents = vec![json!({
-        "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID"}]},
+        "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": code, "display": display}]},
         "who": {"identifier": {"system": PARTY_SYSTEM, "value": "thrive-gateway"}},
         "requestor": r.client_id.is_none(),
     })];
     if let Some(client) = &r.client_id {
         let mut agent = json!({
-            "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110152", "display": "Destination Role ID"}]},
+            "type": {"coding": [{"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110153", "display": "Source Role ID"}]},
             "who": {"identifier": {"system": PARTY_SYSTEM, "value": client}},
             "requestor": true,
             "role": [{"text": r.role.clone().unwrap_or_default()}],
@@ -353,9 +359,22 @@ pub fn verify_bundle(bundle: &Value, keys: &VerifyingKeys) -> Result<ExportVerif
         let inner: Value =
             serde_json::from_str(ext).map_err(|_| format!("entry {n}: unreadable"))?;
         match resource["resourceType"].as_str() {
-            Some("AuditEvent") => rows.push(
-                record_from_json(&inner).ok_or_else(|| format!("entry {n}: unreadable record"))?,
-            ),
+            Some("AuditEvent") => {
+                let row = record_from_json(&inner)
+                    .ok_or_else(|| format!("entry {n}: unreadable record"))?;
+                // What the auditor reads must be what the record says.
+                if audit_event(&row) != *resource {
+                    return Ok(ExportVerification {
+                        records: 0,
+                        covered: 0,
+                        checkpoints: 0,
+                        problem: Some(Tamper::Changed {
+                            seq: row.seq.unwrap_or(row.id),
+                        }),
+                    });
+                }
+                rows.push(row)
+            }
             Some("Provenance") => {
                 let jws = resource["signature"][0]["data"]
                     .as_str()

@@ -254,12 +254,15 @@ pub async fn verify(
     if let Some(id) = unchained {
         return Ok(done(&walker, Tamper::Unchained { id }));
     }
+    // The head first: records appended while the walk goes on are after it and are
+    // not judged, so a busy gateway never looks tampered with.
+    let (head_seq, head_hash) = store.audit_head().await?;
     let mut after = 0;
-    loop {
-        let rows = store.audit_chain(after, PAGE).await?;
+    while after < head_seq {
+        let rows = store.audit_chain(after, PAGE.min(head_seq - after)).await?;
         let Some(last) = rows.last() else { break };
         after = last.seq.unwrap_or(after);
-        for row in &rows {
+        for row in rows.iter().filter(|r| r.seq <= Some(head_seq)) {
             let foreign = match &row.prev_hash {
                 Some(p) if *p != walker.prev_hash => store.audit_seq_of_hash(p).await?,
                 _ => None,
@@ -269,13 +272,23 @@ pub async fn verify(
             }
         }
     }
-    let (head_seq, head_hash) = store.audit_head().await?;
     let (last_seq, last_hash) = walker.head();
     if head_seq > last_seq {
         return Ok(done(&walker, Tamper::Removed { seq: last_seq + 1 }));
     }
-    if head_seq != last_seq || head_hash != last_hash {
+    if head_hash != last_hash {
         return Ok(done(&walker, Tamper::Changed { seq: last_seq }));
+    }
+    // Written past the head without moving it: not by a gateway. Records appended
+    // since the head was read have moved it, so they are not mistaken for this.
+    let (now_head, _) = store.audit_head().await?;
+    if let Some(extra) = store.audit_chain(now_head, 1).await?.first() {
+        return Ok(done(
+            &walker,
+            Tamper::Inserted {
+                seq: extra.seq.unwrap_or(now_head + 1),
+            },
+        ));
     }
     let mut checked = 0;
     for c in store.audit_checkpoints().await? {

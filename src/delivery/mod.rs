@@ -239,6 +239,10 @@ impl Deliverer {
         if let Some(event) = &d.event {
             detail["event"] = json!(event);
         }
+        if d.kind == "referral" {
+            // The consent the disclosure rests on (dates and recipient, no identifiers).
+            detail["consent"] = serde_json::from_str(&d.consent).unwrap_or(serde_json::Value::Null);
+        }
         let audit = AuditRecord {
             at: now,
             http_status: status,
@@ -265,6 +269,13 @@ impl Deliverer {
             tracing::info!(delivery_id = %d.id, referral_id = %d.referral_id, provider = %d.provider, kind = %d.kind, attempt, result, status, "delivery attempt");
         } else {
             tracing::warn!(delivery_id = %d.id, "delivery lease expired before the outcome was recorded; another worker will retry");
+            // The attempt happened (the data may have gone out) even though its outcome
+            // could not be kept: the audit trail still says so.
+            let lost = AuditRecord {
+                outcome: format!("{result}; lease lost"),
+                ..audit
+            };
+            self.store.append_audit(&lost).await?;
         }
         Ok(())
     }
@@ -288,10 +299,7 @@ impl Deliverer {
         };
         let answer = client.send(&d.request_id, &d.correlation_id, &body).await;
         let outcome = self.classify(answer, d.attempts + 1, now, age);
-        let receipt = match outcome {
-            DeliveryOutcome::Delivered { .. } => receipt,
-            _ => None,
-        };
+        // The body went out: whatever the answer, what it held is recorded.
         (outcome, receipt)
     }
 

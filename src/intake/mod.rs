@@ -231,10 +231,12 @@ async fn read_service_request(
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = authenticate(&gw, &req)?;
+    // The ids are optional on a read; when sent they go into the record.
+    let ids = RequestIds::from_headers(req.headers()).ok();
     let ctx = AuditContext {
         action: "referral.read",
         principal: Some(&principal),
-        ids: None,
+        ids: ids.as_ref(),
     };
     let id = path.into_inner();
     let not_found = || -> Rejection {

@@ -30,6 +30,8 @@ pub struct Gateway {
     pub audit_keys: Arc<crate::pseudonym::PseudonymKeys>,
     /// Checks checkpoint signatures for auditors (`audit.checkpoint`).
     pub checkpoint_keys: Option<crate::audit::checkpoint::VerifyingKeys>,
+    /// Signs the chain head before an export, so the export is covered to its end.
+    pub checkpoint_signer: Option<crate::audit::checkpoint::Signer>,
     /// Which GP system, if any, takes each referral's milestones back.
     pub gp_callbacks: Arc<crate::delivery::GpCallbacks>,
     /// Counters and histograms for `GET /metrics`, shared with the delivery worker.
@@ -78,12 +80,25 @@ impl Gateway {
     /// Records a rejection. A failure to record is logged, and the caller still gets
     /// the rejection: the audit trail must not turn a 4xx into a 500.
     pub async fn audit_rejection(&self, ctx: &AuditContext<'_>, rejection: &Rejection) {
-        let record = ctx.record(
-            "rejected",
-            rejection.rec().status().as_u16(),
-            None,
-            json!({ "issues": rejection.summary() }),
-        );
+        self.audit_rejection_about(ctx, rejection, None).await;
+    }
+
+    /// Records a rejection about a person, named by their audit pseudonym.
+    async fn audit_rejection_about(
+        &self,
+        ctx: &AuditContext<'_>,
+        rejection: &Rejection,
+        subject: Option<String>,
+    ) {
+        let record = AuditRecord {
+            subject,
+            ..ctx.record(
+                "rejected",
+                rejection.rec().status().as_u16(),
+                None,
+                json!({ "issues": rejection.summary() }),
+            )
+        };
         if let Err(e) = self.store.append_audit(&record).await {
             tracing::error!(error = %e, action = ctx.action, "could not record a rejection in the audit table");
         }
@@ -104,7 +119,11 @@ impl Gateway {
         };
         let result = self.decide(principal, ids, body, now, &mut ctx).await;
         if let Err(rejection) = &result {
-            self.audit_rejection(&ctx, rejection).await;
+            // A refused message that names a valid NHS number is recorded against that
+            // person's pseudonym, so a subject access request finds it too.
+            let subject = subject_nhs_number(body)
+                .map(|n| self.audit_keys.pseudonym(n.expose()).into_string());
+            self.audit_rejection_about(&ctx, rejection, subject).await;
         }
         result
     }
@@ -408,4 +427,20 @@ fn accepted_detail(route: &RouteDecision, consent: &consent::ConsentRecord) -> s
             "valid_until": consent.valid_until,
         },
     })
+}
+
+/// The NHS number of the message's Patient, when there is exactly one that passes the
+/// check; read only to name the subject of a refusal.
+fn subject_nhs_number(body: &[u8]) -> Option<crate::domain::NhsNumber> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut found = value["entry"]
+        .as_array()?
+        .iter()
+        .map(|e| &e["resource"])
+        .filter(|r| r["resourceType"] == "Patient")
+        .flat_map(|r| r["identifier"].as_array().into_iter().flatten())
+        .filter(|i| i["system"] == crate::domain::NHS_NUMBER_SYSTEM)
+        .filter_map(|i| crate::domain::NhsNumber::parse(i["value"].as_str()?).ok());
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }

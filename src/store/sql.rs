@@ -109,6 +109,10 @@ fn unique_violation(e: &sqlx::Error) -> Option<Conflict> {
     if !db.is_unique_violation() {
         return None;
     }
+    // The audit chain's own rule broken is a fault, never a duplicate request.
+    if db.constraint() == Some("audit_events_seq") || db.message().contains("audit_events.seq") {
+        return None;
+    }
     let on_reference = db.constraint() == Some("referrals_reference_key")
         || db.message().contains("referrals.reference");
     Some(if on_reference {
@@ -142,13 +146,30 @@ macro_rules! audit_columns {
 }
 
 /// Every auditor filter, each one skipped when its parameter is NULL; `$8` is the
-/// paging cursor and `$9` the page size. Subjects are matched in Rust-built pairs.
+/// paging cursor and `$9` the page size. Times are compared through `$t0 ... $t1`,
+/// where the engines differ (see [`sql_store`]'s invocations).
 macro_rules! audit_filtered {
-    ($subjects:literal) => {
+    ($subjects:literal, $t0:literal, $t1:literal) => {
         concat!(
             audit_columns!(),
-            "WHERE seq IS NOT NULL AND ($1 IS NULL OR recorded_at >= $1) ",
-            "AND ($2 IS NULL OR recorded_at < $2) AND ($3 IS NULL OR referral_id = $3) ",
+            "WHERE seq IS NOT NULL AND ($1 IS NULL OR ",
+            $t0,
+            "recorded_at",
+            $t1,
+            " >= ",
+            $t0,
+            "$1",
+            $t1,
+            ") ",
+            "AND ($2 IS NULL OR ",
+            $t0,
+            "recorded_at",
+            $t1,
+            " < ",
+            $t0,
+            "$2",
+            $t1,
+            ") AND ($3 IS NULL OR referral_id = $3) ",
             "AND ($4 IS NULL OR action = $4) AND ($5 IS NULL OR recipient = $5) ",
             "AND ($6 IS NULL OR client_id = $6) AND seq > $8 ",
             $subjects,
@@ -208,7 +229,7 @@ macro_rules! claim_one {
 }
 
 macro_rules! sql_store {
-    ($store:ty, $db:ty, $migrations:literal, $lock:literal) => {
+    ($store:ty, $db:ty, $migrations:literal, $lock:literal, $t0:literal, $t1:literal) => {
         impl $store {
             /// Appends `a` to the hash chain inside the caller's transaction. The head
             /// row is taken first (and held to commit), so concurrent writers, in this
@@ -628,8 +649,8 @@ macro_rules! sql_store {
                 let mut rows: Vec<AuditRow> = Vec::new();
                 for subject in subjects {
                     let q = match subject {
-                        None => sqlx::query_as::<_, AuditRow>(audit_filtered!("AND ($7 IS NULL OR subject = $7)")),
-                        Some(_) => sqlx::query_as::<_, AuditRow>(audit_filtered!("AND subject = $7")),
+                        None => sqlx::query_as::<_, AuditRow>(audit_filtered!("AND ($7 IS NULL OR subject = $7)", $t0, $t1)),
+                        Some(_) => sqlx::query_as::<_, AuditRow>(audit_filtered!("AND subject = $7", $t0, $t1)),
                     };
                     let mut found = q
                         .bind(f.from)
@@ -959,19 +980,21 @@ macro_rules! sql_store {
                 to: OffsetDateTime,
                 identified: bool,
             ) -> Result<Vec<ReportRow>, StoreError> {
-                let referrals: Vec<(String, String, OffsetDateTime, String, String, String)> = sqlx::query_as(
+                let referrals: Vec<(String, String, OffsetDateTime, String, String, String)> = sqlx::query_as(concat!(
                     "SELECT id, nhs_number, created_at, provider, locality, programme FROM referrals \
-                     WHERE created_at >= $1 AND created_at < $2",
-                )
+                     WHERE ", $t0, "created_at", $t1, " >= ", $t0, "$1", $t1,
+                    " AND ", $t0, "created_at", $t1, " < ", $t0, "$2", $t1
+                ))
                 .bind(from)
                 .bind(to)
                 .fetch_all(&self.pool)
                 .await?;
-                let events: Vec<(String, String)> = sqlx::query_as(
+                let events: Vec<(String, String)> = sqlx::query_as(concat!(
                     "SELECT e.referral_id, e.event FROM referral_events e \
                      JOIN referrals r ON r.id = e.referral_id \
-                     WHERE r.created_at >= $1 AND r.created_at < $2",
-                )
+                     WHERE ", $t0, "r.created_at", $t1, " >= ", $t0, "$1", $t1,
+                    " AND ", $t0, "r.created_at", $t1, " < ", $t0, "$2", $t1
+                ))
                 .bind(from)
                 .bind(to)
                 .fetch_all(&self.pool)
@@ -1058,10 +1081,23 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(SqliteStore, sqlx::Sqlite, "src/store/migrations/sqlite", "");
+// SQLite keeps times as RFC 3339 text whose fraction has its trailing zeros dropped,
+// which does not sort as time does (`…:00.5Z` < `…:00Z`): range filters compare them
+// normalised to fixed-width UTC text (to the millisecond). PostgreSQL compares
+// `timestamptz` values as they are.
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "src/store/migrations/sqlite",
+    "",
+    "strftime('%Y-%m-%dT%H:%M:%f', ",
+    ")"
+);
 sql_store!(
     PostgresStore,
     sqlx::Postgres,
     "src/store/migrations/postgres",
-    "FOR UPDATE SKIP LOCKED"
+    "FOR UPDATE SKIP LOCKED",
+    "",
+    ""
 );

@@ -630,6 +630,19 @@ async fn exports_carry_every_record_and_verify_without_the_database(db: Db) {
     tampered["entry"][0]["resource"]["extension"][0]["valueString"] = json!(ext);
     let v = export::verify_bundle(&tampered, &verifying_keys()).unwrap();
     assert_eq!(v.problem, Some(Tamper::Changed { seq: 1 }));
+    // So is a change to what the auditor reads, the record left alone.
+    let mut shown = bundle.clone();
+    shown["entry"][1]["resource"]["outcome"] = json!("8");
+    let v = export::verify_bundle(&shown, &verifying_keys()).unwrap();
+    assert_eq!(v.problem, Some(Tamper::Changed { seq: 2 }));
+    // Without its checkpoint nothing is proven: linked, but signed by none.
+    let mut unsigned = bundle.clone();
+    unsigned["entry"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|e| e["resource"]["resourceType"] != "Provenance");
+    let v = export::verify_bundle(&unsigned, &verifying_keys()).unwrap();
+    assert_eq!((v.problem, v.covered), (None, 0));
 
     let csv = auditor_get(
         &app,
@@ -655,18 +668,27 @@ async fn exports_carry_every_record_and_verify_without_the_database(db: Db) {
     )
     .await
     .assert_issue(400, "REC_BAD_REQUEST", "");
-    // The exports are recorded too.
+    // The exports are recorded too, the refused one included.
     let rows = app.audit().await;
-    assert_eq!(
-        rows.iter().filter(|r| r.action == "audit.export").count(),
-        2
-    );
+    let exports = |outcome: &str| {
+        rows.iter()
+            .filter(|r| r.action == "audit.export" && r.outcome == outcome)
+            .count()
+    };
+    assert_eq!((exports("allowed"), exports("rejected")), (2, 1));
 }
 
 async fn checkpoints_found_by_the_auditor_verify_endpoint(db: Db) {
     let (app, _p, _id) = busy_gateway(db).await;
+    let signer = Signer::from_settings(&checkpoint_settings()).unwrap();
+    signer
+        .checkpoint(app.store.as_ref())
+        .await
+        .unwrap()
+        .unwrap();
     let reply = auditor_get(&app, "auditor", "/audit/v1/verify").await;
     assert_eq!(reply.json()["intact"], true, "{}", reply.text);
+    assert_eq!(reply.json()["checkpoints"], 1, "{}", reply.text);
     execute_sql(
         db,
         &app.database_url,
@@ -681,6 +703,161 @@ async fn checkpoints_found_by_the_auditor_verify_endpoint(db: Db) {
             .unwrap()
             .contains("record 1 was changed")
     );
+}
+
+async fn time_filters_follow_time_not_text_and_any_offset(db: Db) {
+    let app = TestApp::spawn(db).await;
+    assert_eq!(app.send("gp-a", &referral()).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    assert_eq!(app.send("gp-a", &referral()).await.status, 200);
+    let rows = app.audit().await;
+    let second = rows
+        .iter()
+        .filter(|r| r.action == "referral.new")
+        .nth(1)
+        .unwrap();
+    let at = second.recorded_at;
+    // The same instant written in UTC and at +01:00.
+    let utc = at
+        .format(&fhir_sdk::time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let plus_one = at
+        .to_offset(fhir_sdk::time::UtcOffset::from_hms(1, 0, 0).unwrap())
+        .format(&fhir_sdk::time::format_description::well_known::Rfc3339)
+        .unwrap();
+    for bound in [utc, plus_one] {
+        let bound = bound.replace('+', "%2B");
+        let page = auditor_get(
+            &app,
+            "auditor",
+            &format!("/audit/v1/records?action=referral.new&from={bound}"),
+        )
+        .await
+        .json();
+        let seqs: Vec<i64> = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["seq"].as_i64().unwrap())
+            .collect();
+        assert_eq!(seqs, vec![second.seq.unwrap()], "from={bound}");
+        let page = auditor_get(
+            &app,
+            "auditor",
+            &format!("/audit/v1/records?action=referral.new&to={bound}"),
+        )
+        .await
+        .json();
+        assert_eq!(page["records"].as_array().unwrap().len(), 1, "to={bound}");
+    }
+}
+
+async fn pages_never_shift_while_records_are_added(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    let before: Vec<i64> = app.audit().await.iter().map(|r| r.seq.unwrap()).collect();
+    // Every page read adds a record (the read itself) at the end of the chain.
+    let mut seen = Vec::new();
+    let mut next: Option<i64> = None;
+    for _ in 0..20 {
+        let path = match next {
+            Some(n) => format!("/audit/v1/records?limit=2&after={n}"),
+            None => "/audit/v1/records?limit=2".into(),
+        };
+        let page = auditor_get(&app, "auditor", &path).await.json();
+        seen.extend(
+            page["records"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["seq"].as_i64().unwrap()),
+        );
+        match page["next"].as_i64() {
+            Some(n) => next = Some(n),
+            None => break,
+        }
+        if seen.len() >= before.len() + 4 {
+            break;
+        }
+    }
+    assert!(
+        seen.windows(2).all(|w| w[1] == w[0] + 1),
+        "no gap, no repeat: {seen:?}"
+    );
+    assert_eq!(&seen[..before.len()], &before[..]);
+}
+
+async fn refusals_after_authentication_are_recorded_too(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    auditor_get(&app, "auditor", "/audit/v1/records?from=yesterday")
+        .await
+        .assert_issue(400, "REC_BAD_REQUEST", "");
+    auditor_get(&app, "auditor", "/audit/v1/records?colour=blue")
+        .await
+        .assert_issue(400, "REC_BAD_REQUEST", "");
+    auditor_get(&app, "auditor", "/audit/v1/records/999999")
+        .await
+        .assert_issue(404, "REC_NOT_FOUND", "");
+    let reply = app.get("gp-a", "/operator/v1/deliveries").await;
+    assert_eq!(reply.status, 403);
+    let rows = app.audit().await;
+    let refused = |action: &str| {
+        rows.iter()
+            .filter(|r| r.action == action && r.outcome == "rejected")
+            .count()
+    };
+    assert_eq!(refused("audit.list"), 2);
+    assert_eq!(refused("audit.read"), 1);
+    assert_eq!(refused("operator.deliveries.list"), 1);
+}
+
+async fn a_refused_referral_is_recorded_against_its_subject(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let mut no_consent = referral();
+    set(
+        &mut no_consent,
+        &format!("{}/status", at::CONSENT),
+        json!("rejected"),
+    );
+    assert_eq!(app.send("gp-a", &no_consent).await.status, 422);
+    let subject = audit_keys().pseudonym("9990000018").into_string();
+    let rows = app.audit().await;
+    let refused = rows.iter().find(|r| r.outcome == "rejected").unwrap();
+    assert_eq!(refused.subject.as_deref(), Some(subject.as_str()));
+    assert_eq!(refused.referral_id, None, "nothing was stored");
+}
+
+async fn dead_letter_handling_names_the_referral_and_recipient(db: Db) {
+    let provider = FakeProvider::start(vec![crate::provider::Step::status(400)]).await;
+    let app = TestApp::spawn_with(db, &provider.config("")).await;
+    let reply = app.send("gp-a", &referral()).await;
+    let id = reply.json()["entry"][1]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.deliver().await, 1);
+    let delivery = app.store.deliveries_for(&id).await.unwrap()[0].id.clone();
+    let reply = app
+        .client
+        .post(app.url(&format!("/operator/v1/deliveries/{delivery}/replay")))
+        .bearer_auth(token("operator"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 202);
+    let rows = app.audit().await;
+    let dead = rows.iter().find(|r| r.outcome == "dead-letter").unwrap();
+    assert!(
+        dead.detail.contains("receipt") && !dead.detail.contains("\"receipt\":null"),
+        "the body went out: its receipt is kept"
+    );
+    let replay = rows
+        .iter()
+        .find(|r| r.action == "operator.deliveries.replay")
+        .unwrap();
+    assert_eq!(replay.referral_id.as_deref(), Some(id.as_str()));
+    assert_eq!(replay.recipient.as_deref(), Some("prospects"));
+    assert_eq!(replay.subject, dead.subject);
+    assert!(replay.subject.is_some());
 }
 
 on_both_databases!(
@@ -700,4 +877,9 @@ on_both_databases!(
     a_subject_access_request_finds_everything_about_one_person,
     exports_carry_every_record_and_verify_without_the_database,
     checkpoints_found_by_the_auditor_verify_endpoint,
+    time_filters_follow_time_not_text_and_any_offset,
+    pages_never_shift_while_records_are_added,
+    refusals_after_authentication_are_recorded_too,
+    a_refused_referral_is_recorded_against_its_subject,
+    dead_letter_handling_names_the_referral_and_recipient,
 );
