@@ -101,8 +101,9 @@ async fn admin(base: &str, statement: &str) {
 }
 
 /// Settings as the API tests use them: shipped defaults (so the store opens exactly
-/// as a deployed gateway's does), the test issuer, pseudonym keys for both providers
-/// and the audit trail, signed checkpoints, no delivery.
+/// as a deployed gateway's does), the test issuer, the test storage key (every
+/// gateway stores encrypted), pseudonym keys for both providers and the audit trail,
+/// signed checkpoints, no delivery.
 fn settings(database_url: &str) -> Settings {
     let keys = ["bchft", "prospects", "audit"]
         .map(|p| {
@@ -138,6 +139,11 @@ enabled = false
 key_id = "test-audit-1"
 private_key_file = "{ROOT}/tests/fixtures/keys/audit-checkpoint.pem"
 public_key_file = "{ROOT}/tests/fixtures/keys/audit-checkpoint.pub.pem"
+
+[keys.storage]
+active = "v1"
+[keys.storage.versions.v1]
+file = "{ROOT}/tests/fixtures/keys/storage-v1.key"
 
 {keys}
 "#
