@@ -95,34 +95,14 @@ async fn operator_only(
     req: &HttpRequest,
     action: &str,
 ) -> Result<crate::auth::Principal, Rejection> {
-    let principal = match crate::intake::authenticate(gw, req) {
-        Ok(p) => p,
-        Err(rejection) => {
-            let ctx = AuditContext {
-                action,
-                principal: None,
-                ids: None,
-            };
-            gw.audit_rejection(&ctx, &rejection).await;
-            return Err(rejection);
-        }
-    };
-    if principal.role != Role::Operator {
-        let rejection: Rejection = Issue::new(
-            RecCode::Forbidden,
-            IssueType::Forbidden,
-            "only operators may manage deliveries",
-        )
-        .into();
-        let ctx = AuditContext {
-            action,
-            principal: Some(&principal),
-            ids: None,
-        };
-        gw.audit_rejection(&ctx, &rejection).await;
-        return Err(rejection);
-    }
-    Ok(principal)
+    crate::intake::authenticate_role(
+        gw,
+        req,
+        action,
+        Role::Operator,
+        "only operators may manage deliveries",
+    )
+    .await
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,35 +24,14 @@ fn ids(req: &HttpRequest) -> Option<RequestIds> {
 
 /// Authenticates an auditor; a refusal is recorded before it is returned.
 async fn auditor(gw: &Gateway, req: &HttpRequest, action: &str) -> Result<Principal, Rejection> {
-    let ids = ids(req);
-    let principal = match crate::intake::authenticate(gw, req) {
-        Ok(p) => p,
-        Err(rejection) => {
-            let ctx = AuditContext {
-                action,
-                principal: None,
-                ids: ids.as_ref(),
-            };
-            gw.audit_rejection(&ctx, &rejection).await;
-            return Err(rejection);
-        }
-    };
-    if principal.role != Role::Auditor {
-        let rejection: Rejection = Issue::new(
-            RecCode::Forbidden,
-            IssueType::Forbidden,
-            "only auditors may read the audit trail",
-        )
-        .into();
-        let ctx = AuditContext {
-            action,
-            principal: Some(&principal),
-            ids: ids.as_ref(),
-        };
-        gw.audit_rejection(&ctx, &rejection).await;
-        return Err(rejection);
-    }
-    Ok(principal)
+    crate::intake::authenticate_role(
+        gw,
+        req,
+        action,
+        Role::Auditor,
+        "only auditors may read the audit trail",
+    )
+    .await
 }
 
 /// Records an allowed auditor call; the answer is given only once it is recorded.

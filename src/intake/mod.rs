@@ -93,6 +93,31 @@ pub(crate) fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Principal,
     gw.auth.authenticate(header).map_err(unauthorised)
 }
 
+/// Authenticates a caller that must hold `role`; a refusal (no or bad token, another
+/// role) is recorded under `action` before it is returned, with the request ids when
+/// they were sent. `why` is the 403's sentence.
+pub(crate) async fn authenticate_role(
+    gw: &Gateway,
+    req: &HttpRequest,
+    action: &str,
+    role: Role,
+    why: &str,
+) -> Result<Principal, Rejection> {
+    let ids = RequestIds::from_headers(req.headers()).ok();
+    let (principal, rejection) = match authenticate(gw, req) {
+        Ok(p) if p.role == role => return Ok(p),
+        Ok(p) => (Some(p), forbidden(why)),
+        Err(rejection) => (None, rejection),
+    };
+    let ctx = AuditContext {
+        action,
+        principal: principal.as_ref(),
+        ids: ids.as_ref(),
+    };
+    gw.audit_rejection(&ctx, &rejection).await;
+    Err(rejection)
+}
+
 /// `application/fhir+json` or `application/json`, with any parameters.
 fn is_fhir_json(req: &HttpRequest) -> bool {
     let Some(ct) = req

@@ -204,6 +204,10 @@ impl Gateway {
         let message = serde_json::to_string(&referral.bundle).map_err(|_| server_error())?;
 
         let id = uuid::Uuid::new_v4().to_string();
+        let subject = self
+            .audit_keys
+            .pseudonym(referral.nhs_number.expose())
+            .into_string();
         let mut record = NewReferralRecord {
             id: id.clone(),
             reference: String::new(),
@@ -238,11 +242,9 @@ impl Gateway {
                 accepted_detail(&route, &consent),
             )
             .to_recipient(route.provider.as_str())
-            .under_mapping(&format!("routing@{}", route.mapping_version)),
-            subject: self
-                .audit_keys
-                .pseudonym(referral.nhs_number.expose())
-                .into_string(),
+            .under_mapping(&format!("routing@{}", route.mapping_version))
+            .about(&subject),
+            subject,
         };
         // A reference collision is astronomically rare; try a few fresh ones.
         for _ in 0..5 {

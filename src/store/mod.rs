@@ -125,6 +125,12 @@ impl AuditRecord {
         self
     }
 
+    /// The record is about this subject (audit pseudonym); the store need not look it up.
+    pub fn about(mut self, subject: &str) -> Self {
+        self.subject = Some(subject.to_owned());
+        self
+    }
+
     /// The record's decision used this mapping version.
     pub fn under_mapping(mut self, mapping_version: &str) -> Self {
         self.mapping_version = Some(mapping_version.to_owned());
