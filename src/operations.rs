@@ -148,37 +148,75 @@ async fn list_deliveries(
     Ok(HttpResponse::Ok().json(rows))
 }
 
+/// What one dead-letter action is: its audit action, its answer and its verb.
+struct DeadLetterVerb {
+    /// Queue it again (replay) rather than mark it resolved.
+    replay: bool,
+    action: &'static str,
+    status: u16,
+    /// The refusal's "cannot be ..." for a letter already resolved.
+    refused: &'static str,
+}
+
+/// Replay and resolve over HTTP: one path for both, differing only in the store call
+/// and the answer.
+async fn dead_letter(
+    gw: &Gateway,
+    req: &HttpRequest,
+    id: &str,
+    verb: DeadLetterVerb,
+    done: serde_json::Value,
+) -> Result<HttpResponse, Rejection> {
+    let principal = operator_only(gw, req, verb.action).await?;
+    let ctx = AuditContext {
+        action: verb.action,
+        principal: Some(&principal),
+        ids: None,
+    };
+    let record = ctx.record(
+        "accepted",
+        verb.status,
+        None,
+        serde_json::json!({"delivery_id": id}),
+    );
+    let store = gw.store.as_ref();
+    let result = if verb.replay {
+        replay(store, id, record).await
+    } else {
+        resolve(store, id, record).await
+    };
+    let result = result.map_err(|e| {
+        tracing::error!(error = %e, action = verb.action, "a dead-letter action failed");
+        server_error()
+    })?;
+    match result {
+        DeadLetterAction::Done => {
+            let status = actix_web::http::StatusCode::from_u16(verb.status)
+                .unwrap_or(actix_web::http::StatusCode::OK);
+            Ok(HttpResponse::build(status).json(done))
+        }
+        refused => {
+            let rejection = dead_letter_refusal(refused, verb.refused);
+            gw.audit_rejection(&ctx, &rejection).await;
+            Err(rejection)
+        }
+    }
+}
+
 #[post("/operator/v1/deliveries/{id}/replay")]
 async fn replay_delivery(
     req: HttpRequest,
     id: web::Path<String>,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
-    let principal = operator_only(&gw, &req, "operator.deliveries.replay").await?;
-    let ctx = AuditContext {
+    let verb = DeadLetterVerb {
+        replay: true,
         action: "operator.deliveries.replay",
-        principal: Some(&principal),
-        ids: None,
+        status: 202,
+        refused: "replayed",
     };
-    let record = ctx.record(
-        "accepted",
-        202,
-        None,
-        serde_json::json!({"delivery_id": id.as_str()}),
-    );
-    let replayed = replay(gw.store.as_ref(), &id, record).await.map_err(|e| {
-        tracing::error!(error = %e, "replaying a delivery failed");
-        server_error()
-    })?;
-    match replayed {
-        DeadLetterAction::Done => Ok(HttpResponse::Accepted()
-            .json(serde_json::json!({"delivery_id": id.as_str(), "state": "queued"}))),
-        refused => {
-            let rejection = dead_letter_refusal(refused, "replayed");
-            gw.audit_rejection(&ctx, &rejection).await;
-            Err(rejection)
-        }
-    }
+    let done = serde_json::json!({"delivery_id": id.as_str(), "state": "queued"});
+    dead_letter(&gw, &req, &id, verb, done).await
 }
 
 /// 404 for an id that is no dead letter; 409 for a dead letter already resolved.
@@ -205,32 +243,14 @@ async fn resolve_delivery(
     id: web::Path<String>,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
-    let principal = operator_only(&gw, &req, "operator.deliveries.resolve").await?;
-    let ctx = AuditContext {
+    let verb = DeadLetterVerb {
+        replay: false,
         action: "operator.deliveries.resolve",
-        principal: Some(&principal),
-        ids: None,
+        status: 200,
+        refused: "resolved again",
     };
-    let record = ctx.record(
-        "accepted",
-        200,
-        None,
-        serde_json::json!({"delivery_id": id.as_str()}),
-    );
-    let resolved = resolve(gw.store.as_ref(), &id, record).await.map_err(|e| {
-        tracing::error!(error = %e, "resolving a delivery failed");
-        server_error()
-    })?;
-    match resolved {
-        DeadLetterAction::Done => Ok(HttpResponse::Ok().json(
-            serde_json::json!({"delivery_id": id.as_str(), "state": "dead", "resolved": true}),
-        )),
-        refused => {
-            let rejection = dead_letter_refusal(refused, "resolved again");
-            gw.audit_rejection(&ctx, &rejection).await;
-            Err(rejection)
-        }
-    }
+    let done = serde_json::json!({"delivery_id": id.as_str(), "state": "dead", "resolved": true});
+    dead_letter(&gw, &req, &id, verb, done).await
 }
 
 #[derive(Debug, Deserialize)]
