@@ -54,11 +54,21 @@ pub struct ChainEntry<'a> {
 
 impl ChainEntry<'_> {
     /// SHA-256, lower-case hex, of `prev_hash` and the content as a JSON array in a
-    /// fixed order (unambiguous: every string is quoted and escaped).
+    /// fixed order (unambiguous: every string is quoted and escaped), that is of
+    /// `["<prev_hash>",` followed by [`ChainEntry::tail`].
     pub fn hash(&self, prev_hash: &str) -> String {
+        chain_hash(prev_hash, &self.tail())
+    }
+
+    /// The content after `prev_hash`: the JSON array `[recorded_at, action, outcome,
+    /// http_status, client_id, role, actor_identity, referral_id, subject, recipient,
+    /// request_id, correlation_id, mapping_version, key_version, detail]` without its
+    /// opening bracket. It does not depend on the record before, so a writer can
+    /// prepare it before it takes the chain head, and PostgreSQL can finish the hash
+    /// in the statement that takes the head (see `write_audit` in the store).
+    pub fn tail(&self) -> String {
         let at = self.recorded_at.format(&Rfc3339).unwrap_or_default();
         let content = serde_json::json!([
-            prev_hash,
             at,
             self.action,
             self.outcome,
@@ -74,9 +84,24 @@ impl ChainEntry<'_> {
             self.mapping_version,
             self.key_version,
             self.detail,
-        ]);
-        hex::encode(Sha256::digest(content.to_string().as_bytes()))
+        ])
+        .to_string();
+        // A JSON array always opens with `[`.
+        content.get(1..).unwrap_or_default().to_owned()
     }
+}
+
+/// The hash of a record whose content after `prev_hash` is `tail`
+/// ([`ChainEntry::tail`]): SHA-256, lower-case hex, of the UTF-8 text
+/// `["` + `prev_hash` + `",` + `tail`. PostgreSQL computes the same text and digest
+/// in SQL; a unit test holds the two, and the stored records, to one another.
+pub fn chain_hash(prev_hash: &str, tail: &str) -> String {
+    let mut digest = Sha256::new();
+    digest.update(b"[\"");
+    digest.update(prev_hash.as_bytes());
+    digest.update(b"\",");
+    digest.update(tail.as_bytes());
+    hex::encode(digest.finalize())
 }
 
 impl AuditRow {
@@ -318,4 +343,76 @@ pub async fn verify(
         checkpoints: checked,
         problem: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fhir_sdk::time::macros::datetime;
+
+    fn entry<'a>(detail: &'a str, subject: Option<&'a str>) -> ChainEntry<'a> {
+        ChainEntry {
+            recorded_at: datetime!(2026-11-30 09:15:02.123456 UTC),
+            action: "referral.new",
+            outcome: "accepted",
+            http_status: Some(200),
+            client_id: Some("gp-a"),
+            role: Some("gp-system"),
+            actor_identity: None,
+            referral_id: Some("0b7c6f2e-8d43-4d1e-9c55-2f0f3a9b1c7d"),
+            subject,
+            recipient: Some("prospects"),
+            request_id: Some("req-1"),
+            correlation_id: None,
+            mapping_version: Some("routing@3"),
+            key_version: None,
+            detail,
+        }
+    }
+
+    /// The hash as the chain has always defined it: the whole content, `prev_hash`
+    /// first, as one JSON array.
+    fn whole_array_hash(e: &ChainEntry<'_>, prev: &str) -> String {
+        let content = serde_json::json!([
+            prev,
+            e.recorded_at.format(&Rfc3339).unwrap(),
+            e.action,
+            e.outcome,
+            e.http_status,
+            e.client_id,
+            e.role,
+            e.actor_identity,
+            e.referral_id,
+            e.subject,
+            e.recipient,
+            e.request_id,
+            e.correlation_id,
+            e.mapping_version,
+            e.key_version,
+            e.detail,
+        ]);
+        hex::encode(Sha256::digest(content.to_string().as_bytes()))
+    }
+
+    #[test]
+    fn prev_hash_and_tail_hash_the_whole_content_as_one_array() {
+        let detail = r#"{"consent":{"recorded":"2026-11-29"},"note":"quote \" and \\ and é"}"#;
+        for e in [entry(detail, Some("v1:ab12")), entry("{}", None)] {
+            for prev in [
+                GENESIS,
+                "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+            ] {
+                assert_eq!(e.hash(prev), whole_array_hash(&e, prev));
+            }
+        }
+    }
+
+    #[test]
+    fn the_tail_is_the_content_after_the_previous_hash() {
+        let e = entry("{}", None);
+        let tail = e.tail();
+        assert!(tail.starts_with("\"2026-11-30T09:15:02.123456Z\",\"referral.new\""));
+        assert!(tail.ends_with(",null,\"{}\"]"), "{tail}");
+        assert_ne!(e.hash(GENESIS), entry("{ }", None).hash(GENESIS));
+    }
 }
