@@ -564,7 +564,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// serves the queue, audit and statistics, and refuses to write or read personal data
 /// ([`StoreError::Encryption`]). Serving and delivering use [`connect_with_keys`].
 pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, StoreError> {
-    open(settings, None).await
+    open(settings, None, Audit::Everything).await
 }
 
 /// [`connect`], sealing and opening personal data with `keys`.
@@ -572,12 +572,51 @@ pub async fn connect_with_keys(
     settings: &DatabaseSettings,
     keys: Arc<StorageKeys>,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    open(settings, Some(keys)).await
+    open(settings, Some(keys), Audit::Everything).await
+}
+
+/// Benchmarks only: [`connect_with_keys`], but accepted referrals are written without
+/// their audit record, the baseline against which `benches/audit.rs` measures what
+/// the record adds to an accept. Nothing in the gateway calls it; it exists only
+/// when the `audit-cost-baseline` feature is on, which no gateway build turns on.
+#[cfg(feature = "audit-cost-baseline")]
+pub async fn connect_without_accept_audit(
+    settings: &DatabaseSettings,
+    keys: Arc<StorageKeys>,
+) -> Result<Arc<dyn Store>, StoreError> {
+    open(settings, Some(keys), Audit::AllButAccepts).await
+}
+
+/// What a store records in the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audit {
+    Everything,
+    #[cfg(feature = "audit-cost-baseline")]
+    AllButAccepts,
+}
+
+impl Audit {
+    fn sqlite(self, store: SqliteStore) -> SqliteStore {
+        match self {
+            Audit::Everything => store,
+            #[cfg(feature = "audit-cost-baseline")]
+            Audit::AllButAccepts => store.without_accept_audit(),
+        }
+    }
+
+    fn postgres(self, store: PostgresStore) -> PostgresStore {
+        match self {
+            Audit::Everything => store,
+            #[cfg(feature = "audit-cost-baseline")]
+            Audit::AllButAccepts => store.without_accept_audit(),
+        }
+    }
 }
 
 async fn open(
     settings: &DatabaseSettings,
     keys: Option<Arc<StorageKeys>>,
+    audit: Audit,
 ) -> Result<Arc<dyn Store>, StoreError> {
     let url = settings.url.expose_secret();
     let store: Arc<dyn Store> = match settings
@@ -606,7 +645,7 @@ async fn open(
                 .max_connections(settings.max_connections)
                 .connect_with(options)
                 .await?;
-            Arc::new(SqliteStore::new(pool, keys))
+            Arc::new(audit.sqlite(SqliteStore::new(pool, keys)))
         }
         Backend::Postgres => {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -614,7 +653,7 @@ async fn open(
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
-            Arc::new(PostgresStore::new(pool, keys))
+            Arc::new(audit.postgres(PostgresStore::new(pool, keys)))
         }
     };
     store.migrate().await?;

@@ -246,6 +246,26 @@ async fn an_inserted_record_is_found_even_with_a_valid_hash(db: Db) {
     forged.key_version = None;
     let prev = rows[0].hash.clone().unwrap();
     let hash = forged.entry().hash(&prev);
+    if db == Db::Sqlite {
+        // SQLite's triggers refuse a chained record that does not extend the head;
+        // someone who can write to the file can drop them, so verify must not rely
+        // on them.
+        let forgery = format!(
+            "INSERT INTO audit_events (seq, recorded_at, action, outcome, detail, prev_hash, hash) \
+             SELECT 2, recorded_at, 'referral.read', 'allowed', detail, '{prev}', '{hash}' \
+             FROM audit_events WHERE seq = 1"
+        );
+        let refused = try_execute_sql(db, &app.database_url, &forgery).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("audit chain head moved")),
+            "{refused:?}"
+        );
+        for trigger in ["audit_chain_extends_head", "audit_chain_moves_head"] {
+            execute_sql(db, &app.database_url, &format!("DROP TRIGGER {trigger}")).await;
+        }
+    }
     execute_sql(
         db,
         &app.database_url,

@@ -563,15 +563,23 @@ pub async fn query_text(db: Db, url: &str, sql: &str) -> Vec<Vec<Option<String>>
 /// Runs one statement straight against a test database, as a tamperer or a clock
 /// would, bypassing the gateway.
 pub async fn execute_sql(db: Db, url: &str, sql: &str) {
+    if let Err(e) = try_execute_sql(db, url, sql).await {
+        panic!("statement failed: {e}");
+    }
+}
+
+/// [`execute_sql`], for a statement the database may refuse: its error message.
+pub async fn try_execute_sql(db: Db, url: &str, sql: &str) -> Result<(), String> {
     let sql = sqlx::AssertSqlSafe(sql.to_owned());
-    match db {
+    let done = match db {
         Db::Sqlite => {
             let pool = sqlx::SqlitePool::connect(url).await.expect("sqlite");
-            sqlx::query(sql).execute(&pool).await.expect("statement");
+            sqlx::query(sql).execute(&pool).await.map(|_| ())
         }
         Db::Postgres => {
             let pool = sqlx::PgPool::connect(url).await.expect("postgres");
-            sqlx::query(sql).execute(&pool).await.expect("statement");
+            sqlx::query(sql).execute(&pool).await.map(|_| ())
         }
-    }
+    };
+    done.map_err(|e| e.to_string())
 }

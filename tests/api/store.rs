@@ -196,8 +196,262 @@ async fn migrations_are_idempotent_and_the_store_answers_pings(db: Db) {
     assert!(store.delivery_counts().await.unwrap().is_empty());
 }
 
+/// A second store on the same database, as a second gateway process has.
+async fn open_again(url: &str) -> Arc<dyn Store> {
+    let settings: Settings = test_settings(url, "");
+    let keys = StorageKeys::load(settings.keys.storage.as_ref()).unwrap();
+    thrive_gateway::store::connect_with_keys(&settings.database, Arc::new(keys))
+        .await
+        .unwrap()
+}
+
+/// Every append after the other store's finds the head moved (SQLite: the store's own
+/// head is out of date and the database refuses it; PostgreSQL: the statement reads
+/// the head itself), and still links to the record before it.
+async fn two_stores_taking_turns_on_one_database_keep_one_chain(db: Db) {
+    let (first, url, _dir) = open(db).await;
+    let second = open_again(&url).await;
+    for n in 0..10 {
+        for (store, who) in [(&first, "first"), (&second, "second")] {
+            let mut a = audit_record("audit.query");
+            a.detail = serde_json::json!({ "writer": who, "turn": n });
+            store.append_audit(&a).await.unwrap();
+        }
+        let r = record(n);
+        assert_eq!(
+            [&first, &second][n as usize % 2]
+                .insert_referral(&r)
+                .await
+                .unwrap(),
+            Inserted::Accepted
+        );
+        // A duplicate rolls back before its record is appended.
+        assert_eq!(
+            [&second, &first][n as usize % 2]
+                .insert_referral(&NewReferralRecord {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    reference: format!("TIW-BBBB-{n:04}"),
+                    ..r
+                })
+                .await
+                .unwrap(),
+            Inserted::Duplicate
+        );
+    }
+    let v = thrive_gateway::audit::verify(first.as_ref(), None)
+        .await
+        .unwrap();
+    assert_eq!(v.problem, None);
+    assert_eq!(v.records, 30, "20 appends and 10 accepts, no duplicate");
+    let chain = first.audit_chain(0, 100).await.unwrap();
+    let places: Vec<i64> = chain.iter().filter_map(|r| r.seq).collect();
+    assert_eq!(places, (1..=30).collect::<Vec<_>>());
+    let writers: Vec<&str> = chain
+        .iter()
+        .filter(|r| r.action == "audit.query")
+        .take(4)
+        .map(|r| {
+            if r.detail.contains("first") {
+                "first"
+            } else {
+                "second"
+            }
+        })
+        .collect();
+    assert_eq!(writers, ["first", "second", "first", "second"]);
+    assert_eq!(
+        second.audit_head().await.unwrap(),
+        (30, chain[29].hash.clone().unwrap())
+    );
+}
+
+/// Records about a stored referral (reads, deliveries) name its subject; many written
+/// at once, from several connections, each land in the chain.
+async fn concurrent_appends_about_a_referral_all_land(db: Db) {
+    let (store, _url, _dir) = open(db).await;
+    let r = record(1);
+    assert_eq!(store.insert_referral(&r).await.unwrap(), Inserted::Accepted);
+    let writers = (0..6).map(|_| {
+        let store = store.clone();
+        let id = r.id.clone();
+        tokio::spawn(async move {
+            for _ in 0..8 {
+                let mut a = audit_record("referral.read");
+                a.referral_id = Some(id.clone());
+                store.append_audit(&a).await.unwrap();
+            }
+        })
+    });
+    for w in futures_util::future::join_all(writers).await {
+        w.unwrap();
+    }
+    let v = thrive_gateway::audit::verify(store.as_ref(), None)
+        .await
+        .unwrap();
+    assert_eq!(v.problem, None);
+    assert_eq!(v.records, 49);
+    let reads: Vec<_> = store
+        .audit_chain(0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.action == "referral.read")
+        .collect();
+    assert_eq!(reads.len(), 48);
+    assert!(
+        reads
+            .iter()
+            .all(|row| row.subject.as_deref() == Some(r.subject.as_str())),
+        "every record names the referral's subject"
+    );
+}
+
+/// A chain written by a gateway from before one-statement appends (migrations up to
+/// 0006) keeps verifying after the upgrade, and grows from its head.
+async fn a_chain_from_before_the_upgrade_verifies_and_grows(db: Db) {
+    let (url, _dir) = fresh_database(db).await;
+    let mut prev = thrive_gateway::audit::GENESIS.to_owned();
+    let mut rows = Vec::new();
+    for seq in 1..=3 {
+        let at = "2026-11-30T09:00:00Z";
+        let detail = format!("{{\"turn\":{seq}}}");
+        let hash = thrive_gateway::audit::ChainEntry {
+            recorded_at: OffsetDateTime::parse(
+                at,
+                &fhir_sdk::time::format_description::well_known::Rfc3339,
+            )
+            .unwrap(),
+            action: "audit.query",
+            outcome: "allowed",
+            http_status: None,
+            client_id: Some("auditor"),
+            role: None,
+            actor_identity: None,
+            referral_id: None,
+            subject: None,
+            recipient: None,
+            request_id: None,
+            correlation_id: None,
+            mapping_version: None,
+            key_version: None,
+            detail: &detail,
+        }
+        .hash(&prev);
+        let time = match db {
+            Db::Sqlite => format!("'{at}'"),
+            Db::Postgres => format!("TIMESTAMPTZ '{at}'"),
+        };
+        rows.push(format!(
+            "INSERT INTO audit_events (seq, recorded_at, action, outcome, client_id, detail, prev_hash, hash) \
+             VALUES ({seq}, {time}, 'audit.query', 'allowed', 'auditor', '{detail}', '{prev}', '{hash}')"
+        ));
+        rows.push(format!(
+            "UPDATE audit_head SET seq = {seq}, hash = '{hash}'"
+        ));
+        prev = hash;
+    }
+    match db {
+        Db::Sqlite => {
+            let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+                .await
+                .unwrap();
+            let mut before = sqlx::migrate!("src/store/migrations/sqlite");
+            before.migrations = before
+                .migrations
+                .iter()
+                .filter(|m| m.version <= 6)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into();
+            before.run(&pool).await.unwrap();
+        }
+        Db::Postgres => {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            let mut before = sqlx::migrate!("src/store/migrations/postgres");
+            before.migrations = before
+                .migrations
+                .iter()
+                .filter(|m| m.version <= 6)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into();
+            before.run(&pool).await.unwrap();
+        }
+    }
+    for row in &rows {
+        execute_sql(db, &url, row).await;
+    }
+    let store = open_again(&url).await;
+    store
+        .append_audit(&audit_record("audit.query"))
+        .await
+        .unwrap();
+    store
+        .append_audit(&audit_record("audit.query"))
+        .await
+        .unwrap();
+    let v = thrive_gateway::audit::verify(store.as_ref(), None)
+        .await
+        .unwrap();
+    assert_eq!(v.problem, None);
+    assert_eq!(v.records, 5);
+    let chain = store.audit_chain(0, 10).await.unwrap();
+    assert_eq!(
+        chain.iter().take(3).map(|r| r.id).collect::<Vec<_>>(),
+        [1, 2, 3],
+        "records keep their ids"
+    );
+    assert!(
+        chain[3].id > 3 && chain[4].id > chain[3].id,
+        "ids only grow"
+    );
+    assert_eq!(chain[3].prev_hash.as_deref(), Some(prev.as_str()));
+}
+
 on_both_databases!(
+    a_chain_from_before_the_upgrade_verifies_and_grows,
+    concurrent_appends_about_a_referral_all_land,
     inserts_are_all_or_nothing_and_duplicates_are_refused,
     updates_apply_once_and_queue_notices_for_delivered_referrals,
     migrations_are_idempotent_and_the_store_answers_pings,
+    two_stores_taking_turns_on_one_database_keep_one_chain,
 );
+
+/// SQLite holds every writer to the head it has: a chained record that does not
+/// extend it is refused, whoever writes it, and one that does moves the head.
+#[tokio::test]
+async fn sqlite_refuses_a_chained_record_that_does_not_extend_the_head() {
+    let (store, url, _dir) = open(Db::Sqlite).await;
+    store
+        .append_audit(&audit_record("audit.query"))
+        .await
+        .unwrap();
+    let (seq, hash) = store.audit_head().await.unwrap();
+    let insert = |seq: i64, prev: &str, hash: &str| {
+        format!(
+            "INSERT INTO audit_events (seq, recorded_at, action, outcome, detail, prev_hash, hash) \
+             VALUES ({seq}, '2026-12-01T10:00:00Z', 'audit.query', 'allowed', '{{}}', '{prev}', '{hash}')"
+        )
+    };
+    for (place, prev) in [
+        (seq, hash.as_str()),
+        (seq + 2, hash.as_str()),
+        (seq + 1, "00ff"),
+    ] {
+        let refused = try_execute_sql(Db::Sqlite, &url, &insert(place, prev, "ab")).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("audit chain head moved")),
+            "seq {place} after {prev}: {refused:?}"
+        );
+    }
+    assert_eq!(store.audit_head().await.unwrap(), (seq, hash.clone()));
+    try_execute_sql(Db::Sqlite, &url, &insert(seq + 1, &hash, "ab"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        (seq + 1, "ab".to_owned())
+    );
+}
