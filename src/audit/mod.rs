@@ -94,7 +94,8 @@ impl ChainEntry<'_> {
 /// The hash of a record whose content after `prev_hash` is `tail`
 /// ([`ChainEntry::tail`]): SHA-256, lower-case hex, of the UTF-8 text
 /// `["` + `prev_hash` + `",` + `tail`. PostgreSQL computes the same text and digest
-/// in SQL; a unit test holds the two, and the stored records, to one another.
+/// in SQL; a unit test holds this to the whole-array formula, and the store tests
+/// verify records PostgreSQL hashed (non-ASCII and escaped content included).
 pub fn chain_hash(prev_hash: &str, tail: &str) -> String {
     let mut digest = Sha256::new();
     digest.update(b"[\"");

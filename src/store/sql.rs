@@ -273,7 +273,31 @@ impl SqliteStore {
     }
 }
 
+/// The SQLite triggers every append relies on (migration 0007).
+const CHAIN_TRIGGERS: [&str; 2] = ["audit_chain_extends_head", "audit_chain_moves_head"];
+
 impl SqliteStore {
+    /// Without its triggers the head would no longer move and appends would fail or
+    /// be checked against nothing, so the store refuses to open.
+    async fn check_chain_guards(&self) -> Result<(), StoreError> {
+        for trigger in CHAIN_TRIGGERS {
+            let found: Option<(String,)> = sqlx::query_as(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = $1 \
+                 AND tbl_name = 'audit_events'",
+            )
+            .bind(trigger)
+            .fetch_optional(&self.pool)
+            .await?;
+            if found.is_none() {
+                return Err(StoreError::Corrupt(format!(
+                    "the audit chain trigger {trigger} is missing: restore it from \
+                     migration 0007 and run `thrive-gateway audit verify`"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Queues the accepted referral's delivery and appends the accept's audit record.
     async fn queue_accepted(
         &self,
@@ -292,6 +316,11 @@ impl SqliteStore {
 }
 
 impl PostgresStore {
+    /// PostgreSQL's appends take the head themselves: there is nothing to check.
+    async fn check_chain_guards(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Queues the accepted referral's delivery and appends the accept's audit record,
     /// in one statement ([`QUEUE_AND_APPEND_POSTGRES`]).
     async fn queue_accepted(
@@ -306,13 +335,13 @@ impl PostgresStore {
             return Ok(());
         }
         let p = accept_prepared(r);
-        bind_queue!(
+        let appended = bind_queue!(
             bind_content!(sqlx::query(QUEUE_AND_APPEND_POSTGRES), r.audit, p).bind(&p.tail),
             r
         )
         .execute(conn)
         .await?;
-        Ok(())
+        one_record_appended(appended.rows_affected())
     }
 
     /// Appends inside the caller's transaction, in one statement ([`APPEND_POSTGRES`]).
@@ -322,11 +351,23 @@ impl PostgresStore {
         a: &AuditRecord,
         p: &Prepared,
     ) -> Result<(), sqlx::Error> {
-        bind_content!(sqlx::query(APPEND_POSTGRES), a, p)
+        let appended = bind_content!(sqlx::query(APPEND_POSTGRES), a, p)
             .bind(&p.tail)
             .execute(conn)
             .await?;
+        one_record_appended(appended.rows_affected())
+    }
+}
+
+/// PostgreSQL's append inserts nothing, and says so only by its count, when there is
+/// no head row to take: then the change it goes with must not commit unaudited.
+fn one_record_appended(rows: u64) -> Result<(), sqlx::Error> {
+    if rows == 1 {
         Ok(())
+    } else {
+        Err(sqlx::Error::Protocol(format!(
+            "the audit record was not appended ({rows} rows): audit_head has no row"
+        )))
     }
 }
 
@@ -711,7 +752,7 @@ macro_rules! sql_store {
         impl Store for $store {
             async fn migrate(&self) -> Result<(), StoreError> {
                 sqlx::migrate!($migrations).run(&self.pool).await?;
-                Ok(())
+                self.check_chain_guards().await
             }
 
             async fn ping(&self) -> Result<(), StoreError> {
@@ -1348,7 +1389,8 @@ macro_rules! sql_store {
 // their turn (busy timeout), so none can fail half-way because another writer
 // committed after it had read (a deferred transaction that read first, even only the
 // schema for a new connection's first statement, cannot take the lock then).
-// PostgreSQL's transactions lock row by row.
+// PostgreSQL's transactions lock row by row, and are READ COMMITTED whatever the
+// server's default, which the audit append relies on (see `pg_take_head`).
 //
 // SQLite keeps times as RFC 3339 text whose fraction has its trailing zeros dropped,
 // which does not sort as time does (`…:00.5Z` < `…:00Z`): range filters compare them
@@ -1367,7 +1409,7 @@ sql_store!(
     PostgresStore,
     sqlx::Postgres,
     "src/store/migrations/postgres",
-    "BEGIN",
+    "BEGIN ISOLATION LEVEL READ COMMITTED",
     "FOR UPDATE SKIP LOCKED",
     "",
     ""

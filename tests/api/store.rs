@@ -214,7 +214,13 @@ async fn two_stores_taking_turns_on_one_database_keep_one_chain(db: Db) {
     for n in 0..10 {
         for (store, who) in [(&first, "first"), (&second, "second")] {
             let mut a = audit_record("audit.query");
-            a.detail = serde_json::json!({ "writer": who, "turn": n });
+            // Escaped and non-ASCII content: PostgreSQL hashes what Rust verifies.
+            a.detail = serde_json::json!({
+                "writer": who,
+                "turn": n,
+                "text": "Café ☕ \u{2028} \u{1} back\\slash \"quoted\" 😀",
+            });
+            a.actor_identity = Some("Organization|Y90001|Dr Ñúñez".into());
             store.append_audit(&a).await.unwrap();
         }
         let r = record(n);
@@ -408,7 +414,24 @@ async fn a_chain_from_before_the_upgrade_verifies_and_grows(db: Db) {
     assert_eq!(chain[3].prev_hash.as_deref(), Some(prev.as_str()));
 }
 
+/// Without a chain head nothing is written unaudited: the append and the accept
+/// both fail, and the referral is not stored.
+async fn without_a_chain_head_nothing_commits_unaudited(db: Db) {
+    let (store, url, _dir) = open(db).await;
+    execute_sql(db, &url, "DELETE FROM audit_head").await;
+    assert!(
+        store
+            .append_audit(&audit_record("audit.query"))
+            .await
+            .is_err()
+    );
+    assert!(store.insert_referral(&record(1)).await.is_err());
+    assert_eq!(store.count_referrals().await.unwrap(), 0);
+    assert!(store.audit_after(0, 10).await.unwrap().is_empty());
+}
+
 on_both_databases!(
+    without_a_chain_head_nothing_commits_unaudited,
     a_chain_from_before_the_upgrade_verifies_and_grows,
     concurrent_appends_about_a_referral_all_land,
     inserts_are_all_or_nothing_and_duplicates_are_refused,
@@ -453,5 +476,23 @@ async fn sqlite_refuses_a_chained_record_that_does_not_extend_the_head() {
     assert_eq!(
         store.audit_head().await.unwrap(),
         (seq + 1, "ab".to_owned())
+    );
+}
+
+/// An SQLite database whose chain triggers were dropped is not served: its head would
+/// no longer move.
+#[tokio::test]
+async fn sqlite_refuses_to_open_without_its_chain_triggers() {
+    let (_store, url, _dir) = open(Db::Sqlite).await;
+    execute_sql(Db::Sqlite, &url, "DROP TRIGGER audit_chain_moves_head").await;
+    let settings: Settings = test_settings(&url, "");
+    let keys = StorageKeys::load(settings.keys.storage.as_ref()).unwrap();
+    let refused = thrive_gateway::store::connect_with_keys(&settings.database, Arc::new(keys))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("audit_chain_moves_head is missing"),
+        "{refused}"
     );
 }
