@@ -312,6 +312,18 @@ async fn concurrent_appends_about_a_referral_all_land(db: Db) {
     );
 }
 
+/// The migrations a gateway from before one-statement appends ran.
+fn up_to_0006(mut all: sqlx::migrate::Migrator) -> sqlx::migrate::Migrator {
+    all.migrations = all
+        .migrations
+        .iter()
+        .filter(|m| m.version <= 6)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    all
+}
+
 /// A chain written by a gateway from before one-statement appends (migrations up to
 /// 0006) keeps verifying after the upgrade, and grows from its head.
 async fn a_chain_from_before_the_upgrade_verifies_and_grows(db: Db) {
@@ -361,27 +373,17 @@ async fn a_chain_from_before_the_upgrade_verifies_and_grows(db: Db) {
             let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
                 .await
                 .unwrap();
-            let mut before = sqlx::migrate!("src/store/migrations/sqlite");
-            before.migrations = before
-                .migrations
-                .iter()
-                .filter(|m| m.version <= 6)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into();
-            before.run(&pool).await.unwrap();
+            up_to_0006(sqlx::migrate!("src/store/migrations/sqlite"))
+                .run(&pool)
+                .await
+                .unwrap();
         }
         Db::Postgres => {
             let pool = sqlx::PgPool::connect(&url).await.unwrap();
-            let mut before = sqlx::migrate!("src/store/migrations/postgres");
-            before.migrations = before
-                .migrations
-                .iter()
-                .filter(|m| m.version <= 6)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into();
-            before.run(&pool).await.unwrap();
+            up_to_0006(sqlx::migrate!("src/store/migrations/postgres"))
+                .run(&pool)
+                .await
+                .unwrap();
         }
     }
     for row in &rows {
