@@ -68,7 +68,9 @@ impl ChainEntry<'_> {
     /// in the statement that takes the head (see `write_audit` in the store).
     pub fn tail(&self) -> String {
         let at = self.recorded_at.format(&Rfc3339).unwrap_or_default();
-        let content = serde_json::json!([
+        // A tuple is written as a JSON array, without copying the content into a
+        // `serde_json::Value` first.
+        let mut content = serde_json::to_string(&(
             at,
             self.action,
             self.outcome,
@@ -84,10 +86,13 @@ impl ChainEntry<'_> {
             self.mapping_version,
             self.key_version,
             self.detail,
-        ])
-        .to_string();
+        ))
+        .unwrap_or_default();
         // A JSON array always opens with `[`.
-        content.get(1..).unwrap_or_default().to_owned()
+        if content.starts_with('[') {
+            content.remove(0);
+        }
+        content
     }
 }
 

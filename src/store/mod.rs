@@ -588,29 +588,11 @@ pub async fn connect_without_accept_audit(
 }
 
 /// What a store records in the audit trail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Audit {
     Everything,
     #[cfg(feature = "audit-cost-baseline")]
     AllButAccepts,
-}
-
-impl Audit {
-    fn sqlite(self, store: SqliteStore) -> SqliteStore {
-        match self {
-            Audit::Everything => store,
-            #[cfg(feature = "audit-cost-baseline")]
-            Audit::AllButAccepts => store.without_accept_audit(),
-        }
-    }
-
-    fn postgres(self, store: PostgresStore) -> PostgresStore {
-        match self {
-            Audit::Everything => store,
-            #[cfg(feature = "audit-cost-baseline")]
-            Audit::AllButAccepts => store.without_accept_audit(),
-        }
-    }
 }
 
 async fn open(
@@ -645,7 +627,7 @@ async fn open(
                 .max_connections(settings.max_connections)
                 .connect_with(options)
                 .await?;
-            Arc::new(audit.sqlite(SqliteStore::new(pool, keys)))
+            Arc::new(SqliteStore::new(pool, keys).audited(audit))
         }
         Backend::Postgres => {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -653,7 +635,7 @@ async fn open(
                 .acquire_timeout(Duration::from_secs(10))
                 .connect(url)
                 .await?;
-            Arc::new(audit.postgres(PostgresStore::new(pool, keys)))
+            Arc::new(PostgresStore::new(pool, keys).audited(audit))
         }
     };
     store.migrate().await?;

@@ -127,7 +127,7 @@ impl Prepared {
 }
 
 /// Binds a record's content columns as `$1` to `$15`, in the order of
-/// [`AUDIT_CONTENT_COLUMNS`].
+/// `audit_content_columns!`.
 macro_rules! bind_content {
     ($query:expr, $a:expr, $p:expr) => {
         $query
@@ -196,19 +196,40 @@ macro_rules! pg_insert_linked {
 /// PostgreSQL: one statement takes the head, moves it and inserts the record.
 const APPEND_POSTGRES: &str = concat!("WITH ", pg_take_head!(), pg_insert_linked!());
 
-/// An accepted referral's delivery, queued: `$1` its id, `$2` the referral, `$3` the
-/// provider, `$4` its `X-Request-Id`, `$5` now.
-const QUEUE_REFERRAL: &str = "INSERT INTO deliveries (id, referral_id, provider, kind, \
-     state, request_id, attempts, next_attempt_at, created_at, updated_at) \
-     VALUES ($1, $2, $3, 'referral', 'queued', $4, 0, $5, $5, $5)";
+/// An accepted referral's delivery, queued, with its parameters named: its id, the
+/// referral, the provider, its `X-Request-Id`, and now.
+macro_rules! queue_referral {
+    ($id:literal, $referral:literal, $provider:literal, $request:literal, $now:literal) => {
+        concat!(
+            "INSERT INTO deliveries (id, referral_id, provider, kind, state, request_id, \
+             attempts, next_attempt_at, created_at, updated_at) VALUES (",
+            $id,
+            ", ",
+            $referral,
+            ", ",
+            $provider,
+            ", 'referral', 'queued', ",
+            $request,
+            ", 0, ",
+            $now,
+            ", ",
+            $now,
+            ", ",
+            $now,
+            ")"
+        )
+    };
+}
 
-/// PostgreSQL: [`QUEUE_REFERRAL`] (its parameters numbered from `$17`) and the accept's
-/// audit record in one statement, so the record costs the accept no round trip of
-/// its own.
+/// [`queue_referral`] as `$1` to `$5`.
+const QUEUE_REFERRAL: &str = queue_referral!("$1", "$2", "$3", "$4", "$5");
+
+/// PostgreSQL: [`queue_referral`] (as `$17` to `$21`) and the accept's audit record in
+/// one statement, so the record costs the accept no round trip of its own.
 const QUEUE_AND_APPEND_POSTGRES: &str = concat!(
-    "WITH queued AS (INSERT INTO deliveries (id, referral_id, provider, kind, state, \
-     request_id, attempts, next_attempt_at, created_at, updated_at) \
-     VALUES ($17, $18, $19, 'referral', 'queued', $20, 0, $21, $21, $21)), ",
+    "WITH queued AS (",
+    queue_referral!("$17", "$18", "$19", "$20", "$21"),
+    "), ",
     pg_take_head!(),
     pg_insert_linked!()
 );
@@ -280,22 +301,21 @@ impl SqliteStore {
     /// Without its triggers the head would no longer move and appends would fail or
     /// be checked against nothing, so the store refuses to open.
     async fn check_chain_guards(&self) -> Result<(), StoreError> {
-        for trigger in CHAIN_TRIGGERS {
-            let found: Option<(String,)> = sqlx::query_as(
-                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name = $1 \
-                 AND tbl_name = 'audit_events'",
-            )
-            .bind(trigger)
-            .fetch_optional(&self.pool)
-            .await?;
-            if found.is_none() {
-                return Err(StoreError::Corrupt(format!(
-                    "the audit chain trigger {trigger} is missing: restore it from \
-                     migration 0007 and run `thrive-gateway audit verify`"
-                )));
-            }
+        let present: Vec<(String,)> = sqlx::query_as(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_events'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        match CHAIN_TRIGGERS
+            .into_iter()
+            .find(|t| !present.iter().any(|(name,)| name == t))
+        {
+            None => Ok(()),
+            Some(trigger) => Err(StoreError::Corrupt(format!(
+                "the audit chain trigger {trigger} is missing: restore it from migration \
+                 0007 and run `thrive-gateway audit verify`"
+            ))),
         }
-        Ok(())
     }
 
     /// Queues the accepted referral's delivery and appends the accept's audit record.
@@ -556,13 +576,18 @@ macro_rules! claim_one {
 macro_rules! sql_store {
     ($store:ty, $db:ty, $migrations:literal, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
         impl $store {
-            /// Benchmarks only: this store writes accepted referrals without their
-            /// audit record, so `benches/audit.rs` can measure what the record adds
-            /// to an accept. Nothing in the gateway makes such a store.
-            #[cfg(feature = "audit-cost-baseline")]
-            pub fn without_accept_audit(mut self) -> Self {
-                self.accepts_unaudited = true;
-                self
+            /// The store as `audit` says: every record, or (benchmarks only) all but
+            /// the accepts' own, so `benches/audit.rs` can measure what the record
+            /// adds to an accept. Nothing in the gateway makes such a store.
+            pub(super) fn audited(self, audit: super::Audit) -> Self {
+                match audit {
+                    super::Audit::Everything => self,
+                    #[cfg(feature = "audit-cost-baseline")]
+                    super::Audit::AllButAccepts => Self {
+                        accepts_unaudited: true,
+                        ..self
+                    },
+                }
             }
 
             /// Appends `a` to the hash chain inside the caller's transaction. The head
@@ -570,8 +595,7 @@ macro_rules! sql_store {
             /// writers, in this process or another, append one after the other and the
             /// chain never forks. Always the last statement of a transaction, so no
             /// writer holding the head waits for anything else. A record about a
-            /// stored referral without a subject names the referral's (looked up here
-            /// only after the transaction has written, see `append_audit`).
+            /// stored referral without a subject names the referral's.
             async fn write_audit(
                 &self,
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -844,24 +868,6 @@ macro_rules! sql_store {
             }
 
             async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError> {
-                // The referral's subject never changes once written, so it is looked
-                // up before the transaction: the transaction's first statement is then
-                // the append, a write, which waits its turn for SQLite's write lock
-                // (a read first could not take the lock once another writer committed).
-                let mut named;
-                let a = match (&a.subject, &a.referral_id) {
-                    (None, Some(referral)) => {
-                        let found: Option<(Option<String>,)> =
-                            sqlx::query_as("SELECT subject FROM referrals WHERE id = $1")
-                                .bind(referral)
-                                .fetch_optional(&self.pool)
-                                .await?;
-                        named = a.clone();
-                        named.subject = found.and_then(|(s,)| s);
-                        &named
-                    }
-                    _ => a,
-                };
                 let mut tx = self.pool.begin_with($begin).await?;
                 self.write_audit(&mut *tx, a).await?;
                 tx.commit().await?;

@@ -12,16 +12,15 @@ use thrive_gateway::store::{
 
 async fn open(db: Db) -> (Arc<dyn Store>, String, Option<tempfile::TempDir>) {
     let (url, dir) = fresh_database(db).await;
-    let settings: Settings = test_settings(&url, "");
+    (open_again(&url).await, url, dir)
+}
+
+/// A store on the database at `url`, as a gateway process opens it.
+async fn connect(url: &str) -> Result<Arc<dyn Store>, thrive_gateway::store::StoreError> {
+    let settings: Settings = test_settings(url, "");
     let database: DatabaseSettings = settings.database;
     let keys = StorageKeys::load(settings.keys.storage.as_ref()).unwrap();
-    (
-        thrive_gateway::store::connect_with_keys(&database, Arc::new(keys))
-            .await
-            .unwrap(),
-        url,
-        dir,
-    )
+    thrive_gateway::store::connect_with_keys(&database, Arc::new(keys)).await
 }
 
 fn record(n: u32) -> NewReferralRecord {
@@ -198,11 +197,7 @@ async fn migrations_are_idempotent_and_the_store_answers_pings(db: Db) {
 
 /// A second store on the same database, as a second gateway process has.
 async fn open_again(url: &str) -> Arc<dyn Store> {
-    let settings: Settings = test_settings(url, "");
-    let keys = StorageKeys::load(settings.keys.storage.as_ref()).unwrap();
-    thrive_gateway::store::connect_with_keys(&settings.database, Arc::new(keys))
-        .await
-        .unwrap()
+    connect(url).await.unwrap()
 }
 
 /// Every append after the other store's finds the head moved (SQLite: the store's own
@@ -487,12 +482,7 @@ async fn sqlite_refuses_a_chained_record_that_does_not_extend_the_head() {
 async fn sqlite_refuses_to_open_without_its_chain_triggers() {
     let (_store, url, _dir) = open(Db::Sqlite).await;
     execute_sql(Db::Sqlite, &url, "DROP TRIGGER audit_chain_moves_head").await;
-    let settings: Settings = test_settings(&url, "");
-    let keys = StorageKeys::load(settings.keys.storage.as_ref()).unwrap();
-    let refused = thrive_gateway::store::connect_with_keys(&settings.database, Arc::new(keys))
-        .await
-        .unwrap_err()
-        .to_string();
+    let refused = connect(&url).await.unwrap_err().to_string();
     assert!(
         refused.contains("audit_chain_moves_head is missing"),
         "{refused}"
