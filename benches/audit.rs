@@ -1,8 +1,9 @@
 //! What the audit trail costs. Appends one hash-chained audit record on its own
 //! (`Store::append_audit`), has four writers append at once (they take turns at the
-//! single `audit_head` row), and measures the accept transaction with its audit record
-//! (as the gateway writes it) against the same transaction without it (the baseline
-//! store of the `audit-cost-baseline` feature), next to the whole accept over HTTP.
+//! single `audit_head` row), and measures the accept with its audit record (as the
+//! gateway writes it) against the same accept without it (the baseline store and
+//! gateway of the `audit-cost-baseline` feature): over HTTP, against two gateways on
+//! one database, and the accept transaction alone.
 //! Goal: the audit record adds under 10% to the cost of an accept.
 //!
 //! `cargo bench --bench audit --features audit-cost-baseline`
@@ -12,10 +13,12 @@
 //! `THRIVE_BENCH_POSTGRES=postgres://postgres@127.0.0.1:5432`: a fresh database
 //! `thrive_bench_<uuid>` is created there and dropped afterwards.
 //!
-//! Ends with one line per database: the audit record's marginal cost inside the accept
-//! transaction, measured in alternating rounds (so the growing tables weigh on both
-//! sides alike), as a share of what an accept over HTTP costs without it (the accept
-//! less that cost), and the append throughput.
+//! Ends with one line per database: what the record adds to an accept over HTTP, in
+//! alternating rounds to the two gateways (so the growing tables and a busy machine
+//! weigh on both sides alike), the median of the rounds' differences against the
+//! median round without it; the record's marginal cost inside the accept transaction,
+//! measured the same way, as a cross-check; and the append throughput. Request bodies
+//! are built before the clock starts.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fhir_sdk::time::{
@@ -41,6 +44,10 @@ const WRITERS: usize = 4;
 /// differences, so drift (the tables grow) and a stray slow round weigh little.
 const ROUNDS: usize = 100;
 const PER_ROUND: usize = 40;
+/// Paired rounds of accepts over HTTP, to the gateway as deployed and to one on the
+/// baseline store, and accepts per round.
+const HTTP_ROUNDS: usize = 100;
+const HTTP_PER_ROUND: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Db {
@@ -190,25 +197,48 @@ fn referral(template: &Value) -> Value {
     v
 }
 
-/// A running gateway on a fresh database.
+/// Two running gateways on one fresh database: `base` as deployed, `baseline_base`
+/// on the baseline store, whose accepts leave their audit record out.
 struct Bench {
     base: String,
+    baseline_base: String,
     store: Arc<dyn Store>,
     client: reqwest::Client,
     token: String,
     template: Value,
 }
 
+/// One referral's request, built before the clock starts.
+struct Request {
+    body: String,
+    request_id: String,
+    correlation_id: String,
+}
+
 impl Bench {
+    fn request(&self) -> Request {
+        Request {
+            body: referral(&self.template).to_string(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            correlation_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// Sends a fresh referral to the gateway as deployed.
     async fn accept(&self) {
+        let r = self.request();
+        self.accept_at(&self.base, r).await
+    }
+
+    async fn accept_at(&self, base: &str, r: Request) {
         let res = self
             .client
-            .post(format!("{}/fhir/r4/$process-message", self.base))
+            .post(format!("{base}/fhir/r4/$process-message"))
             .bearer_auth(&self.token)
             .header("Content-Type", "application/fhir+json")
-            .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
-            .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
-            .body(referral(&self.template).to_string())
+            .header("X-Request-Id", r.request_id)
+            .header("X-Correlation-Id", r.correlation_id)
+            .body(r.body)
             .send()
             .await
             .expect("sent");
@@ -353,6 +383,37 @@ struct Figures {
     without_audit: Option<f64>,
     /// Median of the paired rounds' differences.
     marginal: Option<f64>,
+    /// Accepts over HTTP with and without the record: the rounds' medians, and the
+    /// median of the paired rounds' differences.
+    http_with: Option<f64>,
+    http_without: Option<f64>,
+    http_marginal: Option<f64>,
+}
+
+/// `rounds` pairs of `run(true)` and `run(false)`, each first in every other round,
+/// so drift (the tables grow, the machine is busy) weighs on both alike.
+fn paired(rounds: usize, mut run: impl FnMut(bool) -> f64) -> (Vec<f64>, Vec<f64>) {
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        for audited in order {
+            let took = run(audited);
+            if audited {
+                with.push(took)
+            } else {
+                without.push(took)
+            }
+        }
+    }
+    (with, without)
+}
+
+fn median_difference(with: &[f64], without: &[f64]) -> Option<f64> {
+    median(with.iter().zip(without).map(|(w, wo)| w - wo).collect())
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -371,12 +432,18 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         .build()
         .expect("runtime");
     let (url, database) = runtime.block_on(Database::create(db));
-    let bench = runtime.block_on(async {
+    let (bench, baseline) = runtime.block_on(async {
         let app = thrive_gateway::startup::Application::build(&settings(&url), false)
             .await
             .expect("gateway starts");
         let base = format!("http://{}", app.address());
         let store = app.gateway().store.clone();
+        tokio::spawn(app.run());
+        let app = thrive_gateway::startup::Application::build_without_accept_audit(&settings(&url))
+            .await
+            .expect("baseline gateway starts");
+        let baseline_base = format!("http://{}", app.address());
+        let baseline = app.gateway().store.clone();
         tokio::spawn(app.run());
         let pem = std::fs::read(format!("{ROOT}/tests/fixtures/keys/test-issuer.pem"))
             .expect("issuer key");
@@ -391,25 +458,15 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         .expect("token");
         let template = serde_json::from_str(include_str!("../tests/fixtures/referral-new.json"))
             .expect("JSON");
-        Bench {
+        let bench = Bench {
             base,
+            baseline_base,
             store,
             client: reqwest::Client::new(),
             token,
             template,
-        }
-    });
-    let bench_settings = settings(&url);
-    let baseline = runtime.block_on(async {
-        let keys =
-            thrive_gateway::store::crypto::StorageKeys::load(bench_settings.keys.storage.as_ref())
-                .expect("storage keys");
-        thrive_gateway::store::connect_without_accept_audit(
-            &bench_settings.database,
-            Arc::new(keys),
-        )
-        .await
-        .expect("baseline store opens")
+        };
+        (bench, baseline)
     });
     // One accepted referral, so delivery records name a stored referral and the store
     // looks its subject up, as it does for every real delivery record; and the accept
@@ -547,43 +604,57 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         });
     }
     // Alternating rounds, each variant first in every other round.
-    let (mut with_audit, mut without_audit) = (Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let order = if round % 2 == 0 {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        for audited in order {
-            let store = if audited { &bench.store } else { &baseline };
-            let records: Vec<_> = (0..PER_ROUND).map(|_| transaction()).collect();
-            let took = runtime.block_on(async {
-                let start = Instant::now();
-                for r in records {
-                    insert(store, r).await;
-                }
-                start.elapsed().as_secs_f64() / PER_ROUND as f64
-            });
-            if audited {
-                with_audit.push(took)
-            } else {
-                without_audit.push(took)
+    let (with_audit, without_audit) = paired(ROUNDS, |audited| {
+        let store = if audited { &bench.store } else { &baseline };
+        let records: Vec<_> = (0..PER_ROUND).map(|_| transaction()).collect();
+        runtime.block_on(async {
+            let start = Instant::now();
+            for r in records {
+                insert(store, r).await;
             }
-        }
-    }
-
-    let accept = Calls::default();
-    group.bench_function("accept over HTTP", |b| {
-        b.iter_custom(|iters| {
-            runtime.block_on(async {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    bench.accept().await;
-                }
-                accept.record(iters, start.elapsed())
-            })
+            start.elapsed().as_secs_f64() / PER_ROUND as f64
         })
     });
+
+    // The same over HTTP, against the two gateways: the goal's measure.
+    let over_http = |audited: bool, n: usize| {
+        let base = if audited {
+            &bench.base
+        } else {
+            &bench.baseline_base
+        };
+        let requests: Vec<_> = (0..n).map(|_| bench.request()).collect();
+        runtime.block_on(async {
+            let start = Instant::now();
+            for r in requests {
+                bench.accept_at(base, r).await;
+            }
+            start.elapsed()
+        })
+    };
+    let (http_with, http_without) = paired(HTTP_ROUNDS, |audited| {
+        over_http(audited, HTTP_PER_ROUND).as_secs_f64() / HTTP_PER_ROUND as f64
+    });
+
+    let accept = Calls::default();
+    for (name, audited) in [
+        ("accept over HTTP", true),
+        (
+            "accept over HTTP without its audit record (baseline)",
+            false,
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let took = over_http(audited, usize::try_from(iters).expect("iterations"));
+                if audited {
+                    accept.record(iters, took)
+                } else {
+                    took
+                }
+            })
+        });
+    }
     group.finish();
 
     let verified = runtime
@@ -607,15 +678,12 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         // Each iteration is one record per writer.
         concurrent: concurrent.mean().map(|s| WRITERS as f64 / s),
         accept: accept.mean(),
-        marginal: median(
-            with_audit
-                .iter()
-                .zip(&without_audit)
-                .map(|(w, wo)| w - wo)
-                .collect(),
-        ),
+        marginal: median_difference(&with_audit, &without_audit),
         with_audit: mean(&with_audit),
         without_audit: mean(&without_audit),
+        http_marginal: median_difference(&http_with, &http_without),
+        http_with: median(http_with),
+        http_without: median(http_without),
     }
 }
 
@@ -629,19 +697,28 @@ fn audit(c: &mut Criterion) {
     let line = figures
         .iter()
         .map(|(db, f)| {
-            let marginal = f.marginal;
-            // What the record adds to what an accept would cost without it.
-            let share = match (marginal, f.accept) {
-                (Some(m), Some(a)) => format!("{:.1}%", m / (a - m) * 100.0),
+            let us = |s: Option<f64>| s.map_or("-".to_owned(), |s| format!("{:.0} µs", s * 1e6));
+            let percent = |part: Option<f64>, of: Option<f64>| match (part, of) {
+                (Some(p), Some(o)) => format!("{:.1}%", p / o * 100.0),
                 _ => "-".to_owned(),
             };
             let rate = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.0} records/s"));
+            // The goal's measure: what the record adds to an accept over HTTP, against
+            // the same accept without it, both in paired rounds.
+            let share = percent(f.http_marginal, f.http_without);
+            // The cross-check: the record's marginal cost inside the accept
+            // transaction against an accept over HTTP less that cost.
+            let inside = percent(f.marginal, f.accept.zip(f.marginal).map(|(a, m)| a - m));
             format!(
-                "{}: the audit record adds {} to the accept transaction ({} with, {} without), \
-                 {share} on an accept over HTTP without it ({} with it); append on its own {} \
+                "{}: the audit record adds {share} to an accept over HTTP ({} with, {} \
+                 without, {} more); inside the accept transaction it adds {} ({} with, {} \
+                 without), {inside} of an accept over HTTP ({} with it); append on its own {} \
                  ({}), {WRITERS} writers {}",
                 db.name(),
-                marginal.map_or("-".to_owned(), |m| format!("{:.0} µs", m * 1e6)),
+                ms(f.http_with),
+                ms(f.http_without),
+                us(f.http_marginal),
+                us(f.marginal),
                 ms(f.with_audit),
                 ms(f.without_audit),
                 ms(f.accept),
