@@ -224,12 +224,6 @@ impl Bench {
         }
     }
 
-    /// Sends a fresh referral to the gateway as deployed.
-    async fn accept(&self) {
-        let r = self.request();
-        self.accept_at(&self.base, r).await
-    }
-
     async fn accept_at(&self, base: &str, r: Request) {
         let res = self
             .client
@@ -472,7 +466,7 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
     // looks its subject up, as it does for every real delivery record; and the accept
     // transaction is measured with what this accept wrote.
     let (record, accepted, accept_audit) = runtime.block_on(async {
-        bench.accept().await;
+        bench.accept_at(&bench.base, bench.request()).await;
         let written = bench.store.audit_after(0, 100).await.expect("audit");
         let accept_audit = written
             .iter()

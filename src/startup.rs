@@ -77,36 +77,26 @@ pub fn audit_keys(settings: &Settings) -> Result<crate::pseudonym::PseudonymKeys
         .map_err(|e| StartupError::AuditKeys(e.to_string()))
 }
 
-/// Whether the store writes an accept's audit record (always, but in the audit
-/// benchmark's baseline).
-#[derive(Debug, Clone, Copy)]
-enum Accepts {
-    Audited,
-    #[cfg(feature = "audit-cost-baseline")]
-    Unaudited,
-}
-
 impl Application {
     /// Loads the storage keys (refusing to start without them), connects the store
     /// (applying migrations), loads keys and mappings, and binds.
     pub async fn build(settings: &Settings, production: bool) -> Result<Self, StartupError> {
-        Self::build_with(settings, production, Accepts::Audited).await
+        Self::build_with(settings, production, store::Audit::Everything).await
     }
 
-    /// Benchmarks only: [`Application::build`] (not for production) on the store of
-    /// [`store::connect_without_accept_audit`], whose accepts leave their audit record
-    /// out, so `benches/audit.rs` can time accepts over HTTP with and without it. It
-    /// exists only when the `audit-cost-baseline` feature is on, which no gateway build
-    /// turns on.
+    /// Benchmarks only: [`Application::build`] (not for production) on a store whose
+    /// accepts leave their audit record out, so `benches/audit.rs` can time accepts
+    /// over HTTP with and without it. It exists only when the `audit-cost-baseline`
+    /// feature is on, which no gateway build turns on.
     #[cfg(feature = "audit-cost-baseline")]
     pub async fn build_without_accept_audit(settings: &Settings) -> Result<Self, StartupError> {
-        Self::build_with(settings, false, Accepts::Unaudited).await
+        Self::build_with(settings, false, store::Audit::AllButAccepts).await
     }
 
     async fn build_with(
         settings: &Settings,
         production: bool,
-        accepts: Accepts,
+        audit: store::Audit,
     ) -> Result<Self, StartupError> {
         if production && settings.dev.signing_key_file.is_some() {
             return Err(AuthSetupError::DevSigningInProduction.into());
@@ -120,13 +110,7 @@ impl Application {
         let datasets = Arc::new(
             Datasets::load(&settings.mappings.dir, &routing).map_err(StartupError::Mappings)?,
         );
-        let store = match accepts {
-            Accepts::Audited => store::connect_with_keys(&settings.database, storage_keys).await?,
-            #[cfg(feature = "audit-cost-baseline")]
-            Accepts::Unaudited => {
-                store::connect_without_accept_audit(&settings.database, storage_keys).await?
-            }
-        };
+        let store = store::connect_auditing(&settings.database, storage_keys, audit).await?;
         let metrics = Arc::new(Metrics::new(settings.telemetry.metrics_token.as_ref())?);
         // Built whenever providers are configured (tests drive it by hand); run in the
         // background when delivery.enabled.

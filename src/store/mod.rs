@@ -575,22 +575,23 @@ pub async fn connect_with_keys(
     open(settings, Some(keys), Audit::Everything).await
 }
 
-/// Benchmarks only: [`connect_with_keys`], but accepted referrals are written without
-/// their audit record, the baseline against which `benches/audit.rs` measures what
-/// the record adds to an accept. Nothing in the gateway calls it; it exists only
-/// when the `audit-cost-baseline` feature is on, which no gateway build turns on.
-#[cfg(feature = "audit-cost-baseline")]
-pub async fn connect_without_accept_audit(
+/// [`connect_with_keys`], recording what `audit` says (the gateway's start-up).
+pub(crate) async fn connect_auditing(
     settings: &DatabaseSettings,
     keys: Arc<StorageKeys>,
+    audit: Audit,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    open(settings, Some(keys), Audit::AllButAccepts).await
+    open(settings, Some(keys), audit).await
 }
 
 /// What a store records in the audit trail.
 #[derive(Debug, Clone, Copy)]
-enum Audit {
+pub(crate) enum Audit {
     Everything,
+    /// Benchmarks only: accepted referrals are written without their audit record,
+    /// the baseline against which `benches/audit.rs` measures what the record adds to
+    /// an accept (see `Application::build_without_accept_audit`). It exists only when
+    /// the `audit-cost-baseline` feature is on, which no gateway build turns on.
     #[cfg(feature = "audit-cost-baseline")]
     AllButAccepts,
 }
