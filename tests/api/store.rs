@@ -202,7 +202,8 @@ async fn open_again(url: &str) -> Arc<dyn Store> {
 
 /// Every append after the other store's finds the head moved (SQLite: the store's own
 /// head is out of date and the database refuses it; PostgreSQL: the statement reads
-/// the head itself), and still links to the record before it.
+/// the head itself), and still links to the record before it. So does every accept,
+/// whose delivery is queued once.
 async fn two_stores_taking_turns_on_one_database_keep_one_chain(db: Db) {
     let (first, url, _dir) = open(db).await;
     let second = open_again(&url).await;
@@ -219,12 +220,27 @@ async fn two_stores_taking_turns_on_one_database_keep_one_chain(db: Db) {
             store.append_audit(&a).await.unwrap();
         }
         let r = record(n);
+        let accepting = [&first, &second][n as usize % 2];
         assert_eq!(
-            [&first, &second][n as usize % 2]
-                .insert_referral(&r)
-                .await
-                .unwrap(),
+            accepting.insert_referral(&r).await.unwrap(),
             Inserted::Accepted
+        );
+        // On SQLite the accept queues its delivery and links its record in one
+        // command; the record was linked again, and the delivery stands once.
+        let queued: Vec<_> = accepting
+            .deliveries_for(&r.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.kind, d.state, d.request_id))
+            .collect();
+        assert_eq!(
+            queued,
+            [(
+                "referral".to_owned(),
+                "queued".to_owned(),
+                r.delivery_request_id.clone()
+            )]
         );
         // A duplicate rolls back before its record is appended.
         assert_eq!(
