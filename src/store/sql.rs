@@ -160,19 +160,12 @@ macro_rules! audit_content_columns {
 
 /// SQLite: the record, linked to the head the store knows (`$16`, `$17`), with its
 /// hash (`$18`). The triggers of migration 0007 check the link and move the head.
-macro_rules! sqlite_insert_linked {
-    () => {
-        concat!(
-            "INSERT INTO audit_events (",
-            audit_content_columns!(),
-            ", seq, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, $16, $17, $18)"
-        )
-    };
-}
-
-/// SQLite: one record appended ([`sqlite_insert_linked`]).
-const APPEND_SQLITE: &str = sqlite_insert_linked!();
+const APPEND_SQLITE: &str = concat!(
+    "INSERT INTO audit_events (",
+    audit_content_columns!(),
+    ", seq, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
+     $13, $14, $15, $16, $17, $18)"
+);
 
 /// PostgreSQL: the head taken and moved (its row lock is held to commit, so writers
 /// in every process append one after the other), as a `WITH` query named `head`.
@@ -241,16 +234,6 @@ const QUEUE_AND_APPEND_POSTGRES: &str = concat!(
     pg_insert_linked!()
 );
 
-/// SQLite: [`queue_referral`] (as `$19` to `$23`) and the accept's audit record
-/// ([`sqlite_insert_linked`]) in one command of two statements, so that, as on
-/// PostgreSQL, the record costs the accept no round trip of its own (every command is
-/// a trip to the connection's worker thread and back).
-const QUEUE_AND_APPEND_SQLITE: &str = concat!(
-    queue_referral!("$19", "$20", "$21", "$22", "$23"),
-    "; ",
-    sqlite_insert_linked!()
-);
-
 /// Binds an accepted referral's delivery ([`QUEUE_REFERRAL`]'s parameters).
 macro_rules! bind_queue {
     ($query:expr, $r:expr) => {
@@ -270,28 +253,14 @@ fn accept_prepared(r: &NewReferralRecord) -> Prepared {
 }
 
 impl SqliteStore {
-    /// Appends inside the caller's transaction ([`Self::append_linked`]).
+    /// Appends inside the caller's transaction: one statement while this store's
+    /// head is current, else the head is read (the refused insert already holds the
+    /// database's write lock, so it cannot move again) and the record linked again.
     async fn append_chained(
         &self,
         conn: &mut sqlx::SqliteConnection,
         a: &AuditRecord,
         p: &Prepared,
-    ) -> Result<(), sqlx::Error> {
-        self.append_linked(conn, a, p, None).await
-    }
-
-    /// Appends inside the caller's transaction: one statement while this store's
-    /// head is current, else the head is read (the refused insert already holds the
-    /// database's write lock, so it cannot move again) and the record linked again.
-    /// With `queued`, the accepted referral's delivery is queued in the same command
-    /// ([`QUEUE_AND_APPEND_SQLITE`]); when only the record is refused, the delivery
-    /// stands and the record alone is linked again.
-    async fn append_linked(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        a: &AuditRecord,
-        p: &Prepared,
-        mut queued: Option<&NewReferralRecord>,
     ) -> Result<(), sqlx::Error> {
         let mut known = self.head.take();
         for _ in 0..3 {
@@ -304,27 +273,18 @@ impl SqliteStore {
                 }
             };
             let hash = crate::audit::chain_hash(&prev_hash, &p.tail);
-            let sql = match queued {
-                Some(_) => QUEUE_AND_APPEND_SQLITE,
-                None => APPEND_SQLITE,
-            };
-            let mut query = bind_content!(sqlx::query(sql), a, p)
+            let appended = bind_content!(sqlx::query(APPEND_SQLITE), a, p)
                 .bind(seq + 1)
                 .bind(&prev_hash)
-                .bind(&hash);
-            if let Some(r) = queued {
-                query = bind_queue!(query, r);
-            }
-            match query.execute(&mut *conn).await {
+                .bind(&hash)
+                .execute(&mut *conn)
+                .await;
+            match appended {
                 Ok(_) => {
                     self.head.set(seq + 1, hash);
                     return Ok(());
                 }
-                // Only the record's trigger says this: the delivery, the command's
-                // first statement, was queued.
-                Err(sqlx::Error::Database(e)) if e.message().contains(HEAD_MOVED) => {
-                    queued = None;
-                }
+                Err(sqlx::Error::Database(e)) if e.message().contains(HEAD_MOVED) => continue,
                 Err(e) => return Err(e),
             }
         }
@@ -358,21 +318,20 @@ impl SqliteStore {
         }
     }
 
-    /// Queues the accepted referral's delivery and appends the accept's audit record,
-    /// in one command ([`QUEUE_AND_APPEND_SQLITE`]).
+    /// Queues the accepted referral's delivery and appends the accept's audit record.
     async fn queue_accepted(
         &self,
         conn: &mut sqlx::SqliteConnection,
         r: &NewReferralRecord,
     ) -> Result<(), sqlx::Error> {
-        if !self.audits_accepts() {
-            bind_queue!(sqlx::query(QUEUE_REFERRAL), r)
-                .execute(conn)
+        bind_queue!(sqlx::query(QUEUE_REFERRAL), r)
+            .execute(&mut *conn)
+            .await?;
+        if self.audits_accepts() {
+            self.append_chained(conn, &r.audit, &accept_prepared(r))
                 .await?;
-            return Ok(());
         }
-        self.append_linked(conn, &r.audit, &accept_prepared(r), Some(r))
-            .await
+        Ok(())
     }
 }
 

@@ -225,8 +225,8 @@ async fn two_stores_taking_turns_on_one_database_keep_one_chain(db: Db) {
             accepting.insert_referral(&r).await.unwrap(),
             Inserted::Accepted
         );
-        // On SQLite the accept queues its delivery and links its record in one
-        // command; the record was linked again, and the delivery stands once.
+        // The accept's record was linked again after the other store's appends; its
+        // delivery is queued once.
         let queued: Vec<_> = accepting
             .deliveries_for(&r.id)
             .await
