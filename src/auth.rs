@@ -93,7 +93,7 @@ pub enum AuthSetupError {
     #[error("key id {0} is published by two issuers; kids must be unique")]
     DuplicateKid(String),
     #[error(
-        "THRIVE_ENV=production but issuer {0} trusts the development signing key: configure the production issuers"
+        "THRIVE_ENV=production but issuer {0} trusts a published signing key (the development issuer's or the tests'): configure the production issuers"
     )]
     DevelopmentKeyInProduction(String),
     #[error("THRIVE_ENV=production but dev.signing_key_file is set")]
@@ -130,9 +130,13 @@ struct Claims {
     sub: String,
 }
 
-/// The public key of the shipped development issuer, compared by fingerprint so that a
-/// production deployment cannot trust it by accident.
-const DEVELOPMENT_JWKS: &str = include_str!("../config/dev/jwks.json");
+/// The public keys of the published issuers (the development issuer, and the tests'
+/// own), compared by fingerprint so that a production deployment cannot trust one by
+/// accident: their private keys are in the repository.
+const PUBLISHED_JWKS: [&str; 2] = [
+    include_str!("../config/dev/jwks.json"),
+    include_str!("../tests/fixtures/keys/test-jwks.json"),
+];
 
 impl Authenticator {
     /// Loads every issuer's keys (files now; URLs fetched once) and the client table.
@@ -145,9 +149,11 @@ impl Authenticator {
             .iter()
             .map(|a| parse_algorithm(a))
             .collect::<Result<Vec<_>, _>>()?;
-        let dev_fingerprints: Vec<String> = serde_json::from_str::<JwkSet>(DEVELOPMENT_JWKS)
-            .map(|set| set.keys.iter().filter_map(fingerprint).collect())
-            .unwrap_or_default();
+        let dev_fingerprints: Vec<String> = PUBLISHED_JWKS
+            .iter()
+            .filter_map(|jwks| serde_json::from_str::<JwkSet>(jwks).ok())
+            .flat_map(|set| set.keys.iter().filter_map(fingerprint).collect::<Vec<_>>())
+            .collect();
 
         let mut keys = HashMap::new();
         for (name, issuer) in &settings.issuers {

@@ -458,6 +458,8 @@ pub enum ConfigError {
     Load(#[from] Box<figment::Error>),
     #[error("configuration: {0}")]
     Invalid(String),
+    #[error("configuration: {0}")]
+    PublishedKey(#[from] crate::published_keys::PublishedKey),
 }
 
 /// Where the layers come from; `THRIVE_ENV` and `--config` in the binary.
@@ -512,7 +514,11 @@ impl Settings {
         if sources.use_environment {
             figment = figment.merge(Env::prefixed("THRIVE__").split("__"));
         }
-        Self::from_figment(figment)
+        let settings = Self::from_figment(figment)?;
+        if sources.is_production() {
+            crate::published_keys::refuse_published(&settings)?;
+        }
+        Ok(settings)
     }
 
     /// Extracts settings from an already-built figment (tests layer their own values).

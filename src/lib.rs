@@ -21,6 +21,7 @@ pub mod operations;
 pub mod outcome;
 pub mod provider_api;
 pub mod pseudonym;
+pub mod published_keys;
 pub mod reports;
 pub mod retention;
 pub mod routing;

@@ -127,7 +127,7 @@ fn production_refuses_development_keys_and_dev_tokens() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("development signing key"), "{stderr}");
+    assert!(stderr.contains("published signing key"), "{stderr}");
 
     let out = gateway()
         .args(["dev-token", "--client", "example-gp"])
@@ -135,6 +135,45 @@ fn production_refuses_development_keys_and_dev_tokens() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+/// An operator who copies a published key into production is stopped before anything
+/// is opened or bound, and told which setting to change; the key is not echoed.
+#[test]
+fn production_serve_refuses_a_published_storage_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gw.db");
+    let file = dir.path().join("prod.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[database]\nurl = \"sqlite://{}\"\n\n[keys.storage]\nactive = \"v1\"\n[keys.storage.versions.v1]\nenv = \"GATEWAY_STORAGE_KEY\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let key = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/keys/storage-v1.key"
+    ))
+    .unwrap();
+    let out = gateway()
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("THRIVE_ENV", "production")
+        .env("THRIVE__SERVER__BIND", "127.0.0.1:0")
+        .env("GATEWAY_STORAGE_KEY", key.trim())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("keys.storage.versions.v1")
+            && stderr.contains("tests/fixtures/keys/storage-v1.key"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(key.trim()), "the key is not echoed");
+    assert!(!db.exists(), "nothing was opened");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use figment::Jail;
 use std::path::PathBuf;
-use thrive_gateway::config::{Settings, Sources};
+use thrive_gateway::config::{ConfigError, Settings, Sources};
 
 const DEFAULT: &str = include_str!("../config/default.toml");
 
@@ -215,6 +215,154 @@ fn gp_callbacks_need_their_own_source_endpoint_and_id() {
             .unwrap_err()
             .to_string();
         assert!(err.contains("format"), "unknown keys are refused: {err}");
+        Ok(())
+    });
+}
+
+/// With `THRIVE_ENV=production`, key material this repository publishes is refused
+/// wherever the settings name it, by content: under its own path, copied under
+/// another name, re-cased, or in an environment variable. The error names the setting
+/// and the published file, never the key. Outside production the same keys load.
+#[test]
+fn production_refuses_published_keys_wherever_they_are_named() {
+    const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+    let published = |file: &str| std::fs::read_to_string(format!("{ROOT}/{file}")).unwrap();
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        jail.create_file(
+            "config/production.toml",
+            include_str!("../config/production.toml"),
+        )?;
+        // A deployment's own keys.
+        jail.create_file("storage.key", &"5e".repeat(32))?;
+        jail.create_file("audit.key", &"a7".repeat(32))?;
+        jail.create_file(
+            "own.toml",
+            "[keys.storage]\nactive = \"v1\"\n[keys.storage.versions.v1]\nfile = \"storage.key\"\n\
+             [keys.pseudonym.audit]\nactive = \"v1\"\n[keys.pseudonym.audit.versions.v1]\nfile = \"audit.key\"\n",
+        )?;
+        let production = |extra: &[&str]| {
+            let files: Vec<&str> = ["own.toml"].iter().chain(extra).copied().collect();
+            Settings::load(&sources(Some("production"), &files))
+        };
+        production(&[]).expect("a deployment's own keys are accepted");
+
+        let refused = |extra: &[&str], setting: &str, file: &str| {
+            let err = production(extra).expect_err("a published key is refused");
+            let message = err.to_string();
+            match err {
+                ConfigError::PublishedKey(p) => {
+                    assert_eq!((p.setting.as_str(), p.published), (setting, file))
+                }
+                other => panic!("{other}"),
+            }
+            assert!(
+                message.contains(setting) && message.contains(file),
+                "{message}"
+            );
+            let key = published(file);
+            let key_line = key.lines().find(|l| l.len() > 20).unwrap_or(&key);
+            assert!(
+                !message.contains(key_line.trim()),
+                "the key stays out of the message"
+            );
+        };
+
+        // The development storage key, by its own path.
+        jail.create_file(
+            "dev-storage.toml",
+            &format!("[keys.storage.versions.v1]\nfile = \"{ROOT}/config/dev/storage-v1.key\"\n"),
+        )?;
+        refused(
+            &["dev-storage.toml"],
+            "keys.storage.versions.v1",
+            "config/dev/storage-v1.key",
+        );
+
+        // A test key copied under another name, upper-cased and padded, kept as an
+        // older version.
+        let test_key = published("tests/fixtures/keys/storage-v2.key");
+        jail.create_file(
+            "old.key",
+            &format!("  {}\n", test_key.trim().to_uppercase()),
+        )?;
+        jail.create_file(
+            "old-version.toml",
+            "[keys.storage.versions.v0]\nfile = \"old.key\"\n",
+        )?;
+        refused(
+            &["old-version.toml"],
+            "keys.storage.versions.v0",
+            "tests/fixtures/keys/storage-v2.key",
+        );
+
+        // A pseudonym key in an environment variable.
+        jail.set_env(
+            "BCHFT_PSEUDONYM_KEY",
+            published("config/dev/pseudonym-bchft-v1.key").trim(),
+        );
+        jail.create_file(
+            "env-pseudonym.toml",
+            "[keys.pseudonym.bchft]\nactive = \"v1\"\n[keys.pseudonym.bchft.versions.v1]\nenv = \"BCHFT_PSEUDONYM_KEY\"\n",
+        )?;
+        refused(
+            &["env-pseudonym.toml"],
+            "keys.pseudonym.bchft.versions.v1",
+            "config/dev/pseudonym-bchft-v1.key",
+        );
+
+        // The checkpoint signing key, and a public key whose private half is published.
+        jail.create_file(
+            "checkpoint.toml",
+            &format!(
+                "[audit.checkpoint]\nkey_id = \"k1\"\nprivate_key_file = \"{ROOT}/config/dev/audit-checkpoint.pem\"\npublic_key_file = \"{ROOT}/config/dev/audit-checkpoint.pub.pem\"\n"
+            ),
+        )?;
+        refused(
+            &["checkpoint.toml"],
+            "audit.checkpoint.private_key_file",
+            "config/dev/audit-checkpoint.pem",
+        );
+        jail.create_file(
+            "verify-only.toml",
+            &format!(
+                "[audit.checkpoint]\nkey_id = \"k1\"\npublic_key_file = \"{ROOT}/tests/fixtures/keys/audit-checkpoint.pub.pem\"\n"
+            ),
+        )?;
+        refused(
+            &["verify-only.toml"],
+            "audit.checkpoint.public_key_file",
+            "tests/fixtures/keys/audit-checkpoint.pub.pem",
+        );
+
+        // The tests' TLS server key, copied; and the tests' CA trusted for a provider.
+        jail.create_file("server.key", &published("tests/fixtures/tls/server.key"))?;
+        jail.create_file(
+            "tls.toml",
+            "[server.tls]\ncert_file = \"missing-cert.pem\"\nkey_file = \"server.key\"\n",
+        )?;
+        refused(
+            &["tls.toml"],
+            "server.tls.key_file",
+            "tests/fixtures/tls/server.key",
+        );
+        jail.create_file(
+            "provider-ca.toml",
+            &format!(
+                "[providers.bchft]\nendpoint = \"https://bchft.example/referrals\"\n[providers.bchft.tls]\nca_file = \"{ROOT}/tests/fixtures/tls/ca.pem\"\n"
+            ),
+        )?;
+        refused(
+            &["provider-ca.toml"],
+            "providers.bchft.tls.ca_file",
+            "tests/fixtures/tls/ca.pem",
+        );
+
+        // Outside production the published keys are what development runs on.
+        let s = Settings::load(&sources(None, &["own.toml", "dev-storage.toml"]))
+            .expect("development keys load outside production");
+        assert!(s.keys.storage.is_some());
         Ok(())
     });
 }
