@@ -2,8 +2,8 @@
 //! (`Store::append_audit`), has four writers append at once (they take turns at the
 //! single `audit_head` row), and measures the accept with its audit record (as the
 //! gateway writes it) against the same accept without it (the baseline store and
-//! gateway of the `audit-cost-baseline` feature): over HTTP, against two gateways on
-//! one database, and the accept transaction alone.
+//! gateway of the `audit-cost-baseline` feature): over HTTP, against gateways on one
+//! database, and the accept transaction alone.
 //! Goal: the audit record adds under 10% to the cost of an accept.
 //!
 //! `cargo bench --bench audit --features audit-cost-baseline`
@@ -14,9 +14,10 @@
 //! `thrive_bench_<uuid>` is created there and dropped afterwards.
 //!
 //! Ends with one line per database: what the record adds to an accept over HTTP, in
-//! alternating rounds to the two gateways (so the growing tables and a busy machine
-//! weigh on both sides alike), the median of the rounds' differences against the
-//! median round without it; the record's marginal cost inside the accept transaction,
+//! rounds to three gateways (as deployed, baseline, and a second baseline as the
+//! control), each order in turn (so the growing tables and a busy machine weigh on all
+//! alike), the median of the rounds' differences against the median round without it,
+//! and what the same measure reads between the two baselines; the record's marginal cost inside the accept transaction,
 //! measured the same way, as a cross-check; and the append throughput. Request bodies
 //! are built before the clock starts.
 
@@ -44,9 +45,10 @@ const WRITERS: usize = 4;
 /// differences, so drift (the tables grow) and a stray slow round weigh little.
 const ROUNDS: usize = 100;
 const PER_ROUND: usize = 40;
-/// Paired rounds of accepts over HTTP, to the gateway as deployed and to one on the
-/// baseline store, and accepts per round.
-const HTTP_ROUNDS: usize = 100;
+/// Rounds of accepts over HTTP, each to the gateway as deployed, to one on the
+/// baseline store and to a second on the baseline store (the control: what the
+/// measure reads between two identical gateways), and accepts per round.
+const HTTP_ROUNDS: usize = 300;
 const HTTP_PER_ROUND: usize = 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,11 +199,13 @@ fn referral(template: &Value) -> Value {
     v
 }
 
-/// Two running gateways on one fresh database: `base` as deployed, `baseline_base`
-/// on the baseline store, whose accepts leave their audit record out.
+/// Three running gateways on one fresh database: `base` as deployed, `baseline_base`
+/// and `control_base` on the baseline store, whose accepts leave their audit record
+/// out.
 struct Bench {
     base: String,
     baseline_base: String,
+    control_base: String,
     store: Arc<dyn Store>,
     client: reqwest::Client,
     token: String,
@@ -382,6 +386,9 @@ struct Figures {
     http_with: Option<f64>,
     http_without: Option<f64>,
     http_marginal: Option<f64>,
+    /// The control: the second baseline gateway's rounds against the first's, the
+    /// same way; what the measure reads when there is nothing to find.
+    http_control: Option<f64>,
 }
 
 /// `rounds` pairs of `run(true)` and `run(false)`, each first in every other round,
@@ -404,6 +411,43 @@ fn paired(rounds: usize, mut run: impl FnMut(bool) -> f64) -> (Vec<f64>, Vec<f64
         }
     }
     (with, without)
+}
+
+/// The gateways an accept over HTTP is sent to in the rounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gateway {
+    /// As deployed: the accept with its audit record.
+    Audited,
+    /// The baseline store: the accept without it.
+    Baseline,
+    /// A second baseline gateway, the control.
+    Control,
+}
+
+/// Every order of the three gateways; the rounds take them in turn, so each gateway
+/// runs first, second and third equally often and after each of the others.
+const ORDERS: [[Gateway; 3]; 6] = {
+    use Gateway::{Audited as A, Baseline as B, Control as C};
+    [
+        [A, B, C],
+        [B, C, A],
+        [C, A, B],
+        [A, C, B],
+        [C, B, A],
+        [B, A, C],
+    ]
+};
+
+/// `rounds` rounds of `run` for each gateway, in the orders of [`ORDERS`] in turn:
+/// the audited, baseline and control figures of each round.
+fn rotated(rounds: usize, mut run: impl FnMut(Gateway) -> f64) -> [Vec<f64>; 3] {
+    let mut figures: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        for gateway in ORDERS[round % ORDERS.len()] {
+            figures[gateway as usize].push(run(gateway));
+        }
+    }
+    figures
 }
 
 fn median_difference(with: &[f64], without: &[f64]) -> Option<f64> {
@@ -439,6 +483,11 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         let baseline_base = format!("http://{}", app.address());
         let baseline = app.gateway().store.clone();
         tokio::spawn(app.run());
+        let app = thrive_gateway::startup::Application::build_without_accept_audit(&settings(&url))
+            .await
+            .expect("control gateway starts");
+        let control_base = format!("http://{}", app.address());
+        tokio::spawn(app.run());
         let pem = std::fs::read(format!("{ROOT}/tests/fixtures/keys/test-issuer.pem"))
             .expect("issuer key");
         let token = thrive_gateway::auth::mint_token(
@@ -455,6 +504,7 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         let bench = Bench {
             base,
             baseline_base,
+            control_base,
             store,
             client: reqwest::Client::new(),
             token,
@@ -611,11 +661,11 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
     });
 
     // The same over HTTP, against the two gateways: the goal's measure.
-    let over_http = |audited: bool, n: usize| {
-        let base = if audited {
-            &bench.base
-        } else {
-            &bench.baseline_base
+    let over_http = |gateway: Gateway, n: usize| {
+        let base = match gateway {
+            Gateway::Audited => &bench.base,
+            Gateway::Baseline => &bench.baseline_base,
+            Gateway::Control => &bench.control_base,
         };
         let requests: Vec<_> = (0..n).map(|_| bench.request()).collect();
         runtime.block_on(async {
@@ -626,8 +676,8 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
             start.elapsed()
         })
     };
-    let (http_with, http_without) = paired(HTTP_ROUNDS, |audited| {
-        over_http(audited, HTTP_PER_ROUND).as_secs_f64() / HTTP_PER_ROUND as f64
+    let [http_with, http_without, http_control] = rotated(HTTP_ROUNDS, |gateway| {
+        over_http(gateway, HTTP_PER_ROUND).as_secs_f64() / HTTP_PER_ROUND as f64
     });
 
     let accept = Calls::default();
@@ -640,7 +690,12 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
     ] {
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
-                let took = over_http(audited, usize::try_from(iters).expect("iterations"));
+                let gateway = if audited {
+                    Gateway::Audited
+                } else {
+                    Gateway::Baseline
+                };
+                let took = over_http(gateway, usize::try_from(iters).expect("iterations"));
                 if audited {
                     accept.record(iters, took)
                 } else {
@@ -676,6 +731,7 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         with_audit: mean(&with_audit),
         without_audit: mean(&without_audit),
         http_marginal: median_difference(&http_with, &http_without),
+        http_control: median_difference(&http_control, &http_without),
         http_with: median(http_with),
         http_without: median(http_without),
     }
@@ -700,18 +756,21 @@ fn audit(c: &mut Criterion) {
             // The goal's measure: what the record adds to an accept over HTTP, against
             // the same accept without it, both in paired rounds.
             let share = percent(f.http_marginal, f.http_without);
+            // What the same measure reads between two identical baseline gateways.
+            let control = percent(f.http_control, f.http_without);
             // The cross-check: the record's marginal cost inside the accept
             // transaction against an accept over HTTP less that cost.
             let inside = percent(f.marginal, f.accept.zip(f.marginal).map(|(a, m)| a - m));
             format!(
                 "{}: the audit record adds {share} to an accept over HTTP ({} with, {} \
-                 without, {} more); inside the accept transaction it adds {} ({} with, {} \
+                 without, {} more; the control gateway, also without, reads {control}, {}); inside the accept transaction it adds {} ({} with, {} \
                  without), {inside} of an accept over HTTP ({} with it); append on its own {} \
                  ({}), {WRITERS} writers {}",
                 db.name(),
                 ms(f.http_with),
                 ms(f.http_without),
                 us(f.http_marginal),
+                us(f.http_control),
                 us(f.marginal),
                 ms(f.with_audit),
                 ms(f.without_audit),
