@@ -17,9 +17,9 @@
 //! rounds to three gateways (as deployed, baseline, and a second baseline as the
 //! control), each order in turn (so the growing tables and a busy machine weigh on all
 //! alike), the median of the rounds' differences against the median round without it,
-//! and what the same measure reads between the two baselines; the record's marginal cost inside the accept transaction,
-//! measured the same way, as a cross-check; and the append throughput. Request bodies
-//! are built before the clock starts.
+//! and what the same measure reads between the two baselines; the record's marginal
+//! cost inside the accept transaction, measured in paired rounds, as a cross-check;
+//! and the append throughput. Request bodies are built before the clock starts.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fhir_sdk::time::{
@@ -413,7 +413,8 @@ fn paired(rounds: usize, mut run: impl FnMut(bool) -> f64) -> (Vec<f64>, Vec<f64
     (with, without)
 }
 
-/// The gateways an accept over HTTP is sent to in the rounds.
+/// The gateways an accept over HTTP is sent to in the rounds, in the order of
+/// [`rotated`]'s figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Gateway {
     /// As deployed: the accept with its audit record.
@@ -660,7 +661,7 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         })
     });
 
-    // The same over HTTP, against the two gateways: the goal's measure.
+    // The same over HTTP, against the three gateways: the goal's measure.
     let over_http = |gateway: Gateway, n: usize| {
         let base = match gateway {
             Gateway::Audited => &bench.base,
@@ -754,7 +755,7 @@ fn audit(c: &mut Criterion) {
             };
             let rate = |r: Option<f64>| r.map_or("-".to_owned(), |r| format!("{r:.0} records/s"));
             // The goal's measure: what the record adds to an accept over HTTP, against
-            // the same accept without it, both in paired rounds.
+            // the same accept without it, in the same rounds.
             let share = percent(f.http_marginal, f.http_without);
             // What the same measure reads between two identical baseline gateways.
             let control = percent(f.http_control, f.http_without);
@@ -763,8 +764,8 @@ fn audit(c: &mut Criterion) {
             let inside = percent(f.marginal, f.accept.zip(f.marginal).map(|(a, m)| a - m));
             format!(
                 "{}: the audit record adds {share} to an accept over HTTP ({} with, {} \
-                 without, {} more; the control gateway, also without, reads {control}, {}); inside the accept transaction it adds {} ({} with, {} \
-                 without), {inside} of an accept over HTTP ({} with it); append on its own {} \
+                 without, {} more; the control gateway, also without, reads {control}, {}); \
+                 inside the accept transaction it adds {} ({} with, {} without), {inside} of an accept over HTTP ({} with it); append on its own {} \
                  ({}), {WRITERS} writers {}",
                 db.name(),
                 ms(f.http_with),

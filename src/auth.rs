@@ -130,14 +130,6 @@ struct Claims {
     sub: String,
 }
 
-/// The public keys of the published issuers (the development issuer, and the tests'
-/// own), compared by fingerprint so that a production deployment cannot trust one by
-/// accident: their private keys are in the repository.
-const PUBLISHED_JWKS: [&str; 2] = [
-    include_str!("../config/dev/jwks.json"),
-    include_str!("../tests/fixtures/keys/test-jwks.json"),
-];
-
 impl Authenticator {
     /// Loads every issuer's keys (files now; URLs fetched once) and the client table.
     pub async fn from_settings(
@@ -149,10 +141,13 @@ impl Authenticator {
             .iter()
             .map(|a| parse_algorithm(a))
             .collect::<Result<Vec<_>, _>>()?;
-        let dev_fingerprints: Vec<String> = PUBLISHED_JWKS
+        // The published issuers' keys, compared by fingerprint so that a production
+        // deployment cannot trust one by accident: their private keys are public.
+        let published_fingerprints: Vec<String> = crate::published_keys::JWKS
             .iter()
-            .filter_map(|jwks| serde_json::from_str::<JwkSet>(jwks).ok())
-            .flat_map(|set| set.keys.iter().filter_map(fingerprint).collect::<Vec<_>>())
+            .filter_map(|(_, jwks)| serde_json::from_str::<JwkSet>(jwks).ok())
+            .flat_map(|set| set.keys)
+            .filter_map(|jwk| fingerprint(&jwk))
             .collect();
 
         let mut keys = HashMap::new();
@@ -186,7 +181,8 @@ impl Authenticator {
                             kid: "(none)".into(),
                             message: "every key needs a kid".into(),
                         })?;
-                    if production && fingerprint(jwk).is_some_and(|f| dev_fingerprints.contains(&f))
+                    if production
+                        && fingerprint(jwk).is_some_and(|f| published_fingerprints.contains(&f))
                     {
                         return Err(AuthSetupError::DevelopmentKeyInProduction(name.clone()));
                     }

@@ -14,8 +14,9 @@
 //! The issuers' signing keys are checked by [`crate::auth`] (by JWK fingerprint, so
 //! keys fetched from a JWKS URL are covered too).
 
-use crate::config::{OAuthSettings, ProviderTlsSettings, Settings};
+use crate::config::Settings;
 use crate::pseudonym::KeySource;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 use std::path::Path;
 
 /// Published hex keys (storage and pseudonym keys), by file.
@@ -142,6 +143,20 @@ const PEM_FILES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The published issuers' public keys (JWKS): the development issuer's and the
+/// tests'. Their private keys are in the repository; [`crate::auth`] refuses an issuer
+/// trusting one of them in production, comparing JWK fingerprints.
+pub const JWKS: [(&str, &str); 2] = [
+    (
+        "config/dev/jwks.json",
+        include_str!("../config/dev/jwks.json"),
+    ),
+    (
+        "tests/fixtures/keys/test-jwks.json",
+        include_str!("../tests/fixtures/keys/test-jwks.json"),
+    ),
+];
+
 /// A setting that names published key material. Holds the setting's name and the
 /// published file's, never the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -157,117 +172,102 @@ pub struct PublishedKey {
     pub published: &'static str,
 }
 
-/// The published hex key whose key bytes are `key`, if any.
-fn published_hex(key: &[u8]) -> Option<&'static str> {
-    HEX_KEYS
+/// Every published hex key's bytes and every published PEM block's decoded content,
+/// with the file it is in; decoded once, on first use.
+static MATERIAL: std::sync::LazyLock<Vec<(&'static str, Vec<u8>)>> =
+    std::sync::LazyLock::new(|| {
+        let hex_keys = HEX_KEYS
+            .iter()
+            .filter_map(|(name, text)| Some((*name, hex::decode(text.trim()).ok()?)));
+        let pem_blocks = PEM_FILES.iter().flat_map(|(name, text)| {
+            pem::parse_many(text)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|block| (*name, block.into_contents()))
+        });
+        hex_keys.chain(pem_blocks).collect()
+    });
+
+/// The published file holding exactly this key or block content, if any.
+fn published(material: &[u8]) -> Option<&'static str> {
+    MATERIAL
         .iter()
-        .find(|(_, text)| hex::decode(text.trim()).is_ok_and(|k| k == key))
+        .find(|(_, published)| published.as_slice() == material)
         .map(|(name, _)| *name)
 }
 
-/// The published PEM file sharing a block (a key or certificate, compared by its
-/// decoded content) with `pem`, if any.
-fn published_pem(pem: &[u8]) -> Option<&'static str> {
-    let blocks = pem::parse_many(pem).ok()?;
-    PEM_FILES
-        .iter()
-        .find(|(_, text)| {
-            pem::parse_many(text).is_ok_and(|published| {
-                published
-                    .iter()
-                    .any(|p| blocks.iter().any(|b| b.contents() == p.contents()))
-            })
-        })
-        .map(|(name, _)| *name)
+/// The published file holding the key a hex key source names, if any.
+fn published_hex(source: &KeySource) -> Option<&'static str> {
+    let text = SecretString::from(match source {
+        KeySource::File(path) => std::fs::read_to_string(path).ok()?,
+        KeySource::Env(var) => std::env::var(var).ok()?,
+    });
+    let key = SecretBox::new(Box::new(hex::decode(text.expose_secret().trim()).ok()?));
+    published(key.expose_secret())
 }
 
-/// Checks every hex key and every PEM file the settings name. What cannot be read
-/// here is passed over: the part of the gateway that loads it reports that with its
-/// own message.
-pub fn refuse_published(settings: &Settings) -> Result<(), PublishedKey> {
-    let mut found = Checked::default();
+/// The published file sharing a block (a key or certificate, compared by its decoded
+/// content) with the PEM file at `path`, if any.
+fn published_pem(path: &Path) -> Option<&'static str> {
+    let text = SecretBox::new(Box::new(std::fs::read(path).ok()?));
+    let blocks = pem::parse_many(text.expose_secret()).ok()?;
+    blocks.iter().find_map(|b| published(b.contents()))
+}
+
+/// Where a setting's key material is.
+enum Named<'a> {
+    Hex(&'a KeySource),
+    Pem(&'a Path),
+}
+
+/// Every key and certificate the settings name, with its setting, in the order they
+/// are checked.
+fn named<'a>(settings: &'a Settings) -> Vec<(String, Named<'a>)> {
+    let mut named = Vec::new();
     if let Some(storage) = &settings.keys.storage {
         for (version, source) in &storage.versions {
-            found.hex(format!("keys.storage.versions.{version}"), source);
+            named.push((
+                format!("keys.storage.versions.{version}"),
+                Named::Hex(source),
+            ));
         }
     }
     for (recipient, keys) in &settings.keys.pseudonym {
         for (version, source) in &keys.versions {
-            found.hex(
-                format!("keys.pseudonym.{recipient}.versions.{version}"),
-                source,
-            );
+            let setting = format!("keys.pseudonym.{recipient}.versions.{version}");
+            named.push((setting, Named::Hex(source)));
         }
     }
+    let mut pem = |setting: String, path: &'a Path| named.push((setting, Named::Pem(path)));
     if let Some(c) = &settings.audit.checkpoint {
         if let Some(private) = &c.private_key_file {
-            found.pem("audit.checkpoint.private_key_file".into(), private);
+            pem("audit.checkpoint.private_key_file".into(), private);
         }
-        found.pem(
+        pem(
             "audit.checkpoint.public_key_file".into(),
             &c.public_key_file,
         );
     }
     if let Some(tls) = &settings.server.tls {
-        found.pem("server.tls.cert_file".into(), &tls.cert_file);
-        found.pem("server.tls.key_file".into(), &tls.key_file);
+        pem("server.tls.cert_file".into(), &tls.cert_file);
+        pem("server.tls.key_file".into(), &tls.key_file);
         if let Some(ca) = &tls.client_ca_file {
-            found.pem("server.tls.client_ca_file".into(), ca);
+            pem("server.tls.client_ca_file".into(), ca);
         }
     }
-    for (id, p) in &settings.providers {
-        found.client(&format!("providers.{id}"), p.oauth.as_ref(), p.tls.as_ref());
-    }
-    for (id, g) in &settings.gp_callbacks {
-        found.client(
-            &format!("gp_callbacks.{id}"),
-            g.oauth.as_ref(),
-            g.tls.as_ref(),
+    let clients = settings
+        .providers
+        .iter()
+        .map(|(id, p)| (format!("providers.{id}"), &p.oauth, &p.tls))
+        .chain(
+            settings
+                .gp_callbacks
+                .iter()
+                .map(|(id, g)| (format!("gp_callbacks.{id}"), &g.oauth, &g.tls)),
         );
-    }
-    match found.0 {
-        Some(published) => Err(published),
-        None => Ok(()),
-    }
-}
-
-/// The first published key found, in the order the settings are checked.
-#[derive(Default)]
-struct Checked(Option<PublishedKey>);
-
-impl Checked {
-    fn note(&mut self, setting: String, published: Option<&'static str>) {
-        if self.0.is_none()
-            && let Some(published) = published
-        {
-            self.0 = Some(PublishedKey { setting, published });
-        }
-    }
-
-    fn hex(&mut self, setting: String, source: &KeySource) {
-        let text = match source {
-            KeySource::File(path) => std::fs::read_to_string(path).ok(),
-            KeySource::Env(var) => std::env::var(var).ok(),
-        };
-        let published = text
-            .and_then(|t| hex::decode(t.trim()).ok())
-            .and_then(|key| published_hex(&key));
-        self.note(setting, published);
-    }
-
-    fn pem(&mut self, setting: String, path: &Path) {
-        let published = std::fs::read(path).ok().and_then(|p| published_pem(&p));
-        self.note(setting, published);
-    }
-
-    fn client(
-        &mut self,
-        at: &str,
-        oauth: Option<&OAuthSettings>,
-        tls: Option<&ProviderTlsSettings>,
-    ) {
+    for (at, oauth, tls) in clients {
         if let Some(o) = oauth {
-            self.pem(format!("{at}.oauth.key_file"), &o.key_file);
+            pem(format!("{at}.oauth.key_file"), &o.key_file);
         }
         if let Some(t) = tls {
             for (name, file) in [
@@ -276,11 +276,28 @@ impl Checked {
                 ("client_key_file", &t.client_key_file),
             ] {
                 if let Some(file) = file {
-                    self.pem(format!("{at}.tls.{name}"), file);
+                    pem(format!("{at}.tls.{name}"), file);
                 }
             }
         }
     }
+    named
+}
+
+/// Checks every hex key and every PEM file the settings name, stopping at the first
+/// that is published. What cannot be read here is passed over: the part of the
+/// gateway that loads it reports that with its own message.
+pub fn refuse_published(settings: &Settings) -> Result<(), PublishedKey> {
+    for (setting, key) in named(settings) {
+        let published = match key {
+            Named::Hex(source) => published_hex(source),
+            Named::Pem(path) => published_pem(path),
+        };
+        if let Some(published) = published {
+            return Err(PublishedKey { setting, published });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -295,6 +312,7 @@ mod tests {
         let listed: Vec<&str> = HEX_KEYS
             .iter()
             .chain(PEM_FILES)
+            .chain(&JWKS)
             .map(|(name, _)| *name)
             .collect();
         for dir in ["config/dev", "tests/fixtures/keys", "tests/fixtures/tls"] {
@@ -302,7 +320,7 @@ mod tests {
             for entry in entries {
                 let name = entry.expect("entry").file_name();
                 let name = name.to_string_lossy();
-                if name.ends_with(".key") || name.ends_with(".pem") {
+                if [".key", ".pem", ".json"].iter().any(|e| name.ends_with(e)) {
                     let path = format!("{dir}/{name}");
                     assert!(listed.contains(&path.as_str()), "{path} is not listed");
                 }
@@ -317,12 +335,14 @@ mod tests {
         for (name, text) in HEX_KEYS {
             let key = hex::decode(text.trim()).unwrap_or_else(|_| panic!("{name}: not hex"));
             assert_eq!(key.len(), 32, "{name}");
-            assert_eq!(published_hex(&key), Some(*name));
+            assert_eq!(published(&key), Some(*name));
         }
         for (name, text) in PEM_FILES {
             let blocks = pem::parse_many(text).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(!blocks.is_empty(), "{name}: no PEM block");
-            assert!(published_pem(text.as_bytes()).is_some(), "{name}");
+            for block in blocks {
+                assert!(published(block.contents()).is_some(), "{name}");
+            }
         }
     }
 
@@ -330,8 +350,16 @@ mod tests {
     fn content_is_compared_not_names_or_layout() {
         let storage = include_str!("../config/dev/storage-v1.key").trim();
         let upper = hex::decode(storage.to_uppercase()).expect("hex");
-        assert_eq!(published_hex(&upper), Some("config/dev/storage-v1.key"));
-        assert_eq!(published_hex(&[7u8; 32]), None);
+        assert_eq!(published(&upper), Some("config/dev/storage-v1.key"));
+        assert_eq!(published(&[7u8; 32]), None);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).expect("written");
+            path
+        };
+        let copy = KeySource::File(file("copy.key", &format!(" {}\n", storage.to_uppercase())));
+        assert_eq!(published_hex(&copy), Some("config/dev/storage-v1.key"));
 
         // The same key re-wrapped (other line lengths, CRLF) is still the same key.
         let pem_text = include_str!("../tests/fixtures/tls/server.key");
@@ -341,11 +369,11 @@ mod tests {
             pem::EncodeConfig::new().set_line_ending(pem::LineEnding::CRLF),
         );
         assert_eq!(
-            published_pem(rewrapped.as_bytes()),
+            published_pem(&file("rewrapped.pem", &rewrapped)),
             Some("tests/fixtures/tls/server.key")
         );
         let fresh = pem::encode(&pem::Pem::new("PRIVATE KEY", vec![1u8; 48]));
-        assert_eq!(published_pem(fresh.as_bytes()), None);
-        assert_eq!(published_pem(b"not PEM at all"), None);
+        assert_eq!(published_pem(&file("fresh.pem", &fresh)), None);
+        assert_eq!(published_pem(&file("text.pem", "not PEM at all")), None);
     }
 }
