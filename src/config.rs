@@ -245,13 +245,31 @@ fn default_retention_interval() -> u64 {
     3600
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditSettings {
     /// Signs the chain head periodically; without it no checkpoints are written
     /// (the chain itself is always kept).
     #[serde(default)]
     pub checkpoint: Option<CheckpointSettings>,
+    /// Milliseconds between the rounds in which `serve` seals pending audit records
+    /// into the hash chain: the longest a record waits outside the chain while a
+    /// gateway runs. Every read of the trail seals first, whatever this says.
+    #[serde(default = "default_seal_interval")]
+    pub seal_interval_ms: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            checkpoint: None,
+            seal_interval_ms: default_seal_interval(),
+        }
+    }
+}
+
+fn default_seal_interval() -> u64 {
+    250
 }
 
 /// The key checkpoints are signed with (Ed25519, PEM) and how often.

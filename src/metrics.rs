@@ -190,11 +190,26 @@ impl Metrics {
     }
 
     /// Everything in the text format, with the queue gauges from `queue` (deliveries
-    /// by state) when the database answered.
-    pub fn render(&self, queue: Option<&[(String, i64)]>) -> Result<String, prometheus::Error> {
+    /// by state) and the audit records waiting to be sealed (`audit_pending`) when
+    /// the database answered.
+    pub fn render(
+        &self,
+        queue: Option<&[(String, i64)]>,
+        audit_pending: Option<i64>,
+    ) -> Result<String, prometheus::Error> {
+        use prometheus::core::Collector;
         let mut families = self.registry.gather();
         if let Some(queue) = queue {
             families.extend(queue_gauges(queue)?);
+        }
+        if let Some(pending) = audit_pending {
+            let gauge = IntGauge::new(
+                "thrive_audit_pending_records",
+                "Audit records written but not yet sealed into the hash chain, from the \
+                 database at scrape time; growing means sealing fails (see the log).",
+            )?;
+            gauge.set(pending);
+            families.extend(gauge.collect());
         }
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut text = String::new();
@@ -278,7 +293,14 @@ async fn metrics(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpRespons
             None
         }
     };
-    match gw.metrics.render(queue.as_deref()) {
+    let audit_pending = match gw.store.audit_pending().await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: pending audit records could not be counted");
+            None
+        }
+    };
+    match gw.metrics.render(queue.as_deref(), audit_pending) {
         Ok(text) => Ok(HttpResponse::Ok()
             .content_type(TextEncoder::new().format_type())
             .body(text)),
@@ -300,8 +322,11 @@ mod tests {
     use actix_web::test::TestRequest;
 
     fn scrape(m: &Metrics) -> String {
-        m.render(Some(&[("queued".into(), 2), ("delivered".into(), 5)]))
-            .expect("renders")
+        m.render(
+            Some(&[("queued".into(), 2), ("delivered".into(), 5)]),
+            Some(3),
+        )
+        .expect("renders")
     }
 
     #[test]
@@ -321,6 +346,7 @@ mod tests {
             r#"thrive_delivery_queue_depth{state="queued"} 2"#,
             r#"thrive_delivery_queue_depth{state="dead"} 0"#,
             "thrive_dead_letters 0",
+            "thrive_audit_pending_records 3",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }
@@ -335,8 +361,9 @@ mod tests {
     fn without_the_database_the_gauges_are_missing_not_stale() {
         let m = Metrics::new(None).expect("registry");
         assert!(scrape(&m).contains("thrive_dead_letters 0"));
-        let text = m.render(None).expect("renders");
+        let text = m.render(None, None).expect("renders");
         assert!(!text.contains("thrive_dead_letters"), "{text}");
+        assert!(!text.contains("thrive_audit_pending_records"), "{text}");
         assert!(!text.contains("thrive_delivery_queue_depth"), "{text}");
     }
 

@@ -64,6 +64,8 @@ pub struct Application {
     signer: Option<(crate::audit::checkpoint::Signer, std::time::Duration)>,
     /// The periodic purge, when `retention.enabled`.
     retention: Option<(Arc<dyn Store>, RetentionSettings)>,
+    /// How often pending audit records are sealed into the chain.
+    seal_every: std::time::Duration,
 }
 
 /// The audit pseudonym key: every audit record names its subject with it.
@@ -226,6 +228,7 @@ impl Application {
                 .retention
                 .enabled
                 .then(|| (store_for_retention, settings.retention.clone())),
+            seal_every: std::time::Duration::from_millis(settings.audit.seal_interval_ms.max(1)),
         })
     }
 
@@ -244,8 +247,8 @@ impl Application {
     }
 
     /// Runs until stopped (SIGINT/SIGTERM): in-flight requests finish, then the
-    /// delivery worker finishes its attempts and gives back its leases, and the
-    /// retention task stops.
+    /// delivery worker finishes its attempts and gives back its leases, the
+    /// retention task stops, and the sealer seals what is still pending.
     pub async fn run(self) -> std::io::Result<()> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let worker = match (self.deliverer, self.run_worker) {
@@ -255,13 +258,25 @@ impl Application {
         let checkpoints = self.signer.map(|(signer, every)| {
             tokio::spawn(signer.run(self.gateway.store.clone(), every, stopped.clone()))
         });
-        let retention = self
-            .retention
-            .map(|(store, settings)| tokio::spawn(crate::retention::run(store, settings, stopped)));
+        let retention = self.retention.map(|(store, settings)| {
+            tokio::spawn(crate::retention::run(store, settings, stopped.clone()))
+        });
+        let sealer = Some(tokio::spawn(crate::audit::seal_periodically(
+            self.gateway.store.clone(),
+            self.seal_every,
+            stopped,
+        )));
         let result = self.server.await;
         let _ = stop.send(true);
-        for task in [worker, checkpoints, retention].into_iter().flatten() {
+        for task in [worker, checkpoints, retention, sealer]
+            .into_iter()
+            .flatten()
+        {
             let _ = task.await;
+        }
+        // What the last requests and attempts wrote, sealed before the process ends.
+        if let Err(e) = self.gateway.store.seal_audit().await {
+            tracing::error!(error = %e, "sealing audit records at shutdown failed; they stay pending");
         }
         result
     }

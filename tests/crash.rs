@@ -1,6 +1,7 @@
 //! Crash safety: the gateway is killed (SIGKILL) while referrals are being accepted and
 //! delivered, then restarted. Every referral that got a 200 reaches the provider, once
-//! by its de-duplication key, and nothing that was stored is half-stored.
+//! by its de-duplication key, nothing that was stored is half-stored, and every
+//! accept's audit record is in an unbroken chain.
 #![allow(clippy::unwrap_used)]
 
 #[path = "api/helpers.rs"]
@@ -196,6 +197,25 @@ endpoint = "{p}"
         all.len(),
         "nothing stored was left undelivered"
     );
+
+    // Every accept's audit record outlived the kills (written pending with the
+    // referral, sealed after), and the chain is whole.
+    let trail = store.audit_after(0, 100_000).await.unwrap();
+    assert_eq!(store.audit_pending().await.unwrap(), 0);
+    for id in &accepted {
+        assert!(
+            trail.iter().any(|r| r.action == "referral.new"
+                && r.outcome == "accepted"
+                && r.referral_id.as_deref() == Some(id.as_str())
+                && r.seq.is_some()),
+            "an accepted referral's audit record is in the chain"
+        );
+    }
+    let verified = thrive_gateway::audit::verify(store.as_ref(), None)
+        .await
+        .unwrap();
+    assert_eq!(verified.problem, None);
+    assert_eq!(verified.records, trail.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

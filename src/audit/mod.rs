@@ -4,7 +4,8 @@
 //! head so an exported range can be checked without the database.
 //!
 //! Records are written by the store (`write_audit`, the one place every writer goes
-//! through); this module holds what the chain means: how a record is hashed, how the
+//! through) with the change they record, pending, and sealed into the chain by
+//! [`seal_periodically`] or the next read of the trail; this module holds what the chain means: how a record is hashed, how the
 //! chain is verified, the NHS identity headers kept as the actor, checkpoints,
 //! exports and the auditor API.
 
@@ -63,9 +64,7 @@ impl ChainEntry<'_> {
     /// The content after `prev_hash`: the JSON array `[recorded_at, action, outcome,
     /// http_status, client_id, role, actor_identity, referral_id, subject, recipient,
     /// request_id, correlation_id, mapping_version, key_version, detail]` without its
-    /// opening bracket. It does not depend on the record before, so a writer can
-    /// prepare it before it takes the chain head, and PostgreSQL can finish the hash
-    /// in the statement that takes the head (see `write_audit` in the store).
+    /// opening bracket. It does not depend on the record before.
     pub fn tail(&self) -> String {
         let at = self.recorded_at.format(&Rfc3339).unwrap_or_default();
         // A tuple is written as a JSON array, without copying the content into a
@@ -98,9 +97,9 @@ impl ChainEntry<'_> {
 
 /// The hash of a record whose content after `prev_hash` is `tail`
 /// ([`ChainEntry::tail`]): SHA-256, lower-case hex, of the UTF-8 text
-/// `["` + `prev_hash` + `",` + `tail`. PostgreSQL computes the same text and digest
-/// in SQL; a unit test holds this to the whole-array formula, and the store tests
-/// verify records PostgreSQL hashed (non-ASCII and escaped content included).
+/// `["` + `prev_hash` + `",` + `tail`. A unit test holds this to the whole-array
+/// formula. (Gateways before the sealer had PostgreSQL compute the same digest in
+/// SQL; those records verify as any other.)
 pub fn chain_hash(prev_hash: &str, tail: &str) -> String {
     let mut digest = Sha256::new();
     digest.update(b"[\"");
@@ -264,6 +263,33 @@ impl Walker {
     }
 }
 
+/// Seals pending records into the chain every `interval` until `stop` turns true
+/// (`serve` seals once more after its other tasks end). A failed round is logged and
+/// the records stay pending, durable, for the next round (the
+/// `thrive_audit_pending_records` gauge shows them waiting).
+pub async fn seal_periodically(
+    store: std::sync::Arc<dyn Store>,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+        match store.seal_audit().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(records = n, "audit records sealed into the chain"),
+            Err(e) => {
+                tracing::error!(error = %e, "sealing audit records failed; they stay pending")
+            }
+        }
+    }
+}
+
 /// Page size of a verification pass.
 const PAGE: i64 = 1_000;
 
@@ -310,16 +336,17 @@ pub async fn verify(
     if head_hash != last_hash {
         return Ok(done(&walker, Tamper::Changed { seq: last_seq }));
     }
-    // Written past the head without moving it: not by a gateway. Records appended
-    // since the head was read have moved it, so they are not mistaken for this.
+    // Written past the head without moving it: not by a gateway. Records sealed
+    // since the head was read have moved it, so they are not mistaken for this; nor
+    // is a batch another gateway sealed between the two reads below (the head is
+    // read again before anything is reported).
     let (now_head, _) = store.audit_head().await?;
     if let Some(extra) = store.audit_chain(now_head, 1).await?.first() {
-        return Ok(done(
-            &walker,
-            Tamper::Inserted {
-                seq: extra.seq.unwrap_or(now_head + 1),
-            },
-        ));
+        let seq = extra.seq.unwrap_or(now_head + 1);
+        let (latest, _) = store.audit_head().await?;
+        if seq > latest {
+            return Ok(done(&walker, Tamper::Inserted { seq }));
+        }
     }
     let mut checked = 0;
     for c in store.audit_checkpoints().await? {

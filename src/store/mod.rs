@@ -449,20 +449,34 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Cancels or withdraws, atomically and only while the referral is active.
     async fn apply_update(&self, u: &UpdateRecord) -> Result<Updated, StoreError>;
     async fn deliveries_for(&self, referral_id: &str) -> Result<Vec<DeliveryRow>, StoreError>;
-    /// Appends a decision record on its own (rejections: nothing else is written).
+    /// Writes a decision record on its own (rejections: nothing else is written).
+    ///
+    /// Every audit record, here and in the transactions that write one with their
+    /// change, is written pending: durable with its change, and linked into the hash
+    /// chain by [`Store::seal_audit`], which the gateway runs every
+    /// `audit.seal_interval_ms` and every read of the trail runs first.
     async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError>;
-    /// Audit records in order, oldest first, after `after_id`.
+    /// Links every pending record into the hash chain, oldest first, in batches that
+    /// each take the chain head for their transaction (sealers in several processes
+    /// take turns); returns how many it sealed. Fails, sealing nothing more, when the
+    /// chain has no head.
+    async fn seal_audit(&self) -> Result<u64, StoreError>;
+    /// How many audit records wait to be sealed.
+    async fn audit_pending(&self) -> Result<i64, StoreError>;
+    /// Audit records in order, oldest first, after `after_id` (pending ones sealed first).
     async fn audit_after(&self, after_id: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
-    /// Chained audit records in chain order, after place `after_seq`.
+    /// Chained audit records in chain order, after place `after_seq`. Seals nothing:
+    /// a walk of the chain reads the head first ([`Store::audit_head`]).
     async fn audit_chain(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
     /// Records outside the chain: how many were written before it began, and the id
     /// of the first one written after it began (which should not exist).
     async fn audit_unchained(&self) -> Result<(u64, Option<i64>), StoreError>;
     /// The place of the record with this hash, if any.
     async fn audit_seq_of_hash(&self, hash: &str) -> Result<Option<i64>, StoreError>;
-    /// The chain head as writers keep it: last place and hash.
+    /// The chain head (last place and hash), once every pending record is sealed.
     async fn audit_head(&self) -> Result<(i64, String), StoreError>;
-    /// Records matching `filter`, in chain order, after place `after_seq`.
+    /// Records matching `filter`, in chain order, after place `after_seq` (pending
+    /// ones sealed first).
     async fn audit_query(
         &self,
         filter: &AuditFilter,

@@ -18,8 +18,6 @@ use std::sync::Arc;
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
     keys: Option<Arc<StorageKeys>>,
-    /// The chain head as this store last appended it (see `append_chained`).
-    head: LastHead,
     #[cfg(feature = "audit-cost-baseline")]
     accepts_unaudited: bool,
 }
@@ -40,7 +38,6 @@ impl SqliteStore {
         Self {
             pool,
             keys,
-            head: LastHead::default(),
             #[cfg(feature = "audit-cost-baseline")]
             accepts_unaudited: false,
         }
@@ -59,69 +56,21 @@ impl PostgresStore {
     }
 }
 
-/// The chain head (place and hash) an SQLite store last appended, so that the next
-/// append is one statement: the record, linked to this head. The database holds the
-/// store to it: a trigger refuses a chained record that does not extend the head it
-/// has (another process appended, or a transaction that appended rolled back), and
-/// the store then reads the head inside its transaction and links again. A second
-/// trigger moves the head with every chained record.
-#[derive(Debug, Default)]
-struct LastHead(std::sync::Mutex<Option<(i64, String)>>);
-
-impl LastHead {
-    fn take(&self) -> Option<(i64, String)> {
-        self.0.lock().map(|mut h| h.take()).unwrap_or(None)
-    }
-
-    fn set(&self, seq: i64, hash: String) {
-        if let Ok(mut h) = self.0.lock() {
-            *h = Some((seq, hash));
-        }
-    }
-}
-
-/// The message of the SQLite trigger that refuses a record not extending the head.
-const HEAD_MOVED: &str = "audit chain head moved";
-
-/// A record's columns as they are bound, and its chained content after `prev_hash`
-/// ([`crate::audit::ChainEntry::tail`]).
+/// A record's columns as they are bound.
 struct Prepared {
     at: OffsetDateTime,
     status: Option<i32>,
     subject: Option<String>,
     detail: String,
-    tail: String,
 }
 
 impl Prepared {
     fn new(a: &AuditRecord, subject: Option<String>) -> Self {
-        let at = crate::audit::truncate(a.at);
-        let detail = a.detail.to_string();
-        let status = a.http_status.map(i32::from);
-        let tail = crate::audit::ChainEntry {
-            recorded_at: at,
-            action: &a.action,
-            outcome: &a.outcome,
-            http_status: status,
-            client_id: a.client_id.as_deref(),
-            role: a.role.as_deref(),
-            actor_identity: a.actor_identity.as_deref(),
-            referral_id: a.referral_id.as_deref(),
-            subject: subject.as_deref(),
-            recipient: a.recipient.as_deref(),
-            request_id: a.request_id.as_deref(),
-            correlation_id: a.correlation_id.as_deref(),
-            mapping_version: a.mapping_version.as_deref(),
-            key_version: a.key_version.as_deref(),
-            detail: &detail,
-        }
-        .tail();
         Self {
-            at,
-            status,
+            at: crate::audit::truncate(a.at),
+            status: a.http_status.map(i32::from),
             subject,
-            detail,
-            tail,
+            detail: a.detail.to_string(),
         }
     }
 }
@@ -149,7 +98,8 @@ macro_rules! bind_content {
     };
 }
 
-/// The content columns every append binds as `$1` to `$15`.
+/// The content columns of a record: what the chain hash covers, in its order
+/// ([`crate::audit::ChainEntry::tail`]).
 macro_rules! audit_content_columns {
     () => {
         "recorded_at, action, outcome, http_status, client_id, role, actor_identity, \
@@ -158,43 +108,88 @@ macro_rules! audit_content_columns {
     };
 }
 
-/// SQLite: the record, linked to the head the store knows (`$16`, `$17`), with its
-/// hash (`$18`). The triggers of migration 0007 check the link and move the head.
-const APPEND_SQLITE: &str = concat!(
-    "INSERT INTO audit_events (",
-    audit_content_columns!(),
-    ", seq, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-     $13, $14, $15, $16, $17, $18)"
-);
-
-/// PostgreSQL: the head taken and moved (its row lock is held to commit, so writers
-/// in every process append one after the other), as a `WITH` query named `head`.
-/// The new hash is finished here, from the head's hash and the content's tail
-/// (`$16`), exactly as [`crate::audit::chain_hash`] computes it. Under READ
-/// COMMITTED a writer that waited for the row lock re-reads the head once it is
-/// free, so the chain never forks.
-macro_rules! pg_take_head {
-    () => {
-        "head AS (UPDATE audit_head SET seq = seq + 1, prev_hash = hash, \
-         hash = encode(sha256(convert_to('[\"' || hash || '\",' || $16, 'UTF8')), 'hex') \
-         WHERE id = 1 RETURNING seq, prev_hash, hash) "
-    };
-}
-
-/// PostgreSQL: the record inserted, linked to the head [`pg_take_head`] took.
-macro_rules! pg_insert_linked {
+/// A record written with the change it records, waiting to be sealed into the
+/// chain: its content as `$1` to `$15`.
+macro_rules! pend {
     () => {
         concat!(
-            "INSERT INTO audit_events (",
+            "INSERT INTO audit_pending (",
             audit_content_columns!(),
-            ", seq, prev_hash, hash) SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
-             $12, $13, $14, $15, seq, prev_hash, hash FROM head"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
         )
     };
 }
 
-/// PostgreSQL: one statement takes the head, moves it and inserts the record.
-const APPEND_POSTGRES: &str = concat!("WITH ", pg_take_head!(), pg_insert_linked!());
+/// [`pend`] as a statement.
+const PEND: &str = pend!();
+
+/// The oldest pending records, at most `$1`, read as [`AuditRow`]s without a place
+/// in the chain (the casts give PostgreSQL the columns' types).
+const PENDING_OLDEST: &str = concat!(
+    "SELECT id, CAST(NULL AS BIGINT) AS seq, ",
+    audit_content_columns!(),
+    ", CAST(NULL AS TEXT) AS prev_hash, CAST(NULL AS TEXT) AS hash \
+     FROM audit_pending ORDER BY id LIMIT $1"
+);
+
+/// Whether any record waits to be sealed (one row, `0` or `1`, on both engines).
+const ANY_PENDING: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM audit_pending LIMIT 1) AS p";
+
+/// SQLite: the pending record `$4` moved into the chain at place `$1`, linked to
+/// `$2`, with hash `$3`. The triggers of migration 0007 check the link and move the
+/// head.
+const SEAL_ONE_SQLITE: &str = concat!(
+    "INSERT INTO audit_events (",
+    audit_content_columns!(),
+    ", seq, prev_hash, hash) SELECT ",
+    audit_content_columns!(),
+    ", $1, $2, $3 FROM audit_pending WHERE id = $4"
+);
+
+/// PostgreSQL: a batch of pending records (ids `$1`) moved into the chain at places
+/// `$2`, linked to `$3`, with hashes `$4`, and the head moved to place `$5`, hash `$7`
+/// (`$6` the hash before it), in one statement. The head moves only if every record
+/// was moved (`$8` of them), so a batch that lost a record (nothing else deletes
+/// pending records, so it cannot) fails instead of committing a gap.
+const SEAL_BATCH_POSTGRES: &str = concat!(
+    "WITH c AS (SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[]) \
+     AS c(id, seq, prev_hash, hash)), \
+     gone AS (DELETE FROM audit_pending p USING c WHERE p.id = c.id RETURNING ",
+    "p.recorded_at, p.action, p.outcome, p.http_status, p.client_id, p.role, \
+     p.actor_identity, p.referral_id, p.subject, p.recipient, p.request_id, \
+     p.correlation_id, p.mapping_version, p.key_version, p.detail, \
+     c.seq, c.prev_hash, c.hash), \
+     moved AS (INSERT INTO audit_events (",
+    audit_content_columns!(),
+    ", seq, prev_hash, hash) SELECT * FROM gone ORDER BY seq RETURNING 1) \
+     UPDATE audit_head SET seq = $5, prev_hash = $6, hash = $7 \
+     WHERE id = 1 AND (SELECT COUNT(*) FROM moved) = $8"
+);
+
+/// Records sealed in one transaction at most; a longer backlog takes several.
+const SEAL_BATCH: i64 = 500;
+
+/// The error when the chain has no head to link to (`audit_head` emptied): nothing
+/// can be sealed until it is restored, and `audit verify` says so.
+fn no_head() -> StoreError {
+    StoreError::Corrupt(
+        "audit_head has no row: pending audit records cannot be sealed into the chain".into(),
+    )
+}
+
+/// Links `rows` (pending, oldest first) to the head `(seq, hash)`: each one's place,
+/// previous hash and hash, computed from the content as stored, exactly as
+/// `audit verify` recomputes it.
+fn link(head: (i64, String), rows: &[AuditRow]) -> Vec<(i64, String, String)> {
+    let (mut seq, mut prev) = head;
+    rows.iter()
+        .map(|row| {
+            let hash = row.entry().hash(&prev);
+            seq += 1;
+            (seq, std::mem::replace(&mut prev, hash.clone()), hash)
+        })
+        .collect()
+}
 
 /// An accepted referral's delivery, queued, with its parameters named: its id, the
 /// referral, the provider, its `X-Request-Id`, and now.
@@ -224,14 +219,13 @@ macro_rules! queue_referral {
 /// [`queue_referral`] as `$1` to `$5`.
 const QUEUE_REFERRAL: &str = queue_referral!("$1", "$2", "$3", "$4", "$5");
 
-/// PostgreSQL: [`queue_referral`] (as `$17` to `$21`) and the accept's audit record in
+/// PostgreSQL: [`queue_referral`] (as `$16` to `$20`) and the accept's audit record in
 /// one statement, so the record costs the accept no round trip of its own.
-const QUEUE_AND_APPEND_POSTGRES: &str = concat!(
+const QUEUE_AND_PEND_POSTGRES: &str = concat!(
     "WITH queued AS (",
-    queue_referral!("$17", "$18", "$19", "$20", "$21"),
-    "), ",
-    pg_take_head!(),
-    pg_insert_linked!()
+    queue_referral!("$16", "$17", "$18", "$19", "$20"),
+    ") ",
+    pend!()
 );
 
 /// Binds an accepted referral's delivery ([`QUEUE_REFERRAL`]'s parameters).
@@ -252,53 +246,11 @@ fn accept_prepared(r: &NewReferralRecord) -> Prepared {
     Prepared::new(&r.audit, Some(subject))
 }
 
-impl SqliteStore {
-    /// Appends inside the caller's transaction: one statement while this store's
-    /// head is current, else the head is read (the refused insert already holds the
-    /// database's write lock, so it cannot move again) and the record linked again.
-    async fn append_chained(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        a: &AuditRecord,
-        p: &Prepared,
-    ) -> Result<(), sqlx::Error> {
-        let mut known = self.head.take();
-        for _ in 0..3 {
-            let (seq, prev_hash) = match known.take() {
-                Some(head) => head,
-                None => {
-                    sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
-                        .fetch_one(&mut *conn)
-                        .await?
-                }
-            };
-            let hash = crate::audit::chain_hash(&prev_hash, &p.tail);
-            let appended = bind_content!(sqlx::query(APPEND_SQLITE), a, p)
-                .bind(seq + 1)
-                .bind(&prev_hash)
-                .bind(&hash)
-                .execute(&mut *conn)
-                .await;
-            match appended {
-                Ok(_) => {
-                    self.head.set(seq + 1, hash);
-                    return Ok(());
-                }
-                Err(sqlx::Error::Database(e)) if e.message().contains(HEAD_MOVED) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(sqlx::Error::Protocol(
-            "the audit chain head kept moving while this transaction held the write lock".into(),
-        ))
-    }
-}
-
-/// The SQLite triggers every append relies on (migration 0007).
+/// The SQLite triggers every sealed record relies on (migration 0007).
 const CHAIN_TRIGGERS: [&str; 2] = ["audit_chain_extends_head", "audit_chain_moves_head"];
 
 impl SqliteStore {
-    /// Without its triggers the head would no longer move and appends would fail or
+    /// Without its triggers the head would no longer move and sealing would fail or
     /// be checked against nothing, so the store refuses to open.
     async fn check_chain_guards(&self) -> Result<(), StoreError> {
         let present: Vec<(String,)> = sqlx::query_as(
@@ -318,7 +270,7 @@ impl SqliteStore {
         }
     }
 
-    /// Queues the accepted referral's delivery and appends the accept's audit record.
+    /// Queues the accepted referral's delivery and writes the accept's audit record.
     async fn queue_accepted(
         &self,
         conn: &mut sqlx::SqliteConnection,
@@ -328,21 +280,58 @@ impl SqliteStore {
             .execute(&mut *conn)
             .await?;
         if self.audits_accepts() {
-            self.append_chained(conn, &r.audit, &accept_prepared(r))
+            let p = accept_prepared(r);
+            bind_content!(sqlx::query(PEND), r.audit, p)
+                .execute(&mut *conn)
                 .await?;
         }
         Ok(())
     }
+
+    /// Seals up to `limit` pending records, oldest first, in one IMMEDIATE
+    /// transaction: no other writer, in this process or another, runs meanwhile,
+    /// so the head read here is the head each record extends.
+    async fn seal_batch(&self, limit: i64) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let rows = sqlx::query_as::<_, AuditRow>(PENDING_OLDEST)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        let Some(last) = rows.last().map(|r| r.id) else {
+            tx.rollback().await?;
+            return Ok(0);
+        };
+        let head = head.ok_or_else(no_head)?;
+        for (row, (seq, prev_hash, hash)) in rows.iter().zip(link(head, &rows)) {
+            sqlx::query(SEAL_ONE_SQLITE)
+                .bind(seq)
+                .bind(prev_hash)
+                .bind(hash)
+                .bind(row.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM audit_pending WHERE id <= $1")
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(rows.len() as u64)
+    }
 }
 
 impl PostgresStore {
-    /// PostgreSQL's appends take the head themselves: there is nothing to check.
+    /// PostgreSQL has no triggers to check.
     async fn check_chain_guards(&self) -> Result<(), StoreError> {
         Ok(())
     }
 
-    /// Queues the accepted referral's delivery and appends the accept's audit record,
-    /// in one statement ([`QUEUE_AND_APPEND_POSTGRES`]).
+    /// Queues the accepted referral's delivery and writes the accept's audit record,
+    /// in one statement ([`QUEUE_AND_PEND_POSTGRES`]).
     async fn queue_accepted(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -355,39 +344,73 @@ impl PostgresStore {
             return Ok(());
         }
         let p = accept_prepared(r);
-        let appended = bind_queue!(
-            bind_content!(sqlx::query(QUEUE_AND_APPEND_POSTGRES), r.audit, p).bind(&p.tail),
+        bind_queue!(
+            bind_content!(sqlx::query(QUEUE_AND_PEND_POSTGRES), r.audit, p),
             r
         )
         .execute(conn)
         .await?;
-        one_record_appended(appended.rows_affected())
-    }
-
-    /// Appends inside the caller's transaction, in one statement ([`APPEND_POSTGRES`]).
-    async fn append_chained(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        a: &AuditRecord,
-        p: &Prepared,
-    ) -> Result<(), sqlx::Error> {
-        let appended = bind_content!(sqlx::query(APPEND_POSTGRES), a, p)
-            .bind(&p.tail)
-            .execute(conn)
-            .await?;
-        one_record_appended(appended.rows_affected())
-    }
-}
-
-/// PostgreSQL's append inserts nothing, and says so only by its count, when there is
-/// no head row to take: then the change it goes with must not commit unaudited.
-fn one_record_appended(rows: u64) -> Result<(), sqlx::Error> {
-    if rows == 1 {
         Ok(())
-    } else {
-        Err(sqlx::Error::Protocol(format!(
-            "the audit record was not appended ({rows} rows): audit_head has no row"
-        )))
+    }
+
+    /// Seals up to `limit` pending records, oldest first, in one transaction that
+    /// holds the head's row lock from the first statement to commit: sealers in
+    /// every process take turns, and one that waited reads the head (and what is
+    /// still pending) afresh under READ COMMITTED, so the chain never forks and no
+    /// record is sealed twice. Writers never touch the head, so none waits for this.
+    async fn seal_batch(&self, limit: i64) -> Result<u64, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await?;
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let rows = sqlx::query_as::<_, AuditRow>(PENDING_OLDEST)
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+        if rows.is_empty() {
+            tx.rollback().await?;
+            return Ok(0);
+        }
+        let links = link(head.ok_or_else(no_head)?, &rows);
+        let (Some((last_seq, last_prev, last_hash)), Ok(count)) =
+            (links.last().cloned(), i64::try_from(links.len()))
+        else {
+            return Ok(0);
+        };
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let (seqs, prevs, hashes): (Vec<i64>, Vec<String>, Vec<String>) = links.into_iter().fold(
+            (Vec::new(), Vec::new(), Vec::new()),
+            |(mut s, mut p, mut h), (seq, prev, hash)| {
+                s.push(seq);
+                p.push(prev);
+                h.push(hash);
+                (s, p, h)
+            },
+        );
+        let moved = sqlx::query(SEAL_BATCH_POSTGRES)
+            .bind(&ids)
+            .bind(&seqs)
+            .bind(&prevs)
+            .bind(&hashes)
+            .bind(last_seq)
+            .bind(&last_prev)
+            .bind(&last_hash)
+            .bind(count)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved != 1 {
+            tx.rollback().await?;
+            return Err(StoreError::Corrupt(
+                "pending audit records changed while they were being sealed".into(),
+            ));
+        }
+        tx.commit().await?;
+        Ok(rows.len() as u64)
     }
 }
 
@@ -590,12 +613,11 @@ macro_rules! sql_store {
                 }
             }
 
-            /// Appends `a` to the hash chain inside the caller's transaction. The head
-            /// is taken by the appending statement and held to commit, so concurrent
-            /// writers, in this process or another, append one after the other and the
-            /// chain never forks. Always the last statement of a transaction, so no
-            /// writer holding the head waits for anything else. A record about a
-            /// stored referral without a subject names the referral's.
+            /// Writes `a` inside the caller's transaction, so it commits (or not) with
+            /// the change it records, as a pending record: one row, without the chain
+            /// head, so writers never wait for one another on its account. The sealer
+            /// links it into the hash chain afterwards ([`Store::seal_audit`]). A
+            /// record about a stored referral without a subject names the referral's.
             async fn write_audit(
                 &self,
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -613,7 +635,9 @@ macro_rules! sql_store {
                     }
                     (None, None) => None,
                 };
-                self.append_chained(conn, a, &Prepared::new(a, subject)).await
+                let p = Prepared::new(a, subject);
+                bind_content!(sqlx::query(PEND), a, p).execute(conn).await?;
+                Ok(())
             }
 
             /// Whether the accept transaction carries its audit record: always, but
@@ -875,6 +899,7 @@ macro_rules! sql_store {
             }
 
             async fn audit_after(&self, after_id: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError> {
+                self.seal_audit().await?;
                 let rows = sqlx::query_as::<_, AuditRow>(concat!(
                     audit_columns!(),
                     "WHERE id > $1 ORDER BY id LIMIT $2"
@@ -936,11 +961,36 @@ macro_rules! sql_store {
             }
 
             async fn audit_head(&self) -> Result<(i64, String), StoreError> {
-                let head: (i64, String) =
+                self.seal_audit().await?;
+                let head: Option<(i64, String)> =
                     sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
+                        .fetch_optional(&self.pool)
+                        .await?;
+                head.ok_or_else(no_head)
+            }
+
+            async fn seal_audit(&self) -> Result<u64, StoreError> {
+                let mut sealed = 0;
+                loop {
+                    let (pending,): (i64,) = sqlx::query_as(ANY_PENDING)
                         .fetch_one(&self.pool)
                         .await?;
-                Ok(head)
+                    if pending == 0 {
+                        return Ok(sealed);
+                    }
+                    let n = self.seal_batch(SEAL_BATCH).await?;
+                    sealed += n;
+                    if n < SEAL_BATCH as u64 {
+                        return Ok(sealed);
+                    }
+                }
+            }
+
+            async fn audit_pending(&self) -> Result<i64, StoreError> {
+                let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audit_pending")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(n)
             }
 
             async fn audit_query(
@@ -949,6 +999,7 @@ macro_rules! sql_store {
                 after_seq: i64,
                 limit: i64,
             ) -> Result<Vec<AuditRow>, StoreError> {
+                self.seal_audit().await?;
                 // Up to two subject pseudonyms per query (the audit key's active and
                 // previous versions); more are asked in turns and merged.
                 let subjects: Vec<Option<&str>> = if f.subjects.is_empty() {

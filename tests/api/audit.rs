@@ -49,6 +49,10 @@ async fn busy_gateway(db: Db) -> (TestApp, FakeProvider, String) {
         json!("9990000019"),
     );
     assert_eq!(app.send("gp-a", &bad).await.status, 422);
+    // Everything written so far sealed into the chain (the gateway's sealer would in
+    // a moment), so the tampering below meets records in their places.
+    app.store.seal_audit().await.expect("sealed");
+    assert_eq!(app.store.audit_pending().await.expect("counted"), 0);
     (app, provider, id)
 }
 
@@ -880,7 +884,39 @@ async fn dead_letter_handling_names_the_referral_and_recipient(db: Db) {
     assert!(replay.subject.is_some());
 }
 
+/// A running gateway seals what it writes by itself, with no one reading the trail:
+/// the accept's record leaves `audit_pending` for its place in the chain within a few
+/// of the gateway's seal intervals (250 ms by default), and the gauge shows the wait.
+async fn a_running_gateway_seals_its_records_by_itself(db: Db) {
+    let app = TestApp::spawn(db).await;
+    assert_eq!(app.send("gp-a", &referral()).await.status, 200);
+    let mut waits = 0;
+    // `audit_pending` and `audit_chain` only read; they never seal.
+    while app.store.audit_pending().await.unwrap() > 0 {
+        assert!(waits < 200, "audit records still pending after 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waits += 1;
+    }
+    let chain = app.store.audit_chain(0, 100).await.unwrap();
+    assert!(
+        chain
+            .iter()
+            .any(|r| r.action == "referral.new" && r.outcome == "accepted"),
+        "the accept's record is in the chain"
+    );
+    let metrics = app.get("gp-a", "/metrics").await;
+    assert!(
+        metrics
+            .text
+            .lines()
+            .any(|l| l == "thrive_audit_pending_records 0"),
+        "{}",
+        metrics.text
+    );
+}
+
 on_both_databases!(
+    a_running_gateway_seals_its_records_by_itself,
     every_decision_is_one_chained_record_naming_the_subject_by_pseudonym,
     nhs_identity_headers_are_kept_as_the_actor,
     a_changed_record_is_found,

@@ -200,10 +200,9 @@ async fn open_again(url: &str) -> Arc<dyn Store> {
     connect(url).await.unwrap()
 }
 
-/// Every append after the other store's finds the head moved (SQLite: the store's own
-/// head is out of date and the database refuses it; PostgreSQL: the statement reads
-/// the head itself), and still links to the record before it. So does every accept,
-/// whose delivery is queued once.
+/// Two stores (two gateway processes) append, accept and seal in turn: each sealer
+/// links to the head the other left, so the records form one chain in the order
+/// written, and every accept's delivery is queued once.
 async fn two_stores_taking_turns_on_one_database_keep_one_chain(db: Db) {
     let (first, url, _dir) = open(db).await;
     let second = open_again(&url).await;
@@ -219,14 +218,18 @@ async fn two_stores_taking_turns_on_one_database_keep_one_chain(db: Db) {
             a.actor_identity = Some("Organization|Y90001|Dr Ñúñez".into());
             store.append_audit(&a).await.unwrap();
         }
+        // The stores seal in turn: each sealer takes the head the other left.
+        [&second, &first][n as usize % 2]
+            .seal_audit()
+            .await
+            .unwrap();
         let r = record(n);
         let accepting = [&first, &second][n as usize % 2];
         assert_eq!(
             accepting.insert_referral(&r).await.unwrap(),
             Inserted::Accepted
         );
-        // The accept's record was linked again after the other store's appends; its
-        // delivery is queued once.
+        // The accept's delivery is queued once, its record with it.
         let queued: Vec<_> = accepting
             .deliveries_for(&r.id)
             .await
@@ -242,7 +245,7 @@ async fn two_stores_taking_turns_on_one_database_keep_one_chain(db: Db) {
                 r.delivery_request_id.clone()
             )]
         );
-        // A duplicate rolls back before its record is appended.
+        // A duplicate rolls back with its record.
         assert_eq!(
             [&second, &first][n as usize % 2]
                 .insert_referral(&NewReferralRecord {
@@ -427,24 +430,172 @@ async fn a_chain_from_before_the_upgrade_verifies_and_grows(db: Db) {
     assert_eq!(chain[3].prev_hash.as_deref(), Some(prev.as_str()));
 }
 
-/// Without a chain head nothing is written unaudited: the append and the accept
-/// both fail, and the referral is not stored.
-async fn without_a_chain_head_nothing_commits_unaudited(db: Db) {
+/// Without a chain head nothing is lost and nothing is sealed wrongly: records are
+/// written with their changes and wait, sealing (and so every read of the trail)
+/// fails saying why, and once the head is restored they are sealed in order.
+async fn without_a_chain_head_records_wait_and_sealing_says_why(db: Db) {
     let (store, url, _dir) = open(db).await;
     execute_sql(db, &url, "DELETE FROM audit_head").await;
-    assert!(
-        store
-            .append_audit(&audit_record("audit.query"))
-            .await
-            .is_err()
+    store
+        .append_audit(&audit_record("audit.query"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.insert_referral(&record(1)).await.unwrap(),
+        Inserted::Accepted
     );
-    assert!(store.insert_referral(&record(1)).await.is_err());
-    assert_eq!(store.count_referrals().await.unwrap(), 0);
-    assert!(store.audit_after(0, 10).await.unwrap().is_empty());
+    assert_eq!(store.count_referrals().await.unwrap(), 1);
+    assert_eq!(store.audit_pending().await.unwrap(), 2);
+    let refused = store.seal_audit().await.unwrap_err().to_string();
+    assert!(refused.contains("audit_head has no row"), "{refused}");
+    assert!(
+        thrive_gateway::audit::verify(store.as_ref(), None)
+            .await
+            .is_err(),
+        "verify cannot pass a chain without its head"
+    );
+    assert!(store.audit_chain(0, 10).await.unwrap().is_empty());
+    assert_eq!(store.audit_pending().await.unwrap(), 2, "nothing lost");
+
+    execute_sql(
+        db,
+        &url,
+        &format!(
+            "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, '{}')",
+            thrive_gateway::audit::GENESIS
+        ),
+    )
+    .await;
+    assert_eq!(store.seal_audit().await.unwrap(), 2);
+    let v = thrive_gateway::audit::verify(store.as_ref(), None)
+        .await
+        .unwrap();
+    assert_eq!((v.problem, v.records), (None, 2));
+    let actions: Vec<String> = store
+        .audit_chain(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(actions, ["audit.query", "referral.new"]);
+}
+
+/// A record is written with its change and waits outside the chain, where tampering
+/// could not be told from writing, only until it is sealed: sealing links every
+/// pending record, in the order written, and leaves none behind.
+async fn records_wait_until_sealed_then_join_the_chain_in_the_order_written(db: Db) {
+    let (store, _url, _dir) = open(db).await;
+    for n in 0..3 {
+        let mut a = audit_record("audit.query");
+        a.detail = serde_json::json!({ "n": n });
+        store.append_audit(&a).await.unwrap();
+    }
+    assert_eq!(store.audit_pending().await.unwrap(), 3);
+    assert!(
+        store.audit_chain(0, 10).await.unwrap().is_empty(),
+        "not in the chain before sealing"
+    );
+    assert_eq!(store.seal_audit().await.unwrap(), 3);
+    assert_eq!(store.seal_audit().await.unwrap(), 0, "sealed once");
+    assert_eq!(store.audit_pending().await.unwrap(), 0);
+    let chain = store.audit_chain(0, 10).await.unwrap();
+    let order: Vec<(Option<i64>, String)> =
+        chain.iter().map(|r| (r.seq, r.detail.clone())).collect();
+    assert_eq!(
+        order,
+        [
+            (Some(1), r#"{"n":0}"#.to_owned()),
+            (Some(2), r#"{"n":1}"#.to_owned()),
+            (Some(3), r#"{"n":2}"#.to_owned()),
+        ]
+    );
+    assert_eq!(
+        chain[0].prev_hash.as_deref(),
+        Some(thrive_gateway::audit::GENESIS)
+    );
+    assert_eq!(chain[1].prev_hash, chain[0].hash);
+    assert_eq!(chain[2].prev_hash, chain[1].hash);
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        (3, chain[2].hash.clone().unwrap())
+    );
+}
+
+/// A backlog longer than one sealing transaction (a gateway that could not seal for
+/// a while) is sealed whole, in several batches, as one unbroken chain.
+async fn a_long_backlog_is_sealed_whole_in_batches(db: Db) {
+    let (store, url, _dir) = open(db).await;
+    execute_sql(
+        db,
+        &url,
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1234) \
+         INSERT INTO audit_pending (recorded_at, action, outcome, detail) \
+         SELECT '2026-12-02T10:00:00Z', 'audit.query', 'allowed', '{\"n\":' || i || '}' FROM n",
+    )
+    .await;
+    assert_eq!(store.audit_pending().await.unwrap(), 1234);
+    assert_eq!(store.seal_audit().await.unwrap(), 1234);
+    assert_eq!(store.audit_pending().await.unwrap(), 0);
+    let v = thrive_gateway::audit::verify(store.as_ref(), None)
+        .await
+        .unwrap();
+    assert_eq!((v.problem, v.records), (None, 1234));
+    let last = store.audit_chain(1233, 1).await.unwrap();
+    assert_eq!(
+        last[0].detail, r#"{"n":1234}"#,
+        "sealed in the order written"
+    );
+}
+
+/// Gateways on one database write and seal at once: every record lands in one
+/// unbroken chain exactly once, whichever sealer took it.
+async fn sealers_in_two_processes_at_once_keep_one_chain(db: Db) {
+    let (first, url, _dir) = open(db).await;
+    let second = open_again(&url).await;
+    let writers = [first.clone(), second.clone()]
+        .into_iter()
+        .enumerate()
+        .flat_map(|(w, store)| {
+            (0..3).map(move |t| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    for n in 0..15 {
+                        let mut a = audit_record("audit.query");
+                        a.detail = serde_json::json!({ "writer": w, "task": t, "n": n });
+                        store.append_audit(&a).await.unwrap();
+                        if n % 4 == 0 {
+                            store.seal_audit().await.unwrap();
+                        }
+                    }
+                })
+            })
+        })
+        .collect::<Vec<_>>();
+    for w in futures_util::future::join_all(writers).await {
+        w.unwrap();
+    }
+    let v = thrive_gateway::audit::verify(second.as_ref(), None)
+        .await
+        .unwrap();
+    assert_eq!((v.problem, v.records), (None, 90));
+    let mut written: Vec<String> = first
+        .audit_chain(0, 200)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.detail)
+        .collect();
+    written.sort();
+    written.dedup();
+    assert_eq!(written.len(), 90, "every record sealed exactly once");
 }
 
 on_both_databases!(
-    without_a_chain_head_nothing_commits_unaudited,
+    without_a_chain_head_records_wait_and_sealing_says_why,
+    records_wait_until_sealed_then_join_the_chain_in_the_order_written,
+    a_long_backlog_is_sealed_whole_in_batches,
+    sealers_in_two_processes_at_once_keep_one_chain,
     a_chain_from_before_the_upgrade_verifies_and_grows,
     concurrent_appends_about_a_referral_all_land,
     inserts_are_all_or_nothing_and_duplicates_are_refused,
