@@ -600,7 +600,10 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
 
     let concurrent = Calls::default();
     let (head_before, _) = runtime
-        .block_on(bench.store.audit_head())
+        .block_on(async {
+            bench.store.seal_audit().await?;
+            bench.store.audit_head().await
+        })
         .expect("audit head");
     let mut written = 0u64;
     group.throughput(Throughput::Elements(WRITERS as u64));
@@ -628,7 +631,10 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         })
     });
     let (head_after, _) = runtime
-        .block_on(bench.store.audit_head())
+        .block_on(async {
+            bench.store.seal_audit().await?;
+            bench.store.audit_head().await
+        })
         .expect("audit head");
     assert_eq!(
         head_after - head_before,

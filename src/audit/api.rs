@@ -429,8 +429,10 @@ async fn verify(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse
         .await
         .map_err(fail)?;
     let body = json!({
-        "intact": v.problem.is_none(),
+        "intact": v.intact(),
         "records": v.records,
+        "pending_records": v.pending,
+        "sealing_error": v.sealing,
         "legacy_records": v.legacy,
         "checkpoints": v.checkpoints,
         "problem": v.problem.as_ref().map(ToString::to_string),
@@ -441,7 +443,7 @@ async fn verify(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse
         &principal,
         "audit.verify",
         None,
-        json!({"intact": v.problem.is_none()}),
+        json!({"intact": v.intact()}),
     )
     .await?;
     Ok(HttpResponse::Ok().json(body))

@@ -136,6 +136,11 @@ impl Signer {
         &self,
         store: &dyn Store,
     ) -> Result<Option<CheckpointRow>, CheckpointError> {
+        // What is pending sealed first, so the checkpoint covers every record written;
+        // if sealing fails, the head as it is is still worth signing.
+        if let Err(e) = store.seal_audit().await {
+            tracing::warn!(error = %e, "pending audit records could not be sealed before the checkpoint");
+        }
         let (seq, hash) = store.audit_head().await?;
         if seq == 0 {
             return Ok(None);

@@ -28,7 +28,9 @@ async fn record(
 }
 
 /// Records a command-line action taken in `role`; a failure to record fails the
-/// command, so nothing is read from the command line without its record.
+/// command, so nothing is read from the command line without its record. The record
+/// is sealed into the chain at once, since no gateway may be running to seal it; if
+/// that fails it stays pending (durable) for the next sealer, and the command goes on.
 pub async fn record_as(
     store: &dyn Store,
     role: &str,
@@ -41,7 +43,11 @@ pub async fn record_as(
         detail,
         ..AuditRecord::new(action, "allowed")
     };
-    store.append_audit(&record).await.map_err(failed)
+    store.append_audit(&record).await.map_err(failed)?;
+    if let Err(e) = store.seal_audit().await {
+        eprintln!("thrive-gateway: this command's audit record stays pending: {e}");
+    }
+    Ok(())
 }
 
 pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
@@ -76,13 +82,20 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
             if let Err(code) = record(
                 store.as_ref(),
                 "audit.verify",
-                serde_json::json!({"intact": v.problem.is_none(), "records": v.records}),
+                serde_json::json!({"intact": v.intact(), "records": v.records}),
             )
             .await
             {
                 return code;
             }
+            if let Some(why) = &v.sealing {
+                eprintln!(
+                    "audit records could not be sealed into the chain: {why} ({} waiting)",
+                    v.pending
+                );
+            }
             match v.problem {
+                None if v.sealing.is_some() => ExitCode::FAILURE,
                 None => {
                     println!(
                         "audit chain intact: {} records, {} checkpoints verified{}",

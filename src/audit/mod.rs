@@ -186,6 +186,19 @@ pub struct Verification {
     /// Checkpoints whose signature and hash were checked.
     pub checkpoints: u64,
     pub problem: Option<Tamper>,
+    /// Why records written could not be sealed into the chain before the walk, if
+    /// they could not (a record forged past the head blocks sealing; so does a
+    /// missing head). Then the trail is not intact either, whatever `problem` says.
+    pub sealing: Option<String>,
+    /// Records written but not in the chain when the walk ended.
+    pub pending: u64,
+}
+
+impl Verification {
+    /// Every record written is in the chain and the chain is as written.
+    pub fn intact(&self) -> bool {
+        self.problem.is_none() && self.sealing.is_none()
+    }
 }
 
 /// Walks the chain in order of `seq`, one page at a time. Stateful so that the same
@@ -300,22 +313,30 @@ pub async fn verify(
     store: &dyn Store,
     keys: Option<&checkpoint::VerifyingKeys>,
 ) -> Result<Verification, StoreError> {
+    // What is pending sealed first, so the walk covers every record written. A seal
+    // that fails is reported beside what the walk finds (which may be its cause).
+    let sealing = store.seal_audit().await.err().map(|e| e.to_string());
     let mut walker = Walker::new(1, GENESIS);
     let (legacy, unchained) = store.audit_unchained().await?;
-    let done = |walker: &Walker, problem| Verification {
-        records: walker.records,
-        legacy,
-        checkpoints: 0,
-        problem: Some(problem),
-    };
+    let report =
+        |walker: &Walker, problem: Option<Tamper>, checkpoints: u64, pending: u64| Verification {
+            records: walker.records,
+            legacy,
+            checkpoints,
+            problem,
+            sealing: sealing.clone(),
+            pending,
+        };
     if let Some(id) = unchained {
-        return Ok(done(&walker, Tamper::Unchained { id }));
+        let waiting = pending(store).await?;
+        return Ok(report(&walker, Some(Tamper::Unchained { id }), 0, waiting));
     }
-    // The head first: records appended while the walk goes on are after it and are
+    // The head first: records sealed while the walk goes on are after it and are
     // not judged, so a busy gateway never looks tampered with.
     let (head_seq, head_hash) = store.audit_head().await?;
     let mut after = 0;
-    while after < head_seq {
+    let mut problem = None;
+    'walk: while after < head_seq {
         let rows = store.audit_chain(after, PAGE.min(head_seq - after)).await?;
         let Some(last) = rows.last() else { break };
         after = last.seq.unwrap_or(after);
@@ -324,58 +345,79 @@ pub async fn verify(
                 Some(p) if *p != walker.prev_hash => store.audit_seq_of_hash(p).await?,
                 _ => None,
             };
-            if let Err(problem) = walker.step(row, |_| foreign) {
-                return Ok(done(&walker, problem));
+            if let Err(found) = walker.step(row, |_| foreign) {
+                problem = Some(found);
+                break 'walk;
             }
         }
     }
+    if problem.is_none() {
+        problem = beyond_the_walk(store, &walker, head_seq, &head_hash).await?;
+    }
+    let mut checked = 0;
+    if problem.is_none() {
+        for c in store.audit_checkpoints().await? {
+            if let Some(keys) = keys
+                && let Err(why) = keys.verify(&c)
+            {
+                problem = Some(Tamper::Checkpoint { seq: c.seq, why });
+                break;
+            }
+            let at = store.audit_chain(c.seq - 1, 1).await?;
+            match at.first() {
+                Some(row) if row.seq == Some(c.seq) && row.hash.as_deref() == Some(&c.hash) => {}
+                _ => {
+                    problem = Some(Tamper::Checkpoint {
+                        seq: c.seq,
+                        why: "the chain no longer has the hash this checkpoint signed".into(),
+                    });
+                    break;
+                }
+            }
+            checked += 1;
+        }
+    }
+    let waiting = pending(store).await?;
+    Ok(report(&walker, problem, checked, waiting))
+}
+
+/// How many records wait to be sealed.
+async fn pending(store: &dyn Store) -> Result<u64, StoreError> {
+    Ok(u64::try_from(store.audit_pending().await?).unwrap_or(0))
+}
+
+/// What the walk up to the head `(head_seq, head_hash)` leaves to check: records
+/// missing from the end against the head, and records written past the head without
+/// moving it (not by a gateway). Records sealed since the head was read have moved
+/// it, so they are not mistaken for that: the head is read again before anything
+/// is reported, and the look goes on past what was sealed meanwhile (a few times;
+/// a gateway still sealing after that leaves the rest to the next run).
+async fn beyond_the_walk(
+    store: &dyn Store,
+    walker: &Walker,
+    head_seq: i64,
+    head_hash: &str,
+) -> Result<Option<Tamper>, StoreError> {
     let (last_seq, last_hash) = walker.head();
     if head_seq > last_seq {
-        return Ok(done(&walker, Tamper::Removed { seq: last_seq + 1 }));
+        return Ok(Some(Tamper::Removed { seq: last_seq + 1 }));
     }
     if head_hash != last_hash {
-        return Ok(done(&walker, Tamper::Changed { seq: last_seq }));
+        return Ok(Some(Tamper::Changed { seq: last_seq }));
     }
-    // Written past the head without moving it: not by a gateway. Records sealed
-    // since the head was read have moved it, so they are not mistaken for this; nor
-    // is a batch another gateway sealed between the two reads below (the head is
-    // read again before anything is reported).
-    let (now_head, _) = store.audit_head().await?;
-    if let Some(extra) = store.audit_chain(now_head, 1).await?.first() {
+    let (mut now_head, _) = store.audit_head().await?;
+    for _ in 0..10 {
+        let Some(extra) = store.audit_chain(now_head, 1).await?.into_iter().next() else {
+            return Ok(None);
+        };
         let seq = extra.seq.unwrap_or(now_head + 1);
         let (latest, _) = store.audit_head().await?;
         if seq > latest {
-            return Ok(done(&walker, Tamper::Inserted { seq }));
+            return Ok(Some(Tamper::Inserted { seq }));
         }
+        now_head = latest;
     }
-    let mut checked = 0;
-    for c in store.audit_checkpoints().await? {
-        if let Some(keys) = keys
-            && let Err(why) = keys.verify(&c)
-        {
-            return Ok(done(&walker, Tamper::Checkpoint { seq: c.seq, why }));
-        }
-        let at = store.audit_chain(c.seq - 1, 1).await?;
-        match at.first() {
-            Some(row) if row.seq == Some(c.seq) && row.hash.as_deref() == Some(&c.hash) => {}
-            _ => {
-                return Ok(done(
-                    &walker,
-                    Tamper::Checkpoint {
-                        seq: c.seq,
-                        why: "the chain no longer has the hash this checkpoint signed".into(),
-                    },
-                ));
-            }
-        }
-        checked += 1;
-    }
-    Ok(Verification {
-        records: walker.records,
-        legacy,
-        checkpoints: checked,
-        problem: None,
-    })
+    Ok(None)
 }
 
 #[cfg(test)]

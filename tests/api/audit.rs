@@ -915,8 +915,50 @@ async fn a_running_gateway_seals_its_records_by_itself(db: Db) {
     );
 }
 
+/// A record forged past the head (on PostgreSQL, or on SQLite with its triggers
+/// dropped) takes the place the next record would be sealed at, so sealing stops
+/// there. `audit verify` still names the forgery, says that sealing failed and how
+/// many records wait; auditors still read what is chained.
+async fn a_record_forged_past_the_head_is_found_while_it_blocks_sealing(db: Db) {
+    let (app, _p, _id) = busy_gateway(db).await;
+    let (head, hash) = app.store.audit_head().await.unwrap();
+    if db == Db::Sqlite {
+        for trigger in ["audit_chain_extends_head", "audit_chain_moves_head"] {
+            execute_sql(db, &app.database_url, &format!("DROP TRIGGER {trigger}")).await;
+        }
+    }
+    execute_sql(
+        db,
+        &app.database_url,
+        &format!(
+            "INSERT INTO audit_events (seq, recorded_at, action, outcome, detail, prev_hash, hash) \
+             SELECT {}, recorded_at, 'referral.read', 'allowed', '{{}}', '{hash}', 'ab' \
+             FROM audit_events WHERE seq = 1",
+            head + 1
+        ),
+    )
+    .await;
+    // Recorded after the forgery: it waits, its place taken.
+    assert_eq!(app.send("gp-a", &referral()).await.status, 200);
+    let v = verify(&app).await;
+    assert_eq!(v.problem, Some(Tamper::Inserted { seq: head + 1 }));
+    assert!(
+        v.sealing.as_deref().is_some_and(|why| !why.is_empty()),
+        "{v:?}"
+    );
+    assert!(v.pending >= 1, "{v:?}");
+    assert!(!v.intact());
+    let listed = auditor_get(&app, "auditor", "/audit/v1/records?limit=500").await;
+    assert_eq!(listed.status, 200, "{}", listed.text);
+    let verified = auditor_get(&app, "auditor", "/audit/v1/verify").await;
+    assert_eq!(verified.status, 200, "{}", verified.text);
+    assert_eq!(verified.json()["intact"], false);
+    assert!(verified.json()["pending_records"].as_u64() >= Some(1));
+}
+
 on_both_databases!(
     a_running_gateway_seals_its_records_by_itself,
+    a_record_forged_past_the_head_is_found_while_it_blocks_sealing,
     every_decision_is_one_chained_record_naming_the_subject_by_pseudonym,
     nhs_identity_headers_are_kept_as_the_actor,
     a_changed_record_is_found,
