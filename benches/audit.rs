@@ -56,6 +56,10 @@ const PER_ROUND: usize = 40;
 /// measure reads between two identical gateways), and accepts per round.
 const HTTP_ROUNDS: usize = 300;
 const HTTP_PER_ROUND: usize = 20;
+/// Sealing alone: records per batch (as many as a gateway's sealer finds after one
+/// interval at rising loads), and rounds of each.
+const SEAL_BATCHES: [usize; 4] = [1, 20, 100, 500];
+const SEAL_ROUNDS: usize = 15;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Db {
@@ -397,10 +401,14 @@ struct Figures {
     http_with: Option<f64>,
     http_without: Option<f64>,
     http_marginal: Option<f64>,
-    /// The same with each round's sealing added to its accepts: the record's whole
-    /// cost. And sealing alone, per record sealed.
-    http_sealed_marginal: Option<f64>,
+    /// Sealing after each round of accepts over HTTP: per record sealed (the mean).
     seal_per_record: Option<f64>,
+    /// Median sealing time per accept after an audited round and after a baseline
+    /// round (which finds nothing to seal).
+    seal_busy: Option<f64>,
+    seal_idle: Option<f64>,
+    /// Sealing alone, per record, by records per batch: the median of rounds.
+    seal_by_batch: Vec<(usize, f64)>,
     /// The control: the second baseline gateway's rounds against the first's, the
     /// same way; what the measure reads when there is nothing to find.
     http_control: Option<f64>,
@@ -721,8 +729,9 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         (accepts, sealing, sealed)
     });
     let accepts = |rounds: &[(f64, f64, u64)]| rounds.iter().map(|r| r.0).collect::<Vec<_>>();
-    let whole = |rounds: &[(f64, f64, u64)]| rounds.iter().map(|r| r.0 + r.1).collect::<Vec<_>>();
+    let sealing = |rounds: &[(f64, f64, u64)]| rounds.iter().map(|r| r.1).collect::<Vec<_>>();
     let sealed: u64 = http_with.iter().map(|r| r.2).sum();
+    // The sealer's whole work, per record: the mean, so that slow batches count.
     let seal_per_record = (sealed > 0).then(|| {
         http_with
             .iter()
@@ -730,7 +739,10 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
             .sum::<f64>()
             / sealed as f64
     });
-    let http_sealed_marginal = median_difference(&whole(&http_with), &whole(&http_without));
+    // What a look that finds nothing pending costs, per accept (the baseline's
+    // rounds): part of every sealing round, so not counted against the record.
+    let seal_idle = median(sealing(&http_without));
+    let seal_busy = median(sealing(&http_with));
     let (http_with, http_without, http_control) = (
         accepts(&http_with),
         accepts(&http_without),
@@ -764,6 +776,31 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
     }
     group.finish();
 
+    // Sealing alone, by batch: records appended outside the clock, then sealed.
+    let seal_by_batch: Vec<(usize, f64)> = SEAL_BATCHES
+        .iter()
+        .filter_map(|&n| {
+            let per_record: Vec<f64> = (0..SEAL_ROUNDS)
+                .map(|_| {
+                    runtime.block_on(async {
+                        for _ in 0..n {
+                            bench
+                                .store
+                                .append_audit(&fresh(&record))
+                                .await
+                                .expect("appends");
+                        }
+                        let start = Instant::now();
+                        let sealed = bench.store.seal_audit().await.expect("sealed");
+                        assert_eq!(sealed, n as u64, "the batch sealed whole");
+                        start.elapsed().as_secs_f64() / n as f64
+                    })
+                })
+                .collect();
+            median(per_record).map(|m| (n, m))
+        })
+        .collect();
+
     let verified = runtime
         .block_on(thrive_gateway::audit::verify(&*bench.store, None))
         .expect("chain readable");
@@ -789,8 +826,10 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         with_audit: mean(&with_audit),
         without_audit: mean(&without_audit),
         http_marginal: median_difference(&http_with, &http_without),
-        http_sealed_marginal,
         seal_per_record,
+        seal_busy,
+        seal_idle,
+        seal_by_batch,
         http_control: median_difference(&http_control, &http_without),
         http_with: median(http_with),
         http_without: median(http_without),
@@ -816,8 +855,16 @@ fn audit(c: &mut Criterion) {
             // The goal's measure: what the record adds to an accept over HTTP, against
             // the same accept without it, in the same rounds.
             let share = percent(f.http_marginal, f.http_without);
-            // The record's whole cost: the same, with each round's sealing added.
-            let whole = percent(f.http_sealed_marginal, f.http_without);
+            // The record's whole cost: what it adds to the accept, and the sealer's
+            // work for it afterwards.
+            let whole_cost = f.http_marginal.zip(f.seal_per_record).map(|(m, s)| m + s);
+            let whole = percent(whole_cost, f.http_without);
+            let batches = f
+                .seal_by_batch
+                .iter()
+                .map(|(n, s)| format!("{n}: {}", us(Some(*s))))
+                .collect::<Vec<_>>()
+                .join(", ");
             // What the same measure reads between two identical baseline gateways.
             let control = percent(f.http_control, f.http_without);
             // The cross-check: the record's marginal cost inside the accept
@@ -826,7 +873,9 @@ fn audit(c: &mut Criterion) {
             format!(
                 "{}: the audit record adds {share} to an accept over HTTP ({} with, {} \
                  without, {} more; the control gateway, also without, reads {control}, {}); \
-                 with its sealing, {whole} ({} more; sealing {} a record, {HTTP_PER_ROUND} a batch); \
+                 with the sealer's work for it, {whole} ({} more; sealing {} a record in batches of \
+                 {HTTP_PER_ROUND}, median {} an accept after an audited round, {} after a baseline one; \
+                 sealing alone by batch size, per record, {batches}); \
                  inside the accept transaction it adds {} ({} with, {} without), {inside} of an accept over HTTP ({} with it); append on its own {} \
                  ({}), {WRITERS} writers {}",
                 db.name(),
@@ -834,8 +883,10 @@ fn audit(c: &mut Criterion) {
                 ms(f.http_without),
                 us(f.http_marginal),
                 us(f.http_control),
-                us(f.http_sealed_marginal),
+                us(whole_cost),
                 us(f.seal_per_record),
+                us(f.seal_busy),
+                us(f.seal_idle),
                 us(f.marginal),
                 ms(f.with_audit),
                 ms(f.without_audit),

@@ -133,7 +133,11 @@ const PENDING_OLDEST: &str = concat!(
 );
 
 /// Whether any record waits to be sealed (one row, `0` or `1`, on both engines).
-const ANY_PENDING: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM audit_pending LIMIT 1) AS p";
+/// Ordered by id so that PostgreSQL reads the key's index, which soon learns to skip
+/// sealed (deleted) rows, rather than every dead row of the table until it is
+/// vacuumed: 3–5 ms a look with 40,000 of them, against 0.3 ms.
+const ANY_PENDING: &str =
+    "SELECT COUNT(*) FROM (SELECT 1 FROM audit_pending ORDER BY id LIMIT 1) AS p";
 
 /// SQLite: the pending record `$4` moved into the chain at place `$1`, linked to
 /// `$2`, with hash `$3`. The triggers of migration 0007 check the link and move the
