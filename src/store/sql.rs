@@ -123,8 +123,8 @@ macro_rules! pend {
 /// [`pend`] as a statement.
 const PEND: &str = pend!();
 
-/// The oldest pending records, at most `$1`, read as [`AuditRow`]s without a place
-/// in the chain (the casts give PostgreSQL the columns' types).
+/// SQLite: the oldest pending records, at most `$1`, read as [`AuditRow`]s without a
+/// place in the chain.
 const PENDING_OLDEST: &str = concat!(
     "SELECT id, CAST(NULL AS BIGINT) AS seq, ",
     audit_content_columns!(),
@@ -132,12 +132,8 @@ const PENDING_OLDEST: &str = concat!(
      FROM audit_pending ORDER BY id LIMIT $1"
 );
 
-/// Whether any record waits to be sealed (one row, `0` or `1`, on both engines).
-/// Ordered by id so that PostgreSQL reads the key's index, which soon learns to skip
-/// sealed (deleted) rows, rather than every dead row of the table until it is
-/// vacuumed: 3–5 ms a look with 40,000 of them, against 0.3 ms.
-const ANY_PENDING: &str =
-    "SELECT COUNT(*) FROM (SELECT 1 FROM audit_pending ORDER BY id LIMIT 1) AS p";
+/// SQLite: whether any record waits to be sealed (`0` or `1`).
+const ANY_PENDING: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM audit_pending LIMIT 1) AS p";
 
 /// SQLite: the pending record `$4` moved into the chain at place `$1`, linked to
 /// `$2`, with hash `$3`. The triggers of migration 0007 check the link and move the
@@ -150,15 +146,43 @@ const SEAL_ONE_SQLITE: &str = concat!(
     ", $1, $2, $3 FROM audit_pending WHERE id = $4"
 );
 
-/// PostgreSQL: a batch of pending records (ids `$1`) moved into the chain at places
-/// `$2`, linked to `$3`, with hashes `$4`, and the head moved to place `$5`, hash `$7`
-/// (`$6` the hash before it), in one statement. The head moves only if every record
-/// was moved (`$8` of them), so a batch that lost a record (nothing else deletes
-/// pending records, so it cannot) fails instead of committing a gap.
+/// PostgreSQL: the oldest pending records, at most `$1`, each with the chain head as
+/// the same statement (one snapshot) saw it; none when nothing is pending.
+const PENDING_WITH_HEAD_POSTGRES: &str = concat!(
+    "SELECT id, CAST(NULL AS BIGINT) AS seq, ",
+    audit_content_columns!(),
+    ", CAST(NULL AS TEXT) AS prev_hash, CAST(NULL AS TEXT) AS hash, \
+     (SELECT seq FROM audit_head WHERE id = 1) AS head_seq, \
+     (SELECT hash FROM audit_head WHERE id = 1) AS head_hash \
+     FROM audit_pending ORDER BY id LIMIT $1"
+);
+
+/// A pending record with the head it is to extend ([`PENDING_WITH_HEAD_POSTGRES`]).
+#[derive(sqlx::FromRow)]
+struct PendingWithHead {
+    #[sqlx(flatten)]
+    row: AuditRow,
+    head_seq: Option<i64>,
+    head_hash: Option<String>,
+}
+
+/// PostgreSQL: one statement, so one atomic change without a transaction of its own.
+/// It moves the head from place `$9`, hash `$10` (the head the batch was linked to)
+/// to place `$5`, hash `$7` (`$6` the hash before it); only if the head moved, it
+/// moves the batch of pending records (ids `$1`) into the chain at places `$2`,
+/// linked to `$3`, with hashes `$4`. The head's row lock is held for this statement
+/// alone. Under READ COMMITTED a sealer that waited for it finds the head moved (its
+/// condition is checked again on the row as committed) and moves nothing: it answers
+/// 0 and reads again. It answers 1 when it sealed the batch whole (`$8` records),
+/// and fails, changing nothing, in any other case (a record of the batch gone, which
+/// nothing else does while the head is where it was read).
 const SEAL_BATCH_POSTGRES: &str = concat!(
     "WITH c AS (SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[]) \
      AS c(id, seq, prev_hash, hash)), \
-     gone AS (DELETE FROM audit_pending p USING c WHERE p.id = c.id RETURNING ",
+     head AS (UPDATE audit_head SET seq = $5, prev_hash = $6, hash = $7 \
+     WHERE id = 1 AND seq = $9 AND hash = $10 RETURNING 1), \
+     gone AS (DELETE FROM audit_pending p USING c WHERE p.id = c.id \
+     AND EXISTS (SELECT 1 FROM head) RETURNING ",
     "p.recorded_at, p.action, p.outcome, p.http_status, p.client_id, p.role, \
      p.actor_identity, p.referral_id, p.subject, p.recipient, p.request_id, \
      p.correlation_id, p.mapping_version, p.key_version, p.detail, \
@@ -166,12 +190,18 @@ const SEAL_BATCH_POSTGRES: &str = concat!(
      moved AS (INSERT INTO audit_events (",
     audit_content_columns!(),
     ", seq, prev_hash, hash) SELECT * FROM gone ORDER BY seq RETURNING 1) \
-     UPDATE audit_head SET seq = $5, prev_hash = $6, hash = $7 \
-     WHERE id = 1 AND (SELECT COUNT(*) FROM moved) = $8"
+     SELECT CASE WHEN (SELECT COUNT(*) FROM moved) = $8 * (SELECT COUNT(*) FROM head) \
+     THEN (SELECT COUNT(*) FROM head) \
+     ELSE CAST('pending audit records changed while they were being sealed: ' \
+     || (SELECT COUNT(*) FROM moved) AS BIGINT) END"
 );
 
 /// Records sealed in one transaction at most; a longer backlog takes several.
 const SEAL_BATCH: i64 = 500;
+
+/// PostgreSQL: how often one sealing round reads again after another sealer moved
+/// the head first.
+const SEAL_RACES: usize = 5;
 
 /// The error when the chain has no head to link to (`audit_head` emptied): nothing
 /// can be sealed until it is restored, and `audit verify` says so.
@@ -296,6 +326,11 @@ impl SqliteStore {
     /// transaction: no other writer, in this process or another, runs meanwhile,
     /// so the head read here is the head each record extends.
     async fn seal_batch(&self, limit: i64) -> Result<u64, StoreError> {
+        // A look first, so that a round with nothing to seal takes no write lock.
+        let (pending,): (i64,) = sqlx::query_as(ANY_PENDING).fetch_one(&self.pool).await?;
+        if pending == 0 {
+            return Ok(0);
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let head: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
@@ -357,64 +392,64 @@ impl PostgresStore {
         Ok(())
     }
 
-    /// Seals up to `limit` pending records, oldest first, in one transaction that
-    /// holds the head's row lock from the first statement to commit: sealers in
-    /// every process take turns, and one that waited reads the head (and what is
-    /// still pending) afresh under READ COMMITTED, so the chain never forks and no
-    /// record is sealed twice. Writers never touch the head, so none waits for this.
+    /// Seals up to `limit` pending records, oldest first: one statement reads them
+    /// with the head, and one ([`SEAL_BATCH_POSTGRES`]) moves head and records
+    /// together, provided the head is still where it was read. So sealers in every
+    /// process take turns without holding a lock between statements, the chain
+    /// never forks and no record is sealed twice; one that finds the head moved
+    /// reads again. Writers never touch the head, so none waits for this.
     async fn seal_batch(&self, limit: i64) -> Result<u64, StoreError> {
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
-            .await?;
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE")
-                .fetch_optional(&mut *tx)
+        for _ in 0..SEAL_RACES {
+            let pending = sqlx::query_as::<_, PendingWithHead>(PENDING_WITH_HEAD_POSTGRES)
+                .bind(limit)
+                .fetch_all(&self.pool)
                 .await?;
-        let rows = sqlx::query_as::<_, AuditRow>(PENDING_OLDEST)
-            .bind(limit)
-            .fetch_all(&mut *tx)
-            .await?;
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(0);
+            let head = match pending.first() {
+                None => return Ok(0),
+                Some(PendingWithHead {
+                    head_seq: Some(seq),
+                    head_hash: Some(hash),
+                    ..
+                }) => (*seq, hash.clone()),
+                Some(_) => return Err(no_head()),
+            };
+            let rows: Vec<AuditRow> = pending.into_iter().map(|p| p.row).collect();
+            let links = link(head.clone(), &rows);
+            let (Some((last_seq, last_prev, last_hash)), Ok(count)) =
+                (links.last().cloned(), i64::try_from(links.len()))
+            else {
+                return Ok(0);
+            };
+            let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            let (seqs, prevs, hashes): (Vec<i64>, Vec<String>, Vec<String>) =
+                links.into_iter().fold(
+                    (Vec::new(), Vec::new(), Vec::new()),
+                    |(mut s, mut p, mut h), (seq, prev, hash)| {
+                        s.push(seq);
+                        p.push(prev);
+                        h.push(hash);
+                        (s, p, h)
+                    },
+                );
+            let (sealed,): (i64,) = sqlx::query_as(SEAL_BATCH_POSTGRES)
+                .bind(&ids)
+                .bind(&seqs)
+                .bind(&prevs)
+                .bind(&hashes)
+                .bind(last_seq)
+                .bind(&last_prev)
+                .bind(&last_hash)
+                .bind(count)
+                .bind(head.0)
+                .bind(&head.1)
+                .fetch_one(&self.pool)
+                .await?;
+            if sealed == 1 {
+                return Ok(rows.len() as u64);
+            }
         }
-        let links = link(head.ok_or_else(no_head)?, &rows);
-        let (Some((last_seq, last_prev, last_hash)), Ok(count)) =
-            (links.last().cloned(), i64::try_from(links.len()))
-        else {
-            return Ok(0);
-        };
-        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        let (seqs, prevs, hashes): (Vec<i64>, Vec<String>, Vec<String>) = links.into_iter().fold(
-            (Vec::new(), Vec::new(), Vec::new()),
-            |(mut s, mut p, mut h), (seq, prev, hash)| {
-                s.push(seq);
-                p.push(prev);
-                h.push(hash);
-                (s, p, h)
-            },
-        );
-        let moved = sqlx::query(SEAL_BATCH_POSTGRES)
-            .bind(&ids)
-            .bind(&seqs)
-            .bind(&prevs)
-            .bind(&hashes)
-            .bind(last_seq)
-            .bind(&last_prev)
-            .bind(&last_hash)
-            .bind(count)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        if moved != 1 {
-            tx.rollback().await?;
-            return Err(StoreError::Corrupt(
-                "pending audit records changed while they were being sealed".into(),
-            ));
-        }
-        tx.commit().await?;
-        Ok(rows.len() as u64)
+        // Other sealers kept moving the head: they are sealing what is pending.
+        Ok(0)
     }
 }
 
@@ -985,12 +1020,6 @@ macro_rules! sql_store {
             async fn seal_audit(&self) -> Result<u64, StoreError> {
                 let mut sealed = 0;
                 loop {
-                    let (pending,): (i64,) = sqlx::query_as(ANY_PENDING)
-                        .fetch_one(&self.pool)
-                        .await?;
-                    if pending == 0 {
-                        return Ok(sealed);
-                    }
                     let n = self.seal_batch(SEAL_BATCH).await?;
                     sealed += n;
                     if n < SEAL_BATCH as u64 {
