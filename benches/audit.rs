@@ -582,6 +582,64 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
         ..record.clone()
     };
 
+    // Over HTTP, against the three gateways: the goal's measure. First, while the
+    // three gateways' connections are equally fresh (the later measures use the
+    // audited and baseline stores' pools, not the control's).
+    let over_http = |gateway: Gateway, n: usize| {
+        let base = match gateway {
+            Gateway::Audited => &bench.base,
+            Gateway::Baseline => &bench.baseline_base,
+            Gateway::Control => &bench.control_base,
+        };
+        let requests: Vec<_> = (0..n).map(|_| bench.request()).collect();
+        runtime.block_on(async {
+            let start = Instant::now();
+            for r in requests {
+                bench.accept_at(base, r).await;
+            }
+            start.elapsed()
+        })
+    };
+    // Each round's accepts, then the sealing of what they wrote (nothing, for the
+    // baseline gateways, but the look that finds nothing pending), timed apart:
+    // seconds per accept for each, and how many records were sealed.
+    let [http_with, http_without, http_control] = rotated(HTTP_ROUNDS, |gateway| {
+        let accepts = over_http(gateway, HTTP_PER_ROUND).as_secs_f64() / HTTP_PER_ROUND as f64;
+        let start = Instant::now();
+        let sealed = runtime.block_on(bench.store.seal_audit()).expect("sealed");
+        let sealing = start.elapsed().as_secs_f64() / HTTP_PER_ROUND as f64;
+        let expected = if gateway == Gateway::Audited {
+            HTTP_PER_ROUND as u64
+        } else {
+            0
+        };
+        assert_eq!(
+            sealed, expected,
+            "{gateway:?}: one record sealed per accept with it"
+        );
+        (accepts, sealing, sealed)
+    });
+    let accepts = |rounds: &[(f64, f64, u64)]| rounds.iter().map(|r| r.0).collect::<Vec<_>>();
+    let sealing = |rounds: &[(f64, f64, u64)]| rounds.iter().map(|r| r.1).collect::<Vec<_>>();
+    let sealed: u64 = http_with.iter().map(|r| r.2).sum();
+    // The sealer's whole work, per record: the mean, so that slow batches count.
+    let seal_per_record = (sealed > 0).then(|| {
+        http_with
+            .iter()
+            .map(|r| r.1 * HTTP_PER_ROUND as f64)
+            .sum::<f64>()
+            / sealed as f64
+    });
+    // What a look that finds nothing pending costs, per accept (the baseline's
+    // rounds): part of every sealing round, so not counted against the record.
+    let seal_idle = median(sealing(&http_without));
+    let seal_busy = median(sealing(&http_with));
+    let (http_with, http_without, http_control) = (
+        accepts(&http_with),
+        accepts(&http_without),
+        accepts(&http_control),
+    );
+
     let mut group = c.benchmark_group(format!("audit ({})", db.name()));
     group
         .sample_size(SAMPLES)
@@ -692,62 +750,6 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
             took
         })
     });
-
-    // The same over HTTP, against the three gateways: the goal's measure.
-    let over_http = |gateway: Gateway, n: usize| {
-        let base = match gateway {
-            Gateway::Audited => &bench.base,
-            Gateway::Baseline => &bench.baseline_base,
-            Gateway::Control => &bench.control_base,
-        };
-        let requests: Vec<_> = (0..n).map(|_| bench.request()).collect();
-        runtime.block_on(async {
-            let start = Instant::now();
-            for r in requests {
-                bench.accept_at(base, r).await;
-            }
-            start.elapsed()
-        })
-    };
-    // Each round's accepts, then the sealing of what they wrote (nothing, for the
-    // baseline gateways, but the look that finds nothing pending), timed apart:
-    // seconds per accept for each, and how many records were sealed.
-    let [http_with, http_without, http_control] = rotated(HTTP_ROUNDS, |gateway| {
-        let accepts = over_http(gateway, HTTP_PER_ROUND).as_secs_f64() / HTTP_PER_ROUND as f64;
-        let start = Instant::now();
-        let sealed = runtime.block_on(bench.store.seal_audit()).expect("sealed");
-        let sealing = start.elapsed().as_secs_f64() / HTTP_PER_ROUND as f64;
-        let expected = if gateway == Gateway::Audited {
-            HTTP_PER_ROUND as u64
-        } else {
-            0
-        };
-        assert_eq!(
-            sealed, expected,
-            "{gateway:?}: one record sealed per accept with it"
-        );
-        (accepts, sealing, sealed)
-    });
-    let accepts = |rounds: &[(f64, f64, u64)]| rounds.iter().map(|r| r.0).collect::<Vec<_>>();
-    let sealing = |rounds: &[(f64, f64, u64)]| rounds.iter().map(|r| r.1).collect::<Vec<_>>();
-    let sealed: u64 = http_with.iter().map(|r| r.2).sum();
-    // The sealer's whole work, per record: the mean, so that slow batches count.
-    let seal_per_record = (sealed > 0).then(|| {
-        http_with
-            .iter()
-            .map(|r| r.1 * HTTP_PER_ROUND as f64)
-            .sum::<f64>()
-            / sealed as f64
-    });
-    // What a look that finds nothing pending costs, per accept (the baseline's
-    // rounds): part of every sealing round, so not counted against the record.
-    let seal_idle = median(sealing(&http_without));
-    let seal_busy = median(sealing(&http_with));
-    let (http_with, http_without, http_control) = (
-        accepts(&http_with),
-        accepts(&http_without),
-        accepts(&http_control),
-    );
 
     let accept = Calls::default();
     for (name, audited) in [
