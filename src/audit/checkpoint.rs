@@ -177,21 +177,15 @@ impl Signer {
         self,
         store: std::sync::Arc<dyn Store>,
         interval: std::time::Duration,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(interval) => {}
-                _ = stop.changed() => {}
-            }
-            if *stop.borrow() {
-                break;
-            }
+        super::every(interval, stop, || async {
             match self.checkpoint(store.as_ref()).await {
                 Ok(Some(c)) => tracing::info!(seq = c.seq, "audit checkpoint signed"),
                 Ok(None) => {}
                 Err(e) => tracing::error!(error = %e, "audit checkpoint failed"),
             }
-        }
+        })
+        .await
     }
 }

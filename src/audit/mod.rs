@@ -276,15 +276,16 @@ impl Walker {
     }
 }
 
-/// Seals pending records into the chain every `interval` until `stop` turns true
-/// (`serve` seals once more after its other tasks end). A failed round is logged and
-/// the records stay pending, durable, for the next round (the
-/// `thrive_audit_pending_records` gauge shows them waiting).
-pub async fn seal_periodically(
-    store: std::sync::Arc<dyn Store>,
+/// Runs `round` every `interval` until `stop` turns true (the first round after one
+/// interval); the background tasks of the audit trail (sealing, checkpoints).
+pub(crate) async fn every<F, R>(
     interval: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+    mut round: F,
+) where
+    F: FnMut() -> R,
+    R: std::future::Future<Output = ()>,
+{
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -293,6 +294,20 @@ pub async fn seal_periodically(
         if *stop.borrow() {
             break;
         }
+        round().await;
+    }
+}
+
+/// Seals pending records into the chain every `interval` until `stop` turns true
+/// (`serve` seals once more after its other tasks end). A failed round is logged and
+/// the records stay pending, durable, for the next round (the
+/// `thrive_audit_pending_records` gauge shows them waiting).
+pub async fn seal_periodically(
+    store: std::sync::Arc<dyn Store>,
+    interval: std::time::Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    every(interval, stop, || async {
         match store.seal_audit().await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(records = n, "audit records sealed into the chain"),
@@ -300,7 +315,8 @@ pub async fn seal_periodically(
                 tracing::error!(error = %e, "sealing audit records failed; they stay pending")
             }
         }
-    }
+    })
+    .await
 }
 
 /// Page size of a verification pass.
