@@ -175,7 +175,10 @@ struct PendingWithHead {
 /// condition is checked again on the row as committed) and moves nothing: it answers
 /// 0 and reads again. It answers 1 when it sealed the batch whole (`$8` records),
 /// and fails, changing nothing, in any other case (a record of the batch gone, which
-/// nothing else does while the head is where it was read).
+/// nothing else does while the head is where it was read). The hashes were computed
+/// from the records as read; the records moved are as deleted, so a pending record
+/// changed in between is sealed with a hash that no longer matches it, and `audit
+/// verify` reports it as changed.
 const SEAL_BATCH_POSTGRES: &str = concat!(
     "WITH c AS (SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[]) \
      AS c(id, seq, prev_hash, hash)), \

@@ -1,10 +1,10 @@
 -- Audit records are written with the change they record, in its transaction, to
 -- `audit_pending`: one row and its key, without the chain head, so writers in every
 -- replica no longer queue for the head's row lock through their commits. The sealer
--- of any gateway (and every read of the trail) moves them into `audit_events`,
--- linking each into the hash chain, in one transaction that holds the head's row
--- lock (see `seal_batch` in src/store/sql.rs): sealers take turns, so the chain
--- never forks. A record is pending for at most `audit.seal_interval_ms` while a
+-- of any gateway (and reads of the trail) moves them into `audit_events`, linking
+-- each into the hash chain, in one statement that moves the head only from where the
+-- sealer read it (see `seal_batch` in src/store/sql.rs): sealers take turns, so the
+-- chain never forks. A record is pending for at most `audit.seal_interval_ms` while a
 -- gateway runs. Ids order what is waiting; the chain's order is the order sealed.
 CREATE TABLE audit_pending (
     id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
