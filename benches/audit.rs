@@ -665,12 +665,16 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
     });
 
     let concurrent = Calls::default();
-    let (head_before, _) = runtime
-        .block_on(async {
-            bench.store.seal_audit().await?;
-            bench.store.audit_head().await
-        })
-        .expect("audit head");
+    // The head once every record written is sealed.
+    let sealed_head = || {
+        runtime
+            .block_on(async {
+                bench.store.seal_audit().await?;
+                bench.store.audit_head().await
+            })
+            .expect("audit head")
+    };
+    let (head_before, _) = sealed_head();
     let mut written = 0u64;
     group.throughput(Throughput::Elements(WRITERS as u64));
     group.bench_function(format!("audit append, {WRITERS} concurrent writers"), |b| {
@@ -696,12 +700,7 @@ fn run_on(c: &mut Criterion, db: Db) -> Figures {
             })
         })
     });
-    let (head_after, _) = runtime
-        .block_on(async {
-            bench.store.seal_audit().await?;
-            bench.store.audit_head().await
-        })
-        .expect("audit head");
+    let (head_after, _) = sealed_head();
     assert_eq!(
         head_after - head_before,
         written as i64,

@@ -451,7 +451,10 @@ async fn retention(settings: &Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match crate::retention::run_once(store.as_ref(), &settings.retention, "command-line").await {
+    let purged =
+        crate::retention::run_once(store.as_ref(), &settings.retention, "command-line").await;
+    crate::audit::cli::seal_what_was_written(store.as_ref()).await;
+    match purged {
         Ok(p) => {
             println!(
                 "retention: purged the personal data of {} referrals settled more than {} days ago",

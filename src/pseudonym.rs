@@ -93,6 +93,29 @@ impl TryFrom<RawKeySource> for KeySource {
     }
 }
 
+/// Why a key source could not be read. Holds no key material.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The file could not be read.
+    Unreadable(std::io::Error),
+    /// The variable is not set (or not Unicode).
+    MissingEnv,
+}
+
+impl KeySource {
+    /// The key text the source holds (hex, untrimmed), held as a secret.
+    pub fn read(&self) -> Result<SecretString, ReadError> {
+        match self {
+            KeySource::File(path) => std::fs::read_to_string(path)
+                .map(SecretString::from)
+                .map_err(ReadError::Unreadable),
+            KeySource::Env(var) => std::env::var(var)
+                .map(SecretString::from)
+                .map_err(|_| ReadError::MissingEnv),
+        }
+    }
+}
+
 /// Where a key came from, for error messages: never the key itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyOrigin {
@@ -194,22 +217,20 @@ impl PseudonymKeys {
         for (version, source) in &settings.versions {
             check_version_name(recipient, version)?;
             let origin = KeyOrigin::from(source);
-            let text = match source {
-                KeySource::File(path) => {
-                    std::fs::read_to_string(path).map_err(|error| KeyError::Unreadable {
-                        recipient: recipient.to_owned(),
-                        version: version.clone(),
-                        origin: origin.clone(),
-                        error,
-                    })?
-                }
-                KeySource::Env(var) => std::env::var(var).map_err(|_| KeyError::MissingEnv {
+            let text = source.read().map_err(|e| match e {
+                ReadError::Unreadable(error) => KeyError::Unreadable {
                     recipient: recipient.to_owned(),
                     version: version.clone(),
                     origin: origin.clone(),
-                })?,
-            };
-            versions.push((version.clone(), SecretString::from(text), origin));
+                    error,
+                },
+                ReadError::MissingEnv => KeyError::MissingEnv {
+                    recipient: recipient.to_owned(),
+                    version: version.clone(),
+                    origin: origin.clone(),
+                },
+            })?;
+            versions.push((version.clone(), text, origin));
         }
         Self::build(recipient, &settings.active, versions)
     }

@@ -16,7 +16,7 @@
 
 use crate::config::Settings;
 use crate::pseudonym::KeySource;
-use secrecy::{ExposeSecret, SecretBox, SecretString};
+use secrecy::{ExposeSecret, SecretBox};
 use std::path::Path;
 
 /// Published hex keys (storage and pseudonym keys), by file.
@@ -198,10 +198,7 @@ fn published(material: &[u8]) -> Option<&'static str> {
 
 /// The published file holding the key a hex key source names, if any.
 fn published_hex(source: &KeySource) -> Option<&'static str> {
-    let text = SecretString::from(match source {
-        KeySource::File(path) => std::fs::read_to_string(path).ok()?,
-        KeySource::Env(var) => std::env::var(var).ok()?,
-    });
+    let text = source.read().ok()?;
     let key = SecretBox::new(Box::new(hex::decode(text.expose_secret().trim()).ok()?));
     published(key.expose_secret())
 }

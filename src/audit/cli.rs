@@ -27,10 +27,17 @@ async fn record(
     record_as(store, "auditor", action, detail).await
 }
 
-/// Records a command-line action taken in `role`; a failure to record fails the
-/// command, so nothing is read from the command line without its record. The record
-/// is sealed into the chain at once, since no gateway may be running to seal it; if
-/// that fails it stays pending (durable) for the next sealer, and the command goes on.
+/// Seals what a command wrote into the chain at once, since no gateway may be running
+/// to seal it. If that fails its records stay pending (durable) for the next sealer,
+/// and the command goes on.
+pub async fn seal_what_was_written(store: &dyn Store) {
+    if let Err(e) = store.seal_audit().await {
+        eprintln!("thrive-gateway: this command's audit record stays pending: {e}");
+    }
+}
+
+/// Records a command-line action taken in `role`, sealed at once; a failure to record
+/// fails the command, so nothing is read from the command line without its record.
 pub async fn record_as(
     store: &dyn Store,
     role: &str,
@@ -44,9 +51,7 @@ pub async fn record_as(
         ..AuditRecord::new(action, "allowed")
     };
     store.append_audit(&record).await.map_err(failed)?;
-    if let Err(e) = store.seal_audit().await {
-        eprintln!("thrive-gateway: this command's audit record stays pending: {e}");
-    }
+    seal_what_was_written(store).await;
     Ok(())
 }
 

@@ -5,9 +5,9 @@
 //!
 //! Records are written by the store (`write_audit`, the one place every writer goes
 //! through) with the change they record, pending, and sealed into the chain by
-//! [`seal_periodically`] or the next read of the trail; this module holds what the chain means: how a record is hashed, how the
-//! chain is verified, the NHS identity headers kept as the actor, checkpoints,
-//! exports and the auditor API.
+//! [`seal_periodically`] or the next read of the trail. This module holds what the
+//! chain means: how a record is hashed, how the chain is verified, the NHS identity
+//! headers kept as the actor, checkpoints, exports and the auditor API.
 
 pub mod api;
 pub mod checkpoint;

@@ -14,7 +14,7 @@
 //! exactly 32 bytes. They are never printed: `Debug` and every error name the version
 //! and where the key lives, never the key, and decryption errors never quote the value.
 
-use crate::pseudonym::{KeyOrigin, KeySource};
+use crate::pseudonym::{KeyOrigin, KeySource, ReadError};
 use aes_gcm::{
     Aes256Gcm, KeyInit, Nonce,
     aead::{Aead, Payload},
@@ -129,22 +129,18 @@ impl StorageKeys {
         for (version, source) in &settings.versions {
             check_version_name(version)?;
             let origin = KeyOrigin::from(source);
-            let text = match source {
-                KeySource::File(path) => {
-                    std::fs::read_to_string(path).map_err(|error| StorageKeyError::Unreadable {
-                        version: version.clone(),
-                        origin: origin.clone(),
-                        error,
-                    })?
-                }
-                KeySource::Env(var) => {
-                    std::env::var(var).map_err(|_| StorageKeyError::MissingEnv {
-                        version: version.clone(),
-                        origin: origin.clone(),
-                    })?
-                }
-            };
-            versions.push((version.clone(), SecretString::from(text), origin));
+            let text = source.read().map_err(|e| match e {
+                ReadError::Unreadable(error) => StorageKeyError::Unreadable {
+                    version: version.clone(),
+                    origin: origin.clone(),
+                    error,
+                },
+                ReadError::MissingEnv => StorageKeyError::MissingEnv {
+                    version: version.clone(),
+                    origin: origin.clone(),
+                },
+            })?;
+            versions.push((version.clone(), text, origin));
         }
         Self::build(&settings.active, versions)
     }

@@ -185,14 +185,12 @@ const SEAL_BATCH_POSTGRES: &str = concat!(
      head AS (UPDATE audit_head SET seq = $5, prev_hash = $6, hash = $7 \
      WHERE id = 1 AND seq = $9 AND hash = $10 RETURNING 1), \
      gone AS (DELETE FROM audit_pending p USING c WHERE p.id = c.id \
-     AND EXISTS (SELECT 1 FROM head) RETURNING ",
-    "p.recorded_at, p.action, p.outcome, p.http_status, p.client_id, p.role, \
-     p.actor_identity, p.referral_id, p.subject, p.recipient, p.request_id, \
-     p.correlation_id, p.mapping_version, p.key_version, p.detail, \
-     c.seq, c.prev_hash, c.hash), \
+     AND EXISTS (SELECT 1 FROM head) RETURNING p.*, c.seq, c.prev_hash, c.hash), \
      moved AS (INSERT INTO audit_events (",
     audit_content_columns!(),
-    ", seq, prev_hash, hash) SELECT * FROM gone ORDER BY seq RETURNING 1) \
+    ", seq, prev_hash, hash) SELECT ",
+    audit_content_columns!(),
+    ", seq, prev_hash, hash FROM gone ORDER BY seq RETURNING 1) \
      SELECT CASE WHEN (SELECT COUNT(*) FROM moved) = $8 * (SELECT COUNT(*) FROM head) \
      THEN (SELECT COUNT(*) FROM head) \
      ELSE CAST('pending audit records changed while they were being sealed: ' \
@@ -214,18 +212,30 @@ fn no_head() -> StoreError {
     )
 }
 
-/// Links `rows` (pending, oldest first) to the head `(seq, hash)`: each one's place,
-/// previous hash and hash, computed from the content as stored, exactly as
-/// `audit verify` recomputes it.
-fn link(head: (i64, String), rows: &[AuditRow]) -> Vec<(i64, String, String)> {
+/// Pending records linked into the chain, column by column (as PostgreSQL binds them):
+/// each record's place, previous hash and hash.
+#[derive(Default)]
+struct Links {
+    seq: Vec<i64>,
+    prev_hash: Vec<String>,
+    hash: Vec<String>,
+}
+
+/// Links `rows` (pending, oldest first) to the head `(seq, hash)`, hashing each
+/// record's content as stored, exactly as `audit verify` recomputes it.
+fn link(head: (i64, String), rows: &[AuditRow]) -> Links {
     let (mut seq, mut prev) = head;
-    rows.iter()
-        .map(|row| {
-            let hash = row.entry().hash(&prev);
-            seq += 1;
-            (seq, std::mem::replace(&mut prev, hash.clone()), hash)
-        })
-        .collect()
+    let mut links = Links::default();
+    for row in rows {
+        let hash = row.entry().hash(&prev);
+        seq += 1;
+        links.seq.push(seq);
+        links
+            .prev_hash
+            .push(std::mem::replace(&mut prev, hash.clone()));
+        links.hash.push(hash);
+    }
+    links
 }
 
 /// An accepted referral's delivery, queued, with its parameters named: its id, the
@@ -347,12 +357,12 @@ impl SqliteStore {
             tx.rollback().await?;
             return Ok(0);
         };
-        let head = head.ok_or_else(no_head)?;
-        for (row, (seq, prev_hash, hash)) in rows.iter().zip(link(head, &rows)) {
+        let links = link(head.ok_or_else(no_head)?, &rows);
+        for (i, row) in rows.iter().enumerate() {
             sqlx::query(SEAL_ONE_SQLITE)
-                .bind(seq)
-                .bind(prev_hash)
-                .bind(hash)
+                .bind(links.seq[i])
+                .bind(&links.prev_hash[i])
+                .bind(&links.hash[i])
                 .bind(row.id)
                 .execute(&mut *tx)
                 .await?;
@@ -418,31 +428,17 @@ impl PostgresStore {
             };
             let rows: Vec<AuditRow> = pending.into_iter().map(|p| p.row).collect();
             let links = link(head.clone(), &rows);
-            let (Some((last_seq, last_prev, last_hash)), Ok(count)) =
-                (links.last().cloned(), i64::try_from(links.len()))
-            else {
-                return Ok(0);
-            };
             let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            let (seqs, prevs, hashes): (Vec<i64>, Vec<String>, Vec<String>) =
-                links.into_iter().fold(
-                    (Vec::new(), Vec::new(), Vec::new()),
-                    |(mut s, mut p, mut h), (seq, prev, hash)| {
-                        s.push(seq);
-                        p.push(prev);
-                        h.push(hash);
-                        (s, p, h)
-                    },
-                );
+            // The batch's last record is the new head; `rows` is not empty.
             let (sealed,): (i64,) = sqlx::query_as(SEAL_BATCH_POSTGRES)
                 .bind(&ids)
-                .bind(&seqs)
-                .bind(&prevs)
-                .bind(&hashes)
-                .bind(last_seq)
-                .bind(&last_prev)
-                .bind(&last_hash)
-                .bind(count)
+                .bind(&links.seq)
+                .bind(&links.prev_hash)
+                .bind(&links.hash)
+                .bind(links.seq.last())
+                .bind(links.prev_hash.last())
+                .bind(links.hash.last())
+                .bind(ids.len() as i64)
                 .bind(head.0)
                 .bind(&head.1)
                 .fetch_one(&self.pool)
