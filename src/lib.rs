@@ -14,6 +14,7 @@ pub mod consent;
 pub mod delivery;
 pub mod domain;
 pub mod events;
+pub mod fhir;
 pub mod intake;
 pub mod mapping;
 pub mod metrics;

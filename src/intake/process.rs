@@ -42,6 +42,8 @@ pub struct Gateway {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub bundle_id: String,
+    /// The request's `MessageHeader.source.endpoint`: the answer's destination.
+    pub source_endpoint: String,
     pub referral: ReferralRow,
     /// What the message did: stored a referral, cancelled or withdrew one.
     pub decision: ReferralOutcome,
@@ -239,7 +241,7 @@ impl Gateway {
                 "accepted",
                 200,
                 Some(&id),
-                accepted_detail(&route, &consent),
+                accepted_detail(&route, &consent, &envelope.ignored),
             )
             .to_recipient(route.provider.as_str())
             .under_mapping(&format!("routing@{}", route.mapping_version))
@@ -255,6 +257,7 @@ impl Gateway {
                     let referral = self.load(&id).await?;
                     return Ok(Outcome {
                         bundle_id: envelope.bundle_id.clone(),
+                        source_endpoint: envelope.source_endpoint.clone(),
                         referral,
                         decision: ReferralOutcome::Accepted,
                     });
@@ -370,7 +373,10 @@ impl Gateway {
                 "accepted",
                 200,
                 Some(&referral.id),
-                json!({ "new_status": new_status.as_str() }),
+                json!({
+                    "new_status": new_status.as_str(),
+                    "ignored_entries": update.envelope.ignored,
+                }),
             ),
         };
         match self.store.apply_update(&record).await {
@@ -379,6 +385,7 @@ impl Gateway {
                 let referral = self.load(&referral.id).await?;
                 Ok(Outcome {
                     bundle_id: update.envelope.bundle_id.clone(),
+                    source_endpoint: update.envelope.source_endpoint.clone(),
                     referral,
                     decision,
                 })
@@ -420,8 +427,15 @@ fn route_issue(e: &RouteError) -> Issue {
     .at(at)
 }
 
-fn accepted_detail(route: &RouteDecision, consent: &consent::ConsentRecord) -> serde_json::Value {
+/// What the accept record says: the route, the consent relied on, and the types and
+/// counts of entries the gateway ignored (never their content).
+fn accepted_detail(
+    route: &RouteDecision,
+    consent: &consent::ConsentRecord,
+    ignored: &std::collections::BTreeMap<String, usize>,
+) -> serde_json::Value {
     json!({
+        "ignored_entries": ignored,
         "route": route,
         "consent": {
             "recipient": consent.recipient,

@@ -15,8 +15,9 @@
 //!
 //! A resource root is the first entry of that `resourceType` in the Bundle (or the one
 //! its selector picks). `Practice` is the GP practice: the Organization that the
-//! ServiceRequest's requester PractitionerRole belongs to, or the requester itself when
-//! it is an Organization; references match an entry's `fullUrl` or `Type/id`.
+//! ServiceRequest's requester belongs to, found as intake finds it (through a
+//! PractitionerRole, or the MessageHeader's sender), with references resolved as FHIR
+//! resolves them in a bundle.
 //! An array element without a selector stands for its first item. A filter's element
 //! path looks through every array on the way, so `[code.coding.code=67875-5]` matches a
 //! resource any of whose codings has that code.
@@ -27,6 +28,7 @@
 //! Paths are parsed once when the mapping loads; applying one cannot fail, it only
 //! finds a value or nothing.
 
+use crate::fhir::bundle::{BundleIndex, Node};
 use serde_json::Value;
 use std::fmt;
 
@@ -334,30 +336,27 @@ pub fn first_of_type(bundle: &Value, t: ResourceType) -> Option<&Value> {
     resources(bundle).find(|r| is_type(r, t.as_str()))
 }
 
-/// The resource a Reference points at: by entry `fullUrl`, or `Type/id`.
-fn referenced<'a>(bundle: &'a Value, reference: &Value) -> Option<&'a Value> {
-    let target = reference.get("reference")?.as_str()?;
-    let entries = bundle.get("entry")?.as_array()?;
-    entries.iter().find_map(|entry| {
-        let resource = entry.get("resource")?;
-        let by_url = entry.get("fullUrl").and_then(Value::as_str) == Some(target);
-        let by_id = target.split_once('/').is_some_and(|(t, id)| {
-            is_type(resource, t) && resource.get("id").and_then(Value::as_str) == Some(id)
-        });
-        (by_url || by_id).then_some(resource)
-    })
-}
-
-/// The GP practice: the requester's Organization.
+/// The GP practice, found as intake found it ([`BundleIndex::practice_candidates`]):
+/// the first candidate Organization with an ODS code, else the first candidate.
 fn practice(bundle: &Value) -> Option<&Value> {
-    let request = first_of_type(bundle, ResourceType::ServiceRequest)?;
-    let requester = referenced(bundle, request.get("requester")?)?;
-    let organization = if is_type(requester, "PractitionerRole") {
-        referenced(bundle, requester.get("organization")?)?
-    } else {
-        requester
+    let index = BundleIndex::new(bundle);
+    let request = (0..index.entries())
+        .map(Node)
+        .find(|&n| index.resource_type(n) == "ServiceRequest")?;
+    let candidates = index.practice_candidates(request);
+    let has_ods = |n: &Node| {
+        index.resource(*n)["identifier"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["system"].as_str())
+            .any(crate::domain::OdsCode::is_ods_system)
     };
-    is_type(organization, "Organization").then_some(organization)
+    let chosen = candidates
+        .iter()
+        .find(|n| has_ods(n))
+        .or(candidates.first())?;
+    Some(index.resource(*chosen))
 }
 
 #[cfg(test)]
@@ -451,6 +450,19 @@ mod tests {
             path.resolve(&practitioner),
             None,
             "a Practitioner is not a practice"
+        );
+        let with_role = json!({"entry": [
+            {"resource": {"resourceType": "ServiceRequest", "requester": {"reference": "Practitioner/d"}}},
+            {"resource": {"resourceType": "Practitioner", "id": "d"}},
+            {"resource": {"resourceType": "PractitionerRole", "id": "r",
+                "practitioner": {"reference": "Practitioner/d"},
+                "organization": {"reference": "Organization/o"}}},
+            {"resource": {"resourceType": "Organization", "id": "o", "name": "Through the role"}}
+        ]});
+        assert_eq!(
+            path.resolve(&with_role),
+            Some(&json!("Through the role")),
+            "a Practitioner's PractitionerRole in the bundle names the practice"
         );
         assert_eq!(path.resolve(&json!({"resourceType": "Bundle"})), None);
     }

@@ -197,7 +197,7 @@ pub struct NewReferralRecord {
     pub client_id: String,
     pub request_id: String,
     pub correlation_id: String,
-    pub message_header_id: String,
+    pub message_header_id: Option<String>,
     pub sender_identifiers: Vec<(String, String)>,
     /// The subject's audit pseudonym, named by every audit record about the referral.
     pub subject: String,
@@ -411,7 +411,7 @@ pub struct UpdateRecord {
     pub referral_id: String,
     pub new_status: ReferralStatus,
     pub request_id: String,
-    pub message_header_id: String,
+    pub message_header_id: Option<String>,
     /// `cancel` or `withdraw-consent`.
     pub kind: String,
     pub now: OffsetDateTime,

@@ -1,42 +1,22 @@
-//! The bundle pass: shape of the message Bundle, each entry read into its R4 model,
-//! duplicate entries, and every literal reference resolved inside the bundle.
+//! The bundle pass: shape of the message Bundle, each resource (entries and contained
+//! ones) read into its R4 model, duplicate entries, and the index that resolves
+//! references as FHIR resolves them in a bundle ([`crate::fhir::bundle`]).
 
 use crate::domain::{ODS_SYSTEM, OdsCode};
+use crate::fhir::bundle::{BundleIndex, Node};
+use crate::fhir::types::{self, Kind};
 use crate::outcome::{Issue, IssueType, Rejection};
-use fhir_sdk::r4b::resources::{
-    Condition, Consent, Flag, MessageHeader, Observation, Organization, Patient, Practitioner,
-    PractitionerRole, QuestionnaireResponse, ServiceRequest,
-};
+use fhir_sdk::r4b::resources::{Consent, MessageHeader, Organization, Patient, ServiceRequest};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 
-/// Resource types the gateway's MessageDefinition allows in a referral message.
-pub const ALLOWED_TYPES: [&str; 11] = [
-    "MessageHeader",
-    "ServiceRequest",
-    "Patient",
-    "PractitionerRole",
-    "Practitioner",
-    "Organization",
-    "Consent",
-    "Condition",
-    "QuestionnaireResponse",
-    "Flag",
-    "Observation",
-];
-
-/// Position of an entry in `Bundle.entry`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EntryIndex(pub usize);
-
-/// An entry read into its model. Types the pipeline does not read fields of are
+/// A resource read into its model. Types the pipeline does not read fields of are
 /// checked against their model and then kept as `Other`.
 pub(super) enum Typed {
     MessageHeader(Box<MessageHeader>),
     ServiceRequest(Box<ServiceRequest>),
     Patient(Box<Patient>),
-    PractitionerRole(Box<PractitionerRole>),
     Organization(Box<Organization>),
     Consent(Box<Consent>),
     Other,
@@ -44,17 +24,11 @@ pub(super) enum Typed {
     Invalid,
 }
 
-struct Entry {
-    resource_type: String,
-    typed: Typed,
-    identifiers: Vec<(String, String)>,
-}
-
-/// A message Bundle whose entries have been read and indexed.
-pub struct ParsedBundle {
+/// A message Bundle whose resources have been read and indexed.
+pub struct ParsedBundle<'a> {
     pub bundle_id: String,
-    entries: Vec<Entry>,
-    by_reference: HashMap<String, usize>,
+    pub index: BundleIndex<'a>,
+    typed: Vec<Typed>,
     /// Problems that do not stop the rest of validation.
     pub issues: Vec<Issue>,
 }
@@ -72,7 +46,8 @@ pub(super) fn canonical_system(system: &str) -> &str {
     }
 }
 
-fn identifiers(resource: &Value) -> Vec<(String, String)> {
+/// `(system, value)` identifiers of a resource, ODS systems canonical.
+pub fn identifiers(resource: &Value) -> Vec<(String, String)> {
     resource
         .get("identifier")
         .and_then(Value::as_array)
@@ -88,8 +63,8 @@ fn identifiers(resource: &Value) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
-impl ParsedBundle {
-    pub fn parse(value: &Value) -> Result<Self, Rejection> {
+impl<'a> ParsedBundle<'a> {
+    pub fn parse(value: &'a Value) -> Result<Self, Rejection> {
         let Some(obj) = value.as_object() else {
             return Err(fatal(
                 "Bundle",
@@ -144,221 +119,330 @@ impl ParsedBundle {
             }
         };
 
-        let mut entries = Vec::with_capacity(raw_entries.len());
-        let mut by_reference = HashMap::new();
+        let index = BundleIndex::new(value);
+        let mut seen_urls = HashSet::new();
         for (i, raw) in raw_entries.iter().enumerate() {
             let at = format!("Bundle.entry[{i}]");
-            let resource = raw.get("resource").filter(|r| r.is_object());
-            let Some(resource) = resource else {
+            if !raw.get("resource").is_some_and(Value::is_object) {
                 issues.push(Issue::structure(
                     IssueType::Required,
                     format!("{at}.resource"),
                     "each entry needs a resource",
                 ));
-                entries.push(Entry {
-                    resource_type: String::new(),
-                    typed: Typed::Invalid,
-                    identifiers: Vec::new(),
-                });
-                continue;
-            };
-            let rt = resource
-                .get("resourceType")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let typed = read_typed(rt, resource, &at, &mut issues);
-            match raw.get("fullUrl") {
-                Some(Value::String(url)) if !url.is_empty() => {
-                    if by_reference.insert(url.clone(), i).is_some() {
-                        issues.push(Issue::structure(
-                            IssueType::Duplicate,
-                            format!("{at}.fullUrl"),
-                            "two entries have the same fullUrl",
-                        ));
-                    }
-                }
-                _ => issues.push(Issue::structure(
-                    IssueType::Required,
-                    format!("{at}.fullUrl"),
-                    "each entry needs a fullUrl",
-                )),
             }
-            if let Some(id) = resource.get("id").and_then(Value::as_str) {
-                let key = format!("{rt}/{id}");
-                if let Some(prev) = by_reference.insert(key, i)
-                    && prev != i
-                {
+            match raw.get("fullUrl") {
+                // bdl-7: fullUrl is unique in a bundle.
+                Some(Value::String(url)) if !url.is_empty() && !seen_urls.insert(url.as_str()) => {
                     issues.push(Issue::structure(
                         IssueType::Duplicate,
-                        format!("{at}.resource.id"),
-                        "two entries hold the same resource type and id",
+                        format!("{at}.fullUrl"),
+                        "two entries have the same fullUrl",
                     ));
                 }
+                Some(Value::String(url)) if !url.is_empty() => {}
+                None => {}
+                Some(_) => issues.push(Issue::structure(
+                    IssueType::Value,
+                    format!("{at}.fullUrl"),
+                    "fullUrl must be a non-empty uri",
+                )),
             }
-            entries.push(Entry {
-                resource_type: rt.to_owned(),
-                typed,
-                identifiers: identifiers(resource),
-            });
         }
-        if !matches!(entries[0].typed, Typed::MessageHeader(_)) {
+        let typed = index
+            .nodes()
+            .map(|n| {
+                if n.0 < raw_entries.len()
+                    && !raw_entries[n.0]
+                        .get("resource")
+                        .is_some_and(Value::is_object)
+                {
+                    return Typed::Invalid;
+                }
+                read_typed(index.resource(n), &index.path(n), &mut issues)
+            })
+            .collect();
+        // Only the resource type matters here: a MessageHeader that fails its model
+        // was reported where it fails.
+        if raw_entries[0].get("resource").is_some_and(Value::is_object)
+            && index.resource_type(Node(0)) != "MessageHeader"
+        {
             issues.push(Issue::structure(
                 IssueType::Structure,
                 "Bundle.entry[0].resource",
                 "the first entry of a message Bundle must be a MessageHeader",
             ));
         }
-        let parsed = Self {
+        Ok(Self {
             bundle_id,
-            entries,
-            by_reference,
+            index,
+            typed,
             issues,
-        };
-        let mut ref_issues = Vec::new();
-        for (i, raw) in raw_entries.iter().enumerate() {
-            if let Some(resource) = raw.get("resource") {
-                let mut path = format!("Bundle.entry[{i}].resource");
-                parsed.check_references(resource, &mut path, &mut ref_issues);
-            }
-        }
-        let mut parsed = parsed;
-        parsed.issues.extend(ref_issues);
-        Ok(parsed)
+        })
     }
 
-    /// Walks a resource and reports every literal reference that points at nothing in
-    /// the bundle. Contained references (`#id`) are local and skipped.
-    fn check_references(&self, value: &Value, path: &mut String, issues: &mut Vec<Issue>) {
-        match value {
-            Value::Object(map) => {
-                for (k, v) in map {
-                    let len = path.len();
-                    path.push('.');
-                    path.push_str(k);
-                    if k == "reference"
-                        && let Value::String(r) = v
-                    {
-                        if !r.starts_with('#') && self.resolve(r).is_none() {
-                            issues.push(Issue::structure(
-                                IssueType::NotFound,
-                                path.clone(),
-                                "this reference does not resolve to an entry in the bundle",
-                            ));
-                        }
-                    } else if k != "contained" {
-                        self.check_references(v, path, issues);
-                    }
-                    path.truncate(len);
-                }
-            }
-            Value::Array(items) => {
-                for (n, v) in items.iter().enumerate() {
-                    let len = path.len();
-                    path.push_str(&format!("[{n}]"));
-                    self.check_references(v, path, issues);
-                    path.truncate(len);
-                }
-            }
-            _ => {}
+    /// The resource a literal reference made in `from` points at.
+    pub fn resolve(&self, from: Node, reference: &str) -> Option<Node> {
+        self.index.resolve(from, reference)
+    }
+
+    pub fn resource_type(&self, n: Node) -> &str {
+        self.index.resource_type(n)
+    }
+
+    pub(super) fn typed(&self, n: Node) -> &Typed {
+        &self.typed[n.0]
+    }
+
+    /// The FHIRPath of an element of a resource; `rest` empty for the resource.
+    pub fn path(&self, n: Node, rest: &str) -> String {
+        let base = self.index.path(n);
+        if rest.is_empty() {
+            base
+        } else {
+            format!("{base}.{rest}")
         }
     }
 
-    /// The entry a literal reference points at: a `fullUrl`, `Type/id`, or an absolute
-    /// URL ending in `Type/id`.
-    pub fn resolve(&self, reference: &str) -> Option<EntryIndex> {
-        if let Some(i) = self.by_reference.get(reference) {
-            return Some(EntryIndex(*i));
+    /// `(system, value)` identifiers of a resource, ODS systems canonical.
+    pub fn identifiers_of(&self, n: Node) -> Vec<(String, String)> {
+        identifiers(self.index.resource(n))
+    }
+
+    pub(super) fn consents(&self) -> impl Iterator<Item = (Node, &Consent)> {
+        self.typed.iter().enumerate().filter_map(|(i, t)| match t {
+            Typed::Consent(c) => Some((Node(i), c.as_ref())),
+            _ => None,
+        })
+    }
+
+    /// Entries of types the gateway does not read, by type: named in the audit
+    /// record, never stored or forwarded.
+    pub fn ignored(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for n in (0..self.index.entries()).map(Node) {
+            let rt = self.index.resource_type(n);
+            if !rt.is_empty() && !types::is_used(rt) {
+                *out.entry(rt.to_owned()).or_insert(0) += 1;
+            }
         }
-        let mut parts = reference.rsplitn(3, '/');
-        let id = parts.next()?;
-        let rt = parts.next()?;
-        self.by_reference
-            .get(&format!("{rt}/{id}"))
-            .map(|i| EntryIndex(*i))
-    }
-
-    pub fn resource_type(&self, idx: EntryIndex) -> &str {
-        &self.entries[idx.0].resource_type
-    }
-
-    pub(super) fn typed(&self, idx: EntryIndex) -> &Typed {
-        &self.entries[idx.0].typed
-    }
-
-    /// `(system, value)` identifiers of an entry, ODS systems canonical.
-    pub fn identifiers_of(&self, idx: EntryIndex) -> Vec<(String, String)> {
-        self.entries[idx.0].identifiers.clone()
-    }
-
-    pub(super) fn consents(&self) -> impl Iterator<Item = (EntryIndex, &Consent)> {
-        self.entries
-            .iter()
-            .enumerate()
-            .filter_map(|(i, e)| match &e.typed {
-                Typed::Consent(c) => Some((EntryIndex(i), c.as_ref())),
-                _ => None,
-            })
+        out
     }
 }
 
-fn read_typed(rt: &str, resource: &Value, at: &str, issues: &mut Vec<Issue>) -> Typed {
-    fn read<T: DeserializeOwned>(
-        resource: &Value,
-        at: &str,
-        issues: &mut Vec<Issue>,
-    ) -> Option<Box<T>> {
-        match serde_path_to_error::deserialize::<_, T>(resource) {
-            Ok(t) => Some(Box::new(t)),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let expression = if inner.is_empty() || inner == "." {
-                    format!("{at}.resource")
-                } else {
-                    format!("{at}.resource.{inner}")
-                };
-                let (code, what) = describe(&e.into_inner().to_string());
-                issues.push(Issue::structure(code, expression, what));
-                None
+/// The message as the gateway keeps it: the entries of the types it reads, in order.
+pub fn without_ignored(mut bundle: Value) -> Value {
+    if let Some(entries) = bundle.get_mut("entry").and_then(Value::as_array_mut) {
+        entries.retain(|e| {
+            e.get("resource")
+                .and_then(|r| r.get("resourceType"))
+                .and_then(Value::as_str)
+                .is_some_and(types::is_used)
+        });
+    }
+    bundle
+}
+
+fn read<T: DeserializeOwned>(
+    resource: &Value,
+    at: &str,
+    issues: &mut Vec<Issue>,
+) -> Option<Box<T>> {
+    // A container is read without its contained resources; each of those is read on
+    // its own, so a problem in one is reported once, at its own path.
+    let stripped;
+    let resource = match resource.get("contained") {
+        Some(_) => {
+            let mut r = resource.clone();
+            if let Some(o) = r.as_object_mut() {
+                o.remove("contained");
             }
+            stripped = r;
+            &stripped
+        }
+        None => resource,
+    };
+    match serde_path_to_error::deserialize::<_, T>(resource) {
+        Ok(t) => Some(Box::new(t)),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let expression = if inner.is_empty() || inner == "." {
+                at.to_owned()
+            } else {
+                format!("{at}.{inner}")
+            };
+            let (code, what) = describe(&e.into_inner().to_string());
+            issues.push(Issue::structure(code, expression, what));
+            None
         }
     }
+}
+
+/// Checks a resource of a type the pipeline does not read against its model.
+macro_rules! check_other {
+    ($rt:expr, $resource:expr, $at:expr, $issues:expr; $($t:ident),* $(,)?) => {
+        match $rt {
+            $(stringify!($t) => read::<fhir_sdk::r4b::resources::$t>($resource, $at, $issues).map(|_| Typed::Other),)*
+            _ => Some(Typed::Other),
+        }
+    };
+}
+
+fn read_typed(resource: &Value, at: &str, issues: &mut Vec<Issue>) -> Typed {
+    let rt = resource
+        .get("resourceType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let typed = match rt {
         "MessageHeader" => read(resource, at, issues).map(Typed::MessageHeader),
         "ServiceRequest" => read(resource, at, issues).map(Typed::ServiceRequest),
         "Patient" => read(resource, at, issues).map(Typed::Patient),
-        "PractitionerRole" => read(resource, at, issues).map(Typed::PractitionerRole),
         "Organization" => read(resource, at, issues).map(Typed::Organization),
         "Consent" => read(resource, at, issues).map(Typed::Consent),
-        "Practitioner" => read::<Practitioner>(resource, at, issues).map(|_| Typed::Other),
-        "Condition" => read::<Condition>(resource, at, issues).map(|_| Typed::Other),
-        "QuestionnaireResponse" => {
-            read::<QuestionnaireResponse>(resource, at, issues).map(|_| Typed::Other)
-        }
-        "Flag" => read::<Flag>(resource, at, issues).map(|_| Typed::Other),
-        "Observation" => read::<Observation>(resource, at, issues).map(|_| Typed::Other),
         "" => {
             issues.push(Issue::structure(
                 IssueType::Required,
-                format!("{at}.resource.resourceType"),
+                format!("{at}.resourceType"),
                 "each resource needs a resourceType",
             ));
             None
         }
-        _ => {
-            issues.push(Issue::structure(
-                IssueType::NotSupported,
-                format!("{at}.resource.resourceType"),
-                format!(
-                    "this resource type is not part of the referral message; allowed: {}",
-                    ALLOWED_TYPES.join(", ")
+        _ => match types::kind(rt) {
+            Kind::Modelled => check_other!(rt, resource, at, issues;
+            Account,
+            ActivityDefinition,
+            AdverseEvent,
+            AllergyIntolerance,
+            Appointment,
+            AppointmentResponse,
+            AuditEvent,
+            Basic,
+            Binary,
+            BiologicallyDerivedProduct,
+            BodyStructure,
+            Bundle,
+            CapabilityStatement,
+            CarePlan,
+            CareTeam,
+            CatalogEntry,
+            ChargeItem,
+            ChargeItemDefinition,
+            Claim,
+            ClaimResponse,
+            ClinicalImpression,
+            CodeSystem,
+            Communication,
+            CommunicationRequest,
+            CompartmentDefinition,
+            Composition,
+            ConceptMap,
+            Condition,
+            Contract,
+            Coverage,
+            CoverageEligibilityRequest,
+            CoverageEligibilityResponse,
+            DetectedIssue,
+            Device,
+            DeviceDefinition,
+            DeviceMetric,
+            DeviceRequest,
+            DeviceUseStatement,
+            DiagnosticReport,
+            DocumentManifest,
+            DocumentReference,
+            Encounter,
+            Endpoint,
+            EnrollmentRequest,
+            EnrollmentResponse,
+            EpisodeOfCare,
+            EventDefinition,
+            ExampleScenario,
+            ExplanationOfBenefit,
+            FamilyMemberHistory,
+            Flag,
+            Goal,
+            GraphDefinition,
+            Group,
+            GuidanceResponse,
+            HealthcareService,
+            ImagingStudy,
+            Immunization,
+            ImmunizationEvaluation,
+            ImmunizationRecommendation,
+            ImplementationGuide,
+            InsurancePlan,
+            Invoice,
+            Library,
+            Linkage,
+            List,
+            Location,
+            Measure,
+            MeasureReport,
+            Media,
+            Medication,
+            MedicationAdministration,
+            MedicationDispense,
+            MedicationKnowledge,
+            MedicationRequest,
+            MedicationStatement,
+            MessageDefinition,
+            MolecularSequence,
+            NamingSystem,
+            NutritionOrder,
+            Observation,
+            ObservationDefinition,
+            OperationDefinition,
+            OperationOutcome,
+            OrganizationAffiliation,
+            Parameters,
+            PaymentNotice,
+            PaymentReconciliation,
+            Person,
+            PlanDefinition,
+            Practitioner,
+            PractitionerRole,
+            Procedure,
+            Provenance,
+            Questionnaire,
+            QuestionnaireResponse,
+            RelatedPerson,
+            RequestGroup,
+            ResearchDefinition,
+            ResearchElementDefinition,
+            ResearchStudy,
+            ResearchSubject,
+            RiskAssessment,
+            Schedule,
+            SearchParameter,
+            Slot,
+            Specimen,
+            SpecimenDefinition,
+            StructureDefinition,
+            StructureMap,
+            Subscription,
+            Substance,
+            SupplyDelivery,
+            SupplyRequest,
+            Task,
+            TerminologyCapabilities,
+            TestReport,
+            TestScript,
+            ValueSet,
+            VerificationResult,
+            VisionPrescription
                 ),
-            ));
-            None
-        }
+            Kind::ShapeOnly => Some(Typed::Other),
+            Kind::Unknown => {
+                issues.push(Issue::structure(
+                    IssueType::NotSupported,
+                    format!("{at}.resourceType"),
+                    "this is not an R4 resource type",
+                ));
+                None
+            }
+        },
     };
     typed.unwrap_or(Typed::Invalid)
 }
-
 /// Turns a serde message into the gateway's own words. serde quotes offending values
 /// (`invalid type: string "..."`), which could be patient data, so only the shape of
 /// the message is kept: field names and expected types, never the value.

@@ -10,11 +10,12 @@
 mod bundle;
 mod dates;
 
-pub use bundle::{EntryIndex, ParsedBundle};
+pub use bundle::ParsedBundle;
 pub use dates::{lower_bound, upper_bound};
 
 use crate::consent::ConsentFacts;
 use crate::domain::{NHS_NUMBER_SYSTEM, NhsNumber, NhsNumberError, OdsCode};
+use crate::fhir::bundle::Node;
 use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use crate::routing::Routing;
 use bundle::Typed;
@@ -24,6 +25,7 @@ use fhir_sdk::r4b::{
     types::{CodeableConcept, Identifier, Reference},
 };
 use fhir_sdk::time::{Date, OffsetDateTime};
+use std::collections::BTreeMap;
 
 pub const SNOMED: &str = "http://snomed.info/sct";
 pub const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
@@ -41,8 +43,8 @@ pub struct Context<'a> {
 pub struct Envelope {
     /// `Bundle.id`: echoed as `response.identifier`.
     pub bundle_id: String,
-    /// `MessageHeader.id`: a repeat is a duplicate.
-    pub message_header_id: String,
+    /// `MessageHeader.id` when sent: a repeat is a duplicate.
+    pub message_header_id: Option<String>,
     /// The referring GP practice, canonical ODS code.
     pub practice: OdsCode,
     /// `MessageHeader.source.endpoint`: where asynchronous answers go.
@@ -51,6 +53,9 @@ pub struct Envelope {
     pub sender_identifiers: Vec<(String, String)>,
     /// The sender's `ServiceRequest.id`, which may be the gateway's referral id.
     pub service_request_id: Option<String>,
+    /// Entries of types the gateway does not read, counted by type (for the audit
+    /// record; their content is dropped).
+    pub ignored: BTreeMap<String, usize>,
 }
 
 /// A valid new referral, still holding identified data: only the store and (later)
@@ -133,53 +138,53 @@ pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, Rejection> {
 
 /// Validates a parsed body against the gateway's MessageDefinition.
 pub fn validate(value: serde_json::Value, ctx: &Context<'_>) -> Checked {
-    let parsed = match ParsedBundle::parse(&value) {
-        Ok(p) => p,
-        Err(r) => {
-            return Checked {
-                practice: None,
-                result: Err(r),
-            };
-        }
-    };
-    let mut v = Validator {
-        b: &parsed,
-        issues: parsed.issues.clone(),
-        ctx,
-    };
-    let focus = v.focus_index();
-    let practice = focus.and_then(|sr| v.practice(sr));
-    let message = v.message(focus, practice.clone());
-    let result = match (Rejection::from_issues(v.issues), message) {
-        (Some(r), _) => Err(r),
-        (None, Some(mut m)) => {
-            if let Message::New(n) = &mut m {
-                n.bundle = value;
+    let (practice, result) = {
+        let parsed = match ParsedBundle::parse(&value) {
+            Ok(p) => p,
+            Err(r) => {
+                return Checked {
+                    practice: None,
+                    result: Err(r),
+                };
             }
-            Ok(m)
-        }
-        (None, None) => Err(Rejection::one(Issue::new(
-            RecCode::BadRequest,
-            IssueType::Structure,
-            "the message could not be read as a referral",
-        ))),
+        };
+        let ignored = parsed.ignored();
+        let mut v = Validator {
+            b: &parsed,
+            issues: parsed.issues.clone(),
+            ctx,
+        };
+        let focus = v.focus_index();
+        let practice = focus.and_then(|sr| v.practice(sr));
+        let message = v.message(focus, practice.clone(), ignored);
+        let result = match (Rejection::from_issues(v.issues), message) {
+            (Some(r), _) => Err(r),
+            (None, Some(m)) => Ok(m),
+            (None, None) => Err(Rejection::one(Issue::new(
+                RecCode::BadRequest,
+                IssueType::Structure,
+                "the message could not be read as a referral",
+            ))),
+        };
+        (practice, result)
     };
+    let result = result.map(|mut m| {
+        if let Message::New(n) = &mut m {
+            n.bundle = bundle::without_ignored(value);
+        }
+        m
+    });
     Checked { practice, result }
 }
 
 struct Validator<'a> {
-    b: &'a ParsedBundle,
+    b: &'a ParsedBundle<'a>,
     issues: Vec<Issue>,
     ctx: &'a Context<'a>,
 }
 
-fn path(entry: EntryIndex, rest: &str) -> String {
-    if rest.is_empty() {
-        format!("Bundle.entry[{}].resource", entry.0)
-    } else {
-        format!("Bundle.entry[{}].resource.{rest}", entry.0)
-    }
-}
+/// The MessageHeader is always the first entry.
+const HEADER: Node = Node(0);
 
 fn codes_in<'c>(cc: &'c CodeableConcept, system: &'c str) -> impl Iterator<Item = &'c str> + 'c {
     cc.coding
@@ -201,15 +206,21 @@ impl Validator<'_> {
         self.issues.push(issue);
     }
 
-    /// Resolves a literal reference; reports it at `at` when it is absent or points
-    /// elsewhere than one of `types`.
+    fn path(&self, n: Node, rest: &str) -> String {
+        self.b.path(n, rest)
+    }
+
+    /// Resolves a reference the gateway needs, made in `from`: reports it at `at` when
+    /// it is absent, resolves to nothing in the bundle, or points elsewhere than one of
+    /// `types`.
     fn resolve(
         &mut self,
+        from: Node,
         reference: Option<&Reference>,
         at: String,
         types: &[&str],
         what: &str,
-    ) -> Option<EntryIndex> {
+    ) -> Option<Node> {
         let Some(r) = reference.and_then(|r| r.reference.as_deref()) else {
             self.push(Issue::structure(
                 IssueType::Required,
@@ -218,11 +229,17 @@ impl Validator<'_> {
             ));
             return None;
         };
-        // Unresolvable references were already reported by the bundle pass.
-        let idx = self.b.resolve(r)?;
-        let rt = self.b.resource_type(idx);
+        let Some(target) = self.b.resolve(from, r) else {
+            self.push(Issue::structure(
+                IssueType::NotFound,
+                format!("{at}.reference"),
+                format!("{what} does not resolve to a resource in the bundle"),
+            ));
+            return None;
+        };
+        let rt = self.b.resource_type(target);
         if types.contains(&rt) {
-            Some(idx)
+            Some(target)
         } else {
             self.push(Issue::structure(
                 IssueType::Invalid,
@@ -233,85 +250,75 @@ impl Validator<'_> {
         }
     }
 
-    /// The referring practice: requester -> PractitionerRole.organization or
-    /// Organization, else MessageHeader.sender.
-    fn practice(&mut self, sr_idx: EntryIndex) -> Option<OdsCode> {
-        let Typed::ServiceRequest(sr) = self.b.typed(sr_idx) else {
+    /// The referring practice, from the first of these that gives an ODS code:
+    /// requester PractitionerRole.organization; for a Practitioner requester, a
+    /// PractitionerRole in the bundle for them; an Organization requester; and only
+    /// then MessageHeader.sender.
+    fn practice(&mut self, sr: Node) -> Option<OdsCode> {
+        let Typed::ServiceRequest(request) = self.b.typed(sr) else {
             return None;
         };
-        let requester = self.resolve(
-            sr.requester.as_ref(),
-            path(sr_idx, "requester"),
+        let at = self.path(sr, "requester");
+        self.resolve(
+            sr,
+            request.requester.as_ref(),
+            at.clone(),
             &["PractitionerRole", "Practitioner", "Organization"],
             "ServiceRequest.requester",
         )?;
-        let org = match self.b.typed(requester) {
-            Typed::Organization(_) => Some(requester),
-            Typed::PractitionerRole(role) => self.resolve(
-                role.organization.as_ref(),
-                path(requester, "organization"),
-                &["Organization"],
-                "PractitionerRole.organization (the GP practice)",
-            ),
-            _ => {
-                let Typed::MessageHeader(h) = self.b.typed(EntryIndex(0)) else {
-                    return None;
-                };
-                self.resolve(
-                    h.sender.as_ref(),
-                    path(EntryIndex(0), "sender"),
-                    &["Organization"],
-                    "MessageHeader.sender (the GP practice)",
-                )
-            }
-        }?;
-        let Typed::Organization(o) = self.b.typed(org) else {
-            return None;
-        };
-        let found = o.identifier.iter().enumerate().find_map(|(k, i)| {
-            let i = i.as_ref()?;
-            OdsCode::is_ods_system(i.system.as_deref()?).then_some((k, i.value.as_deref()))
-        });
-        match found {
-            Some((k, Some(v))) => match OdsCode::parse(v) {
-                Ok(code) => Some(code),
-                Err(e) => {
-                    self.push(Issue::structure(
-                        IssueType::Value,
-                        path(org, &format!("identifier[{k}].value")),
-                        e.to_string(),
-                    ));
-                    None
-                }
-            },
-            _ => {
-                self.push(Issue::structure(
-                    IssueType::Required,
-                    path(org, "identifier"),
-                    "the GP practice Organization needs an ODS code identifier (https://fhir.nhs.uk/Id/ods-organization-code)",
-                ));
-                None
+        for org in self.b.index.practice_candidates(sr) {
+            let Typed::Organization(o) = self.b.typed(org) else {
+                continue;
+            };
+            let found = o.identifier.iter().enumerate().find_map(|(k, i)| {
+                let i = i.as_ref()?;
+                OdsCode::is_ods_system(i.system.as_deref()?).then_some((k, i.value.as_deref()))
+            });
+            match found {
+                Some((k, Some(v))) => match OdsCode::parse(v) {
+                    Ok(code) => return Some(code),
+                    Err(e) => {
+                        let at = self.path(org, &format!("identifier[{k}].value"));
+                        self.push(Issue::structure(IssueType::Value, at, e.to_string()));
+                        return None;
+                    }
+                },
+                _ => continue,
             }
         }
+        // Reported on the practice Organization the requester leads to, if any.
+        let at = match self.b.index.practice_candidates(sr).first() {
+            Some(&org) => self.path(org, "identifier"),
+            None => at,
+        };
+        self.push(Issue::structure(
+            IssueType::Required,
+            at,
+            "the GP practice Organization needs an ODS code identifier (https://fhir.nhs.uk/Id/ods-organization-code); it is looked for on the requester's Organization (through its PractitionerRole), then on MessageHeader.sender",
+        ));
+        None
     }
 
-    /// The index of the ServiceRequest in `MessageHeader.focus`.
-    fn focus_index(&mut self) -> Option<EntryIndex> {
-        let Typed::MessageHeader(h) = self.b.typed(EntryIndex(0)) else {
+    /// The ServiceRequest in `MessageHeader.focus`.
+    fn focus_index(&mut self) -> Option<Node> {
+        let Typed::MessageHeader(h) = self.b.typed(HEADER) else {
             return None;
         };
         let focus: Vec<&Reference> = h.focus.iter().flatten().collect();
         if focus.len() != 1 {
+            let at = self.path(HEADER, "focus");
             self.push(Issue::structure(
                 IssueType::Required,
-                path(EntryIndex(0), "focus"),
+                at,
                 "MessageHeader.focus must hold exactly one reference, to the ServiceRequest",
             ));
             return None;
         }
+        let at = self.path(HEADER, "focus[0]");
         self.resolve(
+            HEADER,
             Some(focus[0]),
-            path(EntryIndex(0), "focus[0]"),
+            at,
             &["ServiceRequest"],
             "MessageHeader.focus",
         )
@@ -319,24 +326,28 @@ impl Validator<'_> {
 
     fn message(
         &mut self,
-        sr_idx: Option<EntryIndex>,
+        sr_idx: Option<Node>,
         practice: Option<OdsCode>,
+        ignored: BTreeMap<String, usize>,
     ) -> Option<Message> {
-        let Typed::MessageHeader(h) = self.b.typed(EntryIndex(0)) else {
-            // The bundle pass reported the missing MessageHeader.
+        let Typed::MessageHeader(h) = self.b.typed(HEADER) else {
+            // The bundle pass reported the missing or invalid MessageHeader.
             return None;
         };
-        let header_id = h.id.clone();
+        let header_id = h.id.clone().filter(|id| !id.is_empty());
         let source_endpoint = h.source.endpoint.clone();
         match &h.event {
             MessageHeaderEvent::Coding(c)
                 if c.system.as_deref() == Some(MESSAGE_EVENTS)
                     && c.code.as_deref() == Some("servicerequest-request") => {}
-            _ => self.push(Issue::structure(
+            _ => {
+                let at = self.path(HEADER, "eventCoding");
+                self.push(Issue::structure(
                 IssueType::Value,
-                path(EntryIndex(0), "eventCoding"),
+                at,
                 "MessageHeader.eventCoding must be https://fhir.nhs.uk/CodeSystem/message-events-bars|servicerequest-request",
-            )),
+            ))
+            }
         }
         let reason = h
             .reason
@@ -346,30 +357,24 @@ impl Validator<'_> {
             Some("new") => Some(true),
             Some("update") => Some(false),
             Some(_) => {
+                let at = self.path(HEADER, "reason");
                 self.push(Issue::business(
                     IssueType::NotSupported,
-                    path(EntryIndex(0), "reason"),
+                    at,
                     "MessageHeader.reason: the gateway accepts `new` and `update` messages only",
                 ));
                 None
             }
             None => {
+                let at = self.path(HEADER, "reason");
                 self.push(Issue::structure(
                     IssueType::Required,
-                    path(EntryIndex(0), "reason"),
+                    at,
                     "MessageHeader.reason needs a https://fhir.nhs.uk/CodeSystem/message-reason-bars code (new or update)",
                 ));
                 None
             }
         };
-        let header_id = header_id.unwrap_or_else(|| {
-            self.push(Issue::structure(
-                IssueType::Required,
-                path(EntryIndex(0), "id"),
-                "MessageHeader.id is required",
-            ));
-            String::new()
-        });
 
         let (Some(sr_idx), Some(practice), Some(is_new)) = (sr_idx, practice, reason) else {
             return None;
@@ -384,11 +389,14 @@ impl Validator<'_> {
             source_endpoint,
             sender_identifiers: identifier_pairs(&sr.identifier),
             service_request_id: sr.id.clone(),
+            ignored,
         };
 
+        let at = self.path(sr_idx, "subject");
         let patient = self.resolve(
+            sr_idx,
             Some(&sr.subject),
-            path(sr_idx, "subject"),
+            at,
             &["Patient"],
             "ServiceRequest.subject",
         );
@@ -396,16 +404,18 @@ impl Validator<'_> {
 
         if is_new {
             if sr.status != RequestStatus::Active {
+                let at = self.path(sr_idx, "status");
                 self.push(Issue::business(
                     IssueType::Value,
-                    path(sr_idx, "status"),
+                    at,
                     "a new referral's ServiceRequest.status must be `active`",
                 ));
             }
             if !matches!(sr.intent, RequestIntent::Plan | RequestIntent::Order) {
+                let at = self.path(sr_idx, "intent");
                 self.push(Issue::business(
                     IssueType::Value,
-                    path(sr_idx, "intent"),
+                    at,
                     "ServiceRequest.intent must be `plan` or `order`",
                 ));
             }
@@ -443,13 +453,18 @@ impl Validator<'_> {
             } else if withdraw {
                 UpdateAction::WithdrawConsent
             } else {
+                let at = self.path(sr_idx, "status");
                 self.push(Issue::business(
                     IssueType::NotSupported,
-                    path(sr_idx, "status"),
+                    at,
                     "an update must cancel the referral (ServiceRequest.status `revoked` or `entered-in-error`) or withdraw consent (a Consent with status `inactive` or `rejected`)",
                 ));
                 return None;
             };
+            if let Some(p) = patient {
+                // Only for the references each Consent must resolve.
+                let _ = self.consents(p);
+            }
             Some(Message::Update(UpdateRequest {
                 envelope,
                 action,
@@ -458,7 +473,7 @@ impl Validator<'_> {
         }
     }
 
-    fn nhs_number(&mut self, patient: EntryIndex) -> Option<NhsNumber> {
+    fn nhs_number(&mut self, patient: Node) -> Option<NhsNumber> {
         let Typed::Patient(p) = self.b.typed(patient) else {
             return None;
         };
@@ -478,7 +493,7 @@ impl Validator<'_> {
                     };
                     self.push(Issue::business(
                         code,
-                        path(patient, &format!("identifier[{k}].value")),
+                        self.path(patient, &format!("identifier[{k}].value")),
                         e.to_string(),
                     ));
                     None
@@ -487,7 +502,7 @@ impl Validator<'_> {
             _ => {
                 self.push(Issue::structure(
                     IssueType::Required,
-                    path(patient, "identifier"),
+                    self.path(patient, "identifier"),
                     "the Patient needs an NHS number identifier (https://fhir.nhs.uk/Id/nhs-number)",
                 ));
                 None
@@ -495,11 +510,11 @@ impl Validator<'_> {
         }
     }
 
-    fn referral_code(&mut self, sr: EntryIndex, code: Option<&CodeableConcept>) -> Option<String> {
+    fn referral_code(&mut self, sr: Node, code: Option<&CodeableConcept>) -> Option<String> {
         let Some(code) = code else {
             self.push(Issue::structure(
                 IssueType::Required,
-                path(sr, "code"),
+                self.path(sr, "code"),
                 "ServiceRequest.code is required: a SNOMED CT employment support referral code",
             ));
             return None;
@@ -508,21 +523,21 @@ impl Validator<'_> {
         if found.is_none() {
             self.push(Issue::business(
                 IssueType::Value,
-                path(sr, "code"),
+                self.path(sr, "code"),
                 "ServiceRequest.code is not an employment support referral code the gateway accepts (see MessageDefinition)",
             ));
         }
         found.map(str::to_owned)
     }
 
-    fn age(&mut self, patient: EntryIndex, on: Date) {
+    fn age(&mut self, patient: Node, on: Date) {
         let Typed::Patient(p) = self.b.typed(patient) else {
             return;
         };
         let Some(birth) = p.birth_date.as_ref() else {
             self.push(Issue::structure(
                 IssueType::Required,
-                path(patient, "birthDate"),
+                self.path(patient, "birthDate"),
                 "Patient.birthDate is required to check the programme's minimum age",
             ));
             return;
@@ -536,13 +551,13 @@ impl Validator<'_> {
         if born > on {
             self.push(Issue::business(
                 IssueType::Value,
-                path(patient, "birthDate"),
+                self.path(patient, "birthDate"),
                 "Patient.birthDate is after the referral date",
             ));
         } else if years < i32::from(self.ctx.minimum_age_years) {
             self.push(Issue::business(
                 IssueType::BusinessRule,
-                path(patient, "birthDate"),
+                self.path(patient, "birthDate"),
                 format!(
                     "the patient must be at least {} years old on the referral date",
                     self.ctx.minimum_age_years
@@ -551,34 +566,49 @@ impl Validator<'_> {
         }
     }
 
-    fn consents(&mut self, patient: EntryIndex) -> Vec<ConsentFacts> {
+    fn consents(&mut self, patient: Node) -> Vec<ConsentFacts> {
         let consents: Vec<_> = self.b.consents().collect();
         let mut out = Vec::new();
         for (idx, c) in consents {
-            let about_patient = c
-                .patient
-                .as_ref()
-                .and_then(|r| r.reference.as_deref())
-                .and_then(|r| self.b.resolve(r))
-                == Some(patient);
+            let about_patient = match c.patient.as_ref().and_then(|r| r.reference.as_deref()) {
+                Some(r) => match self.b.resolve(idx, r) {
+                    Some(target) => target == patient,
+                    None => {
+                        self.push(Issue::structure(
+                            IssueType::NotFound,
+                            self.path(idx, "patient.reference"),
+                            "Consent.patient does not resolve to a resource in the bundle",
+                        ));
+                        false
+                    }
+                },
+                None => false,
+            };
             let mut actors = Vec::new();
             if let Some(p) = &c.provision {
-                for a in p.actor.iter().flatten() {
+                for (k, a) in p.actor.iter().enumerate() {
+                    let Some(a) = a else { continue };
                     if let Some(i) = &a.reference.identifier {
                         actors.extend(identifier_pairs(std::slice::from_ref(&Some(i.clone()))));
                     }
-                    if let Some(target) = a
-                        .reference
-                        .reference
-                        .as_deref()
-                        .and_then(|r| self.b.resolve(r))
-                    {
-                        actors.extend(self.b.identifiers_of(target));
+                    if let Some(r) = a.reference.reference.as_deref() {
+                        match self.b.resolve(idx, r) {
+                            Some(target) => actors.extend(self.b.identifiers_of(target)),
+                            // The gate must know who the consent names.
+                            None if a.reference.identifier.is_none() => {
+                                self.push(Issue::structure(
+                                    IssueType::NotFound,
+                                    self.path(idx, &format!("provision.actor[{k}].reference.reference")),
+                                    "a consent actor must resolve to a resource in the bundle or carry an identifier",
+                                ));
+                            }
+                            None => {}
+                        }
                     }
                 }
             }
             out.push(ConsentFacts {
-                expression: path(idx, ""),
+                expression: self.path(idx, ""),
                 status: c.status,
                 about_patient,
                 date_time: c.date_time.as_ref().map(dates::lower_bound),
@@ -614,6 +644,3 @@ impl Validator<'_> {
         out
     }
 }
-
-#[cfg(test)]
-mod tests;

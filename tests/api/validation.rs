@@ -86,11 +86,11 @@ fn cases() -> Vec<Case> {
             expression: "Bundle.entry[9].resource.resourceType",
         },
         Case {
-            name: "a FHIR resource type the message does not allow",
+            name: "a resource type that came after R4",
             body: changed(|v| {
                 v["entry"].as_array_mut().unwrap().push(json!({
                     "fullUrl": "urn:uuid:00000000-0000-4000-8000-0000000000fe",
-                    "resource": {"resourceType": "Medication", "id": "m"}
+                    "resource": {"resourceType": "SubscriptionTopic", "id": "m"}
                 }))
             }),
             status: 400,
