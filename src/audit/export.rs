@@ -108,28 +108,42 @@ pub fn record_from_json(v: &Value) -> Option<AuditRow> {
     })
 }
 
-/// BALP event type and subtype for an action.
-fn event_type(action: &str) -> (Value, Option<Value>, &'static str) {
+/// BALP profiles the records claim.
+const BALP: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit";
+/// BALP's entity types (`XrequestId`: the request's X-Request-Id).
+const BALP_ENTITY_TYPES: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
+
+/// BALP event type, subtypes, action and the profile claimed (if any) for an action.
+fn event_type(action: &str) -> (Value, Vec<Value>, &'static str, Option<String>) {
     let rest =
         |code: &str| json!({"system": "http://hl7.org/fhir/restful-interaction", "code": code});
     let rest_type = json!({"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "RESTful Operation"});
     if action.starts_with("delivery.") {
-        // A disclosure to a recipient (BALP PrivacyDisclosure).
+        // A disclosure to a recipient, recorded at its source.
         return (
-            json!({"system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle", "code": "disclose", "display": "Disclose Record Lifecycle Event"}),
-            None,
-            "E",
+            json!({"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110106", "display": "Export"}),
+            vec![
+                json!({"system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle", "code": "disclose", "display": "Disclose Record Lifecycle Event"}),
+            ],
+            "R",
+            Some(format!("{BALP}.PrivacyDisclosure.Source")),
         );
     }
-    let (sub, act) = match action {
-        "referral.new" | "referral.message" => ("create", "C"),
-        "referral.cancel" | "referral.withdraw-consent" | "referral.event" => ("update", "U"),
-        a if a.ends_with(".read") || a.starts_with("audit.") || a.starts_with("report.") => {
-            ("search", "R")
+    let (sub, act, profile) = match action {
+        "referral.new" | "referral.message" => ("create", "C", Some("Create")),
+        "referral.cancel" | "referral.withdraw-consent" | "referral.event" => {
+            ("update", "U", Some("Update"))
         }
-        _ => ("operation", "E"),
+        a if a.ends_with(".read") => ("read", "R", Some("Read")),
+        a if a.starts_with("audit.") || a.starts_with("report.") => ("search", "R", None),
+        _ => ("operation", "E", None),
     };
-    (rest_type, Some(rest(sub)), act)
+    (
+        rest_type,
+        vec![rest(sub)],
+        act,
+        profile.map(|p| format!("{BALP}.{p}")),
+    )
 }
 
 fn outcome_code(outcome: &str, status: Option<i32>) -> &'static str {
@@ -143,7 +157,7 @@ fn outcome_code(outcome: &str, status: Option<i32>) -> &'static str {
 
 /// One record as a BALP-style `AuditEvent`.
 pub fn audit_event(r: &AuditRow) -> Value {
-    let (kind, subtype, action) = event_type(&r.action);
+    let (kind, subtypes, action, profile) = event_type(&r.action);
     // The gateway answers a caller (destination) or, delivering on its own, sends
     // (source); a caller is always the source of its request.
     let (code, display) = match r.client_id {
@@ -189,6 +203,12 @@ pub fn audit_event(r: &AuditRow) -> Value {
             "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "4", "display": "Domain Resource"},
         }));
     }
+    if let Some(request) = &r.request_id {
+        entities.push(json!({
+            "what": {"identifier": {"value": request}},
+            "type": {"system": BALP_ENTITY_TYPES, "code": "XrequestId", "display": "X-Request-Id"},
+        }));
+    }
     let detail: Value = serde_json::from_str(&r.detail).unwrap_or(Value::Null);
     if let Some(consent) = detail.get("consent").filter(|c| !c.is_null()) {
         // The consent that authorised the disclosure (its summary: ids and codes).
@@ -221,8 +241,11 @@ pub fn audit_event(r: &AuditRow) -> Value {
             "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4", "display": "Application Server"}],
         },
     });
-    if let Some(subtype) = subtype {
-        event["subtype"] = json!([subtype]);
+    if !subtypes.is_empty() {
+        event["subtype"] = json!(subtypes);
+    }
+    if let Some(profile) = profile {
+        event["meta"] = json!({"profile": [profile]});
     }
     if !entities.is_empty() {
         event["entity"] = json!(entities);
@@ -257,20 +280,19 @@ pub fn fhir_bundle(rows: &[AuditRow], checkpoints: &[CheckpointRow]) -> Value {
     let last = rows.last().and_then(|r| r.seq).unwrap_or(-1);
     let mut entries: Vec<Value> = rows
         .iter()
-        .map(|r| json!({"fullUrl": format!("AuditEvent/{}", r.seq.unwrap_or(r.id)), "resource": audit_event(r)}))
+        .map(|r| json!({"fullUrl": crate::fhir::full_url("AuditEvent", &r.seq.unwrap_or(r.id).to_string()), "resource": audit_event(r)}))
         .collect();
     entries.extend(
         checkpoints
             .iter()
             .filter(|c| (first..=last).contains(&c.seq))
-            .map(|c| json!({"fullUrl": format!("Provenance/checkpoint-{}", c.seq), "resource": checkpoint_provenance(c)})),
+            .map(|c| json!({"fullUrl": crate::fhir::full_url("Provenance", &format!("checkpoint-{}", c.seq)), "resource": checkpoint_provenance(c)})),
     );
     json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "type": "collection",
         "timestamp": instant(OffsetDateTime::now_utc()),
-        "total": rows.len(),
         "entry": entries,
     })
 }

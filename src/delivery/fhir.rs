@@ -16,15 +16,39 @@ pub struct ReferralIds<'a> {
     pub reference: &'a str,
     pub programme: &'a str,
     pub provider: &'a str,
+    pub receiver: &'a Receiver,
 }
 
+/// The provider a message is for: `MessageHeader.destination`.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    pub endpoint: String,
+    /// `(system, value)`: the provider's first identifier in the routing file.
+    pub identifier: Option<(String, String)>,
+    pub name: String,
+}
+
+impl Receiver {
+    fn destination(&self) -> Value {
+        let mut receiver = json!({"display": self.name});
+        if let Some((system, value)) = &self.identifier {
+            receiver["identifier"] = json!({"system": system, "value": value});
+        }
+        json!([{"endpoint": self.endpoint, "receiver": receiver}])
+    }
+}
+
+/// An entry with an absolute `fullUrl` made from the resource's id (a new UUID when it
+/// has none).
 fn entry(resource: Value) -> (String, Value) {
-    let id = uuid::Uuid::new_v4().to_string();
-    let url = format!("urn:uuid:{id}");
     let mut resource = resource;
     if resource.get("id").is_none() {
-        resource["id"] = json!(id);
+        resource["id"] = json!(uuid::Uuid::new_v4().to_string());
     }
+    let url = crate::fhir::full_url(
+        resource["resourceType"].as_str().unwrap_or_default(),
+        resource["id"].as_str().unwrap_or_default(),
+    );
     (url.clone(), json!({"fullUrl": url, "resource": resource}))
 }
 
@@ -38,12 +62,13 @@ fn answer(value: &Value) -> Value {
     }
 }
 
-fn header(reason: &str, focus: &str, now: &str) -> (String, Value) {
+fn header(reason: &str, focus: &str, receiver: &Receiver, now: &str) -> (String, Value) {
     entry(json!({
         "resourceType": "MessageHeader",
         "eventCoding": {"system": MESSAGE_EVENTS, "code": "servicerequest-request"},
         "reason": {"coding": [{"system": MESSAGE_REASONS, "code": reason}]},
-        "source": {"name": "thrive-gateway", "endpoint": "https://thrive-gateway.nhs.uk/fhir/r4"},
+        "destination": receiver.destination(),
+        "source": {"name": "thrive-gateway", "endpoint": crate::fhir::BASE},
         "focus": [{"reference": focus}],
         "meta": {"lastUpdated": now},
     }))
@@ -100,7 +125,7 @@ pub fn referral(
         "subject": {"reference": patient_url},
         "supportingInfo": [{"reference": qr_url}],
     }));
-    let (_, header) = header("new", &sr_url, now);
+    let (_, header) = header("new", &sr_url, ids.receiver, now);
     bundle(now, vec![header, sr, patient, qr])
 }
 
@@ -116,6 +141,6 @@ pub fn notice(ids: &ReferralIds<'_>, kind: &str, now: &str) -> Value {
         "subject": {"display": "the patient of the original referral"},
         "note": [{"text": format!("{kind}: stop work on this referral")}],
     }));
-    let (_, header) = header("update", &sr_url, now);
+    let (_, header) = header("update", &sr_url, ids.receiver, now);
     bundle(now, vec![header, sr])
 }

@@ -49,6 +49,8 @@ const MILESTONE: &str = "milestone";
 struct Recipient {
     client: ProviderClient,
     keys: Option<PseudonymKeys>,
+    /// Who receives, as FHIR messages name it in `MessageHeader.destination`.
+    receiver: fhir::Receiver,
 }
 
 /// The outbox worker. Cheap to clone; clones share everything.
@@ -121,7 +123,19 @@ impl Deliverer {
             };
             let client = ProviderClient::new(config)
                 .map_err(|e| DeliverySetupError::Client(id.clone(), e))?;
-            recipients.insert(provider.id.clone(), Recipient { client, keys });
+            let receiver = fhir::Receiver {
+                endpoint: config.endpoint.clone(),
+                identifier: provider.identifiers.first().cloned(),
+                name: provider.name.clone(),
+            };
+            recipients.insert(
+                provider.id.clone(),
+                Recipient {
+                    client,
+                    keys,
+                    receiver,
+                },
+            );
         }
         let mut callbacks = HashMap::new();
         for (id, callback) in &settings.gp_callbacks {
@@ -405,6 +419,7 @@ impl Deliverer {
             reference: &d.reference,
             programme: &d.programme,
             provider: provider.as_str(),
+            receiver: &recipient.receiver,
         };
         let stamp = now
             .format(&fhir_sdk::time::format_description::well_known::Rfc3339)

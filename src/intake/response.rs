@@ -4,6 +4,7 @@
 
 use super::process::Outcome;
 use crate::domain::ODS_SYSTEM;
+use crate::fhir::{BASE, full_url};
 use crate::store::{EventRow, ReferralRow, ReferralStatus};
 use crate::validation::{MESSAGE_EVENTS, SNOMED};
 use serde_json::{Value, json};
@@ -24,7 +25,7 @@ pub const MILESTONE_SYSTEM: &str = "https://thrive-gateway.nhs.uk/CodeSystem/ref
 
 /// One status event as a contained Task: `businessStatus` the milestone, `executionPeriod`
 /// when it happened; a decline carries its BaRS rejection reason.
-fn milestone_task(n: usize, referral_id: &str, e: &EventRow) -> Value {
+fn milestone_task(n: usize, e: &EventRow) -> Value {
     let status = match e.event.as_str() {
         "declined" => "rejected",
         "closed" | "sustained-26-weeks" => "completed",
@@ -36,7 +37,7 @@ fn milestone_task(n: usize, referral_id: &str, e: &EventRow) -> Value {
         "id": format!("milestone-{}", n + 1),
         "status": status,
         "intent": "order",
-        "basedOn": [{"reference": format!("ServiceRequest/{referral_id}")}],
+        "basedOn": [{"reference": "#"}],
         "businessStatus": {"coding": [{"system": MILESTONE_SYSTEM, "code": e.event}]},
         "executionPeriod": {"start": fhir_instant(e.occurred_at)},
         "authoredOn": fhir_instant(e.recorded_at),
@@ -101,7 +102,7 @@ pub fn service_request(row: &ReferralRow, events: &[EventRow]) -> Value {
             events
                 .iter()
                 .enumerate()
-                .map(|(n, e)| milestone_task(n, &row.id, e))
+                .map(|(n, e)| milestone_task(n, e))
                 .collect::<Vec<_>>()
         );
     }
@@ -125,7 +126,7 @@ fn encounter(row: &ReferralRow, status: &str, rejected: Option<&str>) -> Value {
             "code": "VR",
             "display": "virtual",
         },
-        "basedOn": [{"reference": format!("ServiceRequest/{}", row.id)}],
+        "basedOn": [{"reference": full_url("ServiceRequest", &row.id)}],
     });
     if let Some(code) = rejected {
         encounter["reasonCode"] = json!([{"coding": [{"system": REJECTED_REASONS, "code": code}]}]);
@@ -137,11 +138,19 @@ fn encounter(row: &ReferralRow, status: &str, rejected: Option<&str>) -> Value {
 pub const REJECTED_REASONS: &str = "https://fhir.nhs.uk/CodeSystem/rejected-reasons-bars";
 
 /// A `servicerequest-response` message Bundle answering the request Bundle
-/// `bundle_id`: MessageHeader (focus the ServiceRequest), the referral's
-/// ServiceRequest `sr`, and the Encounter.
-fn response_message(row: &ReferralRow, bundle_id: &str, sr: Value, encounter: Value) -> Value {
+/// `bundle_id` sent from `destination` (its `MessageHeader.source.endpoint`):
+/// MessageHeader (focus the ServiceRequest), the referral's ServiceRequest `sr`, and
+/// the Encounter. Every `fullUrl` is absolute and every reference resolves in it.
+fn response_message(
+    row: &ReferralRow,
+    bundle_id: &str,
+    destination: &str,
+    sr: Value,
+    encounter: Value,
+) -> Value {
     let header_id = uuid::Uuid::new_v4().to_string();
-    let sr_id = &row.id;
+    let sr_url = full_url("ServiceRequest", &row.id);
+    let encounter_id = encounter["id"].as_str().unwrap_or_default().to_owned();
     let now = fhir_instant(fhir_sdk::time::OffsetDateTime::now_utc());
     json!({
         "resourceType": "Bundle",
@@ -151,22 +160,26 @@ fn response_message(row: &ReferralRow, bundle_id: &str, sr: Value, encounter: Va
         "timestamp": now,
         "entry": [
             {
-                "fullUrl": format!("urn:uuid:{header_id}"),
+                "fullUrl": full_url("MessageHeader", &header_id),
                 "resource": {
                     "resourceType": "MessageHeader",
                     "id": header_id,
                     "eventCoding": {"system": MESSAGE_EVENTS, "code": "servicerequest-response"},
-                    "source": {"name": "thrive-gateway", "endpoint": "https://thrive-gateway.nhs.uk/fhir/r4"},
+                    "destination": [{
+                        "endpoint": destination,
+                        "receiver": {"identifier": {"system": ODS_SYSTEM, "value": row.practice_ods}},
+                    }],
+                    "source": {"name": "thrive-gateway", "endpoint": BASE},
                     "response": {"identifier": bundle_id, "code": "ok"},
-                    "focus": [{"reference": format!("ServiceRequest/{sr_id}")}],
+                    "focus": [{"reference": sr_url}],
                 },
             },
             {
-                "fullUrl": format!("ServiceRequest/{sr_id}"),
+                "fullUrl": sr_url,
                 "resource": sr,
             },
             {
-                "fullUrl": format!("urn:uuid:{}", encounter["id"].as_str().unwrap_or_default()),
+                "fullUrl": full_url("Encounter", &encounter_id),
                 "resource": encounter,
             },
         ],
@@ -183,6 +196,7 @@ pub fn accepted(outcome: &Outcome) -> Value {
     response_message(
         row,
         &outcome.bundle_id,
+        &outcome.source_endpoint,
         service_request(row, &[]),
         encounter(row, status, None),
     )
@@ -200,7 +214,7 @@ pub fn milestone(row: &ReferralRow, history: &[EventRow], event_id: &str) -> Opt
         ..row.clone()
     };
     let mut sr = service_request(&as_of, &[]);
-    sr["contained"] = json!([milestone_task(n, &row.id, event)]);
+    sr["contained"] = json!([milestone_task(n, event)]);
     let (status, rejected) = match event.event.as_str() {
         "declined" => (
             "cancelled",
@@ -212,10 +226,11 @@ pub fn milestone(row: &ReferralRow, history: &[EventRow], event_id: &str) -> Opt
         "accepted" => ("planned", None),
         _ => ("in-progress", None),
     };
-    let mut message = response_message(row, &row.bundle_id, sr, encounter(row, status, rejected));
-    message["entry"][0]["resource"]["destination"] = json!([{
-        "endpoint": row.source_endpoint,
-        "receiver": {"identifier": {"system": ODS_SYSTEM, "value": row.practice_ods}},
-    }]);
-    Some(message)
+    Some(response_message(
+        row,
+        &row.bundle_id,
+        &row.source_endpoint,
+        sr,
+        encounter(row, status, rejected),
+    ))
 }

@@ -616,12 +616,30 @@ async fn exports_carry_every_record_and_verify_without_the_database(db: Db) {
             .map(|e| e["outcomeDesc"].clone())
             .collect::<Vec<_>>()
     );
-    // The disclosure, BALP-style: lifecycle "disclose", recipient agent, patient entity
-    // by pseudonym.
+    // The disclosure, BALP PrivacyDisclosure at its source: DCM 110106 Export, subtype
+    // lifecycle "disclose", recipient agent, patient entity by pseudonym.
     let disclosure = events
         .iter()
-        .find(|e| e["type"]["code"] == "disclose")
+        .find(|e| {
+            e["type"]["code"] == "110106"
+                && e["subtype"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|c| c["code"] == "disclose"))
+        })
         .expect("a disclosure event");
+    assert_eq!(
+        disclosure["meta"]["profile"][0],
+        "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.PrivacyDisclosure.Source"
+    );
+    assert!(
+        disclosure["entity"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"]["code"] == "XrequestId"
+                && e["what"]["identifier"]["value"].is_string()),
+        "the request id is an entity"
+    );
     assert!(
         disclosure["agent"]
             .as_array()

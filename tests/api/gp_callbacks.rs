@@ -123,7 +123,15 @@ async fn each_milestone_reaches_the_gp_system_as_a_bars_response(db: Db) {
     assert_eq!(header["response"]["code"], "ok");
     assert_eq!(
         header["focus"][0]["reference"],
-        format!("ServiceRequest/{}", s.referral)
+        format!("urn:uuid:{}", s.referral)
+    );
+    assert!(
+        message["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["fullUrl"] == header["focus"][0]["reference"]),
+        "the focus resolves in the message"
     );
     assert_eq!(header["destination"][0]["endpoint"], FIXTURE_SOURCE);
     let sr = resource(message, "ServiceRequest");
