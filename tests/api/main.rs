@@ -9,6 +9,7 @@ mod delivery;
 mod duplicates;
 mod encryption;
 mod events;
+mod fhir_schema;
 mod gp_callbacks;
 mod intake;
 mod metrics;
