@@ -211,8 +211,10 @@ impl Rejection {
             .collect()
     }
 
-    /// The `OperationOutcome` body.
+    /// The `OperationOutcome` body. Every issue carries the answer's one `REC_*` code,
+    /// the one its HTTP status stands for.
     pub fn to_operation_outcome(&self) -> Value {
+        let rec = self.rec();
         let issues: Vec<Value> = self
             .issues
             .iter()
@@ -222,8 +224,8 @@ impl Rejection {
                     "code": i.code.code(),
                     "details": {"coding": [{
                         "system": HTTP_ERROR_CODES,
-                        "code": i.rec.code(),
-                        "display": i.rec.display(),
+                        "code": rec.code(),
+                        "display": rec.display(),
                     }]},
                     "diagnostics": i.diagnostics,
                 });
@@ -302,9 +304,10 @@ mod tests {
         assert_eq!(r.rec(), RecCode::BadRequest);
         let body = r.to_operation_outcome();
         assert_eq!(body["issue"].as_array().unwrap().len(), 2);
+        // One REC code per answer: the 400's, on the business issue too.
         assert_eq!(
             body["issue"][0]["details"]["coding"][0]["code"],
-            "REC_UNPROCESSABLE_ENTITY"
+            "REC_BAD_REQUEST"
         );
         assert_eq!(body["issue"][1]["expression"][0], "b");
     }
