@@ -35,7 +35,19 @@ pub fn capability_statement() -> &'static Value {
                 "resource": [{
                     "type": "ServiceRequest",
                     "profile": "https://fhir.hl7.org.uk/StructureDefinition/UKCore-ServiceRequest",
-                    "interaction": [{"code": "read"}],
+                    "interaction": [{"code": "read"}, {"code": "search-type"}],
+                    "searchParam": [{
+                        "name": "identifier",
+                        "type": "token",
+                        "documentation": "the gateway's referral reference or the practice's own ServiceRequest identifier",
+                    }],
+                }, {
+                    "type": "Bundle",
+                    "operation": [{
+                        "name": "validate",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate",
+                        "documentation": "a dry run of $process-message: the same answer, nothing stored or sent",
+                    }],
                 }, {
                     "type": "MessageDefinition",
                     "interaction": [{"code": "search-type"}],
@@ -52,7 +64,8 @@ pub fn capability_statement() -> &'static Value {
     })
 }
 
-/// Resource types a referral message may hold, with their cardinality.
+/// Resource types the gateway reads in a referral message, with their cardinality;
+/// any other R4 type may be present and is dropped.
 const ALLOWED: [(&str, &str); 11] = [
     ("MessageHeader", "1..1"),
     ("ServiceRequest", "1..1"),
@@ -98,7 +111,9 @@ pub fn message_definition_bundle(routing: &Routing, minimum_age: u8) -> Value {
              {minimum_age} on the referral date, requester a PractitionerRole, Practitioner \
              or Organization leading to the GP practice Organization with an ODS code). \
              A new referral needs an active, explicit Consent (provision.type permit) about \
-             the Patient. Every literal reference must resolve inside the Bundle. \
+             the Patient. The references the gateway relies on (focus, subject, requester, \
+             Consent.patient) must resolve inside the Bundle; any other R4 resource may be \
+             present and is checked, not kept. \
              An update cancels (ServiceRequest.status revoked or entered-in-error) or \
              withdraws consent (Consent.status inactive or rejected)."
         ),

@@ -192,12 +192,25 @@ async fn receive_message(
     payload: &mut web::Payload,
     gw: &Gateway,
 ) -> Result<process::Outcome, Rejection> {
+    let (principal, ids, body) = read_message(req, payload, gw, "referral.message").await?;
+    gw.process(&principal, &ids, &body, OffsetDateTime::now_utc())
+        .await
+}
+
+/// The caller, request ids and body of a message request, each checked (and a refusal
+/// recorded under `action`) before the message is read.
+async fn read_message(
+    req: &HttpRequest,
+    payload: &mut web::Payload,
+    gw: &Gateway,
+    action: &str,
+) -> Result<(Principal, RequestIds, web::BytesMut), Rejection> {
     let ids = RequestIds::from_headers(req.headers());
     let principal = match authenticate(gw, req) {
         Ok(p) => p,
         Err(r) => {
             let ctx = AuditContext {
-                action: "referral.message",
+                action,
                 principal: None,
                 ids: ids.as_ref().ok(),
             };
@@ -233,20 +246,163 @@ async fn receive_message(
         let body = read_body(payload, gw.max_body_bytes).await?;
         Ok((ids, body))
     };
-    let (ids, body) = match early.await {
-        Ok(v) => v,
+    match early.await {
+        Ok((ids, body)) => Ok((principal, ids, body)),
         Err(r) => {
             let ctx = AuditContext {
-                action: "referral.message",
+                action,
                 principal: Some(&principal),
                 ids: None,
             };
             gw.audit_rejection(&ctx, &r).await;
-            return Err(r);
+            Err(r)
         }
+    }
+}
+
+/// FHIR's `$validate` on a message Bundle: the answer `$process-message` would give,
+/// with nothing stored or sent. A message it would accept gets 200 and an
+/// informational OperationOutcome naming the route.
+#[post("/fhir/r4/Bundle/$validate")]
+async fn validate_message(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let (principal, ids, body) = read_message(&req, &mut payload, &gw, "referral.validate").await?;
+    let dry = gw
+        .dry_run(&principal, &ids, &body, OffsetDateTime::now_utc())
+        .await?;
+    let route = match (&dry.programme, &dry.provider) {
+        (Some(programme), Some(provider)) => {
+            format!(" for programme {programme}, routed to provider {provider}")
+        }
+        _ => String::new(),
     };
-    gw.process(&principal, &ids, &body, OffsetDateTime::now_utc())
-        .await
+    Ok(fhir_json(
+        actix_web::http::StatusCode::OK,
+        &serde_json::json!({
+            "resourceType": "OperationOutcome",
+            "id": Uuid::new_v4().to_string(),
+            "issue": [{
+                "severity": "information",
+                "code": "informational",
+                "diagnostics": format!(
+                    "valid: $process-message would accept this `{}` message{route}; nothing was stored or sent",
+                    dry.action
+                ),
+            }],
+        }),
+    ))
+}
+
+/// FHIR search by identifier: `identifier=system|value` (or a bare value) finds a
+/// referral by the gateway's reference or by the practice's own ServiceRequest
+/// identifier, among the practices the caller may see.
+#[get("/fhir/r4/ServiceRequest")]
+async fn search_service_requests(
+    req: HttpRequest,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let principal = authenticate(&gw, &req)?;
+    let ids = RequestIds::from_headers(req.headers()).ok();
+    let ctx = AuditContext {
+        action: "referral.search",
+        principal: Some(&principal),
+        ids: ids.as_ref(),
+    };
+    let result = async {
+        if matches!(principal.role, Role::Provider { .. }) {
+            return Err(forbidden(
+                "providers read referrals through the provider interface",
+            ));
+        }
+        let params = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map_err(|_| {
+                Rejection::one(
+                    Issue::new(
+                        RecCode::BadRequest,
+                        IssueType::Structure,
+                        "the query string could not be read",
+                    )
+                    .at("identifier"),
+                )
+            })?
+            .into_inner();
+        let mut identifiers = params.iter().filter(|(k, _)| k == "identifier");
+        let (Some((_, token)), None) = (identifiers.next(), identifiers.next()) else {
+            return Err(Issue::new(
+                RecCode::BadRequest,
+                IssueType::Required,
+                "search by exactly one `identifier` parameter (system|value)",
+            )
+            .at("identifier")
+            .into());
+        };
+        let (system, value) = match token.split_once('|') {
+            Some((s, v)) => (Some(s).filter(|s| !s.is_empty()), v),
+            None => (None, token.as_str()),
+        };
+        if value.is_empty() {
+            return Err(Issue::new(
+                RecCode::BadRequest,
+                IssueType::Value,
+                "the identifier parameter needs a value after `|`",
+            )
+            .at("identifier")
+            .into());
+        }
+        let by_reference = system.is_none_or(|s| s == response::REFERENCE_SYSTEM);
+        let rows = gw
+            .store
+            .referrals_by_identifier(by_reference, system, value)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "searching referrals failed");
+                server_error()
+            })?;
+        let mut found = Vec::new();
+        for row in rows {
+            let visible = match &principal.role {
+                Role::GpSystem { practices } => {
+                    practices.iter().any(|p| p.as_str() == row.practice_ods)
+                }
+                Role::Auditor | Role::Operator => true,
+                Role::Provider { .. } => false,
+            };
+            if visible {
+                let events = gw.store.events_for(&row.id).await.map_err(|e| {
+                    tracing::error!(error = %e, "reading status events failed");
+                    server_error()
+                })?;
+                found.push((row, events));
+            }
+        }
+        Ok(found)
+    }
+    .await;
+    match result {
+        Ok(found) => {
+            let record = ctx.record(
+                "allowed",
+                200,
+                None,
+                serde_json::json!({ "matches": found.len() }),
+            );
+            if let Err(e) = gw.store.append_audit(&record).await {
+                tracing::error!(error = %e, "could not record a search in the audit table");
+                return Err(server_error());
+            }
+            Ok(fhir_json(
+                actix_web::http::StatusCode::OK,
+                &response::searchset(&found),
+            ))
+        }
+        Err(r) => {
+            gw.audit_rejection(&ctx, &r).await;
+            Err(r)
+        }
+    }
 }
 
 #[get("/fhir/r4/ServiceRequest/{id}")]
@@ -370,6 +526,8 @@ pub async fn not_found() -> Result<HttpResponse, Rejection> {
 /// Registers every intake route.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(process_message)
+        .service(validate_message)
+        .service(search_service_requests)
         .service(read_service_request)
         .service(metadata)
         .service(message_definition)

@@ -49,6 +49,22 @@ pub struct Outcome {
     pub decision: ReferralOutcome,
 }
 
+/// What a new referral's route and consent come to.
+struct Plan {
+    route: RouteDecision,
+    consent: consent::ConsentRecord,
+    reference_prefix: String,
+}
+
+/// What a dry run found: the message would be accepted.
+#[derive(Debug, Clone)]
+pub struct DryRun {
+    /// `new`, `cancel` or `withdraw-consent`.
+    pub action: &'static str,
+    pub programme: Option<String>,
+    pub provider: Option<String>,
+}
+
 /// Fields every audit record of a request shares.
 pub struct AuditContext<'a> {
     pub action: &'a str,
@@ -130,14 +146,14 @@ impl Gateway {
         result
     }
 
-    async fn decide(
+    /// Everything `$process-message` checks before it changes anything: the caller's
+    /// role and practice, and the message itself.
+    fn check(
         &self,
         principal: &Principal,
-        ids: &RequestIds,
         body: &[u8],
         now: OffsetDateTime,
-        ctx: &mut AuditContext<'_>,
-    ) -> Result<Outcome, Rejection> {
+    ) -> Result<Message, Rejection> {
         if !matches!(principal.role, Role::GpSystem { .. }) {
             return Err(Issue::new(
                 RecCode::Forbidden,
@@ -165,7 +181,18 @@ impl Gateway {
             .at("ServiceRequest.requester")
             .into());
         }
-        match checked.result? {
+        checked.result
+    }
+
+    async fn decide(
+        &self,
+        principal: &Principal,
+        ids: &RequestIds,
+        body: &[u8],
+        now: OffsetDateTime,
+        ctx: &mut AuditContext<'_>,
+    ) -> Result<Outcome, Rejection> {
+        match self.check(principal, body, now)? {
             Message::New(referral) => {
                 ctx.action = "referral.new";
                 self.accept(principal, ids, referral, now).await
@@ -180,13 +207,60 @@ impl Gateway {
         }
     }
 
-    async fn accept(
+    /// `$validate`: what `$process-message` would answer, without storing, forwarding
+    /// or changing anything (duplicates excepted: a dry run is never stored, so it
+    /// cannot tell a later copy from the first). Recorded as `referral.validate`.
+    pub async fn dry_run(
         &self,
         principal: &Principal,
         ids: &RequestIds,
-        referral: NewReferral,
+        body: &[u8],
         now: OffsetDateTime,
-    ) -> Result<Outcome, Rejection> {
+    ) -> Result<DryRun, Rejection> {
+        let ctx = AuditContext {
+            action: "referral.validate",
+            principal: Some(principal),
+            ids: Some(ids),
+        };
+        let result = async {
+            match self.check(principal, body, now)? {
+                Message::New(referral) => {
+                    let plan = self.plan(&referral, now)?;
+                    Ok(DryRun {
+                        action: "new",
+                        programme: Some(plan.route.programme),
+                        provider: Some(plan.route.provider.to_string()),
+                    })
+                }
+                Message::Update(update) => {
+                    let referral = self.target_of(&update).await?;
+                    if !matches!(referral.status(), Ok(ReferralStatus::Active)) {
+                        return Err(not_active());
+                    }
+                    Ok(DryRun {
+                        action: update.action.name(),
+                        programme: None,
+                        provider: None,
+                    })
+                }
+            }
+        }
+        .await;
+        match &result {
+            Ok(d) => {
+                let record = ctx.record("valid", 200, None, json!({ "message": d.action }));
+                if let Err(e) = self.store.append_audit(&record).await {
+                    tracing::error!(error = %e, "could not record a dry run in the audit table");
+                    return Err(server_error());
+                }
+            }
+            Err(rejection) => self.audit_rejection(&ctx, rejection).await,
+        }
+        result
+    }
+
+    /// Route and consent for a valid new referral: what would be stored.
+    fn plan(&self, referral: &NewReferral, now: OffsetDateTime) -> Result<Plan, Rejection> {
         let envelope = &referral.envelope;
         let route = self
             .routing
@@ -198,10 +272,32 @@ impl Gateway {
         })?;
         let consent = consent::check(&referral.consents, provider, now)
             .map_err(|issues| Rejection { issues })?;
-        let programme = self
+        let reference_prefix = self
             .routing
             .programme(&route.programme)
-            .ok_or_else(server_error)?;
+            .ok_or_else(server_error)?
+            .reference_prefix
+            .clone();
+        Ok(Plan {
+            route,
+            consent,
+            reference_prefix,
+        })
+    }
+
+    async fn accept(
+        &self,
+        principal: &Principal,
+        ids: &RequestIds,
+        referral: NewReferral,
+        now: OffsetDateTime,
+    ) -> Result<Outcome, Rejection> {
+        let Plan {
+            route,
+            consent,
+            reference_prefix,
+        } = self.plan(&referral, now)?;
+        let envelope = &referral.envelope;
         let consent_json = serde_json::to_string(&consent).map_err(|_| server_error())?;
         let message = serde_json::to_string(&referral.bundle).map_err(|_| server_error())?;
 
@@ -250,7 +346,7 @@ impl Gateway {
         };
         // A reference collision is astronomically rare; try a few fresh ones.
         for _ in 0..5 {
-            record.reference = ReferralReference::generate(&programme.reference_prefix).to_string();
+            record.reference = ReferralReference::generate(&reference_prefix).to_string();
             match self.store.insert_referral(&record).await {
                 Ok(Inserted::Accepted) => {
                     tracing::info!(referral_id = %id, provider = %route.provider, programme = %route.programme, "referral accepted");
@@ -316,14 +412,9 @@ impl Gateway {
         Ok(None)
     }
 
-    async fn update(
-        &self,
-        principal: &Principal,
-        ids: &RequestIds,
-        update: UpdateRequest,
-        now: OffsetDateTime,
-    ) -> Result<Outcome, Rejection> {
-        let Some(referral) = self.find_for_update(&update).await? else {
+    /// The referral an update names, and the same patient.
+    async fn target_of(&self, update: &UpdateRequest) -> Result<ReferralRow, Rejection> {
+        let Some(referral) = self.find_for_update(update).await? else {
             return Err(Issue::new(
                 RecCode::NotFound,
                 IssueType::NotFound,
@@ -345,6 +436,17 @@ impl Gateway {
             )
             .into());
         }
+        Ok(referral)
+    }
+
+    async fn update(
+        &self,
+        principal: &Principal,
+        ids: &RequestIds,
+        update: UpdateRequest,
+        now: OffsetDateTime,
+    ) -> Result<Outcome, Rejection> {
+        let referral = self.target_of(&update).await?;
         let (new_status, action, decision) = match update.action {
             UpdateAction::Cancel => (
                 ReferralStatus::Cancelled,
@@ -391,12 +493,7 @@ impl Gateway {
                 })
             }
             Ok(Updated::Duplicate) => Err(duplicate()),
-            Ok(Updated::NotActive) => Err(Issue::new(
-                RecCode::Conflict,
-                IssueType::Conflict,
-                "the referral is already cancelled or its consent withdrawn",
-            )
-            .into()),
+            Ok(Updated::NotActive) => Err(not_active()),
             Err(e) => {
                 tracing::error!(error = %e, "applying an update failed");
                 Err(server_error())
@@ -410,6 +507,15 @@ fn duplicate() -> Rejection {
         RecCode::Conflict,
         IssueType::Duplicate,
         "this X-Request-Id or MessageHeader.id (or the sender's ServiceRequest identifier) was already accepted; nothing was stored again",
+    )
+    .into()
+}
+
+fn not_active() -> Rejection {
+    Issue::new(
+        RecCode::Conflict,
+        IssueType::Conflict,
+        "the referral is already cancelled or its consent withdrawn",
     )
     .into()
 }

@@ -234,3 +234,28 @@ pub fn milestone(row: &ReferralRow, history: &[EventRow], event_id: &str) -> Opt
         encounter(row, status, rejected),
     ))
 }
+
+/// A `searchset` Bundle of referrals with their milestones.
+pub fn searchset(found: &[(ReferralRow, Vec<EventRow>)]) -> Value {
+    let entries: Vec<Value> = found
+        .iter()
+        .map(|(row, events)| {
+            json!({
+                "fullUrl": full_url("ServiceRequest", &row.id),
+                "resource": service_request(row, events),
+                "search": {"mode": "match"},
+            })
+        })
+        .collect();
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "type": "searchset",
+        "total": entries.len(),
+    });
+    // FHIR allows no empty arrays (ele-1): no matches, no `entry`.
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    bundle
+}

@@ -446,6 +446,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         system: &str,
         value: &str,
     ) -> Result<Option<ReferralRow>, StoreError>;
+    /// Referrals known by an identifier: the gateway's reference (`by_reference`) or
+    /// any practice's own ServiceRequest identifier with this value (and `system`, when
+    /// given). The caller scopes them to the practices it may see.
+    async fn referrals_by_identifier(
+        &self,
+        by_reference: bool,
+        system: Option<&str>,
+        value: &str,
+    ) -> Result<Vec<ReferralRow>, StoreError>;
     /// Cancels or withdraws, atomically and only while the referral is active.
     async fn apply_update(&self, u: &UpdateRecord) -> Result<Updated, StoreError>;
     async fn deliveries_for(&self, referral_id: &str) -> Result<Vec<DeliveryRow>, StoreError>;

@@ -907,6 +907,46 @@ macro_rules! sql_store {
                 open_referral(&self.keys, row)
             }
 
+            async fn referrals_by_identifier(
+                &self,
+                by_reference: bool,
+                system: Option<&str>,
+                value: &str,
+            ) -> Result<Vec<ReferralRow>, StoreError> {
+                let mut found = Vec::new();
+                if by_reference {
+                    let rows = sqlx::query_as::<_, ReferralRow>(concat!(
+                        "SELECT ",
+                        referral_columns!(),
+                        " FROM referrals WHERE reference = $1"
+                    ))
+                    .bind(value)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    found.extend(rows);
+                }
+                let rows = sqlx::query_as::<_, ReferralRow>(concat!(
+                    "SELECT ",
+                    referral_columns!(),
+                    " FROM referrals WHERE id IN (SELECT referral_id FROM referral_identifiers \
+                     WHERE value = $1 AND system = COALESCE($2, system)) ORDER BY created_at"
+                ))
+                .bind(value)
+                .bind(system)
+                .fetch_all(&self.pool)
+                .await?;
+                for row in rows {
+                    if !found.iter().any(|r: &ReferralRow| r.id == row.id) {
+                        found.push(row);
+                    }
+                }
+                found
+                    .into_iter()
+                    .map(|row| open_referral(&self.keys, Some(row)).map(Option::into_iter))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|v| v.into_iter().flatten().collect())
+            }
+
             async fn apply_update(&self, u: &UpdateRecord) -> Result<Updated, StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 match self.apply_update_tx(&mut tx, u).await {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod audit;
 mod auth;
+mod conformance;
 mod delivery;
 mod duplicates;
 mod encryption;
@@ -15,6 +16,7 @@ mod intake;
 mod metrics;
 mod provider;
 mod retention;
+mod search;
 mod store;
 mod updates;
 mod validation;
