@@ -288,13 +288,17 @@ pub fn fhir_bundle(rows: &[AuditRow], checkpoints: &[CheckpointRow]) -> Value {
             .filter(|c| (first..=last).contains(&c.seq))
             .map(|c| json!({"fullUrl": crate::fhir::full_url("Provenance", &format!("checkpoint-{}", c.seq)), "resource": checkpoint_provenance(c)})),
     );
-    json!({
+    let mut bundle = json!({
         "resourceType": "Bundle",
         "id": uuid::Uuid::new_v4().to_string(),
         "type": "collection",
         "timestamp": instant(OffsetDateTime::now_utc()),
-        "entry": entries,
-    })
+    });
+    // FHIR allows no empty arrays (ele-1): an empty range has no `entry`.
+    if !entries.is_empty() {
+        bundle["entry"] = json!(entries);
+    }
+    bundle
 }
 
 /// CSV column names, in order.
@@ -366,9 +370,16 @@ pub struct ExportVerification {
 /// Checks an exported Bundle without the database: every record's hash, every link
 /// inside the range, and every checkpoint's signature against `keys`.
 pub fn verify_bundle(bundle: &Value, keys: &VerifyingKeys) -> Result<ExportVerification, String> {
-    let entries = bundle["entry"]
-        .as_array()
-        .ok_or("the file is not an exported Bundle")?;
+    if bundle["resourceType"] != "Bundle" || bundle["type"] != "collection" {
+        return Err("the file is not an exported Bundle".into());
+    }
+    // An empty range is exported without `entry` (FHIR allows no empty arrays).
+    let entries = match &bundle["entry"] {
+        Value::Null => &Vec::new(),
+        other => other
+            .as_array()
+            .ok_or("the file is not an exported Bundle")?,
+    };
     let mut rows = Vec::new();
     let mut checkpoints = Vec::new();
     for (n, e) in entries.iter().enumerate() {

@@ -599,7 +599,12 @@ async fn exports_carry_every_record_and_verify_without_the_database(db: Db) {
     .await;
     assert_eq!(fhir.status, 200, "{}", fhir.text);
     let bundle = fhir.json();
+    crate::fhir_schema::assert_valid_r4(&bundle, "the FHIR audit export");
     assert_eq!(bundle["resourceType"], "Bundle");
+    assert!(
+        bundle.get("total").is_none(),
+        "bdl-1: no total on a collection"
+    );
     let events: Vec<&Value> = bundle["entry"]
         .as_array()
         .unwrap()

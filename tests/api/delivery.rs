@@ -620,7 +620,12 @@ async fn the_fhir_format_sends_a_message_bundle_of_mapped_elements_only(db: Db) 
     let bundle = &seen[0].body;
     serde_json::from_value::<fhir_sdk::r4b::resources::Bundle>(bundle.clone())
         .expect("an R4 Bundle");
+    crate::fhir_schema::assert_valid_r4(bundle, "the provider's FHIR message");
     assert_eq!(bundle["type"], "message");
+    // BaRS: the message names its receiving provider.
+    let destination = &bundle["entry"][0]["resource"]["destination"][0];
+    assert_eq!(destination["endpoint"], provider.url.as_str());
+    assert!(destination["receiver"]["display"].is_string());
     let resources: Vec<&serde_json::Value> = bundle["entry"]
         .as_array()
         .unwrap()

@@ -113,6 +113,7 @@ async fn each_milestone_reaches_the_gp_system_as_a_bars_response(db: Db) {
     let message = &push.body;
     serde_json::from_value::<fhir_sdk::r4b::resources::Bundle>(message.clone())
         .unwrap_or_else(|e| panic!("an R4 Bundle ({e}): {message}"));
+    crate::fhir_schema::assert_valid_r4(message, "a milestone push");
     assert_eq!(message["type"], "message");
     let header = resource(message, "MessageHeader");
     assert_eq!(

@@ -150,6 +150,8 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
+    /// The gateway's shared state, for tests that drive intake with a fixed clock.
+    pub gateway: thrive_gateway::intake::Gateway,
     /// The outbox worker, when the test configured providers; tests drive it.
     pub deliverer: Option<thrive_gateway::delivery::Deliverer>,
     /// The database URL, for a second gateway on the same database.
@@ -178,13 +180,15 @@ impl TestApp {
             .await
             .expect("gateway starts");
         let base = format!("http://{}", app.address());
-        let store = app.gateway().store.clone();
+        let gateway = app.gateway().clone();
+        let store = gateway.store.clone();
         let deliverer = app.deliverer().cloned();
         tokio::spawn(app.run());
         Self {
             base,
             client: reqwest::Client::new(),
             store,
+            gateway,
             deliverer,
             database_url: url.to_owned(),
             _dir: dir,

@@ -206,11 +206,13 @@ async fn metadata_message_definition_and_health_answer(db: Db) {
     let meta: serde_json::Value = meta.json().await.unwrap();
     serde_json::from_value::<fhir_sdk::r4b::resources::CapabilityStatement>(meta.clone())
         .expect("an R4 CapabilityStatement");
+    crate::fhir_schema::assert_valid_r4(&meta, "the CapabilityStatement");
     assert_eq!(meta["rest"][0]["operation"][0]["name"], "process-message");
 
     let defs = app.get("gp-a", "/fhir/r4/MessageDefinition").await;
     assert_eq!(defs.status, 200);
     let bundle = defs.json();
+    crate::fhir_schema::assert_valid_r4(&bundle, "the MessageDefinition Bundle");
     let def = &bundle["entry"][0]["resource"];
     serde_json::from_value::<fhir_sdk::r4b::resources::MessageDefinition>(def.clone())
         .expect("an R4 MessageDefinition");
@@ -241,6 +243,8 @@ async fn metadata_message_definition_and_health_answer(db: Db) {
         .await
         .unwrap();
     assert_eq!(nowhere.status(), 404);
+    let nowhere: serde_json::Value = nowhere.json().await.unwrap();
+    crate::fhir_schema::assert_operation_outcome(&nowhere, "an unknown endpoint's 404");
 }
 
 on_both_databases!(
