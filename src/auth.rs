@@ -69,6 +69,16 @@ pub enum AuthError {
     Issuer,
     #[error("the token's subject is not a known client")]
     UnknownClient,
+    #[error("the token was issued in the future (iat)")]
+    IssuedInFuture,
+    #[error("the token lives longer than the gateway accepts (exp - iat)")]
+    TooLong,
+    #[error("the token names critical header parameters (crit) the gateway does not understand")]
+    Critical,
+    #[error("send exactly one Authorization header")]
+    Ambiguous,
+    #[error("this client's tokens are single-use, and this one was used before (jti)")]
+    Replayed,
     #[error("the token is not valid")]
     Invalid,
 }
@@ -114,6 +124,11 @@ pub struct Authenticator {
     clients: Arc<HashMap<String, Role>>,
     audience: String,
     leeway: u64,
+    max_lifetime: i64,
+    /// Clients whose tokens may be used once: each `jti` is remembered until its
+    /// token expires (in this process).
+    single_use: Arc<std::collections::HashSet<String>>,
+    seen_jti: Arc<std::sync::Mutex<HashMap<(String, String), i64>>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -128,6 +143,25 @@ impl std::fmt::Debug for Authenticator {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: i64,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    jti: Option<String>,
+}
+
+/// RFC 7515 4.1.11: a `crit` header lists extensions the recipient must understand;
+/// the gateway understands none, so any `crit` is refused.
+fn has_critical_header(token: &str) -> bool {
+    use base64::Engine;
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|h| h.get("crit").is_some())
 }
 
 impl Authenticator {
@@ -236,6 +270,9 @@ impl Authenticator {
             clients: Arc::new(clients),
             audience: settings.audience.clone(),
             leeway: settings.leeway_seconds,
+            max_lifetime: i64::try_from(settings.max_token_lifetime_seconds).unwrap_or(i64::MAX),
+            single_use: Arc::new(settings.single_use_token_clients.iter().cloned().collect()),
+            seen_jti: Arc::default(),
         })
     }
 
@@ -248,6 +285,9 @@ impl Authenticator {
             .ok_or(AuthError::Missing)?
             .trim();
         let jwt_header = decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if has_critical_header(token) {
+            return Err(AuthError::Critical);
+        }
         let kid = jwt_header.kid.as_deref().ok_or(AuthError::UnknownKey)?;
         let trusted = self.keys.get(kid).ok_or(AuthError::UnknownKey)?;
         if !trusted.algorithms.contains(&jwt_header.alg) {
@@ -277,10 +317,52 @@ impl Authenticator {
             .clients
             .get(&data.claims.sub)
             .ok_or(AuthError::UnknownClient)?;
+        self.check_times(&data.claims)?;
+        if self.single_use.contains(&data.claims.sub) {
+            self.use_once(&data.claims)?;
+        }
         Ok(Principal {
             client_id: data.claims.sub,
             role: role.clone(),
         })
+    }
+}
+
+impl Authenticator {
+    /// `iat` not in the future beyond the leeway, and a lifetime (`exp - iat`, or what
+    /// is left of it without `iat`) within the configured maximum. Checked arithmetic:
+    /// the values are the sender's.
+    fn check_times(&self, claims: &Claims) -> Result<(), AuthError> {
+        let now = fhir_sdk::time::OffsetDateTime::now_utc().unix_timestamp();
+        let leeway = i64::try_from(self.leeway).unwrap_or(i64::MAX);
+        if let Some(iat) = claims.iat
+            && iat > now.saturating_add(leeway)
+        {
+            return Err(AuthError::IssuedInFuture);
+        }
+        let from = claims.iat.unwrap_or(now);
+        if claims.exp.saturating_sub(from) > self.max_lifetime.saturating_add(leeway) {
+            return Err(AuthError::TooLong);
+        }
+        Ok(())
+    }
+
+    /// Remembers a single-use token's `jti` until it expires; a second use is refused.
+    fn use_once(&self, claims: &Claims) -> Result<(), AuthError> {
+        let jti = claims.jti.clone().ok_or(AuthError::Replayed)?;
+        let now = fhir_sdk::time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut seen = self
+            .seen_jti
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.retain(|_, exp| *exp >= now);
+        match seen.entry((claims.sub.clone(), jti)) {
+            std::collections::hash_map::Entry::Occupied(_) => Err(AuthError::Replayed),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(claims.exp);
+                Ok(())
+            }
+        }
     }
 }
 

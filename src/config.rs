@@ -407,14 +407,25 @@ pub struct AuthSettings {
     pub audience: String,
     /// Signature algorithms accepted; only asymmetric ones are allowed.
     pub algorithms: Vec<String>,
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     pub leeway_seconds: u64,
+    /// Longest token lifetime accepted (`exp - iat`), in seconds.
+    #[serde(default = "default_max_token_lifetime")]
+    pub max_token_lifetime_seconds: u64,
+    /// Clients (`sub`) whose tokens are single-use: a `jti` is required and a second
+    /// use refused (remembered per process until the token expires).
+    #[serde(default)]
+    pub single_use_token_clients: Vec<String>,
     /// Trusted token issuers, by a local name.
     #[serde(default)]
     pub issuers: BTreeMap<String, IssuerSettings>,
     /// Known clients, keyed by the token's `sub`.
     #[serde(default)]
     pub clients: BTreeMap<String, ClientSettings>,
+}
+
+fn default_max_token_lifetime() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -86,10 +86,12 @@ fn forbidden(what: &str) -> Rejection {
 /// The calling client, from the request's bearer token; 401 otherwise. Every HTTP
 /// interface authenticates through here.
 pub(crate) fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Principal, Rejection> {
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .map(|v| v.to_str().unwrap_or_default());
+    let mut headers = req.headers().get_all(header::AUTHORIZATION);
+    let header = headers.next().map(|v| v.to_str().unwrap_or_default());
+    if headers.next().is_some() {
+        // Which one would count is ambiguous: neither does.
+        return Err(unauthorised(AuthError::Ambiguous));
+    }
     gw.auth.authenticate(header).map_err(unauthorised)
 }
 

@@ -190,7 +190,118 @@ async fn a_gp_system_refers_only_for_its_own_practices(db: Db) {
     );
 }
 
+/// Signs `claims` (any JSON) under the test issuer's key with `header` as written.
+fn sign_raw(header: serde_json::Value, claims: serde_json::Value) -> String {
+    use base64::Engine;
+    let b64 = |v: &serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+    };
+    let message = format!("{}.{}", b64(&header), b64(&claims));
+    let pem = std::fs::read(format!("{KEYS}/test-issuer.pem")).unwrap();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).unwrap();
+    let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).unwrap();
+    format!("{message}.{signature}")
+}
+
+fn claims_json(client: &str, iat: i64, exp: i64, jti: Option<&str>) -> serde_json::Value {
+    let now = fhir_sdk::time::OffsetDateTime::now_utc().unix_timestamp();
+    let mut c = serde_json::json!({
+        "iss": TEST_ISSUER, "sub": client, "aud": AUDIENCE,
+        "iat": iat, "exp": exp, "nbf": now - 5,
+    });
+    if let Some(jti) = jti {
+        c["jti"] = serde_json::json!(jti);
+    }
+    c
+}
+
+fn rs256() -> serde_json::Value {
+    serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": "test-1"})
+}
+
+/// Tokens as the NHS API platform expects them: no future `iat`, a bounded lifetime,
+/// no unknown `crit`, one Authorization header, and single-use `jti` where configured.
+async fn tokens_are_held_to_nhs_practice(db: Db) {
+    let app = TestApp::spawn_with(db, "[auth]\nsingle_use_token_clients = [\"gp-b\"]\n").await;
+    let now = fhir_sdk::time::OffsetDateTime::now_utc().unix_timestamp();
+    let year = 365 * 24 * 3600;
+    let mut crit = rs256();
+    crit["crit"] = serde_json::json!(["urn:example:unknown"]);
+    let cases = [
+        (
+            "iat ten years ahead",
+            sign_raw(
+                rs256(),
+                claims_json("gp-a", now + 10 * year, now + 10 * year + 60, None),
+            ),
+            "issued in the future",
+        ),
+        (
+            "exp eighty years ahead",
+            sign_raw(rs256(), claims_json("gp-a", now, now + 80 * year, None)),
+            "lives longer",
+        ),
+        (
+            "an unknown crit",
+            sign_raw(crit, claims_json("gp-a", now, now + 300, None)),
+            "crit",
+        ),
+        (
+            "single-use without a jti",
+            sign_raw(rs256(), claims_json("gp-b", now, now + 300, None)),
+            "single-use",
+        ),
+    ];
+    for (what, token, says) in cases {
+        let reply = post_with(&app, Some(format!("Bearer {token}"))).await;
+        reply.assert_issue(401, "REC_UNAUTHORIZED", "");
+        assert!(reply.text.contains(says), "{what}: {}", reply.text);
+    }
+    // The same lifetime within the limit is accepted (the message then meets 403 or
+    // 200, not 401).
+    let fine = sign_raw(rs256(), claims_json("gp-a", now, now + 3000, None));
+    assert_eq!(
+        post_with(&app, Some(format!("Bearer {fine}"))).await.status,
+        200
+    );
+
+    // Two Authorization headers: neither counts, even when the first is valid.
+    let reply = Reply::from(
+        app.client
+            .post(app.url("/fhir/r4/$process-message"))
+            .header("Content-Type", "application/fhir+json")
+            .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+            .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+            .header("Authorization", format!("Bearer {}", token("gp-a")))
+            .header("Authorization", "Bearer something-else")
+            .body(referral().to_string())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    reply.assert_issue(401, "REC_UNAUTHORIZED", "");
+    assert!(
+        reply.text.contains("exactly one Authorization"),
+        "{}",
+        reply.text
+    );
+
+    // A single-use token works once.
+    let once = sign_raw(rs256(), claims_json("gp-b", now, now + 300, Some("jti-1")));
+    let first = post_with(&app, Some(format!("Bearer {once}"))).await;
+    assert_eq!(
+        first.status, 403,
+        "authenticated, then refused the practice: {}",
+        first.text
+    );
+    let again = post_with(&app, Some(format!("Bearer {once}"))).await;
+    again.assert_issue(401, "REC_UNAUTHORIZED", "");
+    assert!(again.text.contains("used before"), "{}", again.text);
+}
+
 on_both_databases!(
     bad_tokens_are_unauthorised,
-    a_gp_system_refers_only_for_its_own_practices
+    a_gp_system_refers_only_for_its_own_practices,
+    tokens_are_held_to_nhs_practice,
 );
