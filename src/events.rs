@@ -153,6 +153,33 @@ pub struct EventBody {
     pub hours_per_week: Option<f64>,
 }
 
+/// A part of a status event, named when it is at fault. Each form of event (the JSON
+/// body, a FHIR Task) says where it took each part from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Event,
+    OccurredAt,
+    Reason,
+    StartDate,
+    HoursPerWeek,
+}
+
+impl Field {
+    /// The field's name in the JSON event body.
+    pub fn json_name(self) -> &'static str {
+        match self {
+            Field::Event => "event",
+            Field::OccurredAt => "occurred_at",
+            Field::Reason => "reason",
+            Field::StartDate => "start_date",
+            Field::HoursPerWeek => "hours_per_week",
+        }
+    }
+}
+
+/// What is wrong with one part of an event, in the gateway's own words.
+pub type Problem = (Field, String);
+
 /// A checked event, ready to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StatusEvent {
@@ -163,14 +190,17 @@ pub struct StatusEvent {
     pub detail: serde_json::Value,
 }
 
-/// Reads and checks an event body; every problem is listed.
-pub fn parse(body: EventBody, now: OffsetDateTime) -> Result<StatusEvent, Vec<String>> {
-    let mut problems = Vec::new();
+/// Reads and checks an event body; every problem is listed with the part at fault.
+pub fn parse(body: EventBody, now: OffsetDateTime) -> Result<StatusEvent, Vec<Problem>> {
+    let mut problems: Vec<Problem> = Vec::new();
     let event = match body.event.parse::<Milestone>() {
         Ok(Milestone::None) | Err(_) => {
-            problems.push(format!(
-                "event must be one of: {}",
-                EVENTS.map(|m| m.as_str()).join(", ")
+            problems.push((
+                Field::Event,
+                format!(
+                    "event must be one of: {}",
+                    EVENTS.map(|m| m.as_str()).join(", ")
+                ),
             ));
             Milestone::None
         }
@@ -185,22 +215,29 @@ pub fn parse(body: EventBody, now: OffsetDateTime) -> Result<StatusEvent, Vec<St
             .map(|d| d.midnight().assume_utc())
         })
         .map_err(|_| {
-            problems.push("occurred_at must be an RFC 3339 date-time or a YYYY-MM-DD date".into())
+            problems.push((
+                Field::OccurredAt,
+                "occurred_at must be an RFC 3339 date-time or a YYYY-MM-DD date".into(),
+            ))
         })
         .ok();
-    if occurred_at.is_some_and(|t| t > now + fhir_sdk::time::Duration::minutes(5)) {
-        problems.push("occurred_at is in the future".into());
+    let latest = now.checked_add(fhir_sdk::time::Duration::minutes(5));
+    if occurred_at.is_some_and(|t| latest.is_none_or(|latest| t > latest)) {
+        problems.push((Field::OccurredAt, "occurred_at is in the future".into()));
     }
     match event {
         Milestone::Declined => match body.reason.as_deref() {
             Some(r) if DECLINE_REASONS.contains(&r) => {}
-            _ => problems.push(format!(
-                "declined needs a reason: one of {}",
-                DECLINE_REASONS.join(", ")
+            _ => problems.push((
+                Field::Reason,
+                format!(
+                    "declined needs a reason: one of {}",
+                    DECLINE_REASONS.join(", ")
+                ),
             )),
         },
         Milestone::Closed if body.reason.as_deref().is_none_or(|r| r.trim().is_empty()) => {
-            problems.push("closed needs a reason".into())
+            problems.push((Field::Reason, "closed needs a reason".into()))
         }
         _ => {}
     }
@@ -213,11 +250,17 @@ pub fn parse(body: EventBody, now: OffsetDateTime) -> Result<StatusEvent, Vec<St
             )
         }) {
             Some(Ok(d)) => detail["start_date"] = serde_json::json!(d.to_string()),
-            _ => problems.push("job-start needs start_date (YYYY-MM-DD)".into()),
+            _ => problems.push((
+                Field::StartDate,
+                "job-start needs start_date (YYYY-MM-DD)".into(),
+            )),
         }
         match body.hours_per_week {
             Some(h) if h > 0.0 && h <= 168.0 => detail["hours_per_week"] = serde_json::json!(h),
-            _ => problems.push("job-start needs hours_per_week (above 0, at most 168)".into()),
+            _ => problems.push((
+                Field::HoursPerWeek,
+                "job-start needs hours_per_week (above 0, at most 168)".into(),
+            )),
         }
     }
     // A decline or closure reason is a code or a short phrase, never notes about the person.
@@ -293,12 +336,12 @@ mod tests {
         assert!(parse(body("declined", Some("because")), now).is_err());
         assert!(parse(body("declined", Some("failed-contact")), now).is_ok());
         assert!(parse(body("closed", Option::None), now).is_err());
-        assert!(
-            parse(body("job-start", Option::None), now)
-                .unwrap_err()
-                .len()
-                == 2
-        );
+        let fields: Vec<Field> = parse(body("job-start", Option::None), now)
+            .unwrap_err()
+            .into_iter()
+            .map(|(field, _)| field)
+            .collect();
+        assert_eq!(fields, [Field::StartDate, Field::HoursPerWeek]);
         assert!(parse(body("teleported", Option::None), now).is_err());
         let mut future = body("accepted", Option::None);
         future.occurred_at = "2999-01-01T00:00:00Z".into();

@@ -1376,6 +1376,17 @@ macro_rules! sql_store {
                 Ok(rows)
             }
 
+            async fn event(&self, id: &str) -> Result<Option<EventRow>, StoreError> {
+                let row = sqlx::query_as::<_, EventRow>(
+                    "SELECT id, referral_id, provider, event, occurred_at, reason, detail, \
+                     request_id, recorded_at FROM referral_events WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row)
+            }
+
             async fn report_rows(
                 &self,
                 from: OffsetDateTime,

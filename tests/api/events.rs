@@ -314,7 +314,15 @@ async fn providers_may_send_fhir_task_updates_under_the_same_rules(db: Db) {
     );
     let reply = send(job, "prospects").await;
     assert_eq!(reply.status, 201, "{}", reply.text);
-    assert_eq!(reply.json()["detail"]["hours_per_week"], 20.0);
+    let output = reply.json()["output"].clone();
+    assert!(
+        output
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["type"]["text"] == "hours_per_week" && o["valueString"] == "20.0"),
+        "the Task as recorded carries the job start's hours: {output}"
+    );
     // Same rules: impossible transitions, other providers, malformed Tasks.
     send(task("accepted", json!({})), "prospects")
         .await
@@ -333,6 +341,198 @@ async fn providers_may_send_fhir_task_updates_under_the_same_rules(db: Db) {
 }
 
 on_both_databases!(providers_may_send_fhir_task_updates_under_the_same_rules);
+
+/// A Task reporting `code` for `referral`, happening now.
+fn task(referral: &str, code: &str) -> Value {
+    json!({
+        "resourceType": "Task",
+        "status": "in-progress",
+        "intent": "order",
+        "basedOn": [{"reference": format!("ServiceRequest/{referral}")}],
+        "businessStatus": {"coding": [{"system": "https://thrive-gateway.nhs.uk/CodeSystem/referral-milestone", "code": code}]},
+        "executionPeriod": {"start": just_now()},
+    })
+}
+
+/// Posts a FHIR Task as provider `client` with this request id.
+pub async fn post_task(app: &TestApp, client: &str, request_id: &str, body: &Value) -> Reply {
+    let res = app
+        .client
+        .post(app.url("/provider/v1/fhir/Task"))
+        .bearer_auth(token(client))
+        .header("Content-Type", "application/fhir+json")
+        .header("X-Request-Id", request_id)
+        .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    Reply::from(res).await
+}
+
+async fn a_posted_task_is_created_where_the_provider_can_read_it(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    let request = uuid::Uuid::new_v4().to_string();
+    let created = post_task(&app, "prospects", &request, &task(&id, "accepted")).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.headers["content-type"], "application/fhir+json");
+    let body = created.json();
+    serde_json::from_value::<fhir_sdk::r4b::resources::Task>(body.clone()).expect("an R4 Task");
+    assert_eq!(body["resourceType"], "Task");
+    assert_eq!(body["businessStatus"]["coding"][0]["code"], "accepted");
+    assert_eq!(
+        body["basedOn"][0]["reference"],
+        format!("ServiceRequest/{id}").as_str()
+    );
+    let task_id = body["id"].as_str().unwrap().to_owned();
+    let location = created.headers["location"].to_str().unwrap().to_owned();
+    assert_eq!(location, format!("/provider/v1/fhir/Task/{task_id}"));
+    assert_eq!(
+        app.store.events_for(&id).await.unwrap()[0].id,
+        task_id,
+        "the Task is the recorded event"
+    );
+
+    // Read where Location says, by the provider that posted it.
+    let read = app.get("prospects", &location).await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(read.headers["content-type"], "application/fhir+json");
+    assert_eq!(read.json(), body);
+    // The same request again: 200, the same Task at the same place.
+    let again = post_task(&app, "prospects", &request, &task(&id, "accepted")).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.headers["location"].to_str().unwrap(), location);
+    assert_eq!(again.json()["id"], task_id.as_str());
+    // Nobody else's, and nothing at a malformed id.
+    app.get("bchft", &location)
+        .await
+        .assert_issue(404, "REC_NOT_FOUND", "id");
+    app.get("prospects", "/provider/v1/fhir/Task/not-a-task")
+        .await
+        .assert_issue(404, "REC_NOT_FOUND", "id");
+    app.get("gp-a", &location)
+        .await
+        .assert_issue(403, "REC_FORBIDDEN", "");
+    let reads: Vec<_> = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|r| r.action == "referral.event.read")
+        .map(|r| (r.outcome, r.http_status))
+        .collect();
+    assert_eq!(
+        reads,
+        [
+            ("allowed".to_owned(), Some(200)),
+            ("rejected".to_owned(), Some(404)),
+            ("rejected".to_owned(), Some(404)),
+        ]
+    );
+
+    // A Task may name the referral as its focus (the request it fulfils).
+    let mut engaged = task(&id, "engaged");
+    engaged.as_object_mut().unwrap().remove("basedOn");
+    engaged["focus"] = json!({"reference": format!("ServiceRequest/{id}")});
+    let reply = post_task(
+        &app,
+        "prospects",
+        &uuid::Uuid::new_v4().to_string(),
+        &engaged,
+    )
+    .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+}
+
+async fn an_invalid_task_is_refused_at_its_elements(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    let send = |body: Value| {
+        let app = &app;
+        async move { post_task(app, "prospects", &uuid::Uuid::new_v4().to_string(), &body).await }
+    };
+    let without = |key: &str| {
+        let mut t = task(&id, "accepted");
+        t.as_object_mut().unwrap().remove(key);
+        t
+    };
+    // Every structural problem at once, each at its element.
+    let mut bare = without("businessStatus");
+    bare.as_object_mut().unwrap().remove("basedOn");
+    bare["focus"] = json!({"reference": "Patient/1"});
+    let reply = send(bare).await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    let at: Vec<String> = reply.issues().into_iter().map(|(_, _, e)| e).collect();
+    assert_eq!(at, ["Task.focus.reference", "Task.businessStatus"]);
+    send(without("status"))
+        .await
+        .assert_issue(400, "REC_BAD_REQUEST", "Task.status");
+    let mut modified = without("executionPeriod");
+    modified["lastModified"] = json!("yesterday");
+    let reply = send(modified).await;
+    reply.assert_issue(400, "REC_BAD_REQUEST", "Task.lastModified");
+    assert!(!reply.text.contains("yesterday"), "{}", reply.text);
+    send(without("executionPeriod")).await.assert_issue(
+        400,
+        "REC_BAD_REQUEST",
+        "Task.executionPeriod.start",
+    );
+    send(json!({"resourceType": "Patient"})).await.assert_issue(
+        400,
+        "REC_BAD_REQUEST",
+        "Task.resourceType",
+    );
+    // Business rules name the element the event part came from.
+    send(task(&id, "teleported")).await.assert_issue(
+        422,
+        "REC_UNPROCESSABLE_ENTITY",
+        "Task.businessStatus.coding[0].code",
+    );
+    let mut future = task(&id, "accepted");
+    future["executionPeriod"]["start"] = json!("2999-01-01T00:00:00Z");
+    send(future).await.assert_issue(
+        422,
+        "REC_UNPROCESSABLE_ENTITY",
+        "Task.executionPeriod.start",
+    );
+    let mut job = task(&id, "job-start");
+    job["input"] = json!([{"type": {"text": "start_date"}, "valueDate": "2026-12-01"}]);
+    let reply = send(job.clone()).await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    let issues = reply.issues();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!(
+        issues[0].2, "Task.input",
+        "hours_per_week is not there at all"
+    );
+    job["input"][0]["valueDate"] = json!("01/12/2026");
+    job["input"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": {"text": "hours_per_week"}, "valueDecimal": 16}));
+    let reply = send(job.clone()).await;
+    reply.assert_issue(400, "REC_BAD_REQUEST", "Task.input[0]");
+    assert!(!reply.text.contains("01/12/2026"), "{}", reply.text);
+    job["input"][0]["valueDate"] = json!("2026-12-01");
+    // Nothing was accepted yet: a job start is a conflict, at the event.
+    send(job)
+        .await
+        .assert_issue(409, "REC_CONFLICT", "Task.businessStatus.coding[0].code");
+    send(task(&uuid::Uuid::new_v4().to_string(), "accepted"))
+        .await
+        .assert_issue(404, "REC_NOT_FOUND", "Task.basedOn[0].reference");
+    assert!(app.store.events_for(&id).await.unwrap().is_empty());
+    let refused = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|r| r.action == "referral.event" && r.outcome == "rejected")
+        .count();
+    assert_eq!(refused, 11, "every refusal is recorded");
+}
+
+on_both_databases!(
+    a_posted_task_is_created_where_the_provider_can_read_it,
+    an_invalid_task_is_refused_at_its_elements,
+);
 
 async fn programme_statistics_suppress_small_numbers(db: Db) {
     let provider = FakeProvider::start(vec![]).await;

@@ -360,8 +360,14 @@ pub fn token(client: &str) -> String {
     )
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).expect("formats")
+}
+
+/// This moment as RFC 3339: a status event's `occurred_at` that is after the
+/// delivery a test just made and not in the future.
+pub fn just_now() -> String {
+    rfc3339(OffsetDateTime::now_utc())
 }
 
 /// Sets the element at a JSON pointer, panicking if its parent is missing.
