@@ -6,6 +6,7 @@ use crate::auth::{Principal, Role};
 use crate::events::{self, EventBody, Field, Milestone};
 use crate::intake::{Gateway, RequestIds, process::AuditContext};
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use crate::params::Query;
 use crate::store::{EventRecord, EventRecorded, EventRow, MilestoneDelivery, ReferralRow};
 use actix_web::{HttpRequest, HttpResponse, get, http::StatusCode, post, web};
 use fhir_sdk::time::OffsetDateTime;
@@ -107,7 +108,7 @@ async fn post_event(
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
     let event = Ok((referral_id.into_inner(), Body::Json(body), Paths::json()));
-    let recorded = receive(&gw, &req, event).await?;
+    let recorded = receive(&gw, &req, Query::none, event).await?;
     let status = if recorded.created {
         StatusCode::CREATED
     } else {
@@ -130,7 +131,7 @@ async fn post_task(
 ) -> Result<HttpResponse, Rejection> {
     let event =
         read_task(&body).map(|(referral, event, paths)| (referral, Body::Read(event), paths));
-    let recorded = receive(&gw, &req, event).await?;
+    let recorded = receive(&gw, &req, fhir_query, event).await?;
     let status = if recorded.created {
         StatusCode::CREATED
     } else {
@@ -143,6 +144,25 @@ async fn post_task(
             task_location(&recorded.row.id),
         ))
         .json(task_resource(&recorded.referral, &recorded.row)))
+}
+
+/// The FHIR Task endpoints take FHIR's general parameters `_format` (JSON only) and
+/// `_pretty` (ignored), which FHIR clients may add, and nothing else.
+fn fhir_query(query_string: &str) -> Result<(), Rejection> {
+    let mut query = Query::parse(query_string, &["_format", "_pretty"]);
+    query.get(
+        "_format",
+        "json or application/fhir+json: the gateway answers in JSON",
+        |v| {
+            matches!(
+                v,
+                "json" | "application/json" | "application/fhir+json" | "application/fhir json"
+            )
+            .then_some(())
+        },
+    );
+    query.get("_pretty", "true or false", crate::params::boolean);
+    query.finish()
 }
 
 /// Where a recorded event is read as a Task: relative to this gateway, as the
@@ -186,6 +206,7 @@ async fn get_task(
             .at("id")
             .into()
         };
+        fhir_query(req.query_string())?;
         if uuid::Uuid::parse_str(&id).is_err() {
             return Err(not_found());
         }
@@ -229,6 +250,7 @@ async fn get_task(
 async fn receive(
     gw: &Gateway,
     req: &HttpRequest,
+    query: fn(&str) -> Result<(), Rejection>,
     event: Result<(String, Body, Paths), Rejection>,
 ) -> Result<Recorded, Rejection> {
     let (principal, provider) = provider_only(gw, req)?;
@@ -238,7 +260,7 @@ async fn receive(
         principal: Some(&principal),
         ids: ids.as_ref().ok(),
     };
-    let result = match event {
+    let result = match query(req.query_string()).and(event) {
         Ok((referral_id, body, paths)) => {
             record(gw, &provider, &referral_id, ids.clone(), body, &paths, &ctx).await
         }

@@ -270,6 +270,7 @@ async fn read_service_request(
             IssueType::NotFound,
             "no referral has this id",
         )
+        .at("id")
         .into()
     };
     let result = async {

@@ -534,6 +534,82 @@ on_both_databases!(
     an_invalid_task_is_refused_at_its_elements,
 );
 
+async fn provider_parameters_are_refused_by_name_and_recorded(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    let events_of = |referral: &str, query: &str| {
+        let app = &app;
+        let url = app.url(&format!("/provider/v1/referrals/{referral}/events{query}"));
+        async move {
+            let res = app
+                .client
+                .post(url)
+                .bearer_auth(token("prospects"))
+                .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+                .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+                .json(&event("accepted"))
+                .send()
+                .await
+                .unwrap();
+            Reply::from(res).await
+        }
+    };
+    let refusals = || async {
+        app.audit()
+            .await
+            .into_iter()
+            .filter(|r| r.action == "referral.event" && r.outcome == "rejected")
+            .map(|r| (r.http_status, r.detail))
+            .collect::<Vec<_>>()
+    };
+    let reply = events_of(&id, "?notify=gp").await;
+    reply.assert_issue(400, "REC_BAD_REQUEST", "notify");
+    assert_eq!(reply.headers["content-type"], "application/fhir+json");
+    assert!(!reply.text.contains("gp\""), "{}", reply.text);
+    let reply = events_of("9990000018", "").await;
+    assert_eq!(reply.issues()[0].2, "referral_id");
+    reply.assert_issue(404, "REC_NOT_FOUND", "referral_id");
+    assert!(!reply.text.contains("9990000018"), "{}", reply.text);
+    let recorded = refusals().await;
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    assert_eq!(recorded[0].0, Some(400));
+    assert!(recorded[0].1.contains("@notify"), "{}", recorded[0].1);
+    assert_eq!(recorded[1].0, Some(404));
+    assert!(recorded[1].1.contains("@referral_id"), "{}", recorded[1].1);
+
+    // The FHIR Task endpoints take FHIR's _format (JSON) and _pretty, nothing else.
+    let task_at = |query: &str| {
+        let app = &app;
+        let url = app.url(&format!("/provider/v1/fhir/Task{query}"));
+        let body = task(&id, "accepted");
+        async move {
+            let res = app
+                .client
+                .post(url)
+                .bearer_auth(token("prospects"))
+                .header("Content-Type", "application/fhir+json")
+                .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+                .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            Reply::from(res).await
+        }
+    };
+    task_at("?_format=xml")
+        .await
+        .assert_issue(400, "REC_BAD_REQUEST", "_format");
+    assert_eq!(refusals().await.len(), 3);
+    let created = task_at("?_format=json&_pretty=true").await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let location = created.headers["location"].to_str().unwrap().to_owned();
+    app.get("prospects", &format!("{location}?_summary=true"))
+        .await
+        .assert_issue(400, "REC_BAD_REQUEST", "_summary");
+}
+
+on_both_databases!(provider_parameters_are_refused_by_name_and_recorded);
+
 async fn programme_statistics_suppress_small_numbers(db: Db) {
     let provider = FakeProvider::start(vec![]).await;
     let app = TestApp::spawn_with(db, &provider.config("")).await;

@@ -8,6 +8,7 @@ mod auth;
 mod delivery;
 mod duplicates;
 mod encryption;
+mod errors;
 mod events;
 mod gp_callbacks;
 mod intake;
