@@ -3,7 +3,6 @@
 //! milestone state machine so the GP never sees an impossible history.
 
 use fhir_sdk::time::{Date, OffsetDateTime, format_description::well_known::Rfc3339};
-use serde::Deserialize;
 use std::str::FromStr;
 
 /// The referral's latest milestone. `None`: delivered, nothing reported yet.
@@ -137,19 +136,16 @@ pub fn bars_rejection(reason: &str) -> &'static str {
     }
 }
 
-/// A status event as a provider sends it.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A status event as a provider sends it (read from the JSON body or a Task by the
+/// provider interface, which names each field at fault).
+#[derive(Debug)]
 pub struct EventBody {
     pub event: String,
     pub occurred_at: String,
-    #[serde(default)]
     pub reason: Option<String>,
     /// `job-start`: first day of work.
-    #[serde(default)]
     pub start_date: Option<String>,
     /// `job-start`: contracted hours a week.
-    #[serde(default)]
     pub hours_per_week: Option<f64>,
 }
 

@@ -1,11 +1,13 @@
-//! Request parameters outside the body: the query string and ids in the path. They
-//! are read strictly, after the caller is authenticated, so that a parameter an
-//! endpoint does not take, one given twice, or a malformed one is refused (and, where
-//! the endpoint audits its refusals, recorded) as an `OperationOutcome` whose
-//! `issue.expression` names the parameter. A diagnostic never quotes a value.
+//! Request parameters: the query string, ids in the path, and the fields of the
+//! gateway's own (non-FHIR) JSON bodies. They are read strictly, after the caller is
+//! authenticated, so that a parameter an endpoint does not take, one given twice, or a
+//! malformed one is refused (and, where the endpoint audits its refusals, recorded) as
+//! an `OperationOutcome` whose `issue.expression` names the parameter or field. A
+//! diagnostic never quotes a value.
 
 use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use actix_web::web;
+use serde_json::{Map, Value};
 
 /// A query string being read: each parameter is taken by name, and every problem found
 /// is kept until [`Query::finish`] reports them together.
@@ -18,7 +20,7 @@ pub struct Query {
 /// A parameter's name as the caller sent it, shown in a refusal only when it looks like
 /// a parameter name (a letter, then letters, digits, `_`, `-` or `.`, at most 40): a
 /// value sent in the name's place is never echoed.
-fn shown(name: &str) -> Option<&str> {
+pub fn shown(name: &str) -> Option<&str> {
     let mut chars = name.chars();
     let first = chars.next()?;
     let fits = (first.is_ascii_alphabetic() || first == '_')
@@ -162,6 +164,96 @@ pub fn not_found(name: &str, what: &str) -> Rejection {
         .into()
 }
 
+/// A JSON object body being read: each field is taken by name, and every problem found
+/// is kept until [`JsonFields::finish`] reports them together.
+#[derive(Debug)]
+pub struct JsonFields {
+    fields: Map<String, Value>,
+    issues: Vec<Issue>,
+}
+
+impl JsonFields {
+    /// Reads `body` as a JSON object whose fields are among `known`; `shape` describes
+    /// the whole object for a body that is not one. A field not in `known` is a problem.
+    pub fn parse(body: &[u8], known: &[&str], shape: &str) -> Result<Self, Rejection> {
+        let not_an_object = || {
+            Rejection::one(Issue::new(
+                RecCode::BadRequest,
+                IssueType::Structure,
+                format!("the body must be a JSON object: {shape}"),
+            ))
+        };
+        let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+            return Err(not_an_object());
+        };
+        let issues = fields
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .map(|k| {
+                let issue = Issue::new(
+                    RecCode::BadRequest,
+                    IssueType::Structure,
+                    format!("this field is not one the body takes: {}", known.join(", ")),
+                );
+                match shown(k) {
+                    Some(k) => issue.at(k),
+                    None => issue,
+                }
+            })
+            .collect();
+        Ok(Self { fields, issues })
+    }
+
+    fn take<T>(
+        &mut self,
+        name: &str,
+        required: bool,
+        what: &str,
+        read: impl FnOnce(&Value) -> Option<T>,
+    ) -> Option<T> {
+        match self.fields.get(name) {
+            None | Some(Value::Null) if required => {
+                self.issues.push(Issue::structure(
+                    IssueType::Required,
+                    name,
+                    format!("{name} is required ({what})"),
+                ));
+                None
+            }
+            None | Some(Value::Null) => None,
+            Some(value) => {
+                let read = read(value);
+                if read.is_none() {
+                    self.issues.push(Issue::structure(
+                        IssueType::Value,
+                        name,
+                        format!("{name} must be {what}"),
+                    ));
+                }
+                read
+            }
+        }
+    }
+
+    /// A string field; `what` says what it holds.
+    pub fn string(&mut self, name: &str, required: bool, what: &str) -> Option<String> {
+        self.take(name, required, what, |v| v.as_str().map(str::to_owned))
+    }
+
+    /// An optional number field.
+    pub fn number(&mut self, name: &str, what: &str) -> Option<f64> {
+        self.take(name, false, what, Value::as_f64)
+    }
+
+    /// Every problem found, or none.
+    pub fn finish(self) -> Result<(), Rejection> {
+        match Rejection::from_issues(self.issues) {
+            Some(rejection) => Err(rejection),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +286,23 @@ mod tests {
         assert_eq!(missing[0].code, IssueType::Required);
         assert!(Query::none("x=1").is_err() && Query::none("").is_ok());
         assert_eq!(page_size(1000)("5000"), Some(1000));
+
+        let mut body = JsonFields::parse(
+            br#"{"event": 5, "hours": 16, "9990000018": 1}"#,
+            &["event", "occurred_at"],
+            "an event",
+        )
+        .unwrap();
+        assert_eq!(body.string("event", true, "a string"), None);
+        assert_eq!(body.string("occurred_at", true, "a date"), None);
+        let issues = body.finish().unwrap_err().issues;
+        let mut at: Vec<_> = issues.iter().map(|i| i.expression.as_deref()).collect();
+        at.sort_unstable();
+        assert_eq!(
+            at,
+            [None, Some("event"), Some("hours"), Some("occurred_at")]
+        );
+        assert!(JsonFields::parse(b"[1]", &[], "x").is_err());
         assert_eq!(page_size(1000)("0"), None);
     }
 }

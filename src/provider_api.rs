@@ -272,6 +272,42 @@ async fn receive(
     result
 }
 
+/// Reads the JSON event field by field: a body that is not a JSON object, a field it
+/// does not take, a missing `event` or `occurred_at`, or a field of the wrong type is
+/// 400, every problem named by its field and none quoting a value.
+fn read_json_event(bytes: &[u8]) -> Result<EventBody, Rejection> {
+    let known = [
+        Field::Event,
+        Field::OccurredAt,
+        Field::Reason,
+        Field::StartDate,
+        Field::HoursPerWeek,
+    ]
+    .map(Field::json_name);
+    let mut body = crate::params::JsonFields::parse(
+        bytes,
+        &known,
+        "{\"event\", \"occurred_at\", and \"reason\", \"start_date\", \"hours_per_week\" where the event needs them}",
+    )?;
+    let event = body.string("event", true, "a string: the event's name");
+    let occurred_at = body.string(
+        "occurred_at",
+        true,
+        "a string: an RFC 3339 date-time or a YYYY-MM-DD date",
+    );
+    let reason = body.string("reason", false, "a string");
+    let start_date = body.string("start_date", false, "a string: a YYYY-MM-DD date");
+    let hours_per_week = body.number("hours_per_week", "a number");
+    body.finish()?;
+    Ok(EventBody {
+        event: event.unwrap_or_default(),
+        occurred_at: occurred_at.unwrap_or_default(),
+        reason,
+        start_date,
+        hours_per_week,
+    })
+}
+
 /// Reads a Task into the referral it is about, the event it stands for, and where in
 /// the Task each part was found. Every problem is reported, each at its element;
 /// none quotes the Task.
@@ -512,13 +548,7 @@ async fn record(
     }
     let body: EventBody = match body {
         Body::Read(body) => body,
-        Body::Json(bytes) => serde_json::from_slice(&bytes).map_err(|_| {
-            Rejection::one(Issue::new(
-                RecCode::BadRequest,
-                IssueType::Structure,
-                "the body must be JSON: {\"event\", \"occurred_at\", and \"reason\", \"start_date\", \"hours_per_week\" where the event needs them}",
-            ))
-        })?,
+        Body::Json(bytes) => read_json_event(&bytes)?,
     };
     let now = OffsetDateTime::now_utc();
     let event = events::parse(body, now).map_err(|problems| Rejection {

@@ -10,7 +10,6 @@ use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
 use crate::params::{self, DATE_OR_INSTANT, Query};
 use crate::store::{AuditFilter, AuditRow, StoreError};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 fn fail(e: StoreError) -> Rejection {
@@ -74,10 +73,6 @@ async fn refused(
         gw.audit_rejection(&ctx, rejection).await;
     }
     result
-}
-
-fn bad(what: impl Into<String>) -> Rejection {
-    Issue::new(RecCode::BadRequest, IssueType::Value, what.into()).into()
 }
 
 /// The filters of `GET /audit/v1/records`, read after authentication so a bad one is
@@ -232,12 +227,6 @@ async fn read_record(
     Ok(HttpResponse::Ok().json(record_view(&row)))
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubjectBody {
-    nhs_number: String,
-}
-
 /// Everything recorded and disclosed about one person, found by the audit pseudonym
 /// of the NHS number in the body (under every configured audit key version).
 #[post("/audit/v1/subjects")]
@@ -258,9 +247,11 @@ async fn subject_records(
     body: &[u8],
 ) -> Result<HttpResponse, Rejection> {
     Query::none(req.query_string())?;
-    let body: SubjectBody = serde_json::from_slice(body)
-        .map_err(|_| bad("the body must be JSON: {\"nhs_number\": \"<10 digits>\"}"))?;
-    let nhs = NhsNumber::parse(&body.nhs_number).map_err(|_| {
+    let mut body =
+        params::JsonFields::parse(body, &["nhs_number"], "{\"nhs_number\": \"<10 digits>\"}")?;
+    let nhs_number = body.string("nhs_number", true, "a string of 10 digits");
+    body.finish()?;
+    let nhs = NhsNumber::parse(nhs_number.as_deref().unwrap_or_default()).map_err(|_| {
         Rejection::one(
             Issue::new(
                 RecCode::UnprocessableEntity,

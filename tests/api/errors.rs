@@ -147,6 +147,22 @@ async fn audit_parameters_are_refused_by_name_and_recorded(db: Db) {
     let (outcome, _, _) = last_record(&app, "audit.export").await;
     assert_eq!(outcome, "rejected");
 
+    let res = app
+        .client
+        .post(app.url("/audit/v1/subjects"))
+        .bearer_auth(token("auditor"))
+        .json(&serde_json::json!({"nhs": "9990000018"}))
+        .send()
+        .await
+        .unwrap();
+    let reply = Reply::from(res).await;
+    assert_eq!(
+        refused_at(&reply, 400, &["9990000018"]),
+        ["nhs", "nhs_number"]
+    );
+    let (outcome, status, _) = last_record(&app, "audit.subjects").await;
+    assert_eq!((outcome.as_str(), status), ("rejected", Some(400)));
+
     let reply = app.get("auditor", "/audit/v1/verify?deep=yes").await;
     assert_eq!(refused_at(&reply, 400, &["yes"]), ["deep"]);
     let (outcome, status, _) = last_record(&app, "audit.verify").await;

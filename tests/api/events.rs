@@ -610,6 +610,66 @@ async fn provider_parameters_are_refused_by_name_and_recorded(db: Db) {
 
 on_both_databases!(provider_parameters_are_refused_by_name_and_recorded);
 
+async fn a_json_event_that_does_not_read_is_refused_by_field(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    let send = |body: Value| {
+        let app = &app;
+        let id = &id;
+        async move {
+            post(
+                app,
+                "prospects",
+                id,
+                &uuid::Uuid::new_v4().to_string(),
+                &body,
+            )
+            .await
+        }
+    };
+    let at = |reply: &Reply| {
+        assert_eq!(reply.status, 400, "{}", reply.text);
+        assert_eq!(reply.headers["content-type"], "application/fhir+json");
+        let mut at: Vec<String> = reply.issues().into_iter().map(|(_, _, e)| e).collect();
+        at.sort();
+        at
+    };
+    let reply =
+        send(json!({"event": 5, "occurred_at": just_now(), "notes": "Matthew, knee pain"})).await;
+    assert_eq!(at(&reply), ["event", "notes"]);
+    assert!(
+        !reply.text.contains("Matthew") && !reply.text.contains("knee"),
+        "{}",
+        reply.text
+    );
+    let reply = send(json!({"event": "accepted"})).await;
+    assert_eq!(at(&reply), ["occurred_at"]);
+    assert_eq!(reply.issues()[0].1, "required");
+    let reply = send(json!({
+        "event": "job-start", "occurred_at": just_now(),
+        "start_date": 20261201, "hours_per_week": "sixteen"
+    }))
+    .await;
+    assert_eq!(at(&reply), ["hours_per_week", "start_date"]);
+    assert!(
+        !reply.text.contains("sixteen") && !reply.text.contains("20261201"),
+        "{}",
+        reply.text
+    );
+    let reply = send(json!(["accepted"])).await;
+    assert_eq!(at(&reply), [""], "not an object: no field to name");
+    let recorded: Vec<_> = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|r| r.action == "referral.event" && r.outcome == "rejected")
+        .map(|r| r.http_status)
+        .collect();
+    assert_eq!(recorded, [Some(400); 4]);
+    assert!(app.store.events_for(&id).await.unwrap().is_empty());
+}
+
+on_both_databases!(a_json_event_that_does_not_read_is_refused_by_field);
+
 async fn programme_statistics_suppress_small_numbers(db: Db) {
     let provider = FakeProvider::start(vec![]).await;
     let app = TestApp::spawn_with(db, &provider.config("")).await;
