@@ -254,6 +254,123 @@ impl JsonFields {
     }
 }
 
+/// The field a serde error names, when it names one from the type's own schema:
+/// `missing field `x`` (true) or `unknown field `x`` (false, from the request, so only
+/// shown when it looks like a name).
+fn named_field(error: &str) -> Option<(bool, String)> {
+    let (missing, rest) = if let Some(rest) = error.strip_prefix("missing field `") {
+        (true, rest)
+    } else {
+        (false, error.strip_prefix("unknown field `")?)
+    };
+    let name = rest.split('`').next()?;
+    let name = if missing { Some(name) } else { shown(name) };
+    name.map(|n| (missing, n.to_owned()))
+}
+
+/// The issue for a value actix's extractors could not deserialise (`what`: query
+/// parameter or field), from serde's message, whose text (it may quote the value) is
+/// never passed on.
+fn deserialize_issue(message: &str, what: &str) -> Issue {
+    match named_field(message) {
+        Some((true, name)) => Issue::structure(
+            IssueType::Required,
+            name,
+            format!("this {what} is required"),
+        ),
+        Some((false, name)) => Issue::structure(
+            IssueType::NotSupported,
+            name,
+            format!("this endpoint does not take this {what}"),
+        ),
+        None => Issue::new(
+            RecCode::BadRequest,
+            IssueType::Value,
+            format!("a {what} is missing, not taken by this endpoint, or malformed"),
+        ),
+    }
+}
+
+/// Refusals by actix's own extractors (`web::Query`, `web::Path`, `web::Json`), for
+/// any handler that uses them: OperationOutcomes like the gateway's own, never actix's
+/// plain text. Registered on the whole application by [`crate::startup`].
+pub mod extractors {
+    use super::*;
+    use actix_web::{
+        HttpRequest,
+        error::{JsonPayloadError, PathError, QueryPayloadError},
+    };
+
+    pub fn query_config() -> web::QueryConfig {
+        web::QueryConfig::default().error_handler(query_error)
+    }
+
+    pub fn path_config() -> web::PathConfig {
+        web::PathConfig::default().error_handler(path_error)
+    }
+
+    pub fn json_config() -> web::JsonConfig {
+        web::JsonConfig::default().error_handler(json_error)
+    }
+
+    /// 400 at the query parameter serde names, where it names one.
+    pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+        let message = match &err {
+            QueryPayloadError::Deserialize(e) => e.to_string(),
+            _ => String::new(),
+        };
+        Rejection::one(deserialize_issue(&message, "query parameter")).into()
+    }
+
+    /// 404 at the path's id: a malformed id names nothing.
+    pub fn path_error(_err: PathError, req: &HttpRequest) -> actix_web::Error {
+        let mut names = req.match_info().iter().map(|(name, _)| name);
+        let issue = Issue::new(
+            RecCode::NotFound,
+            IssueType::NotFound,
+            "nothing has this id: it is not in the form this endpoint's ids take",
+        );
+        let issue = match (names.next(), names.next()) {
+            (Some(name), None) => issue.at(name),
+            _ => issue,
+        };
+        Rejection::one(issue).into()
+    }
+
+    /// 415 for another content type, 413 past the limit, 400 for a body that is not
+    /// JSON or not the JSON expected (at the field serde names, where it names one).
+    pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+        let issue = match &err {
+            JsonPayloadError::ContentType => Issue::new(
+                RecCode::UnsupportedMediaType,
+                IssueType::NotSupported,
+                "Content-Type must be application/json",
+            ),
+            JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                Issue::new(
+                    RecCode::PayloadTooLarge,
+                    IssueType::TooLong,
+                    "the body is larger than this endpoint accepts",
+                )
+            }
+            JsonPayloadError::Deserialize(e) if e.is_data() => {
+                deserialize_issue(&e.to_string(), "field")
+            }
+            JsonPayloadError::Deserialize(_) => Issue::new(
+                RecCode::BadRequest,
+                IssueType::Structure,
+                "the body is not JSON",
+            ),
+            _ => Issue::new(
+                RecCode::BadRequest,
+                IssueType::Structure,
+                "the body could not be read",
+            ),
+        };
+        Rejection::one(issue).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +420,88 @@ mod tests {
             [None, Some("event"), Some("hours"), Some("occurred_at")]
         );
         assert!(JsonFields::parse(b"[1]", &[], "x").is_err());
+    }
+
+    /// What an extractor's refusal answers: status, content type and the outcome.
+    fn answered(e: actix_web::Error) -> (u16, String, Value) {
+        let res = e.error_response();
+        let content_type = res
+            .headers()
+            .get(actix_web::http::header::CONTENT_TYPE)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let status = res.status().as_u16();
+        let body = actix_web::body::to_bytes(res.into_body());
+        let body = futures_util::FutureExt::now_or_never(body)
+            .unwrap()
+            .unwrap();
+        (status, content_type, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[test]
+    fn actix_extractors_refuse_with_outcomes_naming_the_parameter() {
+        use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+        use serde::de::Error as _;
+        let req = actix_web::test::TestRequest::default().to_http_request();
+        let de = |m: &str| serde::de::value::Error::custom(m);
+
+        let (status, content_type, body) = answered(extractors::query_error(
+            QueryPayloadError::Deserialize(de("missing field `since`")),
+            &req,
+        ));
+        assert_eq!(
+            (status, content_type.as_str()),
+            (400, "application/fhir+json")
+        );
+        assert_eq!(body["issue"][0]["expression"][0], "since");
+        assert_eq!(body["issue"][0]["code"], "required");
+        let (_, _, body) = answered(extractors::query_error(
+            QueryPayloadError::Deserialize(de("invalid digit found in string `9990000018`")),
+            &req,
+        ));
+        assert!(!body.to_string().contains("9990000018"), "{body}");
+
+        let req = actix_web::test::TestRequest::default()
+            .param("referral_id", "x")
+            .to_http_request();
+        let (status, _, body) = answered(extractors::path_error(
+            PathError::Deserialize(de("bad")),
+            &req,
+        ));
+        assert_eq!(status, 404);
+        assert_eq!(body["issue"][0]["expression"][0], "referral_id");
+
+        let (status, content_type, _) =
+            answered(extractors::json_error(JsonPayloadError::ContentType, &req));
+        assert_eq!(
+            (status, content_type.as_str()),
+            (415, "application/fhir+json")
+        );
+        let (status, _, _) = answered(extractors::json_error(
+            JsonPayloadError::Overflow { limit: 1 },
+            &req,
+        ));
+        assert_eq!(status, 413);
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code, reason = "only deserialised")]
+        struct Shape {
+            hours: f64,
+        }
+        let wrong = serde_json::from_str::<Shape>(r#"{"hours": "sixteen"}"#).unwrap_err();
+        let (status, _, body) = answered(extractors::json_error(
+            JsonPayloadError::Deserialize(wrong),
+            &req,
+        ));
+        assert_eq!(status, 400);
+        assert!(!body.to_string().contains("sixteen"), "{body}");
+        let missing = serde_json::from_str::<Shape>("{}").unwrap_err();
+        let (_, _, body) = answered(extractors::json_error(
+            JsonPayloadError::Deserialize(missing),
+            &req,
+        ));
+        assert_eq!(body["issue"][0]["expression"][0], "hours");
         assert_eq!(page_size(1000)("0"), None);
     }
 }

@@ -11,7 +11,7 @@ use crate::auth::{AuthError, Principal, Role};
 use crate::metrics::ReferralOutcome;
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
 use actix_web::{
-    HttpRequest, HttpResponse, Responder, get,
+    HttpRequest, HttpResponse, Responder, ResponseError, get,
     http::header::{self, HeaderMap},
     post, web,
 };
@@ -352,8 +352,12 @@ async fn ready(gw: web::Data<Gateway>) -> impl Responder {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready", "database": "ok"})),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: database unreachable");
-            HttpResponse::ServiceUnavailable()
-                .json(serde_json::json!({"status": "not ready", "database": "unreachable"}))
+            Rejection::one(Issue::new(
+                RecCode::ServiceUnavailable,
+                IssueType::Transient,
+                "not ready: the database does not answer",
+            ))
+            .error_response()
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Refusals of bad parameters on the operator, report and audit APIs: each is an
 //! OperationOutcome naming the parameter at fault, quoting no value, and recorded in
-//! the audit trail as refused. (The provider API's are in `events.rs`.)
+//! the audit trail as refused (the provider API's are in `events.rs`); and actix's
+//! own refusals, which are OperationOutcomes too.
 
 use crate::helpers::*;
 use crate::on_both_databases;
@@ -174,3 +175,44 @@ on_both_databases!(
     report_parameters_are_refused_by_name_and_recorded,
     audit_parameters_are_refused_by_name_and_recorded,
 );
+
+async fn actix_s_own_refusals_are_outcomes_too(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let outcome = |reply: &Reply, status: u16| {
+        assert_eq!(reply.status, status, "{}", reply.text);
+        assert_eq!(
+            reply.headers["content-type"], "application/fhir+json",
+            "{}",
+            reply.text
+        );
+        assert_eq!(reply.json()["resourceType"], "OperationOutcome");
+    };
+    // A method the endpoint does not take.
+    let res = app
+        .client
+        .delete(app.url("/operator/v1/deliveries"))
+        .bearer_auth(token("operator"))
+        .send()
+        .await
+        .unwrap();
+    let reply = Reply::from(res).await;
+    outcome(&reply, 404);
+    // A body past what the endpoint reads, refused before the handler runs.
+    let referral = uuid::Uuid::new_v4();
+    let res = app
+        .client
+        .post(app.url(&format!("/provider/v1/referrals/{referral}/events")))
+        .bearer_auth(token("prospects"))
+        .header("Content-Type", "application/json")
+        .body(format!("{{\"event\": \"{}\"}}", "a".repeat(300 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    outcome(&Reply::from(res).await, 413);
+    // An id that is not even text.
+    let reply = app.get("auditor", "/audit/v1/records/%FF%FE").await;
+    outcome(&reply, 404);
+    assert_eq!(reply.issues()[0].2, "seq");
+}
+
+on_both_databases!(actix_s_own_refusals_are_outcomes_too);
