@@ -525,9 +525,9 @@ async fn record(
         .deliveries_for(referral_id)
         .await
         .map_err(fail)?
-        .iter()
-        .any(|d| d.kind == "referral" && d.state == "delivered" && d.provider == provider);
-    if referral.provider != provider || !delivered {
+        .into_iter()
+        .find(|d| d.kind == "referral" && d.state == "delivered" && d.provider == provider);
+    if referral.provider != provider || delivered.is_none() {
         return Err(Issue::new(
             RecCode::Forbidden,
             IssueType::Forbidden,
@@ -539,9 +539,9 @@ async fn record(
     // The same request again: the same answer, nothing recorded twice.
     let request_id = ids.request_id.to_string();
     let existing = gw.store.events_for(referral_id).await.map_err(fail)?;
-    if let Some(row) = existing.into_iter().find(|e| e.request_id == request_id) {
+    if let Some(row) = existing.iter().find(|e| e.request_id == request_id) {
         return Ok(Recorded {
-            row,
+            row: row.clone(),
             referral,
             created: false,
         });
@@ -562,6 +562,30 @@ async fn record(
         return Err(Issue::new(RecCode::Conflict, IssueType::Conflict, why)
             .at(paths.event.clone())
             .into());
+    }
+    // The dates must make sense against what is recorded: 422, like any other value
+    // the provider can correct and send again (409 is kept for the lifecycle).
+    let timeline = events::Timeline {
+        delivered_at: delivered.and_then(|d| d.delivered_at),
+        previous: existing.last().and_then(|e| {
+            e.event
+                .parse::<Milestone>()
+                .ok()
+                .map(|m| (m, e.occurred_at))
+        }),
+        job_start: existing
+            .iter()
+            .rfind(|e| e.event == Milestone::JobStart.as_str())
+            .map(|e| e.occurred_at),
+    };
+    let problems = events::refuse_date(&event, &timeline);
+    if !problems.is_empty() {
+        return Err(Rejection {
+            issues: problems
+                .into_iter()
+                .map(|p| Issue::business(IssueType::BusinessRule, paths.occurred_at.clone(), p))
+                .collect(),
+        });
     }
     let record = EventRecord {
         id: uuid::Uuid::new_v4().to_string(),

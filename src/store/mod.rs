@@ -261,6 +261,8 @@ pub struct DeliveryRow {
     pub state: String,
     pub request_id: String,
     pub attempts: i32,
+    /// When the recipient took it (`None` until delivered).
+    pub delivered_at: Option<OffsetDateTime>,
 }
 
 /// A delivery one worker holds the lease on, with what it needs to send it.

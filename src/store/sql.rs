@@ -930,8 +930,8 @@ macro_rules! sql_store {
 
             async fn deliveries_for(&self, referral_id: &str) -> Result<Vec<DeliveryRow>, StoreError> {
                 let rows = sqlx::query_as::<_, DeliveryRow>(
-                    "SELECT id, referral_id, provider, kind, state, request_id, attempts \
-                     FROM deliveries WHERE referral_id = $1 ORDER BY created_at, id",
+                    "SELECT id, referral_id, provider, kind, state, request_id, attempts, \
+                     delivered_at FROM deliveries WHERE referral_id = $1 ORDER BY created_at, id",
                 )
                 .bind(referral_id)
                 .fetch_all(&self.pool)

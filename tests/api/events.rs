@@ -40,7 +40,7 @@ pub async fn post(
 }
 
 fn event(name: &str) -> Value {
-    let mut e = json!({"event": name, "occurred_at": "2026-11-21T09:00:00Z"});
+    let mut e = json!({"event": name, "occurred_at": just_now()});
     match name {
         "declined" => e["reason"] = json!("failed-contact"),
         "closed" => e["reason"] = json!("completed"),
@@ -53,25 +53,36 @@ fn event(name: &str) -> Value {
     e
 }
 
+/// A day `days` ago at 09:00 UTC, as RFC 3339.
+fn days_ago(days: i64) -> String {
+    let day =
+        fhir_sdk::time::OffsetDateTime::now_utc().date() - fhir_sdk::time::Duration::days(days);
+    format!("{day}T09:00:00Z")
+}
+
 async fn the_whole_journey_is_recorded_and_the_gp_sees_it(db: Db) {
     let (app, id, _provider) = delivered(db).await;
+    // Delivered 200 days ago, so that 26 weeks of work fit before today.
+    delivered_days_ago(db, &app, &id, 200).await;
     let journey = [
-        "accepted",
-        "contacted",
-        "engaged",
-        "action-plan-agreed",
-        "job-start",
-        "sustained-13-weeks",
-        "sustained-26-weeks",
-        "closed",
+        ("accepted", 199),
+        ("contacted", 198),
+        ("engaged", 197),
+        ("action-plan-agreed", 196),
+        ("job-start", 190),
+        ("sustained-13-weeks", 190 - 91),
+        ("sustained-26-weeks", 190 - 182),
+        ("closed", 1),
     ];
-    for name in journey {
+    for (name, days) in journey {
+        let mut body = event(name);
+        body["occurred_at"] = json!(days_ago(days));
         let reply = post(
             &app,
             "prospects",
             &id,
             &uuid::Uuid::new_v4().to_string(),
-            &event(name),
+            &body,
         )
         .await;
         assert_eq!(reply.status, 201, "{name}: {}", reply.text);
@@ -90,9 +101,9 @@ async fn the_whole_journey_is_recorded_and_the_gp_sees_it(db: Db) {
         .iter()
         .map(|t| t["businessStatus"]["coding"][0]["code"].as_str().unwrap())
         .collect();
-    assert_eq!(milestones, journey);
+    assert_eq!(milestones, journey.map(|(name, _)| name));
     let job = &sr["contained"][4];
-    assert_eq!(job["executionPeriod"]["start"], "2026-11-21T09:00:00Z");
+    assert_eq!(job["executionPeriod"]["start"], days_ago(190).as_str());
     assert!(job["output"].to_string().contains("2026-11-30"));
     assert!(sr["extension"].to_string().contains("\"closed\""));
     // Nothing may follow closed.
@@ -273,7 +284,7 @@ async fn providers_may_send_fhir_task_updates_under_the_same_rules(db: Db) {
             "intent": "order",
             "basedOn": [{"reference": format!("ServiceRequest/{id}")}],
             "businessStatus": {"coding": [{"system": "https://thrive-gateway.nhs.uk/CodeSystem/referral-milestone", "code": code}]},
-            "executionPeriod": {"start": "2026-11-22T10:00:00Z"},
+            "executionPeriod": {"start": just_now()},
         });
         if let (Some(t), Some(extra)) = (t.as_object_mut(), extra.as_object()) {
             t.extend(extra.clone());
@@ -669,6 +680,168 @@ async fn a_json_event_that_does_not_read_is_refused_by_field(db: Db) {
 }
 
 on_both_databases!(a_json_event_that_does_not_read_is_refused_by_field);
+
+/// Posts `name` dated `occurred_at` (JSON), with a fresh request id.
+async fn dated(app: &TestApp, id: &str, name: &str, occurred_at: &str) -> Reply {
+    let mut body = event(name);
+    body["occurred_at"] = json!(occurred_at);
+    post(
+        app,
+        "prospects",
+        id,
+        &uuid::Uuid::new_v4().to_string(),
+        &body,
+    )
+    .await
+}
+
+/// Asserts a 422 business-rule refusal at `at`, whose diagnostic says `why`.
+fn refused_date(reply: &Reply, at: &str, why: &str) {
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    let body = reply.json();
+    let issues = body["issue"].as_array().unwrap();
+    assert_eq!(issues.len(), 1, "{}", reply.text);
+    assert_eq!(issues[0]["code"], "business-rule");
+    assert_eq!(
+        issues[0]["details"]["coding"][0]["code"],
+        "REC_UNPROCESSABLE_ENTITY"
+    );
+    assert_eq!(issues[0]["expression"][0], at);
+    assert!(
+        issues[0]["diagnostics"].as_str().unwrap().contains(why),
+        "{}",
+        reply.text
+    );
+}
+
+async fn events_are_not_dated_before_the_delivery_or_the_last_milestone(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    delivered_days_ago(db, &app, &id, 10).await;
+    refused_date(
+        &dated(&app, &id, "accepted", &days_ago(11)).await,
+        "occurred_at",
+        "before the referral was delivered",
+    );
+    let mut before = task(&id, "accepted");
+    before["executionPeriod"]["start"] = json!(days_ago(11));
+    let reply = post_task(
+        &app,
+        "prospects",
+        &uuid::Uuid::new_v4().to_string(),
+        &before,
+    )
+    .await;
+    refused_date(
+        &reply,
+        "Task.executionPeriod.start",
+        "before the referral was delivered",
+    );
+    before.as_object_mut().unwrap().remove("executionPeriod");
+    before["lastModified"] = json!(days_ago(11));
+    let reply = post_task(
+        &app,
+        "prospects",
+        &uuid::Uuid::new_v4().to_string(),
+        &before,
+    )
+    .await;
+    refused_date(
+        &reply,
+        "Task.lastModified",
+        "before the referral was delivered",
+    );
+    // Dates far out are refused in words, not by a panic.
+    let reply = dated(&app, &id, "accepted", "9999-12-31").await;
+    reply.assert_issue(422, "REC_UNPROCESSABLE_ENTITY", "occurred_at");
+    refused_date(
+        &dated(&app, &id, "accepted", "0000-01-01").await,
+        "occurred_at",
+        "before the referral was delivered",
+    );
+    refused_date(
+        &dated(&app, &id, "accepted", "0001-01-01T00:00:00Z").await,
+        "occurred_at",
+        "before the referral was delivered",
+    );
+
+    assert_eq!(dated(&app, &id, "accepted", &days_ago(5)).await.status, 201);
+    refused_date(
+        &dated(&app, &id, "contacted", &days_ago(6)).await,
+        "occurred_at",
+        "before the previous milestone (accepted)",
+    );
+    // A date covers its whole day: the day of the last milestone is not before it.
+    let day = &days_ago(5)[..10];
+    let reply = dated(&app, &id, "contacted", day).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let events = app.store.events_for(&id).await.unwrap();
+    assert_eq!(events.len(), 2);
+    let refusals: Vec<_> = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|r| r.action == "referral.event" && r.outcome == "rejected")
+        .map(|r| r.http_status)
+        .collect();
+    assert_eq!(refusals, [Some(422); 7]);
+}
+
+async fn sustained_work_is_counted_from_the_job_start(db: Db) {
+    let (app, id, _provider) = delivered(db).await;
+    delivered_days_ago(db, &app, &id, 200).await;
+    for (name, days) in [("accepted", 199), ("engaged", 198), ("job-start", 190)] {
+        let reply = dated(&app, &id, name, &days_ago(days)).await;
+        assert_eq!(reply.status, 201, "{name}: {}", reply.text);
+    }
+    let weeks_in = |weeks: i64| days_ago(190 - weeks * 7);
+    refused_date(
+        &dated(&app, &id, "sustained-13-weeks", &weeks_in(12)).await,
+        "occurred_at",
+        "at least 13 weeks (91 days) after the job-start",
+    );
+    let reply = dated(&app, &id, "sustained-13-weeks", &weeks_in(13)).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    refused_date(
+        &dated(&app, &id, "sustained-26-weeks", &weeks_in(25)).await,
+        "occurred_at",
+        "at least 26 weeks (182 days) after the job-start",
+    );
+    let mut task_26 = task(&id, "sustained-26-weeks");
+    task_26["executionPeriod"]["start"] = json!(weeks_in(25));
+    let reply = post_task(
+        &app,
+        "prospects",
+        &uuid::Uuid::new_v4().to_string(),
+        &task_26,
+    )
+    .await;
+    refused_date(&reply, "Task.executionPeriod.start", "at least 26 weeks");
+    let reply = dated(&app, &id, "sustained-26-weeks", &weeks_in(26)).await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let recorded: Vec<String> = app
+        .store
+        .events_for(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event)
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            "accepted",
+            "engaged",
+            "job-start",
+            "sustained-13-weeks",
+            "sustained-26-weeks"
+        ]
+    );
+}
+
+on_both_databases!(
+    events_are_not_dated_before_the_delivery_or_the_last_milestone,
+    sustained_work_is_counted_from_the_job_start,
+);
 
 async fn programme_statistics_suppress_small_numbers(db: Db) {
     let provider = FakeProvider::start(vec![]).await;
