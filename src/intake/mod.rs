@@ -45,17 +45,17 @@ impl RequestIds {
             match parsed {
                 Some(Ok(id)) => Some(id),
                 Some(Err(_)) => {
-                    issues.push(Issue::new(
-                        RecCode::BadRequest,
+                    issues.push(Issue::structure(
                         IssueType::Value,
+                        shown,
                         format!("the {shown} header must be a UUID"),
                     ));
                     None
                 }
                 None => {
-                    issues.push(Issue::new(
-                        RecCode::BadRequest,
+                    issues.push(Issue::structure(
                         IssueType::Required,
+                        shown,
                         format!("the {shown} header is required (a UUID)"),
                     ));
                     None

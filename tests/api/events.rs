@@ -587,6 +587,22 @@ async fn provider_parameters_are_refused_by_name_and_recorded(db: Db) {
     assert_eq!(recorded[1].0, Some(404));
     assert!(recorded[1].1.contains("@referral_id"), "{}", recorded[1].1);
 
+    // A request header at fault is named too.
+    let res = app
+        .client
+        .post(app.url(&format!("/provider/v1/referrals/{id}/events")))
+        .bearer_auth(token("prospects"))
+        .header("X-Request-Id", "9990000018")
+        .json(&event("accepted"))
+        .send()
+        .await
+        .unwrap();
+    let reply = Reply::from(res).await;
+    let at: Vec<String> = reply.issues().into_iter().map(|(_, _, e)| e).collect();
+    assert_eq!(at, ["X-Request-Id", "X-Correlation-Id"], "{}", reply.text);
+    assert!(!reply.text.contains("9990000018"), "{}", reply.text);
+    assert_eq!(refusals().await.len(), 3);
+
     // The FHIR Task endpoints take FHIR's _format (JSON) and _pretty, nothing else.
     let task_at = |query: &str| {
         let app = &app;
@@ -610,7 +626,7 @@ async fn provider_parameters_are_refused_by_name_and_recorded(db: Db) {
     task_at("?_format=xml")
         .await
         .assert_issue(400, "REC_BAD_REQUEST", "_format");
-    assert_eq!(refusals().await.len(), 3);
+    assert_eq!(refusals().await.len(), 4);
     let created = task_at("?_format=json&_pretty=true").await;
     assert_eq!(created.status, 201, "{}", created.text);
     let location = created.headers["location"].to_str().unwrap().to_owned();
