@@ -20,6 +20,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod operations;
 pub mod outcome;
+pub mod params;
 pub mod provider_api;
 pub mod pseudonym;
 pub mod published_keys;

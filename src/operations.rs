@@ -8,10 +8,10 @@
 use crate::auth::Role;
 use crate::intake::{Gateway, process::AuditContext};
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use crate::params::{self, DATE_OR_INSTANT, Query};
 use crate::store::{AuditRecord, DeliveryView, Store, StoreError};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use fhir_sdk::time::OffsetDateTime;
-use serde::Deserialize;
 
 /// Lists deliveries, newest first (dead letters only when asked).
 pub async fn list(
@@ -105,41 +105,43 @@ async fn operator_only(
     .await
 }
 
-#[derive(Debug, Deserialize)]
-struct ListQuery {
-    #[serde(default)]
-    dead: bool,
-    #[serde(default = "default_limit")]
-    limit: i64,
-}
-
-fn default_limit() -> i64 {
-    100
-}
-
+/// `?dead=true|false&limit=1..1000` (a larger limit lists 1000), read after the caller
+/// is authenticated so a bad one is refused and recorded like any other refusal.
 #[get("/operator/v1/deliveries")]
 async fn list_deliveries(
     req: HttpRequest,
-    query: web::Query<ListQuery>,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = operator_only(&gw, &req, "operator.deliveries.list").await?;
-    let rows = list(gw.store.as_ref(), query.dead, query.limit.clamp(1, 1000))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "listing deliveries failed");
-            server_error()
-        })?;
     let ctx = AuditContext {
         action: "operator.deliveries.list",
         principal: Some(&principal),
         ids: None,
     };
+    let mut query = Query::parse(req.query_string(), &["dead", "limit"]);
+    let dead = query
+        .get("dead", "true or false", params::boolean)
+        .unwrap_or(false);
+    let limit = query
+        .get(
+            "limit",
+            "a whole number of at least 1 (at most 1000 are listed)",
+            params::page_size(1000),
+        )
+        .unwrap_or(100);
+    if let Err(r) = query.finish() {
+        gw.audit_rejection(&ctx, &r).await;
+        return Err(r);
+    }
+    let rows = list(gw.store.as_ref(), dead, limit).await.map_err(|e| {
+        tracing::error!(error = %e, "listing deliveries failed");
+        server_error()
+    })?;
     let record = ctx.record(
         "allowed",
         200,
         None,
-        serde_json::json!({"dead_only": query.dead, "count": rows.len()}),
+        serde_json::json!({"dead_only": dead, "count": rows.len()}),
     );
     gw.store.append_audit(&record).await.map_err(|e| {
         tracing::error!(error = %e, "could not audit an operator query");
@@ -173,6 +175,18 @@ async fn dead_letter(
         principal: Some(&principal),
         ids: None,
     };
+    // No query parameters; the id is a delivery's (a UUID), or there is nothing there.
+    let mut issues = Query::none(req.query_string())
+        .err()
+        .map(|r| r.issues)
+        .unwrap_or_default();
+    if uuid::Uuid::parse_str(id).is_err() {
+        issues.extend(params::not_found("id", "no dead letter has this id").issues);
+    }
+    if let Some(r) = Rejection::from_issues(issues) {
+        gw.audit_rejection(&ctx, &r).await;
+        return Err(r);
+    }
     let record = ctx.record(
         "accepted",
         verb.status,
@@ -227,13 +241,9 @@ fn dead_letter_refusal(refused: DeadLetterAction, verb: &str) -> Rejection {
             IssueType::Conflict,
             format!("this dead letter was resolved by an operator and cannot be {verb}"),
         )
+        .at("id")
         .into(),
-        _ => Issue::new(
-            RecCode::NotFound,
-            IssueType::NotFound,
-            "no dead letter has this id",
-        )
-        .into(),
+        _ => params::not_found("id", "no dead letter has this id"),
     }
 }
 
@@ -253,23 +263,18 @@ async fn resolve_delivery(
     dead_letter(&gw, &req, &id, verb, done).await
 }
 
-#[derive(Debug, Deserialize)]
+/// The report's parameters as asked, echoed in its answer and its audit record.
 struct ReportQuery {
     from: String,
     to: String,
-    #[serde(default = "default_group")]
     group_by: String,
 }
 
-fn default_group() -> String {
-    "provider".into()
-}
-
-/// Programme statistics (auditor or operator role), small numbers suppressed.
+/// Programme statistics (auditor or operator role), small numbers suppressed:
+/// `?from=&to=` (required) `&group_by=`, read after the role is checked.
 #[get("/reports/v1/programme")]
 async fn programme_report(
     req: HttpRequest,
-    query: web::Query<ReportQuery>,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = crate::intake::authenticate(&gw, &req)?;
@@ -286,19 +291,32 @@ async fn programme_report(
                 "only auditors and operators read programme statistics",
             )));
         }
-        let bad = |e: String| Rejection::from(Issue::new(RecCode::BadRequest, IssueType::Value, e));
-        let from = crate::reports::bound(&query.from).map_err(bad)?;
-        let to = crate::reports::bound(&query.to).map_err(bad)?;
-        let group_by: crate::reports::GroupBy = query.group_by.parse().map_err(bad)?;
+        let mut query = Query::parse(req.query_string(), &["from", "to", "group_by"]);
+        let from = query.required("from", DATE_OR_INSTANT, |v| crate::reports::bound(v).ok());
+        let to = query.required("to", DATE_OR_INSTANT, |v| crate::reports::bound(v).ok());
+        let group_by = query
+            .get("group_by", "provider, locality, programme or month", |v| {
+                v.parse::<crate::reports::GroupBy>().ok()
+            })
+            .unwrap_or(crate::reports::GroupBy::Provider);
+        let shown = ReportQuery {
+            from: query.text("from").unwrap_or_default().to_owned(),
+            to: query.text("to").unwrap_or_default().to_owned(),
+            group_by: query.text("group_by").unwrap_or("provider").to_owned(),
+        };
+        query.finish()?;
+        let (Some(from), Some(to)) = (from, to) else {
+            return Err(server_error());
+        };
         let rows = gw.store.report_rows(from, to, false).await.map_err(|e| {
             tracing::error!(error = %e, "report query failed");
             server_error()
         })?;
-        Ok(crate::reports::programme(&rows, group_by))
+        Ok((crate::reports::programme(&rows, group_by), shown))
     }
     .await;
     match result {
-        Ok(rows) => {
+        Ok((rows, query)) => {
             let record = ctx.record(
                 "allowed",
                 200,

@@ -279,6 +279,73 @@ impl ResponseError for Rejection {
     }
 }
 
+/// An error answer the gateway's handlers did not write (actix's own: a body past an
+/// extractor's limit, a method the endpoint does not take), as an OperationOutcome
+/// with the same status, so that no error is ever plain text.
+pub fn for_status(status: StatusCode) -> HttpResponse {
+    let (rec, code, what) = match status.as_u16() {
+        401 => (
+            RecCode::Unauthorized,
+            IssueType::Login,
+            "an Authorization: Bearer token is required",
+        ),
+        403 => (RecCode::Forbidden, IssueType::Forbidden, "forbidden"),
+        404 => (
+            RecCode::NotFound,
+            IssueType::NotSupported,
+            "no such endpoint",
+        ),
+        405 => (
+            RecCode::BadRequest,
+            IssueType::NotSupported,
+            "this endpoint does not take this HTTP method",
+        ),
+        409 => (
+            RecCode::Conflict,
+            IssueType::Conflict,
+            "the request conflicts with the current state",
+        ),
+        411 => (
+            RecCode::BadRequest,
+            IssueType::Required,
+            "a Content-Length header is required",
+        ),
+        413 => (
+            RecCode::PayloadTooLarge,
+            IssueType::TooLong,
+            "the body is larger than this endpoint accepts",
+        ),
+        415 => (
+            RecCode::UnsupportedMediaType,
+            IssueType::NotSupported,
+            "this Content-Type is not accepted here",
+        ),
+        422 => (
+            RecCode::UnprocessableEntity,
+            IssueType::BusinessRule,
+            "the request could not be processed",
+        ),
+        503 => (
+            RecCode::ServiceUnavailable,
+            IssueType::Transient,
+            "the gateway cannot answer now; try again later",
+        ),
+        s if s >= 500 => (
+            RecCode::ServerError,
+            IssueType::Exception,
+            "the gateway could not complete the request",
+        ),
+        _ => (
+            RecCode::BadRequest,
+            IssueType::Invalid,
+            "the request could not be read",
+        ),
+    };
+    HttpResponse::build(status)
+        .content_type("application/fhir+json")
+        .json(Rejection::one(Issue::new(rec, code, what)).to_operation_outcome())
+}
+
 /// Internal failures (database down, a bug): the caller gets a plain 500 with no detail;
 /// the detail goes to the log by the caller of this function.
 pub fn server_error() -> Rejection {

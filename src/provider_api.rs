@@ -1,13 +1,16 @@
 //! The provider interface (`/provider/v1`, provider role): status events about the
-//! referrals delivered to that provider. Every call is audited.
+//! referrals delivered to that provider, as JSON or as FHIR Tasks, and those Tasks read
+//! back. Every call by a provider is audited.
 
 use crate::auth::{Principal, Role};
-use crate::events::{self, EventBody, Milestone};
+use crate::events::{self, EventBody, Field, Milestone};
 use crate::intake::{Gateway, RequestIds, process::AuditContext};
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
-use crate::store::{EventRecord, EventRecorded, EventRow, MilestoneDelivery};
-use actix_web::{HttpRequest, HttpResponse, post, web};
+use crate::params::Query;
+use crate::store::{EventRecord, EventRecorded, EventRow, MilestoneDelivery, ReferralRow};
+use actix_web::{HttpRequest, HttpResponse, get, http::StatusCode, post, web};
 use fhir_sdk::time::OffsetDateTime;
+use serde_json::Value;
 
 fn provider_only(gw: &Gateway, req: &HttpRequest) -> Result<(Principal, String), Rejection> {
     let principal = crate::intake::authenticate(gw, req)?;
@@ -41,6 +44,62 @@ fn event_json(row: &EventRow) -> serde_json::Value {
     })
 }
 
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&fhir_sdk::time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Where each part of a status event was read from, so that a refusal names it: the
+/// JSON event's own fields, or the Task elements (FHIRPath) they were taken from.
+#[derive(Debug, Clone)]
+struct Paths {
+    referral: String,
+    event: String,
+    occurred_at: String,
+    reason: String,
+    start_date: String,
+    hours_per_week: String,
+}
+
+impl Paths {
+    /// The JSON event: the path's `referral_id` and the body's field names.
+    fn json() -> Self {
+        Self {
+            referral: "referral_id".into(),
+            event: Field::Event.json_name().into(),
+            occurred_at: Field::OccurredAt.json_name().into(),
+            reason: Field::Reason.json_name().into(),
+            start_date: Field::StartDate.json_name().into(),
+            hours_per_week: Field::HoursPerWeek.json_name().into(),
+        }
+    }
+
+    fn of(&self, field: Field) -> &str {
+        match field {
+            Field::Event => &self.event,
+            Field::OccurredAt => &self.occurred_at,
+            Field::Reason => &self.reason,
+            Field::StartDate => &self.start_date,
+            Field::HoursPerWeek => &self.hours_per_week,
+        }
+    }
+}
+
+/// An event's body: the JSON event, read once the referral is known to be the
+/// provider's (and the request is not a repeat), or the event a Task was read into.
+enum Body {
+    Json(web::Bytes),
+    Read(EventBody),
+}
+
+/// A status event recorded, now or by an earlier request with the same id.
+struct Recorded {
+    row: EventRow,
+    referral: ReferralRow,
+    /// Recorded by this request (201), rather than found from an earlier one (200).
+    created: bool,
+}
+
 #[post("/provider/v1/referrals/{referral_id}/events")]
 async fn post_event(
     req: HttpRequest,
@@ -48,24 +107,142 @@ async fn post_event(
     body: web::Bytes,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
-    receive(&gw, &req, Ok((referral_id.into_inner(), body.to_vec()))).await
+    let event = Ok((referral_id.into_inner(), Body::Json(body), Paths::json()));
+    let recorded = receive(&gw, &req, Query::none, event).await?;
+    let status = if recorded.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status).json(event_json(&recorded.row)))
 }
 
-/// A FHIR `Task` update in place of the JSON event: `basedOn` the gateway's
-/// ServiceRequest, `businessStatus` the event, `executionPeriod.start` when, and
-/// `statusReason` and `input` (`start_date`, `hours_per_week`) where the event needs
-/// them. The same rules apply.
+/// A FHIR `Task` update in place of the JSON event: `basedOn` (or `focus`) the
+/// gateway's ServiceRequest, `businessStatus` the event, `executionPeriod.start` (or
+/// `lastModified`) when, and `statusReason` and `input` (`start_date`,
+/// `hours_per_week`) where the event needs them. The same rules apply; refusals name
+/// the Task element at fault. A new event answers 201 with the Task as recorded and
+/// its `Location` (`GET /provider/v1/fhir/Task/{id}`); the same request again, 200.
 #[post("/provider/v1/fhir/Task")]
 async fn post_task(
     req: HttpRequest,
     body: web::Bytes,
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
-    let event = task_to_event(&body).and_then(|(referral_id, event)| {
-        let event = serde_json::to_vec(&event).map_err(|_| server_error())?;
-        Ok((referral_id, event))
-    });
-    receive(&gw, &req, event).await
+    let event =
+        read_task(&body).map(|(referral, event, paths)| (referral, Body::Read(event), paths));
+    let recorded = receive(&gw, &req, fhir_query, event).await?;
+    let status = if recorded.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .content_type("application/fhir+json")
+        .insert_header((
+            actix_web::http::header::LOCATION,
+            task_location(&recorded.row.id),
+        ))
+        .json(task_resource(&recorded.referral, &recorded.row)))
+}
+
+/// The FHIR Task endpoints take FHIR's general parameters `_format` (JSON only) and
+/// `_pretty` (ignored), which FHIR clients may add, and nothing else.
+fn fhir_query(query_string: &str) -> Result<(), Rejection> {
+    let mut query = Query::parse(query_string, &["_format", "_pretty"]);
+    query.get(
+        "_format",
+        "json or application/fhir+json: the gateway answers in JSON",
+        |v| {
+            matches!(
+                v,
+                "json" | "application/json" | "application/fhir+json" | "application/fhir json"
+            )
+            .then_some(())
+        },
+    );
+    query.get("_pretty", "true or false", crate::params::boolean);
+    query.finish()
+}
+
+/// Where a recorded event is read as a Task: relative to this gateway, as the
+/// provider reached it (a `Location` from request headers could be forged).
+fn task_location(id: &str) -> String {
+    format!("/provider/v1/fhir/Task/{id}")
+}
+
+/// A recorded event as a FHIR Task: the same Task the referring GP system sees
+/// contained in the ServiceRequest, with the event's id as its own.
+fn task_resource(referral: &ReferralRow, row: &EventRow) -> Value {
+    let sr = crate::intake::response::service_request(referral, std::slice::from_ref(row));
+    let mut task = sr["contained"][0].clone();
+    task["id"] = serde_json::json!(row.id);
+    task["meta"] = serde_json::json!({"lastUpdated": rfc3339(row.recorded_at)});
+    task
+}
+
+/// A Task this provider posted (or any of its status events, read as a Task).
+/// Another provider's event, or none, is 404 alike.
+#[get("/provider/v1/fhir/Task/{id}")]
+async fn get_task(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<Gateway>,
+) -> Result<HttpResponse, Rejection> {
+    let (principal, provider) = provider_only(&gw, &req)?;
+    let ids = RequestIds::from_headers(req.headers()).ok();
+    let ctx = AuditContext {
+        action: "referral.event.read",
+        principal: Some(&principal),
+        ids: ids.as_ref(),
+    };
+    let result = async {
+        let not_found = || -> Rejection {
+            Issue::new(
+                RecCode::NotFound,
+                IssueType::NotFound,
+                "this provider has no Task with this id",
+            )
+            .at("id")
+            .into()
+        };
+        fhir_query(req.query_string())?;
+        if uuid::Uuid::parse_str(&id).is_err() {
+            return Err(not_found());
+        }
+        let row = gw
+            .store
+            .event(&id)
+            .await
+            .map_err(fail)?
+            .filter(|e| e.provider == provider)
+            .ok_or_else(not_found)?;
+        let referral = gw
+            .store
+            .referral(&row.referral_id)
+            .await
+            .map_err(fail)?
+            .ok_or_else(server_error)?;
+        Ok((row, referral))
+    }
+    .await;
+    let (row, referral) = match result {
+        Ok(found) => found,
+        Err(r) => {
+            gw.audit_rejection(&ctx, &r).await;
+            return Err(r);
+        }
+    };
+    let record = ctx.record(
+        "allowed",
+        200,
+        Some(&row.referral_id),
+        serde_json::json!({"event_id": row.id}),
+    );
+    gw.store.append_audit(&record).await.map_err(fail)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/fhir+json")
+        .json(task_resource(&referral, &row)))
 }
 
 /// Both forms of a status event end here: the caller must be a provider, and the
@@ -73,8 +250,9 @@ async fn post_task(
 async fn receive(
     gw: &Gateway,
     req: &HttpRequest,
-    event: Result<(String, Vec<u8>), Rejection>,
-) -> Result<HttpResponse, Rejection> {
+    query: fn(&str) -> Result<(), Rejection>,
+    event: Result<(String, Body, Paths), Rejection>,
+) -> Result<Recorded, Rejection> {
     let (principal, provider) = provider_only(gw, req)?;
     let ids = RequestIds::from_headers(req.headers());
     let ctx = AuditContext {
@@ -82,9 +260,9 @@ async fn receive(
         principal: Some(&principal),
         ids: ids.as_ref().ok(),
     };
-    let result = match event {
-        Ok((referral_id, body)) => {
-            record(gw, &provider, &referral_id, ids.clone(), &body, &ctx).await
+    let result = match query(req.query_string()).and(event) {
+        Ok((referral_id, body, paths)) => {
+            record(gw, &provider, &referral_id, ids.clone(), body, &paths, &ctx).await
         }
         Err(r) => Err(r),
     };
@@ -94,63 +272,224 @@ async fn receive(
     result
 }
 
-/// Reads a Task into the referral it is about and the JSON event it stands for.
-fn task_to_event(body: &[u8]) -> Result<(String, serde_json::Value), Rejection> {
-    let bad = |what: &str, at: &str| -> Rejection {
-        Issue::new(RecCode::BadRequest, IssueType::Structure, what.to_owned())
-            .at(at.to_owned())
-            .into()
+/// Reads the JSON event field by field: a body that is not a JSON object, a field it
+/// does not take, a missing `event` or `occurred_at`, or a field of the wrong type is
+/// 400, every problem named by its field and none quoting a value.
+fn read_json_event(bytes: &[u8]) -> Result<EventBody, Rejection> {
+    let known = [
+        Field::Event,
+        Field::OccurredAt,
+        Field::Reason,
+        Field::StartDate,
+        Field::HoursPerWeek,
+    ]
+    .map(Field::json_name);
+    let mut body = crate::params::JsonFields::parse(
+        bytes,
+        &known,
+        "{\"event\", \"occurred_at\", and \"reason\", \"start_date\", \"hours_per_week\" where the event needs them}",
+    )?;
+    let event = body.string("event", true, "a string: the event's name");
+    let occurred_at = body.string(
+        "occurred_at",
+        true,
+        "a string: an RFC 3339 date-time or a YYYY-MM-DD date",
+    );
+    let reason = body.string("reason", false, "a string");
+    let start_date = body.string("start_date", false, "a string: a YYYY-MM-DD date");
+    let hours_per_week = body.number("hours_per_week", "a number");
+    body.finish()?;
+    Ok(EventBody {
+        event: event.unwrap_or_default(),
+        occurred_at: occurred_at.unwrap_or_default(),
+        reason,
+        start_date,
+        hours_per_week,
+    })
+}
+
+/// Reads a Task into the referral it is about, the event it stands for, and where in
+/// the Task each part was found. Every problem is reported, each at its element;
+/// none quotes the Task.
+fn read_task(body: &[u8]) -> Result<(String, EventBody, Paths), Rejection> {
+    let bad = |code: IssueType, at: String, what: &str| -> Issue {
+        Issue::structure(code, at, what.to_owned())
     };
-    let task: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|_| bad("the body must be a FHIR Task (JSON)", "Task"))?;
-    serde_json::from_value::<fhir_sdk::r4b::resources::Task>(task.clone())
-        .map_err(|_| bad("the body is not a valid FHIR R4 Task", "Task"))?;
-    let referral = task["basedOn"][0]["reference"]
-        .as_str()
-        .and_then(|r| r.strip_prefix("ServiceRequest/"))
-        .ok_or_else(|| {
-            bad(
-                "Task.basedOn must reference ServiceRequest/<referral id>",
-                "Task.basedOn",
-            )
-        })?;
-    let event = task["businessStatus"]["coding"][0]["code"]
-        .as_str()
-        .ok_or_else(|| {
-            bad(
-                "Task.businessStatus needs the event code",
-                "Task.businessStatus",
-            )
-        })?;
-    let occurred_at = task["executionPeriod"]["start"]
-        .as_str()
-        .or_else(|| task["lastModified"].as_str())
-        .ok_or_else(|| {
-            bad(
-                "Task.executionPeriod.start (when it happened) is required",
-                "Task.executionPeriod",
-            )
-        })?;
-    let mut out = serde_json::json!({"event": event, "occurred_at": occurred_at});
-    if let Some(reason) = task["statusReason"]["coding"][0]["code"]
-        .as_str()
-        .or_else(|| task["statusReason"]["text"].as_str())
-    {
-        out["reason"] = serde_json::json!(reason);
+    let task: Value = serde_json::from_slice(body).map_err(|_| {
+        Rejection::one(bad(
+            IssueType::Structure,
+            "Task".into(),
+            "the body must be a FHIR Task (JSON)",
+        ))
+    })?;
+    if task["resourceType"] != "Task" {
+        return Err(bad(
+            IssueType::Structure,
+            "Task.resourceType".into(),
+            "the body must be a FHIR Task (resourceType Task)",
+        )
+        .into());
     }
-    for input in task["input"].as_array().into_iter().flatten() {
+    if let Err(e) =
+        serde_path_to_error::deserialize::<_, fhir_sdk::r4b::resources::Task>(task.clone())
+    {
+        // The path comes from the Task's shape; the error's own text may quote the
+        // value, so only the name of a missing element (from the schema) is kept.
+        let path = e.path().to_string();
+        let missing = e
+            .inner()
+            .to_string()
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next().map(str::to_owned));
+        let at = match (path.as_str(), missing) {
+            (".", Some(field)) => format!("Task.{field}"),
+            (".", None) => "Task".to_owned(),
+            (path, Some(field)) => format!("Task.{path}.{field}"),
+            (path, None) => format!("Task.{path}"),
+        };
+        return Err(bad(
+            IssueType::Structure,
+            at,
+            "this element is missing or is not valid FHIR R4 (type, code or format)",
+        )
+        .into());
+    }
+    let mut issues = Vec::new();
+    let referral = task_referral(&task).unwrap_or_else(|issue| {
+        issues.push(issue);
+        ("Task.basedOn".into(), String::new())
+    });
+    let (event_at, event) = match task["businessStatus"]["coding"][0]["code"].as_str() {
+        Some(code) => ("Task.businessStatus.coding[0].code", code),
+        None => {
+            let at = if task["businessStatus"].is_null() {
+                "Task.businessStatus"
+            } else {
+                "Task.businessStatus.coding[0].code"
+            };
+            issues.push(bad(
+                IssueType::Required,
+                at.into(),
+                "Task.businessStatus.coding[0].code must be the event (referral-milestone code)",
+            ));
+            (at, "")
+        }
+    };
+    let (occurred_at_path, occurred_at) = match (
+        task["executionPeriod"]["start"].as_str(),
+        task["lastModified"].as_str(),
+    ) {
+        (Some(start), _) => ("Task.executionPeriod.start", start),
+        (None, Some(modified)) => ("Task.lastModified", modified),
+        (None, None) => {
+            issues.push(bad(
+                IssueType::Required,
+                "Task.executionPeriod.start".into(),
+                "Task.executionPeriod.start (when it happened) is required",
+            ));
+            ("Task.executionPeriod.start", "")
+        }
+    };
+    let (reason_path, reason) = match (
+        task["statusReason"]["coding"][0]["code"].as_str(),
+        task["statusReason"]["text"].as_str(),
+    ) {
+        (Some(code), _) => ("Task.statusReason.coding[0].code", Some(code)),
+        (None, Some(text)) => ("Task.statusReason.text", Some(text)),
+        (None, None) => ("Task.statusReason", None),
+    };
+    let mut start_date = (String::from("Task.input"), None);
+    let mut hours = (String::from("Task.input"), None);
+    for (i, input) in task["input"].as_array().into_iter().flatten().enumerate() {
         match input["type"]["text"].as_str() {
-            Some("start_date") => out["start_date"] = input["valueDate"].clone(),
+            Some("start_date") => {
+                start_date = (
+                    format!("Task.input[{i}].valueDate"),
+                    input["valueDate"].as_str().map(str::to_owned),
+                );
+            }
             Some("hours_per_week") => {
-                out["hours_per_week"] = input["valueDecimal"]
-                    .as_f64()
-                    .or_else(|| input["valueInteger"].as_f64())
-                    .map_or(serde_json::Value::Null, serde_json::Value::from)
+                hours = match (
+                    input["valueDecimal"].as_f64(),
+                    input["valueInteger"].as_f64(),
+                ) {
+                    (None, Some(h)) => (format!("Task.input[{i}].valueInteger"), Some(h)),
+                    (h, _) => (format!("Task.input[{i}].valueDecimal"), h),
+                };
             }
             _ => {}
         }
     }
-    Ok((referral.to_owned(), out))
+    if let Some(rejection) = Rejection::from_issues(issues) {
+        return Err(rejection);
+    }
+    let paths = Paths {
+        referral: referral.0,
+        event: event_at.into(),
+        occurred_at: occurred_at_path.into(),
+        reason: reason_path.into(),
+        start_date: start_date.0,
+        hours_per_week: hours.0,
+    };
+    let event = EventBody {
+        event: event.to_owned(),
+        occurred_at: occurred_at.to_owned(),
+        reason: reason.map(str::to_owned),
+        start_date: start_date.1,
+        hours_per_week: hours.1,
+    };
+    Ok((referral.1, event, paths))
+}
+
+/// The referral a Task is about: the `ServiceRequest/<id>` it is `basedOn` or (as the
+/// FHIR workflow pattern puts the request a Task fulfils) its `focus`, with the element
+/// it was found at. Both may be given, naming the same referral.
+fn task_referral(task: &Value) -> Result<(String, String), Issue> {
+    let service_request = |r: &Value| {
+        r["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("ServiceRequest/"))
+            .map(str::to_owned)
+    };
+    let based_on = task["basedOn"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .find_map(|(i, r)| {
+            service_request(r).map(|id| (format!("Task.basedOn[{i}].reference"), id))
+        });
+    let focus = service_request(&task["focus"]).map(|id| ("Task.focus.reference".to_owned(), id));
+    match (based_on, focus) {
+        (Some(_), Some(focus)) if task_refs_differ(task, &focus.1) => Err(Issue::structure(
+            IssueType::Invariant,
+            focus.0,
+            "Task.focus and Task.basedOn name different referrals",
+        )),
+        (Some(found), _) | (None, Some(found)) => Ok(found),
+        (None, None) => {
+            let at = if task["focus"].is_null() {
+                "Task.basedOn"
+            } else {
+                "Task.focus.reference"
+            };
+            Err(Issue::structure(
+                IssueType::Required,
+                at,
+                "Task.basedOn (or Task.focus) must reference ServiceRequest/<referral id>",
+            ))
+        }
+    }
+}
+
+/// Whether the referral `focus` names is not one the Task is `basedOn`.
+fn task_refs_differ(task: &Value, focus: &str) -> bool {
+    !task["basedOn"].as_array().into_iter().flatten().any(|r| {
+        r["reference"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("ServiceRequest/"))
+            == Some(focus)
+    })
 }
 
 async fn record(
@@ -158,9 +497,10 @@ async fn record(
     provider: &str,
     referral_id: &str,
     ids: Result<RequestIds, Rejection>,
-    body: &[u8],
+    body: Body,
+    paths: &Paths,
     ctx: &AuditContext<'_>,
-) -> Result<HttpResponse, Rejection> {
+) -> Result<Recorded, Rejection> {
     let ids = ids?;
     let not_found = || -> Rejection {
         Issue::new(
@@ -168,6 +508,7 @@ async fn record(
             IssueType::NotFound,
             "no referral has this id",
         )
+        .at(paths.referral.clone())
         .into()
     };
     if uuid::Uuid::parse_str(referral_id).is_err() {
@@ -184,39 +525,67 @@ async fn record(
         .deliveries_for(referral_id)
         .await
         .map_err(fail)?
-        .iter()
-        .any(|d| d.kind == "referral" && d.state == "delivered" && d.provider == provider);
-    if referral.provider != provider || !delivered {
+        .into_iter()
+        .find(|d| d.kind == "referral" && d.state == "delivered" && d.provider == provider);
+    if referral.provider != provider || delivered.is_none() {
         return Err(Issue::new(
             RecCode::Forbidden,
             IssueType::Forbidden,
             "this referral has not been delivered to this provider",
         )
+        .at(paths.referral.clone())
         .into());
     }
     // The same request again: the same answer, nothing recorded twice.
     let request_id = ids.request_id.to_string();
     let existing = gw.store.events_for(referral_id).await.map_err(fail)?;
     if let Some(row) = existing.iter().find(|e| e.request_id == request_id) {
-        return Ok(HttpResponse::Ok().json(event_json(row)));
+        return Ok(Recorded {
+            row: row.clone(),
+            referral,
+            created: false,
+        });
     }
-    let body: EventBody = serde_json::from_slice(body).map_err(|_| {
-        Rejection::one(Issue::new(
-            RecCode::BadRequest,
-            IssueType::Structure,
-            "the body must be JSON: {\"event\", \"occurred_at\", and \"reason\", \"start_date\", \"hours_per_week\" where the event needs them}",
-        ))
-    })?;
+    let body: EventBody = match body {
+        Body::Read(body) => body,
+        Body::Json(bytes) => read_json_event(&bytes)?,
+    };
     let now = OffsetDateTime::now_utc();
     let event = events::parse(body, now).map_err(|problems| Rejection {
         issues: problems
             .into_iter()
-            .map(|p| Issue::new(RecCode::UnprocessableEntity, IssueType::Value, p))
+            .map(|(field, p)| Issue::business(IssueType::Value, paths.of(field), p))
             .collect(),
     })?;
     let from: Milestone = referral.milestone.parse().map_err(|_| server_error())?;
     if let Some(why) = from.refuse(event.event) {
-        return Err(Issue::new(RecCode::Conflict, IssueType::Conflict, why).into());
+        return Err(Issue::new(RecCode::Conflict, IssueType::Conflict, why)
+            .at(paths.event.clone())
+            .into());
+    }
+    // The dates must make sense against what is recorded: 422, like any other value
+    // the provider can correct and send again (409 is kept for the lifecycle).
+    let timeline = events::Timeline {
+        delivered_at: delivered.and_then(|d| d.delivered_at),
+        previous: existing.last().and_then(|e| {
+            e.event
+                .parse::<Milestone>()
+                .ok()
+                .map(|m| (m, e.occurred_at))
+        }),
+        job_start: existing
+            .iter()
+            .rfind(|e| e.event == Milestone::JobStart.as_str())
+            .map(|e| e.occurred_at),
+    };
+    let problems = events::refuse_date(&event, &timeline);
+    if !problems.is_empty() {
+        return Err(Rejection {
+            issues: problems
+                .into_iter()
+                .map(|p| Issue::business(IssueType::BusinessRule, paths.occurred_at.clone(), p))
+                .collect(),
+        });
     }
     let record = EventRecord {
         id: uuid::Uuid::new_v4().to_string(),
@@ -247,23 +616,31 @@ async fn record(
     match gw.store.record_event(&record).await.map_err(fail)? {
         EventRecorded::Recorded => {
             tracing::info!(referral_id, event = event.event.as_str(), "status event recorded");
-            let row = EventRow {
-                id: record.id,
-                referral_id: record.referral_id,
-                provider: record.provider,
-                event: record.event,
-                occurred_at: record.occurred_at,
-                reason: record.reason,
-                detail: record.detail.to_string(),
-                request_id: record.request_id,
-                recorded_at: record.now,
-            };
-            Ok(HttpResponse::Created().json(event_json(&row)))
+            // Read back, so the answer is the event as stored (times at the
+            // database's precision), the same as every later read of it.
+            let row = gw
+                .store
+                .event(&record.id)
+                .await
+                .map_err(fail)?
+                .ok_or_else(server_error)?;
+            Ok(Recorded {
+                row,
+                referral,
+                created: true,
+            })
         }
         EventRecorded::Duplicate => {
             let rows = gw.store.events_for(referral_id).await.map_err(fail)?;
-            let row = rows.iter().find(|e| e.request_id == request_id).ok_or_else(server_error)?;
-            Ok(HttpResponse::Ok().json(event_json(row)))
+            let row = rows
+                .into_iter()
+                .find(|e| e.request_id == request_id)
+                .ok_or_else(server_error)?;
+            Ok(Recorded {
+                row,
+                referral,
+                created: false,
+            })
         }
         EventRecorded::Moved => Err(Issue::new(
             RecCode::Conflict,
@@ -276,5 +653,5 @@ async fn record(
 
 /// Registers the provider routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(post_event).service(post_task);
+    cfg.service(post_event).service(post_task).service(get_task);
 }

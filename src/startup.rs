@@ -11,9 +11,9 @@ use crate::routing::{MappingError, Routing};
 use crate::store::{self, Store, StoreError, crypto::StorageKeyError, crypto::StorageKeys};
 use actix_web::{
     App, HttpMessage, HttpServer,
-    body::MessageBody,
+    body::{EitherBody, MessageBody},
     dev::{Server, ServiceRequest, ServiceResponse},
-    http::header::HeaderName,
+    http::header::{self, HeaderName},
     middleware::Next,
     web,
 };
@@ -184,6 +184,9 @@ impl Application {
         let mut server = HttpServer::new(move || {
             let mut app = App::new()
                 .app_data(data.clone())
+                .app_data(crate::params::extractors::query_config())
+                .app_data(crate::params::extractors::path_config())
+                .app_data(crate::params::extractors::json_config())
                 .wrap(actix_web::middleware::from_fn(request_context))
                 .configure(intake::configure)
                 .configure(crate::operations::configure)
@@ -282,12 +285,41 @@ impl Application {
     }
 }
 
+/// An error answer that is not already FHIR (actix's own refusals, in plain text)
+/// becomes an OperationOutcome with the same status and headers, so that no endpoint
+/// ever answers an error in plain text. The development sandbox, which stands in for
+/// a provider's system and its OAuth token endpoint, keeps its own answers.
+fn as_operation_outcome<B: MessageBody + 'static>(
+    res: ServiceResponse<B>,
+) -> ServiceResponse<EitherBody<B>> {
+    let status = res.status();
+    let is_fhir = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/fhir+json"));
+    if !(status.is_client_error() || status.is_server_error())
+        || is_fhir
+        || res.request().path().starts_with("/sandbox/")
+    {
+        return res.map_into_left_body();
+    }
+    let (req, old) = res.into_parts();
+    let mut new = crate::outcome::for_status(status);
+    for (name, value) in old.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            new.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    ServiceResponse::new(req, new).map_into_right_body()
+}
+
 /// One span per request with its request id; echoes `X-Request-Id` and
 /// `X-Correlation-Id` on every response, errors included; counts and times every
 /// request for `/metrics` by its route pattern (never the concrete path).
 async fn request_context(
     req: ServiceRequest,
-    next: Next<impl MessageBody>,
+    next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let header = |name: &str| req.headers().get(name).cloned();
     let request_id = header(REQUEST_ID);
@@ -325,7 +357,8 @@ async fn request_context(
         metrics.request(&route, method.as_str(), status.as_u16(), elapsed);
     }
     match result {
-        Ok(mut res) => {
+        Ok(res) => {
+            let mut res = as_operation_outcome(res);
             span.record("route", route.as_str());
             for (name, value) in [(REQUEST_ID, request_id), (CORRELATION_ID, correlation_id)] {
                 if let Some(value) = value.filter(|v| v.to_str().is_ok_and(|s| s.len() <= 128)) {

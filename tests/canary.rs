@@ -185,7 +185,7 @@ async fn flow(db: Db) -> Vec<String> {
         .bearer_auth(token("prospects"))
         .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
         .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
-        .json(&json!({"event": "accepted", "occurred_at": "2026-11-20T10:00:00Z"}))
+        .json(&json!({"event": "accepted", "occurred_at": just_now()}))
         .send()
         .await
         .unwrap();

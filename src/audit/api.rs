@@ -7,9 +7,9 @@ use crate::auth::{Principal, Role};
 use crate::domain::NhsNumber;
 use crate::intake::{Gateway, RequestIds, process::AuditContext};
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use crate::params::{self, DATE_OR_INSTANT, Query};
 use crate::store::{AuditFilter, AuditRow, StoreError};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 fn fail(e: StoreError) -> Rejection {
@@ -75,52 +75,65 @@ async fn refused(
     result
 }
 
-/// The query string read after authentication, so a malformed one is refused (and
-/// recorded) like any other bad parameter.
-fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, Rejection> {
-    web::Query::<T>::from_query(req.query_string())
-        .map(web::Query::into_inner)
-        .map_err(|_| bad("the query parameters are not ones this endpoint takes, or are malformed"))
-}
-
-fn bad(what: impl Into<String>) -> Rejection {
-    Issue::new(RecCode::BadRequest, IssueType::Value, what.into()).into()
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The filters of `GET /audit/v1/records`, read after authentication so a bad one is
+/// refused (and recorded) like any other refusal, each problem at its parameter.
 struct ListQuery {
-    from: Option<String>,
-    to: Option<String>,
-    referral: Option<String>,
-    action: Option<String>,
-    recipient: Option<String>,
-    client: Option<String>,
+    filter: AuditFilter,
     /// Paging cursor: the `seq` of the last record of the previous page.
-    after: Option<i64>,
-    limit: Option<i64>,
+    after: i64,
+    limit: i64,
+    /// The filters as asked, for the audit record.
+    asked: Value,
 }
 
 impl ListQuery {
-    fn filter(&self) -> Result<AuditFilter, Rejection> {
-        let time = |v: &Option<String>, name: &str| -> Result<_, Rejection> {
-            v.as_deref()
-                .map(crate::reports::bound)
-                .transpose()
-                .map_err(|_| {
-                    bad(format!(
-                        "`{name}` must be a date (YYYY-MM-DD) or an RFC 3339 instant"
-                    ))
-                })
-        };
-        Ok(AuditFilter {
-            from: time(&self.from, "from")?,
-            to: time(&self.to, "to")?,
-            referral_id: self.referral.clone(),
-            action: self.action.clone(),
-            recipient: self.recipient.clone(),
-            client_id: self.client.clone(),
+    const PARAMETERS: [&str; 8] = [
+        "from",
+        "to",
+        "referral",
+        "action",
+        "recipient",
+        "client",
+        "after",
+        "limit",
+    ];
+
+    fn read(query_string: &str) -> Result<Self, Rejection> {
+        let mut q = Query::parse(query_string, &Self::PARAMETERS);
+        let from = q.get("from", DATE_OR_INSTANT, |v| crate::reports::bound(v).ok());
+        let to = q.get("to", DATE_OR_INSTANT, |v| crate::reports::bound(v).ok());
+        let after = q
+            .get(
+                "after",
+                "a record number (a whole number, 0 or more)",
+                |v| v.parse::<i64>().ok().filter(|n| *n >= 0),
+            )
+            .unwrap_or(0);
+        let limit = q
+            .get(
+                "limit",
+                "a whole number of at least 1 (pages hold at most 1000)",
+                params::page_size(MAX_PAGE),
+            )
+            .unwrap_or(DEFAULT_PAGE);
+        let text = |name: &str| q.text(name).map(str::to_owned);
+        let filter = AuditFilter {
+            from,
+            to,
+            referral_id: text("referral"),
+            action: text("action"),
+            recipient: text("recipient"),
+            client_id: text("client"),
             subjects: Vec::new(),
+        };
+        let asked = json!({"from": text("from"), "to": text("to"), "referral": text("referral"),
+            "action": text("action"), "recipient": text("recipient"), "client": text("client")});
+        q.finish()?;
+        Ok(Self {
+            filter,
+            after,
+            limit,
+            asked,
         })
     }
 }
@@ -152,10 +165,12 @@ async fn list_records(
     req: &HttpRequest,
     principal: &Principal,
 ) -> Result<HttpResponse, Rejection> {
-    let query: ListQuery = query(req)?;
-    let filter = query.filter()?;
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
-    let after = query.after.unwrap_or(0).max(0);
+    let ListQuery {
+        filter,
+        after,
+        limit,
+        asked,
+    } = ListQuery::read(req.query_string())?;
     let rows = gw
         .store
         .audit_query(&filter, after, limit)
@@ -170,9 +185,7 @@ async fn list_records(
         principal,
         "audit.list",
         None,
-        json!({"filter": {"from": query.from, "to": query.to, "referral": query.referral,
-            "action": query.action, "recipient": query.recipient, "client": query.client},
-            "after": after, "count": rows.len()}),
+        json!({"filter": asked, "after": after, "count": rows.len()}),
     )
     .await?;
     Ok(HttpResponse::Ok().json(json!({
@@ -198,14 +211,8 @@ async fn read_record(
     principal: &Principal,
     seq: &str,
 ) -> Result<HttpResponse, Rejection> {
-    let not_found = || -> Rejection {
-        Issue::new(
-            RecCode::NotFound,
-            IssueType::NotFound,
-            "no audit record has this number",
-        )
-        .into()
-    };
+    let not_found = || params::not_found("seq", "no audit record has this number");
+    Query::none(req.query_string())?;
     let seq: i64 = seq.parse().map_err(|_| not_found())?;
     let row = gw
         .store
@@ -218,12 +225,6 @@ async fn read_record(
     let row = row.ok_or_else(not_found)?;
     record_call(gw, req, principal, "audit.read", None, json!({"seq": seq})).await?;
     Ok(HttpResponse::Ok().json(record_view(&row)))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubjectBody {
-    nhs_number: String,
 }
 
 /// Everything recorded and disclosed about one person, found by the audit pseudonym
@@ -245,9 +246,12 @@ async fn subject_records(
     principal: &Principal,
     body: &[u8],
 ) -> Result<HttpResponse, Rejection> {
-    let body: SubjectBody = serde_json::from_slice(body)
-        .map_err(|_| bad("the body must be JSON: {\"nhs_number\": \"<10 digits>\"}"))?;
-    let nhs = NhsNumber::parse(&body.nhs_number).map_err(|_| {
+    Query::none(req.query_string())?;
+    let mut body =
+        params::JsonFields::parse(body, &["nhs_number"], "{\"nhs_number\": \"<10 digits>\"}")?;
+    let nhs_number = body.string("nhs_number", true, "a string of 10 digits");
+    body.finish()?;
+    let nhs = NhsNumber::parse(nhs_number.as_deref().unwrap_or_default()).map_err(|_| {
         Rejection::one(
             Issue::new(
                 RecCode::UnprocessableEntity,
@@ -303,19 +307,6 @@ async fn subject_records(
         "disclosures": disclosures,
         "records": rows.iter().map(record_view).collect::<Vec<_>>(),
     })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ExportQuery {
-    from: String,
-    to: String,
-    #[serde(default = "default_format")]
-    format: String,
-}
-
-fn default_format() -> String {
-    "fhir".into()
 }
 
 /// The records written in `[from, to)`, as a contiguous stretch of the chain running
@@ -389,12 +380,21 @@ async fn export_inner(
     req: &HttpRequest,
     principal: &Principal,
 ) -> Result<HttpResponse, Rejection> {
-    let query: ExportQuery = query(req)?;
-    let from = crate::reports::bound(&query.from)
-        .map_err(|_| bad("`from` must be a date or an RFC 3339 instant"))?;
-    let to = crate::reports::bound(&query.to)
-        .map_err(|_| bad("`to` must be a date or an RFC 3339 instant"))?;
-    let format: Format = query.format.parse().map_err(bad)?;
+    let mut query = Query::parse(req.query_string(), &["from", "to", "format"]);
+    let from = query.required("from", DATE_OR_INSTANT, |v| crate::reports::bound(v).ok());
+    let to = query.required("to", DATE_OR_INSTANT, |v| crate::reports::bound(v).ok());
+    let format = query
+        .get("format", "fhir or csv", |v| v.parse::<Format>().ok())
+        .unwrap_or(Format::Fhir);
+    let asked = json!({
+        "from": query.text("from"),
+        "to": query.text("to"),
+        "format": query.text("format").unwrap_or("fhir"),
+    });
+    query.finish()?;
+    let (Some(from), Some(to)) = (from, to) else {
+        return Err(server_error());
+    };
     let (text, n) = export_range(
         gw.store.as_ref(),
         gw.checkpoint_signer.as_ref(),
@@ -410,7 +410,7 @@ async fn export_inner(
         principal,
         "audit.export",
         None,
-        json!({"from": query.from, "to": query.to, "format": query.format, "count": n}),
+        json!({"from": asked["from"], "to": asked["to"], "format": asked["format"], "count": n}),
     )
     .await?;
     let content_type = match format {
@@ -425,6 +425,16 @@ async fn export_inner(
 #[get("/audit/v1/verify")]
 async fn verify(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.verify").await?;
+    let result = verify_chain(&gw, &req, &principal).await;
+    refused(&gw, &req, &principal, "audit.verify", result).await
+}
+
+async fn verify_chain(
+    gw: &Gateway,
+    req: &HttpRequest,
+    principal: &Principal,
+) -> Result<HttpResponse, Rejection> {
+    Query::none(req.query_string())?;
     let v = super::verify(gw.store.as_ref(), gw.checkpoint_keys.as_ref())
         .await
         .map_err(fail)?;
@@ -438,9 +448,9 @@ async fn verify(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse
         "problem": v.problem.as_ref().map(ToString::to_string),
     });
     record_call(
-        &gw,
-        &req,
-        &principal,
+        gw,
+        req,
+        principal,
         "audit.verify",
         None,
         json!({"intact": v.intact()}),

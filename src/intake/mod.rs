@@ -11,7 +11,7 @@ use crate::auth::{AuthError, Principal, Role};
 use crate::metrics::ReferralOutcome;
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
 use actix_web::{
-    HttpRequest, HttpResponse, Responder, get,
+    HttpRequest, HttpResponse, Responder, ResponseError, get,
     http::header::{self, HeaderMap},
     post, web,
 };
@@ -45,17 +45,17 @@ impl RequestIds {
             match parsed {
                 Some(Ok(id)) => Some(id),
                 Some(Err(_)) => {
-                    issues.push(Issue::new(
-                        RecCode::BadRequest,
+                    issues.push(Issue::structure(
                         IssueType::Value,
+                        shown,
                         format!("the {shown} header must be a UUID"),
                     ));
                     None
                 }
                 None => {
-                    issues.push(Issue::new(
-                        RecCode::BadRequest,
+                    issues.push(Issue::structure(
                         IssueType::Required,
+                        shown,
                         format!("the {shown} header is required (a UUID)"),
                     ));
                     None
@@ -428,6 +428,7 @@ async fn read_service_request(
             IssueType::NotFound,
             "no referral has this id",
         )
+        .at("id")
         .into()
     };
     let result = async {
@@ -509,8 +510,12 @@ async fn ready(gw: web::Data<Gateway>) -> impl Responder {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready", "database": "ok"})),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check: database unreachable");
-            HttpResponse::ServiceUnavailable()
-                .json(serde_json::json!({"status": "not ready", "database": "unreachable"}))
+            Rejection::one(Issue::new(
+                RecCode::ServiceUnavailable,
+                IssueType::Transient,
+                "not ready: the database does not answer",
+            ))
+            .error_response()
         }
     }
 }

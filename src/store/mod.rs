@@ -261,6 +261,8 @@ pub struct DeliveryRow {
     pub state: String,
     pub request_id: String,
     pub attempts: i32,
+    /// When the recipient took it (`None` until delivered).
+    pub delivered_at: Option<OffsetDateTime>,
 }
 
 /// A delivery one worker holds the lease on, with what it needs to send it.
@@ -564,6 +566,8 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError>;
     /// A referral's status events, oldest first.
     async fn events_for(&self, referral_id: &str) -> Result<Vec<EventRow>, StoreError>;
+    /// One status event by its id (a provider reads back the Task it posted).
+    async fn event(&self, id: &str) -> Result<Option<EventRow>, StoreError>;
     /// Referrals received in `[from, to)` with the events each reached; with their
     /// NHS numbers (decrypted, so only with the storage keys) when `identified`.
     async fn report_rows(

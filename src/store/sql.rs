@@ -970,8 +970,8 @@ macro_rules! sql_store {
 
             async fn deliveries_for(&self, referral_id: &str) -> Result<Vec<DeliveryRow>, StoreError> {
                 let rows = sqlx::query_as::<_, DeliveryRow>(
-                    "SELECT id, referral_id, provider, kind, state, request_id, attempts \
-                     FROM deliveries WHERE referral_id = $1 ORDER BY created_at, id",
+                    "SELECT id, referral_id, provider, kind, state, request_id, attempts, \
+                     delivered_at FROM deliveries WHERE referral_id = $1 ORDER BY created_at, id",
                 )
                 .bind(referral_id)
                 .fetch_all(&self.pool)
@@ -1414,6 +1414,17 @@ macro_rules! sql_store {
                 .fetch_all(&self.pool)
                 .await?;
                 Ok(rows)
+            }
+
+            async fn event(&self, id: &str) -> Result<Option<EventRow>, StoreError> {
+                let row = sqlx::query_as::<_, EventRow>(
+                    "SELECT id, referral_id, provider, event, occurred_at, reason, detail, \
+                     request_id, recorded_at FROM referral_events WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row)
             }
 
             async fn report_rows(

@@ -61,7 +61,7 @@ async fn event(app: &TestApp, referral: &str, body: Value) -> String {
 }
 
 fn happened(name: &str) -> Value {
-    json!({"event": name, "occurred_at": "2026-11-21T09:00:00Z"})
+    json!({"event": name, "occurred_at": just_now()})
 }
 
 /// Runs the worker until nothing more is due.
@@ -104,7 +104,8 @@ fn milestone_of(message: &Value) -> &str {
 
 async fn each_milestone_reaches_the_gp_system_as_a_bars_response(db: Db) {
     let s = delivered(db, FIXTURE_SOURCE, vec![]).await;
-    let event_request = event(&s.app, &s.referral, happened("accepted")).await;
+    let accepted = happened("accepted");
+    let event_request = event(&s.app, &s.referral, accepted.clone()).await;
     assert_eq!(s.app.deliver().await, 1);
 
     let seen = s.gp.seen();
@@ -141,7 +142,7 @@ async fn each_milestone_reaches_the_gp_system_as_a_bars_response(db: Db) {
     assert_eq!(task["resourceType"], "Task");
     assert_eq!(task["status"], "accepted");
     assert_eq!(milestone_of(message), "accepted");
-    assert_eq!(task["executionPeriod"]["start"], "2026-11-21T09:00:00Z");
+    assert_eq!(task["executionPeriod"]["start"], accepted["occurred_at"]);
     let reference = sr["identifier"][0]["value"].as_str().unwrap();
     let encounter = resource(message, "Encounter");
     assert_eq!(encounter["status"], "planned");

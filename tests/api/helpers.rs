@@ -364,8 +364,32 @@ pub fn token(client: &str) -> String {
     )
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
+pub fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).expect("formats")
+}
+
+/// This moment, rounded up to the next whole second, as RFC 3339: a status event's
+/// `occurred_at` that is after the delivery a test just made, not in the future (the
+/// gateway allows a few minutes' clock skew), and stored exactly on both databases.
+pub fn just_now() -> String {
+    let now = OffsetDateTime::now_utc();
+    rfc3339(now.replace_nanosecond(0).expect("0 ns") + Duration::seconds(1))
+}
+
+/// Makes the referral look delivered to its provider `days` ago, as a clock would, so
+/// that status events can be dated across weeks without being in the future.
+pub async fn delivered_days_ago(db: Db, app: &TestApp, referral: &str, days: i64) {
+    let at = OffsetDateTime::now_utc() - Duration::days(days);
+    execute_sql(
+        db,
+        &app.database_url,
+        &format!(
+            "UPDATE deliveries SET delivered_at = '{}' WHERE referral_id = '{referral}' \
+             AND kind = 'referral'",
+            rfc3339(at.replace_nanosecond(0).expect("0 ns"))
+        ),
+    )
+    .await;
 }
 
 /// Sets the element at a JSON pointer, panicking if its parent is missing.

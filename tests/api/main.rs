@@ -9,6 +9,7 @@ mod conformance;
 mod delivery;
 mod duplicates;
 mod encryption;
+mod errors;
 mod events;
 mod fhir_schema;
 mod gp_callbacks;

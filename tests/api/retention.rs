@@ -207,7 +207,7 @@ async fn after_purge_the_referral_its_events_statistics_and_audit_still_work(db:
         &app,
         "prospects",
         &format!("/provider/v1/referrals/{id}/events"),
-        Some(&json!({"event": "accepted", "occurred_at": "2026-11-21T09:00:00Z"})),
+        Some(&json!({"event": "accepted", "occurred_at": just_now()})),
     )
     .await;
     assert_eq!(event.status, 201, "{}", event.text);
