@@ -31,7 +31,12 @@ pub async fn run_once(
     client: &str,
 ) -> Result<Purged, StoreError> {
     let now = OffsetDateTime::now_utc();
-    let cutoff = now - Duration::days(settings.after_days);
+    // A retention longer than the calendar keeps everything.
+    let cutoff = settings
+        .after_days
+        .checked_mul(86_400)
+        .and_then(|s| now.checked_sub(Duration::seconds(s)))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
     let audit = AuditRecord {
         at: now,
         client_id: Some(client.to_owned()),

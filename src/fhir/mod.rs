@@ -2,6 +2,7 @@
 //! inside a Bundle, and which resource types the gateway reads.
 
 pub mod bundle;
+pub mod json;
 pub mod types;
 
 /// The gateway's own FHIR base: `MessageHeader.source.endpoint` of what it sends, and

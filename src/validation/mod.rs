@@ -120,19 +120,29 @@ pub struct Checked {
     pub result: Result<Message, Rejection>,
 }
 
-/// Reads the body as JSON. Syntax errors report line and column only.
+/// Reads the body as JSON, one meaning only: a key given twice is refused with its
+/// path. Syntax errors report line and column only.
 pub fn parse_json(body: &[u8]) -> Result<serde_json::Value, Rejection> {
-    serde_json::from_slice(body).map_err(|e| {
-        let what = if e.to_string().contains("recursion limit") {
-            "the JSON is nested too deeply".to_owned()
-        } else {
-            format!(
-                "the body is not valid JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            )
+    use crate::fhir::json::{JsonError, parse};
+    parse(body, "Bundle").map_err(|e| {
+        let issue = match e {
+            JsonError::TooDeep => Issue::new(
+                RecCode::BadRequest,
+                IssueType::Structure,
+                "the JSON is nested too deeply",
+            ),
+            JsonError::Syntax { line, column } => Issue::new(
+                RecCode::BadRequest,
+                IssueType::Structure,
+                format!("the body is not valid JSON (line {line}, column {column})"),
+            ),
+            JsonError::DuplicateKey { path } => Issue::structure(
+                IssueType::Structure,
+                path,
+                "this key is given twice in its object; a FHIR JSON object names each element once",
+            ),
         };
-        Rejection::one(Issue::new(RecCode::BadRequest, IssueType::Structure, what))
+        Rejection::one(issue)
     })
 }
 
@@ -241,10 +251,18 @@ impl Validator<'_> {
         if types.contains(&rt) {
             Some(target)
         } else {
+            // Only a known type is named back: the field is the sender's text.
+            let found = match crate::fhir::types::kind(rt) {
+                crate::fhir::types::Kind::Unknown => "a resource of no R4 type".to_owned(),
+                _ => format!("a {rt}"),
+            };
             self.push(Issue::structure(
                 IssueType::Invalid,
                 format!("{at}.reference"),
-                format!("{what} must reference a {}, not a {rt}", types.join(" or ")),
+                format!(
+                    "{what} must reference a {}, not {found}",
+                    types.join(" or ")
+                ),
             ));
             None
         }

@@ -13,6 +13,7 @@ mod errors;
 mod events;
 mod fhir_schema;
 mod gp_callbacks;
+mod hostile;
 mod intake;
 mod metrics;
 mod provider;

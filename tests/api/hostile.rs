@@ -1,0 +1,88 @@
+//! Hostile or merely unlucky input: answered, audited, never a panic or a quoted value.
+
+use crate::helpers::*;
+use crate::on_both_databases;
+use serde_json::json;
+
+/// Clinical systems write "no end date" as the last day there is.
+async fn a_consent_that_never_ends_is_answered_and_audited(db: Db) {
+    let app = TestApp::spawn(db).await;
+    for end in ["9999-12-31", "9999-12", "9999"] {
+        let mut message = referral();
+        set(
+            &mut message,
+            &format!("{}/provision/period/end", at::CONSENT),
+            json!(end),
+        );
+        let reply = app.send("gp-a", &message).await;
+        assert_eq!(reply.status, 200, "{end}: {}", reply.text);
+        let id = reply.json()["entry"][1]["resource"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            app.audit().await.iter().any(|r| r.action == "referral.new"
+                && r.outcome == "accepted"
+                && r.referral_id.as_deref() == Some(id.as_str())),
+            "{end}: the accept is recorded"
+        );
+    }
+}
+
+/// One answer for one message: a key given twice is refused, with where.
+async fn a_key_given_twice_is_refused_with_its_path(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let text = referral().to_string().replacen(
+        "\"value\":\"9990000018\"",
+        "\"value\":\"9990000018\",\"value\":\"9434765919\"",
+        1,
+    );
+    assert!(
+        text.contains("9434765919"),
+        "the fixture's NHS number was found"
+    );
+    let reply = Reply::from(
+        app.client
+            .post(app.url("/fhir/r4/$process-message"))
+            .bearer_auth(token("gp-a"))
+            .header("Content-Type", "application/fhir+json")
+            .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+            .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+            .body(text)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    reply.assert_issue(
+        400,
+        "REC_BAD_REQUEST",
+        "Bundle.entry[2].resource.identifier[0].value",
+    );
+    for number in ["9990000018", "9434765919"] {
+        assert!(!reply.text.contains(number), "the answer quotes {number}");
+    }
+    assert_eq!(app.referral_count().await, 0);
+    assert!(
+        app.audit()
+            .await
+            .iter()
+            .any(|r| r.action == "referral.message" && r.outcome == "rejected")
+    );
+}
+
+/// A reference to an entry of no R4 type is refused without naming the sender's text.
+async fn diagnostics_never_quote_the_sender(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let mut message = referral();
+    message["entry"][2]["resource"]["resourceType"] = json!("Zzyzxqwerty");
+    let reply = app.send("gp-a", &message).await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert!(!reply.text.contains("Zzyzxqwerty"), "{}", reply.text);
+}
+
+on_both_databases!(
+    a_consent_that_never_ends_is_answered_and_audited,
+    a_key_given_twice_is_refused_with_its_path,
+    diagnostics_never_quote_the_sender,
+);
