@@ -28,13 +28,56 @@ pub fn postgres_base() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
-/// A fresh, empty database URL for `db`; the guard keeps an SQLite folder alive.
-pub async fn fresh_database(db: Db) -> (String, Option<tempfile::TempDir>) {
+/// A test's own database: an SQLite folder, or a PostgreSQL database dropped when the
+/// last holder lets go, so test runs leave nothing behind.
+pub struct TestDatabase {
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<String>,
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres.take() else {
+            return;
+        };
+        // The test's runtime may be shutting down: drop on a runtime of our own.
+        let dropped = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to drop the test database");
+            rt.block_on(async {
+                use sqlx::Executor;
+                let admin = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base())).await?;
+                admin
+                    .execute(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .await?;
+                admin.close().await;
+                Ok::<_, sqlx::Error>(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("a test database could not be dropped; .ci/run drops leftovers");
+        }
+    }
+}
+
+/// A fresh, empty database URL for `db`, and the guard that removes it.
+pub async fn fresh_database(db: Db) -> (String, TestDatabase) {
     match db {
         Db::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
             let url = format!("sqlite://{}/gateway.db", dir.path().display());
-            (url, Some(dir))
+            (
+                url,
+                TestDatabase {
+                    _dir: Some(dir),
+                    postgres: None,
+                },
+            )
         }
         Db::Postgres => {
             use sqlx::Executor;
@@ -55,7 +98,13 @@ pub async fn fresh_database(db: Db) -> (String, Option<tempfile::TempDir>) {
                 .await
                 .expect("create test database");
             admin.close().await;
-            (format!("{}/{name}", postgres_base()), None)
+            (
+                format!("{}/{name}", postgres_base()),
+                TestDatabase {
+                    _dir: None,
+                    postgres: Some(name),
+                },
+            )
         }
     }
 }
@@ -156,7 +205,7 @@ pub struct TestApp {
     pub deliverer: Option<thrive_gateway::delivery::Deliverer>,
     /// The database URL, for a second gateway on the same database.
     pub database_url: String,
-    _dir: Option<Arc<tempfile::TempDir>>,
+    _db: Arc<TestDatabase>,
 }
 
 impl TestApp {
@@ -165,16 +214,16 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: Db, extra_toml: &str) -> Self {
-        let (url, dir) = fresh_database(db).await;
-        Self::spawn_on(&url, dir.map(Arc::new), extra_toml).await
+        let (url, guard) = fresh_database(db).await;
+        Self::spawn_on(&url, Arc::new(guard), extra_toml).await
     }
 
     /// Another gateway process on this one's database.
     pub async fn second(&self, extra_toml: &str) -> Self {
-        Self::spawn_on(&self.database_url, self._dir.clone(), extra_toml).await
+        Self::spawn_on(&self.database_url, self._db.clone(), extra_toml).await
     }
 
-    async fn spawn_on(url: &str, dir: Option<Arc<tempfile::TempDir>>, extra_toml: &str) -> Self {
+    async fn spawn_on(url: &str, db: Arc<TestDatabase>, extra_toml: &str) -> Self {
         let settings = test_settings(url, extra_toml);
         let app = Application::build(&settings, false)
             .await
@@ -191,7 +240,7 @@ impl TestApp {
             gateway,
             deliverer,
             database_url: url.to_owned(),
-            _dir: dir,
+            _db: db,
         }
     }
 

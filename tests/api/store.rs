@@ -10,7 +10,7 @@ use thrive_gateway::store::{
     Inserted, NewReferralRecord, ReferralStatus, Store, UpdateRecord, Updated,
 };
 
-async fn open(db: Db) -> (Arc<dyn Store>, String, Option<tempfile::TempDir>) {
+async fn open(db: Db) -> (Arc<dyn Store>, String, TestDatabase) {
     let (url, dir) = fresh_database(db).await;
     (open_again(&url).await, url, dir)
 }
