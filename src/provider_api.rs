@@ -44,11 +44,6 @@ fn event_json(row: &EventRow) -> serde_json::Value {
     })
 }
 
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&fhir_sdk::time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// Where each part of a status event was read from, so that a refusal names it: the
 /// JSON event's own fields, or the Task elements (FHIRPath) they were taken from.
 #[derive(Debug, Clone)]
@@ -171,14 +166,9 @@ fn task_location(id: &str) -> String {
     format!("/provider/v1/fhir/Task/{id}")
 }
 
-/// A recorded event as a FHIR Task: the same Task the referring GP system sees
-/// contained in the ServiceRequest, with the event's id as its own.
+/// A recorded event as a FHIR Task.
 fn task_resource(referral: &ReferralRow, row: &EventRow) -> Value {
-    let sr = crate::intake::response::service_request(referral, std::slice::from_ref(row));
-    let mut task = sr["contained"][0].clone();
-    task["id"] = serde_json::json!(row.id);
-    task["meta"] = serde_json::json!({"lastUpdated": rfc3339(row.recorded_at)});
-    task
+    crate::intake::response::event_task(referral, row)
 }
 
 /// A Task this provider posted (or any of its status events, read as a Task).

@@ -23,9 +23,21 @@ fn fhir_instant(t: fhir_sdk::time::OffsetDateTime) -> String {
 /// Code system of the milestones providers report.
 pub const MILESTONE_SYSTEM: &str = "https://thrive-gateway.nhs.uk/CodeSystem/referral-milestone";
 
+/// A contained resource's reference to the resource that contains it.
+const CONTAINER: &str = "#";
+
+/// A status event as a Task of its own (the provider's view): the milestone Task the
+/// GP system sees contained, with the event's id and based on the referral.
+pub fn event_task(row: &ReferralRow, e: &EventRow) -> Value {
+    let mut task = milestone_task(0, e, &format!("ServiceRequest/{}", row.id));
+    task["id"] = json!(e.id);
+    task["meta"] = json!({"lastUpdated": fhir_instant(e.recorded_at)});
+    task
+}
+
 /// One status event as a contained Task: `businessStatus` the milestone, `executionPeriod`
 /// when it happened; a decline carries its BaRS rejection reason.
-fn milestone_task(n: usize, e: &EventRow) -> Value {
+fn milestone_task(n: usize, e: &EventRow, based_on: &str) -> Value {
     let status = match e.event.as_str() {
         "declined" => "rejected",
         "closed" | "sustained-26-weeks" => "completed",
@@ -37,7 +49,7 @@ fn milestone_task(n: usize, e: &EventRow) -> Value {
         "id": format!("milestone-{}", n + 1),
         "status": status,
         "intent": "order",
-        "basedOn": [{"reference": "#"}],
+        "basedOn": [{"reference": based_on}],
         "businessStatus": {"coding": [{"system": MILESTONE_SYSTEM, "code": e.event}]},
         "executionPeriod": {"start": fhir_instant(e.occurred_at)},
         "authoredOn": fhir_instant(e.recorded_at),
@@ -102,7 +114,7 @@ pub fn service_request(row: &ReferralRow, events: &[EventRow]) -> Value {
             events
                 .iter()
                 .enumerate()
-                .map(|(n, e)| milestone_task(n, e))
+                .map(|(n, e)| milestone_task(n, e, CONTAINER))
                 .collect::<Vec<_>>()
         );
     }
@@ -214,7 +226,7 @@ pub fn milestone(row: &ReferralRow, history: &[EventRow], event_id: &str) -> Opt
         ..row.clone()
     };
     let mut sr = service_request(&as_of, &[]);
-    sr["contained"] = json!([milestone_task(n, event)]);
+    sr["contained"] = json!([milestone_task(n, event, CONTAINER)]);
     let (status, rejected) = match event.event.as_str() {
         "declined" => (
             "cancelled",

@@ -388,6 +388,7 @@ async fn a_posted_task_is_created_where_the_provider_can_read_it(db: Db) {
     assert_eq!(created.status, 201, "{}", created.text);
     assert_eq!(created.headers["content-type"], "application/fhir+json");
     let body = created.json();
+    crate::fhir_schema::assert_valid_r4(&body, "a posted Task as recorded");
     serde_json::from_value::<fhir_sdk::r4b::resources::Task>(body.clone()).expect("an R4 Task");
     assert_eq!(body["resourceType"], "Task");
     assert_eq!(body["businessStatus"]["coding"][0]["code"], "accepted");

@@ -268,6 +268,7 @@ async fn without_a_matching_callback_nothing_is_queued_or_sent(db: Db) {
         .get("gp-a", &format!("/fhir/r4/ServiceRequest/{}", s.referral))
         .await;
     assert!(read.text.contains("\"accepted\""), "{}", read.text);
+    crate::fhir_schema::assert_valid_r4(&read.json(), "a referral read with its milestones");
 }
 
 async fn a_busy_gp_system_is_retried_with_the_same_request_id(db: Db) {
