@@ -51,6 +51,33 @@ pub struct Settings {
     /// Development-only conveniences; refused in production.
     #[serde(default)]
     pub dev: DevSettings,
+    /// Per-client and per-address request limits.
+    #[serde(default)]
+    pub rate_limit: RateLimitSettings,
+}
+
+/// Rate limits, per process (see `limits`). A zero turns that limit off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitSettings {
+    pub enabled: bool,
+    /// Steady requests a second per authenticated client (`sub`).
+    pub per_client_per_second: u32,
+    /// Requests a client may send at once above its steady rate.
+    pub per_client_burst: u32,
+    /// Failed authentications a minute per source address before 429 replaces 401.
+    pub failed_auth_per_ip_per_minute: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            per_client_per_second: 100,
+            per_client_burst: 200,
+            failed_auth_per_ip_per_minute: 60,
+        }
+    }
 }
 
 /// How to reach one provider's case system.

@@ -23,6 +23,7 @@ pub enum RecCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     UnprocessableEntity,
+    TooManyRequests,
     ServerError,
     ServiceUnavailable,
 }
@@ -38,6 +39,7 @@ impl RecCode {
             RecCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RecCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RecCode::UnprocessableEntity => StatusCode::UNPROCESSABLE_ENTITY,
+            RecCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             RecCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             RecCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -55,6 +57,7 @@ impl RecCode {
             RecCode::NotFound => "REC_NOT_FOUND",
             RecCode::Conflict => "REC_CONFLICT",
             RecCode::UnprocessableEntity => "REC_UNPROCESSABLE_ENTITY",
+            RecCode::TooManyRequests => "REC_TOO_MANY_REQUESTS",
             RecCode::ServerError => "REC_SERVER_ERROR",
             RecCode::ServiceUnavailable => "REC_SERVICE_UNAVAILABLE",
         }
@@ -70,6 +73,7 @@ impl RecCode {
             RecCode::NotFound => "404: Not found",
             RecCode::Conflict => "409: Conflict",
             RecCode::UnprocessableEntity => "422: Unprocessable entity",
+            RecCode::TooManyRequests => "429: Too many requests",
             RecCode::ServerError => "500: Internal server error",
             RecCode::ServiceUnavailable => "503: Service unavailable",
         }
@@ -95,6 +99,7 @@ pub enum IssueType {
     NotSupported,
     Exception,
     Transient,
+    Throttled,
 }
 
 impl IssueType {
@@ -116,6 +121,7 @@ impl IssueType {
             IssueType::NotSupported => "not-supported",
             IssueType::Exception => "exception",
             IssueType::Transient => "transient",
+            IssueType::Throttled => "throttled",
         }
     }
 }
@@ -182,9 +188,10 @@ impl Rejection {
     /// The answer's status: the first class present in the order that tells the caller
     /// most (a malformed message before a business rule).
     pub fn rec(&self) -> RecCode {
-        const ORDER: [RecCode; 10] = [
+        const ORDER: [RecCode; 11] = [
             RecCode::ServerError,
             RecCode::ServiceUnavailable,
+            RecCode::TooManyRequests,
             RecCode::Unauthorized,
             RecCode::UnsupportedMediaType,
             RecCode::PayloadTooLarge,
@@ -266,6 +273,10 @@ impl ResponseError for Rejection {
         builder.content_type("application/fhir+json");
         if self.rec() == RecCode::Unauthorized {
             builder.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if self.rec() == RecCode::TooManyRequests {
+            // The per-client budget refills every second.
+            builder.insert_header(("Retry-After", "1"));
         }
         // These are answered before the body is read: close the connection rather than
         // leave an unread body in front of the client's next request.

@@ -156,6 +156,9 @@ impl Application {
             checkpoint_signer: signer.as_ref().map(|(s, _)| s.clone()),
             gp_callbacks: Arc::new(GpCallbacks::new(&settings.gp_callbacks)),
             metrics,
+            limits: Arc::new(crate::limits::RateLimits::from_settings(
+                &settings.rate_limit,
+            )),
         };
         let listener = std::net::TcpListener::bind(&settings.server.bind).map_err(|source| {
             StartupError::Bind {

@@ -88,11 +88,22 @@ fn forbidden(what: &str) -> Rejection {
 pub(crate) fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Principal, Rejection> {
     let mut headers = req.headers().get_all(header::AUTHORIZATION);
     let header = headers.next().map(|v| v.to_str().unwrap_or_default());
-    if headers.next().is_some() {
+    let result = if headers.next().is_some() {
         // Which one would count is ambiguous: neither does.
-        return Err(unauthorised(AuthError::Ambiguous));
+        Err(AuthError::Ambiguous)
+    } else {
+        gw.auth.authenticate(header)
+    };
+    match result {
+        Ok(principal) => {
+            gw.limits.client(&principal.client_id)?;
+            Ok(principal)
+        }
+        Err(e) => {
+            gw.limits.failure(req.peer_addr().map(|a| a.ip()))?;
+            Err(unauthorised(e))
+        }
     }
-    gw.auth.authenticate(header).map_err(unauthorised)
 }
 
 /// Authenticates a caller that must hold `role`; a refusal (no or bad token, another

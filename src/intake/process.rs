@@ -36,6 +36,8 @@ pub struct Gateway {
     pub gp_callbacks: Arc<crate::delivery::GpCallbacks>,
     /// Counters and histograms for `GET /metrics`, shared with the delivery worker.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Per-client and per-address request limits.
+    pub limits: Arc<crate::limits::RateLimits>,
 }
 
 /// What an accepted message produced, for the response.

@@ -86,3 +86,52 @@ on_both_databases!(
     a_key_given_twice_is_refused_with_its_path,
     diagnostics_never_quote_the_sender,
 );
+
+/// A client past its rate, and an address past its failed authentications, get 429
+/// with Retry-After and an OperationOutcome.
+async fn rate_limits_answer_429(db: Db) {
+    let app = TestApp::spawn_with(
+        db,
+        "[rate_limit]\nper_client_per_second = 1\nper_client_burst = 2\nfailed_auth_per_ip_per_minute = 2\n",
+    )
+    .await;
+    let statuses = {
+        let mut s = Vec::new();
+        for _ in 0..3 {
+            s.push(
+                app.get("gp-a", "/fhir/r4/ServiceRequest?identifier=x")
+                    .await,
+            );
+        }
+        s
+    };
+    assert_eq!(statuses[0].status, 200);
+    assert_eq!(statuses[1].status, 200);
+    let third = &statuses[2];
+    third.assert_issue(429, "REC_TOO_MANY_REQUESTS", "");
+    assert_eq!(third.headers["retry-after"], "1");
+    assert_eq!(third.issues()[0].1, "throttled");
+    // Another client is not held back by the first.
+    assert_eq!(
+        app.get("gp-b", "/fhir/r4/ServiceRequest?identifier=x")
+            .await
+            .status,
+        200
+    );
+
+    // Bad tokens from one address: 401 twice, then 429.
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let res = app
+            .client
+            .get(app.url("/fhir/r4/ServiceRequest?identifier=x"))
+            .bearer_auth("not-a-token")
+            .send()
+            .await
+            .unwrap();
+        answers.push(res.status().as_u16());
+    }
+    assert_eq!(answers, [401, 401, 429]);
+}
+
+on_both_databases!(rate_limits_answer_429);
