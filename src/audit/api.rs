@@ -246,7 +246,24 @@ async fn subject_records(
     principal: &Principal,
     body: &[u8],
 ) -> Result<HttpResponse, Rejection> {
-    Query::none(req.query_string())?;
+    // Paged like the record listing, so one person with thousands of referrals never
+    // makes one answer of everything.
+    let mut q = Query::parse(req.query_string(), &["after", "limit"]);
+    let after = q
+        .get(
+            "after",
+            "a record number (a whole number, 0 or more)",
+            |v| v.parse::<i64>().ok().filter(|n| *n >= 0),
+        )
+        .unwrap_or(0);
+    let limit = q
+        .get(
+            "limit",
+            "a whole number of at least 1 (pages hold at most 1000)",
+            params::page_size(MAX_PAGE),
+        )
+        .unwrap_or(DEFAULT_PAGE);
+    q.finish()?;
     let mut body =
         params::JsonFields::parse(body, &["nhs_number"], "{\"nhs_number\": \"<10 digits>\"}")?;
     let nhs_number = body.string("nhs_number", true, "a string of 10 digits");
@@ -267,9 +284,14 @@ async fn subject_records(
         subjects: pseudonyms,
         ..AuditFilter::default()
     };
-    let rows = export::collect(gw.store.as_ref(), &filter)
+    let rows = gw
+        .store
+        .audit_query(&filter, after, limit)
         .await
         .map_err(fail)?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().and_then(|r| r.seq))
+        .flatten();
     let mut referrals: Vec<&str> = rows
         .iter()
         .filter_map(|r| r.referral_id.as_deref())
@@ -298,7 +320,7 @@ async fn subject_records(
         principal,
         "audit.subjects",
         Some(active.clone()),
-        json!({"records": rows.len(), "disclosures": disclosures.len()}),
+        json!({"after": after, "records": rows.len(), "disclosures": disclosures.len()}),
     )
     .await?;
     Ok(HttpResponse::Ok().json(json!({
@@ -306,6 +328,7 @@ async fn subject_records(
         "referrals": referrals,
         "disclosures": disclosures,
         "records": rows.iter().map(record_view).collect::<Vec<_>>(),
+        "next": next,
     })))
 }
 
