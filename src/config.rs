@@ -191,6 +191,8 @@ pub struct DeliverySettings {
     pub max_age_seconds: u64,
     /// First retry delay; doubles per attempt, with jitter, up to `max_backoff_ms`.
     pub initial_backoff_ms: u64,
+    /// The longest wait before a retry, whatever the doubling or a provider's
+    /// `Retry-After` asks for.
     pub max_backoff_ms: u64,
 }
 
@@ -593,6 +595,11 @@ impl Settings {
         if self.delivery.max_attempts < 1 || self.delivery.batch_size < 1 {
             return Err(ConfigError::Invalid(
                 "delivery.max_attempts and delivery.batch_size must be at least 1".into(),
+            ));
+        }
+        if self.delivery.max_backoff_ms < self.delivery.initial_backoff_ms {
+            return Err(ConfigError::Invalid(
+                "delivery.max_backoff_ms must be at least delivery.initial_backoff_ms".into(),
             ));
         }
         if self.retention.after_days < 1 || self.retention.interval_seconds < 1 {

@@ -177,7 +177,7 @@ impl Deliverer {
     /// Claims one batch of due deliveries and attempts them all; returns how many.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
         let now = OffsetDateTime::now_utc();
-        let lease_until = now + Duration::seconds(self.settings.lease_seconds as i64);
+        let lease_until = now.saturating_add(seconds(self.settings.lease_seconds));
         let claimed = self
             .store
             .claim_deliveries(&self.owner, now, lease_until, self.settings.batch_size)
@@ -219,7 +219,7 @@ impl Deliverer {
 
     async fn attempt(&self, d: ClaimedDelivery) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
-        let attempt = d.attempts + 1;
+        let attempt = d.attempts.saturating_add(1);
         let (outcome, receipt) = self.decide(&d, now).await;
         let (result, status) = match &outcome {
             DeliveryOutcome::Delivered { status, .. } => ("delivered", Some(*status)),
@@ -312,7 +312,7 @@ impl Deliverer {
             Err(outcome) => return (outcome, None),
         };
         let answer = client.send(&d.request_id, &d.correlation_id, &body).await;
-        let outcome = self.classify(answer, d.attempts + 1, now, age);
+        let outcome = self.classify(answer, d.attempts.saturating_add(1), now, age);
         // The body went out: whatever the answer, what it held is recorded.
         (outcome, receipt)
     }
@@ -368,7 +368,7 @@ impl Deliverer {
             Err(e) => {
                 tracing::error!(error = %e, delivery_id = %d.id, "milestone push: database error");
                 let failed = Answer::Failed("the milestone could not be read".into());
-                Err(self.classify(failed, d.attempts + 1, now, age))
+                Err(self.classify(failed, d.attempts.saturating_add(1), now, age))
             }
         }
     }
@@ -393,7 +393,7 @@ impl Deliverer {
 
     /// A dead letter once a delivery is older than `delivery.max_age_seconds`.
     fn young_enough(&self, age: Duration) -> Result<(), DeliveryOutcome> {
-        if age > Duration::seconds(self.settings.max_age_seconds as i64) {
+        if age > seconds(self.settings.max_age_seconds) {
             return Err(dead(
                 "the delivery is older than delivery.max_age_seconds".into(),
             ));
@@ -511,9 +511,12 @@ impl Deliverer {
                 error: format!("gave up after {attempt} attempts; last: {error}"),
             };
         }
+        // Saturating: whatever a provider or the configuration says, the worker never
+        // panics on the arithmetic (a panic would stop every delivery, and the same
+        // delivery would stop the worker again after a restart).
         let wait = backoff(&self.settings, attempt, retry_after);
-        let next = now + wait;
-        if age + wait > Duration::seconds(self.settings.max_age_seconds as i64) {
+        let next = now.saturating_add(wait);
+        if age.saturating_add(wait) > seconds(self.settings.max_age_seconds) {
             return DeliveryOutcome::Dead {
                 status,
                 error: format!("would pass delivery.max_age_seconds; last: {error}"),
@@ -548,8 +551,16 @@ fn dead(error: String) -> DeliveryOutcome {
     }
 }
 
+/// A whole number of seconds from the configuration as a [`Duration`], saturating
+/// rather than wrapping for values past `i64::MAX`.
+fn seconds(n: u64) -> Duration {
+    Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 /// Exponential backoff with jitter: half the step fixed, half random, so retries
-/// from many deliveries spread out; never sooner than the provider's `Retry-After`.
+/// from many deliveries spread out; never sooner than the provider's `Retry-After`,
+/// but never later than `delivery.max_backoff_ms` either: a provider asking for a
+/// wait of years (or one that overflows the clock) is tried again at the cap.
 pub fn backoff(
     settings: &DeliverySettings,
     attempt: i32,
@@ -569,10 +580,11 @@ pub fn backoff(
         0
     };
     let half = step / 2;
-    let jittered = half + if half > 0 { random % (half + 1) } else { 0 };
-    let wait = Duration::milliseconds(jittered as i64);
+    let jittered = half.saturating_add(if half > 0 { random % (half + 1) } else { 0 });
+    let millis = |ms: u64| Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX));
+    let wait = millis(jittered);
     match retry_after {
-        Some(r) if r > wait => r,
+        Some(r) if r > wait => r.min(millis(settings.max_backoff_ms)),
         _ => wait,
     }
 }
@@ -608,7 +620,32 @@ mod tests {
                 assert!((low..=high).contains(&w), "attempt {attempt}: {w}");
             }
         }
-        let long = Duration::seconds(120);
+        let long = Duration::seconds(6);
         assert_eq!(backoff(&s, 1, Some(long)), long);
+    }
+
+    #[test]
+    fn retry_after_and_backoff_are_capped_and_never_overflow() {
+        let s = settings();
+        let cap = Duration::milliseconds(8000);
+        for huge in [
+            Duration::seconds(120),
+            Duration::seconds(1_000_000_000_000),
+            Duration::seconds(i64::MAX),
+            Duration::MAX,
+        ] {
+            assert_eq!(backoff(&s, 1, Some(huge)), cap);
+        }
+        assert!(backoff(&s, i32::MAX, None) <= cap);
+        assert!(backoff(&s, i32::MIN, None) <= cap);
+        let s = DeliverySettings {
+            initial_backoff_ms: u64::MAX,
+            max_backoff_ms: u64::MAX,
+            ..settings()
+        };
+        let w = backoff(&s, 40, Some(Duration::MAX));
+        let now = OffsetDateTime::now_utc();
+        assert!(now.saturating_add(w) > now, "saturates: {w}");
+        assert!(seconds(u64::MAX) > Duration::ZERO);
     }
 }

@@ -119,7 +119,14 @@ async fn retry_after_is_honoured(db: Db) {
         delay_ms: 0,
     }])
     .await;
-    let app = TestApp::spawn_with(db, &provider.config(FAST_RETRIES)).await;
+    // Retry-After is honoured up to delivery.max_backoff_ms, here ten minutes.
+    let app = TestApp::spawn_with(
+        db,
+        &provider.config(
+            "\n[delivery]\nenabled = false\ninitial_backoff_ms = 1\nmax_backoff_ms = 600000\n",
+        ),
+    )
+    .await;
     accept(&app, &referral()).await;
     let before = OffsetDateTime::now_utc();
     app.deliver().await;
@@ -131,6 +138,74 @@ async fn retry_after_is_honoured(db: Db) {
         "{view:?}"
     );
     assert_eq!(app.deliver().await, 0, "not due yet");
+}
+
+/// Delivery settings for the worker running in the background, as `serve` runs it.
+fn background_worker(max_backoff_ms: u64) -> String {
+    format!(
+        "\n[delivery]\nenabled = true\npoll_interval_ms = 20\ninitial_backoff_ms = 1\nmax_backoff_ms = {max_backoff_ms}\n"
+    )
+}
+
+/// Waits (up to 20 s) until `check` holds, failing the test with `what` otherwise.
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn an_absurd_retry_after_is_capped_and_the_worker_keeps_delivering(db: Db) {
+    const HOUR_MS: u64 = 3_600_000;
+    // 1e12 seconds is some 31,700 years: past what any clock holds.
+    let provider = FakeProvider::start(vec![Step {
+        status: 503,
+        retry_after: Some(1_000_000_000_000),
+        delay_ms: 0,
+    }])
+    .await;
+    let app = TestApp::spawn_with(db, &provider.config(&background_worker(HOUR_MS))).await;
+    let before = OffsetDateTime::now_utc();
+    let (first, _) = accept(&app, &referral()).await;
+    let attempted = || async { app.store.deliveries_for(&first).await.unwrap()[0].attempts == 1 };
+    wait_until("the first attempt is recorded", attempted).await;
+    let after = OffsetDateTime::now_utc();
+    let view = app
+        .store
+        .list_deliveries(false, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.referral_id == first)
+        .unwrap();
+    assert_eq!(view.state, "queued", "{view:?}");
+    assert_eq!(view.last_status, Some(503));
+    let cap = fhir_sdk::time::Duration::milliseconds(HOUR_MS as i64);
+    assert!(
+        view.next_attempt_at <= after + cap && view.next_attempt_at >= before + cap,
+        "rescheduled at delivery.max_backoff_ms: {view:?}"
+    );
+
+    // The same worker goes on: the next referral is delivered.
+    let (second, _) = accept(&app, &referral()).await;
+    let delivered =
+        || async { state_of(&app, &second).await == [("referral".into(), "delivered".into())] };
+    wait_until("the next referral is delivered", delivered).await;
+    assert_eq!(provider.seen().len(), 2);
+    assert_eq!(
+        state_of(&app, &first).await,
+        vec![("referral".into(), "queued".into())],
+        "the first waits for its retry"
+    );
+    assert_eq!(app.get("operator", "/health/live").await.status, 200);
 }
 
 async fn a_refusal_is_a_dead_letter_that_an_operator_can_replay(db: Db) {
@@ -377,6 +452,7 @@ on_both_databases!(
     a_referral_is_delivered_once_minimised_with_stable_ids,
     transient_failures_are_retried_with_the_same_request_id,
     retry_after_is_honoured,
+    an_absurd_retry_after_is_capped_and_the_worker_keeps_delivering,
     a_refusal_is_a_dead_letter_that_an_operator_can_replay,
     an_unreachable_or_slow_provider_is_retried_then_parked,
     consent_is_checked_again_and_withdrawal_reaches_the_provider,
