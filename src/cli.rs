@@ -181,6 +181,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve => {
             crate::telemetry::init(&settings.telemetry);
+            crate::supervisor::install_panic_hook();
             let app = match Application::build(&settings, sources.is_production()).await {
                 Ok(app) => app,
                 Err(e) => {

@@ -48,6 +48,9 @@ pub struct Settings {
     /// Purging personal data once delivery no longer needs it.
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// How background tasks are restarted when they fail.
+    #[serde(default)]
+    pub background: BackgroundSettings,
     /// Development-only conveniences; refused in production.
     #[serde(default)]
     pub dev: DevSettings,
@@ -231,6 +234,34 @@ impl Default for RetentionSettings {
             enabled: true,
             after_days: default_retention_days(),
             interval_seconds: default_retention_interval(),
+        }
+    }
+}
+
+/// The supervisor of background tasks (delivery worker, audit sealer, checkpoint
+/// signer, retention purge): how fast a failed task is restarted, and when it is
+/// reported as unable to stay up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackgroundSettings {
+    /// Failures within `restart_window_seconds` after which a task cannot stay up:
+    /// `GET /health/live` then answers 503 naming it.
+    pub max_restarts: u32,
+    /// The window failures are counted in, in seconds.
+    pub restart_window_seconds: u64,
+    /// Wait before the first restart; doubles with each failure in the window.
+    pub initial_backoff_ms: u64,
+    /// The longest wait before a restart.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for BackgroundSettings {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            restart_window_seconds: 300,
+            initial_backoff_ms: 1000,
+            max_backoff_ms: 60000,
         }
     }
 }
@@ -600,6 +631,18 @@ impl Settings {
         if self.delivery.max_backoff_ms < self.delivery.initial_backoff_ms {
             return Err(ConfigError::Invalid(
                 "delivery.max_backoff_ms must be at least delivery.initial_backoff_ms".into(),
+            ));
+        }
+        let b = &self.background;
+        if b.max_restarts < 1 || b.restart_window_seconds < 1 {
+            return Err(ConfigError::Invalid(
+                "background.max_restarts and background.restart_window_seconds must be at least 1"
+                    .into(),
+            ));
+        }
+        if b.max_backoff_ms < b.initial_backoff_ms {
+            return Err(ConfigError::Invalid(
+                "background.max_backoff_ms must be at least background.initial_backoff_ms".into(),
             ));
         }
         if self.retention.after_days < 1 || self.retention.interval_seconds < 1 {
