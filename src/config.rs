@@ -197,6 +197,15 @@ pub struct DeliverySettings {
     /// The longest wait before a retry, whatever the doubling or a provider's
     /// `Retry-After` asks for.
     pub max_backoff_ms: u64,
+    /// Times in a row the worker itself may fail on one delivery (a panic or an
+    /// error of its own, not a recipient's answer) before it is parked as a dead
+    /// letter, so it cannot hold up the rest of the queue.
+    #[serde(default = "default_max_worker_failures")]
+    pub max_worker_failures: i32,
+}
+
+fn default_max_worker_failures() -> i32 {
+    3
 }
 
 /// Keys by purpose. Pseudonym keys are per recipient (provider id, `audit`,
@@ -623,9 +632,14 @@ impl Settings {
                     .into(),
             ));
         }
-        if self.delivery.max_attempts < 1 || self.delivery.batch_size < 1 {
+        if self.delivery.max_attempts < 1
+            || self.delivery.batch_size < 1
+            || self.delivery.max_worker_failures < 1
+        {
             return Err(ConfigError::Invalid(
-                "delivery.max_attempts and delivery.batch_size must be at least 1".into(),
+                "delivery.max_attempts, delivery.batch_size and delivery.max_worker_failures \
+                 must be at least 1"
+                    .into(),
             ));
         }
         if self.delivery.max_backoff_ms < self.delivery.initial_backoff_ms {

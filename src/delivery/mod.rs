@@ -22,8 +22,9 @@ use crate::consent::ConsentRecord;
 use crate::domain::ProviderId;
 use crate::mapping::{Datasets, Pseudonymise};
 use crate::pseudonym::PseudonymKeys;
-use crate::store::{AuditRecord, ClaimedDelivery, DeliveryOutcome, Store, StoreError};
+use crate::store::{AuditRecord, Claim, ClaimedDelivery, DeliveryOutcome, Store, StoreError};
 use fhir_sdk::time::{Duration, OffsetDateTime};
+use futures_util::FutureExt;
 use serde_json::json;
 use std::{collections::HashMap, sync::Arc};
 
@@ -156,18 +157,14 @@ impl Deliverer {
 
     /// The delivery's recipient and kind as metric labels: configured ids and known
     /// kinds only, so a stray value in the database never becomes a label.
-    fn labels<'a>(&self, d: &'a ClaimedDelivery) -> (&'a str, &'a str) {
-        let configured = if d.kind == MILESTONE {
-            self.callbacks.contains_key(&d.provider)
+    fn labels<'a>(&self, provider: &'a str, kind: &'a str) -> (&'a str, &'a str) {
+        let configured = if kind == MILESTONE {
+            self.callbacks.contains_key(provider)
         } else {
-            ProviderId::parse(&d.provider).is_ok_and(|p| self.recipients.contains_key(&p))
+            ProviderId::parse(provider).is_ok_and(|p| self.recipients.contains_key(&p))
         };
-        let recipient = if configured {
-            d.provider.as_str()
-        } else {
-            "(unknown)"
-        };
-        let kind = match d.kind.as_str() {
+        let recipient = if configured { provider } else { "(unknown)" };
+        let kind = match kind {
             k @ ("referral" | "cancellation" | "withdrawal" | MILESTONE) => k,
             _ => "(other)",
         };
@@ -183,11 +180,116 @@ impl Deliverer {
             .claim_deliveries(&self.owner, now, lease_until, self.settings.batch_size)
             .await?;
         let n = claimed.len();
-        let attempts = claimed.into_iter().map(|d| self.attempt(d));
+        let attempts = claimed.into_iter().map(|c| self.attempt_guarded(c));
         for result in futures_util::future::join_all(attempts).await {
             result?;
         }
         Ok(n)
+    }
+
+    /// Attempts one claimed delivery so that nothing about it can stop the worker: a
+    /// panic, an error of the worker's own, or a row that cannot be read is counted
+    /// against that delivery, which is tried again after a backoff and parked as a
+    /// dead letter at `delivery.max_worker_failures` in a row, while the other
+    /// deliveries go on. A database that cannot be reached is not the delivery's
+    /// fault: it is not counted, and the lease runs out as before. Fails only when
+    /// the failure cannot be recorded.
+    async fn attempt_guarded(&self, claim: Claim) -> Result<(), StoreError> {
+        let (d, what) = match claim {
+            Claim::Ready(d) => {
+                match std::panic::AssertUnwindSafe(self.attempt(&d))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) if e.is_unreachable() => return Err(e),
+                    Ok(Err(e)) => {
+                        tracing::error!(delivery_id = %d.id, error = %e, "delivery worker failed on this delivery");
+                        (Failed::from(d.as_ref()), e.kind())
+                    }
+                    Err(panic) => {
+                        tracing::error!(
+                            delivery_id = %d.id,
+                            message = %crate::supervisor::panic_message(panic.as_ref()),
+                            "delivery worker panicked on this delivery"
+                        );
+                        (Failed::from(d.as_ref()), "it panicked")
+                    }
+                }
+            }
+            Claim::Broken { id, error } => {
+                let Some(view) = self.store.delivery(&id).await? else {
+                    return Ok(());
+                };
+                let failed = Failed {
+                    id: view.id,
+                    referral_id: view.referral_id,
+                    provider: view.provider,
+                    kind: view.kind,
+                    request_id: view.request_id,
+                    correlation_id: None,
+                    worker_failures: view.worker_failures,
+                };
+                tracing::error!(delivery_id = %failed.id, reason = %error, "delivery worker cannot read this delivery");
+                (failed, "it could not be read with its referral")
+            }
+        };
+        self.worker_failed(&d, what).await
+    }
+
+    /// Counts one failure of the worker on `d` (`what` in fixed words: no stored
+    /// value) and records it with its audit record: retried after a backoff, or
+    /// parked once it reached `delivery.max_worker_failures` in a row.
+    async fn worker_failed(&self, d: &Failed, what: &str) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let failures = d.worker_failures.saturating_add(1);
+        let max = self.settings.max_worker_failures;
+        let parked = failures >= max;
+        let error = if parked {
+            format!("the delivery worker failed on it {failures} times in a row (last: {what})")
+        } else {
+            format!(
+                "the delivery worker failed on it ({failures} of {max} in a row: {what}); tried again later"
+            )
+        };
+        let outcome = DeliveryOutcome::WorkerFailed {
+            failures,
+            next_attempt_at: now.saturating_add(backoff(&self.settings, failures, None)),
+            parked,
+            error: error.clone(),
+        };
+        let result = if parked {
+            "dead-letter"
+        } else {
+            "worker-error"
+        };
+        let (recipient, kind) = self.labels(&d.provider, &d.kind);
+        self.metrics.delivery_attempt(recipient, kind, result);
+        let audit = AuditRecord {
+            at: now,
+            referral_id: Some(d.referral_id.clone()),
+            request_id: Some(d.request_id.clone()),
+            correlation_id: d.correlation_id.clone(),
+            recipient: Some(d.provider.clone()),
+            detail: json!({
+                "recipient": d.provider,
+                "reason": error,
+                "worker_failures": failures,
+            }),
+            ..AuditRecord::new(format!("delivery.{}", d.kind), result)
+        };
+        let held = self
+            .store
+            .finish_delivery(&d.id, &self.owner, now, &outcome, &audit)
+            .await?;
+        if !held {
+            tracing::warn!(delivery_id = %d.id, "delivery lease expired before the worker's failure was recorded; another worker will take it");
+        } else if parked {
+            tracing::error!(delivery_id = %d.id, referral_id = %d.referral_id, provider = %d.provider, kind = %d.kind, failures, "delivery parked as a dead letter: the worker kept failing on it");
+        } else {
+            tracing::warn!(delivery_id = %d.id, failures, max, "delivery put back in the queue after the worker failed on it");
+        }
+        Ok(())
     }
 
     /// Works until `stop` turns true, then gives back its leases.
@@ -217,17 +319,19 @@ impl Deliverer {
         }
     }
 
-    async fn attempt(&self, d: ClaimedDelivery) -> Result<(), StoreError> {
+    async fn attempt(&self, d: &ClaimedDelivery) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
         let attempt = d.attempts.saturating_add(1);
-        let (outcome, receipt) = self.decide(&d, now).await;
+        let (outcome, receipt) = self.decide(d, now).await;
         let (result, status) = match &outcome {
             DeliveryOutcome::Delivered { status, .. } => ("delivered", Some(*status)),
             DeliveryOutcome::Retry { status, .. } => ("retry", *status),
             DeliveryOutcome::Dead { status, .. } => ("dead-letter", *status),
             DeliveryOutcome::Stopped { .. } => ("stopped", None),
+            // Decided only by attempt_guarded, never by an attempt.
+            DeliveryOutcome::WorkerFailed { .. } => ("worker-error", None),
         };
-        let (recipient, kind) = self.labels(&d);
+        let (recipient, kind) = self.labels(&d.provider, &d.kind);
         self.metrics.delivery_attempt(recipient, kind, result);
         let reason = match &outcome {
             DeliveryOutcome::Stopped { reason } => Some(reason.clone()),
@@ -530,6 +634,31 @@ impl Deliverer {
     }
 }
 
+/// What the worker records about a delivery it failed on.
+struct Failed {
+    id: String,
+    referral_id: String,
+    provider: String,
+    kind: String,
+    request_id: String,
+    correlation_id: Option<String>,
+    worker_failures: i32,
+}
+
+impl From<&ClaimedDelivery> for Failed {
+    fn from(d: &ClaimedDelivery) -> Self {
+        Self {
+            id: d.id.clone(),
+            referral_id: d.referral_id.clone(),
+            provider: d.provider.clone(),
+            kind: d.kind.clone(),
+            request_id: d.request_id.clone(),
+            correlation_id: Some(d.correlation_id.clone()),
+            worker_failures: d.worker_failures,
+        }
+    }
+}
+
 /// Where a delivery goes and what it carries: the client, the body, and the
 /// minimisation receipt of what it discloses.
 type Prepared<'a> = (
@@ -603,6 +732,7 @@ mod tests {
             max_age_seconds: 3600,
             initial_backoff_ms: 1000,
             max_backoff_ms: 8000,
+            max_worker_failures: 3,
         }
     }
 
