@@ -181,6 +181,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Serve => {
             crate::telemetry::init(&settings.telemetry);
+            crate::supervisor::install_panic_hook();
             let app = match Application::build(&settings, sources.is_production()).await {
                 Ok(app) => app,
                 Err(e) => {
@@ -353,7 +354,7 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
                 },
                 Ok(rows) => {
                     println!(
-                        "{:<36}  {:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:>6}",
+                        "{:<36}  {:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:>6}  reason",
                         "id", "referral", "provider", "kind", "state", "attempts", "status"
                     );
                     for r in rows {
@@ -363,7 +364,7 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
                             r.state.as_str()
                         };
                         println!(
-                            "{:<36}  {:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:>6}",
+                            "{:<36}  {:<36}  {:<10}  {:<12}  {:<9}  {:>8}  {:>6}  {}",
                             r.id,
                             r.referral_id,
                             r.provider,
@@ -372,7 +373,8 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
                             r.attempts,
                             r.last_status
                                 .map(|s| s.to_string())
-                                .unwrap_or_else(|| "-".into())
+                                .unwrap_or_else(|| "-".into()),
+                            r.last_error.as_deref().unwrap_or("-")
                         );
                     }
                     ExitCode::SUCCESS

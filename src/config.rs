@@ -48,6 +48,9 @@ pub struct Settings {
     /// Purging personal data once delivery no longer needs it.
     #[serde(default)]
     pub retention: RetentionSettings,
+    /// How background tasks are restarted when they fail.
+    #[serde(default)]
+    pub background: BackgroundSettings,
     /// Development-only conveniences; refused in production.
     #[serde(default)]
     pub dev: DevSettings,
@@ -218,7 +221,18 @@ pub struct DeliverySettings {
     pub max_age_seconds: u64,
     /// First retry delay; doubles per attempt, with jitter, up to `max_backoff_ms`.
     pub initial_backoff_ms: u64,
+    /// The longest wait before a retry, whatever the doubling or a provider's
+    /// `Retry-After` asks for.
     pub max_backoff_ms: u64,
+    /// Times in a row the worker itself may fail on one delivery (a panic or an
+    /// error of its own, not a recipient's answer) before it is parked as a dead
+    /// letter, so it cannot hold up the rest of the queue.
+    #[serde(default = "default_max_worker_failures")]
+    pub max_worker_failures: i32,
+}
+
+fn default_max_worker_failures() -> i32 {
+    3
 }
 
 /// Keys by purpose. Pseudonym keys are per recipient (provider id, `audit`,
@@ -256,6 +270,34 @@ impl Default for RetentionSettings {
             enabled: true,
             after_days: default_retention_days(),
             interval_seconds: default_retention_interval(),
+        }
+    }
+}
+
+/// The supervisor of background tasks (delivery worker, audit sealer, checkpoint
+/// signer, retention purge): how fast a failed task is restarted, and when it is
+/// reported as unable to stay up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackgroundSettings {
+    /// Failures within `restart_window_seconds` after which a task cannot stay up:
+    /// `GET /health/live` then answers 503 naming it.
+    pub max_restarts: u32,
+    /// The window failures are counted in, in seconds.
+    pub restart_window_seconds: u64,
+    /// Wait before the first restart; doubles with each failure in the window.
+    pub initial_backoff_ms: u64,
+    /// The longest wait before a restart.
+    pub max_backoff_ms: u64,
+}
+
+impl Default for BackgroundSettings {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            restart_window_seconds: 300,
+            initial_backoff_ms: 1000,
+            max_backoff_ms: 60000,
         }
     }
 }
@@ -628,9 +670,31 @@ impl Settings {
                     .into(),
             ));
         }
-        if self.delivery.max_attempts < 1 || self.delivery.batch_size < 1 {
+        if self.delivery.max_attempts < 1
+            || self.delivery.batch_size < 1
+            || self.delivery.max_worker_failures < 1
+        {
             return Err(ConfigError::Invalid(
-                "delivery.max_attempts and delivery.batch_size must be at least 1".into(),
+                "delivery.max_attempts, delivery.batch_size and delivery.max_worker_failures \
+                 must be at least 1"
+                    .into(),
+            ));
+        }
+        if self.delivery.max_backoff_ms < self.delivery.initial_backoff_ms {
+            return Err(ConfigError::Invalid(
+                "delivery.max_backoff_ms must be at least delivery.initial_backoff_ms".into(),
+            ));
+        }
+        let b = &self.background;
+        if b.max_restarts < 1 || b.restart_window_seconds < 1 {
+            return Err(ConfigError::Invalid(
+                "background.max_restarts and background.restart_window_seconds must be at least 1"
+                    .into(),
+            ));
+        }
+        if b.max_backoff_ms < b.initial_backoff_ms {
+            return Err(ConfigError::Invalid(
+                "background.max_backoff_ms must be at least background.initial_backoff_ms".into(),
             ));
         }
         if self.retention.after_days < 1 || self.retention.interval_seconds < 1 {

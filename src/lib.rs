@@ -30,6 +30,7 @@ pub mod retention;
 pub mod routing;
 pub mod startup;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod tls;
 pub mod validation;

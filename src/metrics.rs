@@ -75,6 +75,9 @@ pub struct Metrics {
     http_duration: HistogramVec,
     referrals: IntCounterVec,
     delivery_attempts: IntCounterVec,
+    /// 1 while a supervised background task runs, 0 while it waits to be restarted.
+    task_up: IntGaugeVec,
+    task_restarts: IntCounterVec,
     /// SHA-256 of `telemetry.metrics_token`, when set.
     token: Option<[u8; 32]>,
 }
@@ -119,7 +122,24 @@ impl Metrics {
             ),
             &["recipient", "kind", "result"],
         )?;
+        let task_up = IntGaugeVec::new(
+            Opts::new(
+                "thrive_background_task_up",
+                "1 while a background task (delivery, audit-sealer, audit-checkpoints, \
+                 retention) runs, 0 while it waits to be restarted.",
+            ),
+            &["task"],
+        )?;
+        let task_restarts = IntCounterVec::new(
+            Opts::new(
+                "thrive_background_task_restarts_total",
+                "Restarts of a background task after it panicked, returned an error or ended.",
+            ),
+            &["task"],
+        )?;
         registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(task_up.clone()))?;
+        registry.register(Box::new(task_restarts.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(referrals.clone()))?;
         registry.register(Box::new(delivery_attempts.clone()))?;
@@ -129,6 +149,8 @@ impl Metrics {
             http_duration,
             referrals,
             delivery_attempts,
+            task_up,
+            task_restarts,
             token: token.map(|t| digest(t.expose_secret())),
         })
     }
@@ -164,6 +186,23 @@ impl Metrics {
             .delivery_attempts
             .get_metric_with_label_values(&[recipient, kind, result])
         {
+            c.inc();
+        }
+    }
+
+    /// A supervised background task started (`up`) or stopped. `task` is a fixed
+    /// name given in the code.
+    pub fn background_task(&self, task: &str, up: bool) {
+        if let Ok(g) = self.task_up.get_metric_with_label_values(&[task]) {
+            g.set(i64::from(up));
+        }
+        // Listed from the start with 0 restarts, so a rate over it is defined.
+        let _ = self.task_restarts.get_metric_with_label_values(&[task]);
+    }
+
+    /// A supervised background task is started again after a failure.
+    pub fn background_task_restarted(&self, task: &str) {
+        if let Ok(c) = self.task_restarts.get_metric_with_label_values(&[task]) {
             c.inc();
         }
     }
@@ -336,6 +375,10 @@ mod tests {
         m.request(UNMATCHED, "BREW", 404, 0.001);
         m.referral(ReferralOutcome::Accepted);
         m.delivery_attempt("bchft", "referral", "delivered");
+        m.background_task("delivery", true);
+        m.background_task("retention", true);
+        m.background_task("retention", false);
+        m.background_task_restarted("retention");
         let text = scrape(&m);
         for line in [
             r#"thrive_http_requests_total{method="GET",route="/fhir/r4/ServiceRequest/{id}",status="404"} 1"#,
@@ -347,6 +390,10 @@ mod tests {
             r#"thrive_delivery_queue_depth{state="dead"} 0"#,
             "thrive_dead_letters 0",
             "thrive_audit_pending_records 3",
+            r#"thrive_background_task_up{task="delivery"} 1"#,
+            r#"thrive_background_task_up{task="retention"} 0"#,
+            r#"thrive_background_task_restarts_total{task="delivery"} 0"#,
+            r#"thrive_background_task_restarts_total{task="retention"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

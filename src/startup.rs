@@ -9,6 +9,7 @@ use crate::mapping::Datasets;
 use crate::metrics::{Metrics, UNMATCHED};
 use crate::routing::{MappingError, Routing};
 use crate::store::{self, Store, StoreError, crypto::StorageKeyError, crypto::StorageKeys};
+use crate::supervisor::Supervisor;
 use actix_web::{
     App, HttpMessage, HttpServer,
     body::{EitherBody, MessageBody},
@@ -66,6 +67,8 @@ pub struct Application {
     retention: Option<(Arc<dyn Store>, RetentionSettings)>,
     /// How often pending audit records are sealed into the chain.
     seal_every: std::time::Duration,
+    /// Runs and restarts the background tasks; `/health/live` asks it.
+    supervisor: Supervisor,
 }
 
 /// The audit pseudonym key: every audit record names its subject with it.
@@ -145,6 +148,7 @@ impl Application {
             None => (None, None),
         };
         let store_for_retention = store.clone();
+        let supervisor = Supervisor::new(settings.background.clone(), metrics.clone());
         let gateway = Gateway {
             store,
             routing: Arc::new(routing),
@@ -171,6 +175,7 @@ impl Application {
             source,
         })?;
         let data = web::Data::new(gateway.clone());
+        let tasks = web::Data::new(supervisor.clone());
         let sandbox = if settings.sandbox.enabled {
             let jwks = match &settings.sandbox.client_jwks_file {
                 Some(file) => Some(std::fs::read_to_string(file).map_err(|e| {
@@ -190,6 +195,7 @@ impl Application {
                 .app_data(crate::params::extractors::query_config())
                 .app_data(crate::params::extractors::path_config())
                 .app_data(crate::params::extractors::json_config())
+                .app_data(tasks.clone())
                 .wrap(actix_web::middleware::from_fn(request_context))
                 .configure(intake::configure)
                 .configure(crate::operations::configure)
@@ -235,6 +241,7 @@ impl Application {
                 .enabled
                 .then(|| (store_for_retention, settings.retention.clone())),
             seal_every: std::time::Duration::from_millis(settings.audit.seal_interval_ms.max(1)),
+            supervisor,
         })
     }
 
@@ -252,34 +259,55 @@ impl Application {
         self.deliverer.as_ref()
     }
 
+    /// The supervisor of the background tasks (tests add tasks to it).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
+
     /// Runs until stopped (SIGINT/SIGTERM): in-flight requests finish, then the
     /// delivery worker finishes its attempts and gives back its leases, the
-    /// retention task stops, and the sealer seals what is still pending.
+    /// retention task stops, and the sealer seals what is still pending. The
+    /// background tasks run under the [`Supervisor`], which restarts one that fails.
     pub async fn run(self) -> std::io::Result<()> {
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let worker = match (self.deliverer, self.run_worker) {
-            (Some(d), true) => Some(tokio::spawn(d.run(stopped.clone()))),
-            _ => None,
-        };
-        let checkpoints = self.signer.map(|(signer, every)| {
-            tokio::spawn(signer.run(self.gateway.store.clone(), every, stopped.clone()))
-        });
-        let retention = self.retention.map(|(store, settings)| {
-            tokio::spawn(crate::retention::run(store, settings, stopped.clone()))
-        });
-        let sealer = Some(tokio::spawn(crate::audit::seal_periodically(
-            self.gateway.store.clone(),
-            self.seal_every,
-            stopped,
-        )));
-        let result = self.server.await;
-        let _ = stop.send(true);
-        for task in [worker, checkpoints, retention, sealer]
-            .into_iter()
-            .flatten()
-        {
-            let _ = task.await;
+        let tasks = self.supervisor;
+        if let (Some(d), true) = (self.deliverer, self.run_worker) {
+            tasks.spawn("delivery", move |stop| {
+                let d = d.clone();
+                async move {
+                    d.run(stop).await;
+                    Ok(())
+                }
+            });
         }
+        if let Some((signer, every)) = self.signer {
+            let store = self.gateway.store.clone();
+            tasks.spawn("audit-checkpoints", move |stop| {
+                let (signer, store) = (signer.clone(), store.clone());
+                async move {
+                    signer.run(store, every, stop).await;
+                    Ok(())
+                }
+            });
+        }
+        if let Some((store, settings)) = self.retention {
+            tasks.spawn("retention", move |stop| {
+                let (store, settings) = (store.clone(), settings.clone());
+                async move {
+                    crate::retention::run(store, settings, stop).await;
+                    Ok(())
+                }
+            });
+        }
+        let (store, every) = (self.gateway.store.clone(), self.seal_every);
+        tasks.spawn("audit-sealer", move |stop| {
+            let store = store.clone();
+            async move {
+                crate::audit::seal_periodically(store, every, stop).await;
+                Ok(())
+            }
+        });
+        let result = self.server.await;
+        tasks.shutdown().await;
         // What the last requests and attempts wrote, sealed before the process ends.
         if let Err(e) = self.gateway.store.seal_audit().await {
             tracing::error!(error = %e, "sealing audit records at shutdown failed; they stay pending");

@@ -122,6 +122,29 @@ fn bad_values_are_refused_with_their_place() {
             assert!(err.contains("telemetry.metrics_token"), "{err}");
         }
 
+        jail.create_file(
+            "backoff.toml",
+            "[delivery]\ninitial_backoff_ms = 5000\nmax_backoff_ms = 1000\n",
+        )?;
+        let err = Settings::load(&sources(None, &["backoff.toml"]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("delivery.max_backoff_ms"), "{err}");
+
+        for (file, body) in [
+            ("restarts.toml", "[background]\nmax_restarts = 0\n"),
+            (
+                "restart-backoff.toml",
+                "[background]\ninitial_backoff_ms = 5000\nmax_backoff_ms = 10\n",
+            ),
+        ] {
+            jail.create_file(file, body)?;
+            let err = Settings::load(&sources(None, &[file]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("background."), "{err}");
+        }
+
         let err = Settings::load(&sources(None, &["missing.toml"]))
             .unwrap_err()
             .to_string();

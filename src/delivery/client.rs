@@ -14,7 +14,8 @@ pub enum Answer {
     /// The provider answered with a status.
     Status {
         status: u16,
-        /// `Retry-After`, in seconds, when given.
+        /// `Retry-After`, in seconds, when given (as the provider said it: the worker
+        /// caps it at `delivery.max_backoff_ms`).
         retry_after: Option<Duration>,
         /// The start of the provider's answer, printable characters only, kept with
         /// a dead letter so an operator can see why.
@@ -53,6 +54,8 @@ struct OAuth {
 const EXCERPT_CHARS: usize = 300;
 /// Tokens are renewed this long before they expire.
 const TOKEN_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest an access token is cached, whatever its `expires_in` says.
+const MAX_TOKEN_CACHE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl ProviderClient {
     pub fn new(settings: &ProviderSettings) -> Result<Self, String> {
@@ -156,6 +159,7 @@ impl ProviderClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|s| *s >= 0)
             .map(Duration::seconds);
         let excerpt = match response.text().await {
             Ok(text) => text
@@ -211,7 +215,11 @@ impl OAuth {
             .await
             .map_err(|_| "token endpoint: the answer is not a token response".to_owned())?;
         let lifetime = std::time::Duration::from_secs(token.expires_in.unwrap_or(300));
-        let until = Instant::now() + lifetime.saturating_sub(TOKEN_MARGIN);
+        // Checked: an `expires_in` past what the clock can hold must not panic the
+        // worker; such a token is kept for a day at most.
+        let now = Instant::now();
+        let keep = lifetime.saturating_sub(TOKEN_MARGIN).min(MAX_TOKEN_CACHE);
+        let until = now.checked_add(keep).unwrap_or(now);
         *cached = Some((token.access_token.clone(), until));
         Ok(token.access_token)
     }
@@ -239,7 +247,7 @@ impl OAuth {
                 aud: &self.settings.token_url,
                 jti: uuid::Uuid::new_v4().to_string(),
                 iat: now,
-                exp: now + 300,
+                exp: now.saturating_add(300),
             },
             &self.key,
         )

@@ -22,8 +22,9 @@ use crate::consent::ConsentRecord;
 use crate::domain::ProviderId;
 use crate::mapping::{Datasets, Pseudonymise};
 use crate::pseudonym::PseudonymKeys;
-use crate::store::{AuditRecord, ClaimedDelivery, DeliveryOutcome, Store, StoreError};
+use crate::store::{AuditRecord, Claim, ClaimedDelivery, DeliveryOutcome, Store, StoreError};
 use fhir_sdk::time::{Duration, OffsetDateTime};
+use futures_util::FutureExt;
 use serde_json::json;
 use std::{collections::HashMap, sync::Arc};
 
@@ -156,18 +157,14 @@ impl Deliverer {
 
     /// The delivery's recipient and kind as metric labels: configured ids and known
     /// kinds only, so a stray value in the database never becomes a label.
-    fn labels<'a>(&self, d: &'a ClaimedDelivery) -> (&'a str, &'a str) {
-        let configured = if d.kind == MILESTONE {
-            self.callbacks.contains_key(&d.provider)
+    fn labels<'a>(&self, provider: &'a str, kind: &'a str) -> (&'a str, &'a str) {
+        let configured = if kind == MILESTONE {
+            self.callbacks.contains_key(provider)
         } else {
-            ProviderId::parse(&d.provider).is_ok_and(|p| self.recipients.contains_key(&p))
+            ProviderId::parse(provider).is_ok_and(|p| self.recipients.contains_key(&p))
         };
-        let recipient = if configured {
-            d.provider.as_str()
-        } else {
-            "(unknown)"
-        };
-        let kind = match d.kind.as_str() {
+        let recipient = if configured { provider } else { "(unknown)" };
+        let kind = match kind {
             k @ ("referral" | "cancellation" | "withdrawal" | MILESTONE) => k,
             _ => "(other)",
         };
@@ -177,17 +174,122 @@ impl Deliverer {
     /// Claims one batch of due deliveries and attempts them all; returns how many.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
         let now = OffsetDateTime::now_utc();
-        let lease_until = now + Duration::seconds(self.settings.lease_seconds as i64);
+        let lease_until = now.saturating_add(seconds(self.settings.lease_seconds));
         let claimed = self
             .store
             .claim_deliveries(&self.owner, now, lease_until, self.settings.batch_size)
             .await?;
         let n = claimed.len();
-        let attempts = claimed.into_iter().map(|d| self.attempt(d));
+        let attempts = claimed.into_iter().map(|c| self.attempt_guarded(c));
         for result in futures_util::future::join_all(attempts).await {
             result?;
         }
         Ok(n)
+    }
+
+    /// Attempts one claimed delivery so that nothing about it can stop the worker: a
+    /// panic, an error of the worker's own, or a row that cannot be read is counted
+    /// against that delivery, which is tried again after a backoff and parked as a
+    /// dead letter at `delivery.max_worker_failures` in a row, while the other
+    /// deliveries go on. A database that cannot be reached is not the delivery's
+    /// fault: it is not counted, and the lease runs out as before. Fails only when
+    /// the failure cannot be recorded.
+    async fn attempt_guarded(&self, claim: Claim) -> Result<(), StoreError> {
+        let (d, what) = match claim {
+            Claim::Ready(d) => {
+                match std::panic::AssertUnwindSafe(self.attempt(&d))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(Ok(())) => return Ok(()),
+                    Ok(Err(e)) if e.is_unreachable() => return Err(e),
+                    Ok(Err(e)) => {
+                        tracing::error!(delivery_id = %d.id, error = %e, "delivery worker failed on this delivery");
+                        (Failed::from(d.as_ref()), e.kind())
+                    }
+                    Err(panic) => {
+                        tracing::error!(
+                            delivery_id = %d.id,
+                            message = %crate::supervisor::panic_message(panic.as_ref()),
+                            "delivery worker panicked on this delivery"
+                        );
+                        (Failed::from(d.as_ref()), "it panicked")
+                    }
+                }
+            }
+            Claim::Broken { id, error } => {
+                let Some(view) = self.store.delivery(&id).await? else {
+                    return Ok(());
+                };
+                let failed = Failed {
+                    id: view.id,
+                    referral_id: view.referral_id,
+                    provider: view.provider,
+                    kind: view.kind,
+                    request_id: view.request_id,
+                    correlation_id: None,
+                    worker_failures: view.worker_failures,
+                };
+                tracing::error!(delivery_id = %failed.id, reason = %error, "delivery worker cannot read this delivery");
+                (failed, "it could not be read with its referral")
+            }
+        };
+        self.worker_failed(&d, what).await
+    }
+
+    /// Counts one failure of the worker on `d` (`what` in fixed words: no stored
+    /// value) and records it with its audit record: retried after a backoff, or
+    /// parked once it reached `delivery.max_worker_failures` in a row.
+    async fn worker_failed(&self, d: &Failed, what: &str) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let failures = d.worker_failures.saturating_add(1);
+        let max = self.settings.max_worker_failures;
+        let parked = failures >= max;
+        let error = if parked {
+            format!("the delivery worker failed on it {failures} times in a row (last: {what})")
+        } else {
+            format!(
+                "the delivery worker failed on it ({failures} of {max} in a row: {what}); tried again later"
+            )
+        };
+        let outcome = DeliveryOutcome::WorkerFailed {
+            failures,
+            next_attempt_at: now.saturating_add(backoff(&self.settings, failures, None)),
+            parked,
+            error: error.clone(),
+        };
+        let result = if parked {
+            "dead-letter"
+        } else {
+            "worker-error"
+        };
+        let (recipient, kind) = self.labels(&d.provider, &d.kind);
+        self.metrics.delivery_attempt(recipient, kind, result);
+        let audit = AuditRecord {
+            at: now,
+            referral_id: Some(d.referral_id.clone()),
+            request_id: Some(d.request_id.clone()),
+            correlation_id: d.correlation_id.clone(),
+            recipient: Some(d.provider.clone()),
+            detail: json!({
+                "recipient": d.provider,
+                "reason": error,
+                "worker_failures": failures,
+            }),
+            ..AuditRecord::new(format!("delivery.{}", d.kind), result)
+        };
+        let held = self
+            .store
+            .finish_delivery(&d.id, &self.owner, now, &outcome, &audit)
+            .await?;
+        if !held {
+            tracing::warn!(delivery_id = %d.id, "delivery lease expired before the worker's failure was recorded; another worker will take it");
+        } else if parked {
+            tracing::error!(delivery_id = %d.id, referral_id = %d.referral_id, provider = %d.provider, kind = %d.kind, failures, "delivery parked as a dead letter: the worker kept failing on it");
+        } else {
+            tracing::warn!(delivery_id = %d.id, failures, max, "delivery put back in the queue after the worker failed on it");
+        }
+        Ok(())
     }
 
     /// Works until `stop` turns true, then gives back its leases.
@@ -217,17 +319,19 @@ impl Deliverer {
         }
     }
 
-    async fn attempt(&self, d: ClaimedDelivery) -> Result<(), StoreError> {
+    async fn attempt(&self, d: &ClaimedDelivery) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
-        let attempt = d.attempts + 1;
-        let (outcome, receipt) = self.decide(&d, now).await;
+        let attempt = d.attempts.saturating_add(1);
+        let (outcome, receipt) = self.decide(d, now).await;
         let (result, status) = match &outcome {
             DeliveryOutcome::Delivered { status, .. } => ("delivered", Some(*status)),
             DeliveryOutcome::Retry { status, .. } => ("retry", *status),
             DeliveryOutcome::Dead { status, .. } => ("dead-letter", *status),
             DeliveryOutcome::Stopped { .. } => ("stopped", None),
+            // Decided only by attempt_guarded, never by an attempt.
+            DeliveryOutcome::WorkerFailed { .. } => ("worker-error", None),
         };
-        let (recipient, kind) = self.labels(&d);
+        let (recipient, kind) = self.labels(&d.provider, &d.kind);
         self.metrics.delivery_attempt(recipient, kind, result);
         let reason = match &outcome {
             DeliveryOutcome::Stopped { reason } => Some(reason.clone()),
@@ -312,7 +416,7 @@ impl Deliverer {
             Err(outcome) => return (outcome, None),
         };
         let answer = client.send(&d.request_id, &d.correlation_id, &body).await;
-        let outcome = self.classify(answer, d.attempts + 1, now, age);
+        let outcome = self.classify(answer, d.attempts.saturating_add(1), now, age);
         // The body went out: whatever the answer, what it held is recorded.
         (outcome, receipt)
     }
@@ -368,7 +472,7 @@ impl Deliverer {
             Err(e) => {
                 tracing::error!(error = %e, delivery_id = %d.id, "milestone push: database error");
                 let failed = Answer::Failed("the milestone could not be read".into());
-                Err(self.classify(failed, d.attempts + 1, now, age))
+                Err(self.classify(failed, d.attempts.saturating_add(1), now, age))
             }
         }
     }
@@ -393,7 +497,7 @@ impl Deliverer {
 
     /// A dead letter once a delivery is older than `delivery.max_age_seconds`.
     fn young_enough(&self, age: Duration) -> Result<(), DeliveryOutcome> {
-        if age > Duration::seconds(self.settings.max_age_seconds as i64) {
+        if age > seconds(self.settings.max_age_seconds) {
             return Err(dead(
                 "the delivery is older than delivery.max_age_seconds".into(),
             ));
@@ -511,9 +615,12 @@ impl Deliverer {
                 error: format!("gave up after {attempt} attempts; last: {error}"),
             };
         }
+        // Saturating: whatever a provider or the configuration says, the worker never
+        // panics on the arithmetic (a panic would stop every delivery, and the same
+        // delivery would stop the worker again after a restart).
         let wait = backoff(&self.settings, attempt, retry_after);
-        let next = now + wait;
-        if age + wait > Duration::seconds(self.settings.max_age_seconds as i64) {
+        let next = now.saturating_add(wait);
+        if age.saturating_add(wait) > seconds(self.settings.max_age_seconds) {
             return DeliveryOutcome::Dead {
                 status,
                 error: format!("would pass delivery.max_age_seconds; last: {error}"),
@@ -523,6 +630,31 @@ impl Deliverer {
             next_attempt_at: next,
             status,
             error,
+        }
+    }
+}
+
+/// What the worker records about a delivery it failed on.
+struct Failed {
+    id: String,
+    referral_id: String,
+    provider: String,
+    kind: String,
+    request_id: String,
+    correlation_id: Option<String>,
+    worker_failures: i32,
+}
+
+impl From<&ClaimedDelivery> for Failed {
+    fn from(d: &ClaimedDelivery) -> Self {
+        Self {
+            id: d.id.clone(),
+            referral_id: d.referral_id.clone(),
+            provider: d.provider.clone(),
+            kind: d.kind.clone(),
+            request_id: d.request_id.clone(),
+            correlation_id: Some(d.correlation_id.clone()),
+            worker_failures: d.worker_failures,
         }
     }
 }
@@ -548,8 +680,16 @@ fn dead(error: String) -> DeliveryOutcome {
     }
 }
 
+/// A whole number of seconds from the configuration as a [`Duration`], saturating
+/// rather than wrapping for values past `i64::MAX`.
+fn seconds(n: u64) -> Duration {
+    Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
 /// Exponential backoff with jitter: half the step fixed, half random, so retries
-/// from many deliveries spread out; never sooner than the provider's `Retry-After`.
+/// from many deliveries spread out; never sooner than the provider's `Retry-After`,
+/// but never later than `delivery.max_backoff_ms` either: a provider asking for a
+/// wait of years (or one that overflows the clock) is tried again at the cap.
 pub fn backoff(
     settings: &DeliverySettings,
     attempt: i32,
@@ -569,10 +709,11 @@ pub fn backoff(
         0
     };
     let half = step / 2;
-    let jittered = half + if half > 0 { random % (half + 1) } else { 0 };
-    let wait = Duration::milliseconds(jittered as i64);
+    let jittered = half.saturating_add(if half > 0 { random % (half + 1) } else { 0 });
+    let millis = |ms: u64| Duration::milliseconds(i64::try_from(ms).unwrap_or(i64::MAX));
+    let wait = millis(jittered);
     match retry_after {
-        Some(r) if r > wait => r,
+        Some(r) if r > wait => r.min(millis(settings.max_backoff_ms)),
         _ => wait,
     }
 }
@@ -591,6 +732,7 @@ mod tests {
             max_age_seconds: 3600,
             initial_backoff_ms: 1000,
             max_backoff_ms: 8000,
+            max_worker_failures: 3,
         }
     }
 
@@ -608,7 +750,32 @@ mod tests {
                 assert!((low..=high).contains(&w), "attempt {attempt}: {w}");
             }
         }
-        let long = Duration::seconds(120);
+        let long = Duration::seconds(6);
         assert_eq!(backoff(&s, 1, Some(long)), long);
+    }
+
+    #[test]
+    fn retry_after_and_backoff_are_capped_and_never_overflow() {
+        let s = settings();
+        let cap = Duration::milliseconds(8000);
+        for huge in [
+            Duration::seconds(120),
+            Duration::seconds(1_000_000_000_000),
+            Duration::seconds(i64::MAX),
+            Duration::MAX,
+        ] {
+            assert_eq!(backoff(&s, 1, Some(huge)), cap);
+        }
+        assert!(backoff(&s, i32::MAX, None) <= cap);
+        assert!(backoff(&s, i32::MIN, None) <= cap);
+        let s = DeliverySettings {
+            initial_backoff_ms: u64::MAX,
+            max_backoff_ms: u64::MAX,
+            ..settings()
+        };
+        let w = backoff(&s, 40, Some(Duration::MAX));
+        let now = OffsetDateTime::now_utc();
+        assert!(now.saturating_add(w) > now, "saturates: {w}");
+        assert!(seconds(u64::MAX) > Duration::ZERO);
     }
 }

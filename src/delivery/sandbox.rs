@@ -110,7 +110,7 @@ async fn issue_token(
     let Some(claims) = claims else {
         return refuse("the client assertion is not signed by a known key");
     };
-    let now = jsonwebtoken::get_current_timestamp() as i64;
+    let now = i64::try_from(jsonwebtoken::get_current_timestamp()).unwrap_or(i64::MAX);
     let expected_aud = format!("/sandbox/{provider}/token");
     let checks = [
         claims["iss"] == claims["sub"],
@@ -118,7 +118,9 @@ async fn issue_token(
             .as_str()
             .is_some_and(|a| a.ends_with(&expected_aud)),
         claims["jti"].as_str().is_some_and(|j| !j.is_empty()),
-        claims["exp"].as_i64().is_some_and(|e| e <= now + 330),
+        claims["exp"]
+            .as_i64()
+            .is_some_and(|e| e <= now.saturating_add(330)),
     ];
     if checks.contains(&false) {
         return refuse(

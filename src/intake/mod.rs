@@ -510,9 +510,27 @@ async fn message_definition(gw: web::Data<Gateway>) -> impl Responder {
     )
 }
 
+/// Live while every background task stays up; 503 naming any that cannot (failed
+/// `background.max_restarts` times within `background.restart_window_seconds`), so
+/// an orchestrator replaces the process.
 #[get("/health/live")]
-async fn live() -> impl Responder {
-    HttpResponse::Ok().json(serde_json::json!({"status": "live"}))
+async fn live(tasks: Option<web::Data<crate::supervisor::Supervisor>>) -> impl Responder {
+    let status = tasks.map(|t| t.status()).unwrap_or_default();
+    let failing: Vec<&str> = status
+        .iter()
+        .filter(|s| s.failing)
+        .map(|s| s.task.as_str())
+        .collect();
+    if failing.is_empty() {
+        HttpResponse::Ok().json(serde_json::json!({"status": "live", "tasks": status}))
+    } else {
+        tracing::warn!(tasks = ?failing, "liveness check: background tasks cannot stay up");
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({
+            "status": "not live",
+            "failing": failing,
+            "tasks": status,
+        }))
+    }
 }
 
 #[get("/health/ready")]

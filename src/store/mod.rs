@@ -37,6 +37,35 @@ pub enum StoreError {
     Encryption(String),
 }
 
+impl StoreError {
+    /// The database could not be reached or stopped answering (no connection, a
+    /// broken one, a full pool), as opposed to a query it answered with an error or
+    /// a row that does not decode: nothing to blame on the data being handled.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Database(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+
+    /// What kind of failure this is, in fixed words (for a dead letter's reason,
+    /// which operators read: the error's own text may quote stored data).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Database(_) | StoreError::Migrate(_) => "a database error",
+            StoreError::Corrupt(_) => "stored data not in the expected form",
+            StoreError::Encryption(_) => "a storage encryption error",
+        }
+    }
+}
+
 /// Referral lifecycle as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReferralStatus {
@@ -294,6 +323,32 @@ pub struct ClaimedDelivery {
     /// and key version, never the value. The worker dead-letters such a delivery.
     #[sqlx(skip)]
     pub unreadable: Option<String>,
+    /// Times in a row the worker itself failed on this delivery (a panic, or an
+    /// error of its own rather than a recipient's answer).
+    pub worker_failures: i32,
+}
+
+/// A delivery a worker claimed: ready to attempt, or one whose row could not be read
+/// with its referral, which the worker counts as a failure of its own on it (see
+/// [`DeliveryOutcome::WorkerFailed`]) rather than letting it stop the queue.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    Ready(Box<ClaimedDelivery>),
+    Broken {
+        id: String,
+        /// Why, in the gateway's own words: never a stored value.
+        error: String,
+    },
+}
+
+impl Claim {
+    /// The delivery's id.
+    pub fn id(&self) -> &str {
+        match self {
+            Claim::Ready(d) => &d.id,
+            Claim::Broken { id, .. } => id,
+        }
+    }
 }
 
 /// How an attempt ended.
@@ -314,6 +369,16 @@ pub enum DeliveryOutcome {
     Dead { status: Option<u16>, error: String },
     /// Never to be sent: the referral was cancelled or its consent no longer holds.
     Stopped { reason: String },
+    /// The worker itself failed on the delivery (it panicked, or hit an error of its
+    /// own; not a recipient's answer) for the `failures`th time in a row: back in the
+    /// queue at `next_attempt_at`, or, when `parked`, a dead letter, so one poisonous
+    /// delivery never holds up the rest. Not counted as an attempt.
+    WorkerFailed {
+        failures: i32,
+        next_attempt_at: OffsetDateTime,
+        parked: bool,
+        error: String,
+    },
 }
 
 /// A delivery as operators see it (`deliveries list`).
@@ -326,6 +391,9 @@ pub struct DeliveryView {
     pub state: String,
     pub request_id: String,
     pub attempts: i32,
+    /// Times in a row the worker itself failed on it (see
+    /// [`DeliveryOutcome::WorkerFailed`]).
+    pub worker_failures: i32,
     pub last_status: Option<i32>,
     pub last_error: Option<String>,
     #[serde(with = "fhir_sdk::time::serde::rfc3339")]
@@ -503,14 +571,17 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         c: &crate::audit::checkpoint::CheckpointRow,
     ) -> Result<(), StoreError>;
     /// Claims up to `limit` due deliveries for `owner` until `lease_until`. A
-    /// delivery is held by at most one owner at a time, across processes.
+    /// delivery is held by at most one owner at a time, across processes. One whose
+    /// row cannot be read with its referral is returned as [`Claim::Broken`] (and
+    /// logged), so it cannot stop the others; an error of the database itself (no
+    /// connection) fails the whole claim.
     async fn claim_deliveries(
         &self,
         owner: &str,
         now: OffsetDateTime,
         lease_until: OffsetDateTime,
         limit: i64,
-    ) -> Result<Vec<ClaimedDelivery>, StoreError>;
+    ) -> Result<Vec<Claim>, StoreError>;
     /// Records an attempt's outcome (and its audit record) only while `owner` still
     /// holds the lease; `false` when the lease was lost and nothing was written.
     async fn finish_delivery(

@@ -5,7 +5,7 @@
 
 use super::crypto::{Column, StorageKeys};
 use super::{
-    AuditFilter, AuditRecord, AuditRow, ClaimedDelivery, DeliveryOutcome, DeliveryRow,
+    AuditFilter, AuditRecord, AuditRow, Claim, ClaimedDelivery, DeliveryOutcome, DeliveryRow,
     DeliveryView, EventRecord, EventRecorded, EventRow, Inserted, NewReferralRecord, ReferralRow,
     ReferralStatus, ReportRow, Store, StoreError, UpdateRecord, Updated,
 };
@@ -589,7 +589,7 @@ macro_rules! claimed_columns {
     () => {
         "SELECT d.id, d.referral_id, d.provider, d.kind, d.request_id, d.attempts, d.created_at, \
          r.reference, r.programme, r.status AS referral_status, r.consent, r.message, \
-         r.correlation_id, d.event_id, e.event FROM deliveries d \
+         r.correlation_id, d.event_id, e.event, d.worker_failures FROM deliveries d \
          JOIN referrals r ON r.id = d.referral_id LEFT JOIN referral_events e ON e.id = d.event_id \
          WHERE d.id = $1"
     };
@@ -598,8 +598,8 @@ macro_rules! claimed_columns {
 /// Columns of [`DeliveryView`].
 macro_rules! delivery_view_columns {
     () => {
-        "SELECT id, referral_id, provider, kind, state, request_id, attempts, last_status, \
-         last_error, next_attempt_at, created_at, resolved_at FROM deliveries"
+        "SELECT id, referral_id, provider, kind, state, request_id, attempts, worker_failures, \
+         last_status, last_error, next_attempt_at, created_at, resolved_at FROM deliveries"
     };
 }
 
@@ -1152,7 +1152,7 @@ macro_rules! sql_store {
                 now: OffsetDateTime,
                 lease_until: OffsetDateTime,
                 limit: i64,
-            ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+            ) -> Result<Vec<Claim>, StoreError> {
                 let mut claimed = Vec::new();
                 for _ in 0..limit {
                     let id: Option<(String,)> = sqlx::query_as(claim_one!($lock))
@@ -1162,10 +1162,35 @@ macro_rules! sql_store {
                         .fetch_optional(&self.pool)
                         .await?;
                     let Some((id,)) = id else { break };
-                    let mut row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
+                    let row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
                         .bind(&id)
-                        .fetch_one(&self.pool)
-                        .await?;
+                        .fetch_optional(&self.pool)
+                        .await;
+                    // A row that cannot be read must not stop the worker: it is
+                    // handed back broken, and the worker parks it if it stays so.
+                    let mut row = match row {
+                        Ok(Some(row)) => row,
+                        Ok(None) => {
+                            tracing::error!(delivery_id = %id, "claimed delivery has no referral");
+                            claimed.push(Claim::Broken {
+                                id,
+                                error: "the delivery's referral is missing".into(),
+                            });
+                            continue;
+                        }
+                        Err(e) => {
+                            let e = StoreError::from(e);
+                            if e.is_unreachable() {
+                                return Err(e);
+                            }
+                            tracing::error!(delivery_id = %id, error = %e, "claimed delivery could not be read");
+                            claimed.push(Claim::Broken {
+                                id,
+                                error: "the delivery could not be read from the database".into(),
+                            });
+                            continue;
+                        }
+                    };
                     // An unreadable message must not stop the worker: the delivery
                     // carries the reason and is dead-lettered.
                     match open_column(&self.keys, Column::ReferralMessage, &row.referral_id, &row.message) {
@@ -1175,7 +1200,7 @@ macro_rules! sql_store {
                             row.unreadable = Some(e.to_string());
                         }
                     }
-                    claimed.push(row);
+                    claimed.push(Claim::Ready(Box::new(row)));
                 }
                 Ok(claimed)
             }
@@ -1201,14 +1226,26 @@ macro_rules! sql_store {
                     DeliveryOutcome::Stopped { reason } => {
                         ("cancelled", now, None, Some(reason.clone()), None, None)
                     }
+                    DeliveryOutcome::WorkerFailed { next_attempt_at, parked, error, .. } => {
+                        let (state, next) = if *parked { ("dead", now) } else { ("queued", *next_attempt_at) };
+                        (state, next, None, Some(error.clone()), None, None)
+                    }
                 };
-                let attempted = i32::from(!matches!(outcome, DeliveryOutcome::Stopped { .. }));
+                let attempted = i32::from(!matches!(
+                    outcome,
+                    DeliveryOutcome::Stopped { .. } | DeliveryOutcome::WorkerFailed { .. }
+                ));
+                // Counted in a row: any other outcome starts the count again.
+                let worker_failures = match outcome {
+                    DeliveryOutcome::WorkerFailed { failures, .. } => *failures,
+                    _ => 0,
+                };
                 let mut tx = self.pool.begin_with($begin).await?;
                 let changed = sqlx::query(
                     "UPDATE deliveries SET state = $1, next_attempt_at = $2, last_status = $3, \
                      last_error = $4, receipt = COALESCE($5, receipt), delivered_at = $6, \
                      attempts = attempts + $7, lease_owner = NULL, lease_expires_at = NULL, \
-                     updated_at = $8 \
+                     updated_at = $8, worker_failures = $11 \
                      WHERE id = $9 AND lease_owner = $10 AND lease_expires_at > $8",
                 )
                 .bind(state)
@@ -1221,6 +1258,7 @@ macro_rules! sql_store {
                 .bind(now)
                 .bind(id)
                 .bind(owner)
+                .bind(worker_failures)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -1261,8 +1299,8 @@ macro_rules! sql_store {
             ) -> Result<bool, StoreError> {
                 let mut tx = self.pool.begin_with($begin).await?;
                 let changed = sqlx::query(
-                    "UPDATE deliveries SET state = 'queued', attempts = 0, next_attempt_at = $1, \
-                     updated_at = $1, lease_owner = NULL, lease_expires_at = NULL \
+                    "UPDATE deliveries SET state = 'queued', attempts = 0, worker_failures = 0, \
+                     next_attempt_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL \
                      WHERE id = $2 AND state = 'dead' AND resolved_at IS NULL",
                 )
                 .bind(now)

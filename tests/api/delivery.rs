@@ -5,6 +5,7 @@ use crate::helpers::*;
 use crate::on_both_databases;
 use crate::provider::{FAST_RETRIES, FakeProvider, Step, TLS, start_hanging_up};
 use fhir_sdk::time::OffsetDateTime;
+use thrive_gateway::store::Store;
 
 async fn accept(app: &TestApp, msg: &serde_json::Value) -> (String, Ids) {
     let ids = Ids::fresh();
@@ -119,7 +120,14 @@ async fn retry_after_is_honoured(db: Db) {
         delay_ms: 0,
     }])
     .await;
-    let app = TestApp::spawn_with(db, &provider.config(FAST_RETRIES)).await;
+    // Retry-After is honoured up to delivery.max_backoff_ms, here ten minutes.
+    let app = TestApp::spawn_with(
+        db,
+        &provider.config(
+            "\n[delivery]\nenabled = false\ninitial_backoff_ms = 1\nmax_backoff_ms = 600000\n",
+        ),
+    )
+    .await;
     accept(&app, &referral()).await;
     let before = OffsetDateTime::now_utc();
     app.deliver().await;
@@ -131,6 +139,74 @@ async fn retry_after_is_honoured(db: Db) {
         "{view:?}"
     );
     assert_eq!(app.deliver().await, 0, "not due yet");
+}
+
+/// Delivery settings for the worker running in the background, as `serve` runs it.
+fn background_worker(max_backoff_ms: u64) -> String {
+    format!(
+        "\n[delivery]\nenabled = true\npoll_interval_ms = 20\ninitial_backoff_ms = 1\nmax_backoff_ms = {max_backoff_ms}\n"
+    )
+}
+
+/// Waits (up to 20 s) until `check` holds, failing the test with `what` otherwise.
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn an_absurd_retry_after_is_capped_and_the_worker_keeps_delivering(db: Db) {
+    const HOUR_MS: u64 = 3_600_000;
+    // 1e12 seconds is some 31,700 years: past what any clock holds.
+    let provider = FakeProvider::start(vec![Step {
+        status: 503,
+        retry_after: Some(1_000_000_000_000),
+        delay_ms: 0,
+    }])
+    .await;
+    let app = TestApp::spawn_with(db, &provider.config(&background_worker(HOUR_MS))).await;
+    let before = OffsetDateTime::now_utc();
+    let (first, _) = accept(&app, &referral()).await;
+    let attempted = || async { app.store.deliveries_for(&first).await.unwrap()[0].attempts == 1 };
+    wait_until("the first attempt is recorded", attempted).await;
+    let after = OffsetDateTime::now_utc();
+    let view = app
+        .store
+        .list_deliveries(false, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|d| d.referral_id == first)
+        .unwrap();
+    assert_eq!(view.state, "queued", "{view:?}");
+    assert_eq!(view.last_status, Some(503));
+    let cap = fhir_sdk::time::Duration::milliseconds(HOUR_MS as i64);
+    assert!(
+        view.next_attempt_at <= after + cap && view.next_attempt_at >= before + cap,
+        "rescheduled at delivery.max_backoff_ms: {view:?}"
+    );
+
+    // The same worker goes on: the next referral is delivered.
+    let (second, _) = accept(&app, &referral()).await;
+    let delivered =
+        || async { state_of(&app, &second).await == [("referral".into(), "delivered".into())] };
+    wait_until("the next referral is delivered", delivered).await;
+    assert_eq!(provider.seen().len(), 2);
+    assert_eq!(
+        state_of(&app, &first).await,
+        vec![("referral".into(), "queued".into())],
+        "the first waits for its retry"
+    );
+    assert_eq!(app.get("operator", "/health/live").await.status, 200);
 }
 
 async fn a_refusal_is_a_dead_letter_that_an_operator_can_replay(db: Db) {
@@ -377,6 +453,7 @@ on_both_databases!(
     a_referral_is_delivered_once_minimised_with_stable_ids,
     transient_failures_are_retried_with_the_same_request_id,
     retry_after_is_honoured,
+    an_absurd_retry_after_is_capped_and_the_worker_keeps_delivering,
     a_refusal_is_a_dead_letter_that_an_operator_can_replay,
     an_unreachable_or_slow_provider_is_retried_then_parked,
     consent_is_checked_again_and_withdrawal_reaches_the_provider,
@@ -693,3 +770,345 @@ async fn the_fhir_format_sends_a_message_bundle_of_mapped_elements_only(db: Db) 
 }
 
 on_both_databases!(the_fhir_format_sends_a_message_bundle_of_mapped_elements_only);
+
+/// Makes the delivery point at a referral that is not there (a hand-made repair gone
+/// wrong), so the worker can no longer read it with its referral.
+async fn lose_the_referral_of(db: Db, url: &str, delivery: &str) {
+    let repoint = format!("UPDATE deliveries SET referral_id = 'gone' WHERE id = '{delivery}'");
+    match db {
+        Db::Sqlite => execute_sql(db, url, &format!("PRAGMA foreign_keys = OFF; {repoint}")).await,
+        Db::Postgres => {
+            execute_sql(
+                db,
+                url,
+                "ALTER TABLE deliveries DROP CONSTRAINT deliveries_referral_id_fkey",
+            )
+            .await;
+            execute_sql(db, url, &repoint).await;
+        }
+    }
+}
+
+async fn a_delivery_the_worker_keeps_failing_on_is_parked_and_the_rest_delivered(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let app = TestApp::spawn_with(db, &provider.config(FAST_RETRIES)).await;
+    let (poisoned, _) = accept(&app, &referral()).await;
+    let delivery = app.store.deliveries_for(&poisoned).await.unwrap()[0]
+        .id
+        .clone();
+    lose_the_referral_of(db, &app.database_url, &delivery).await;
+    let (first, _) = accept(&app, &referral()).await;
+    let (second, _) = accept(&app, &referral()).await;
+
+    // delivery.max_worker_failures is 3: three passes, and every pass goes through.
+    for _ in 0..3 {
+        app.deliver().await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for id in [&first, &second] {
+        assert_eq!(
+            state_of(&app, id).await,
+            vec![("referral".into(), "delivered".into())]
+        );
+    }
+    assert_eq!(provider.seen().len(), 2);
+    let dead = app.store.list_deliveries(true, 10).await.unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].id, delivery);
+    assert_eq!((dead[0].worker_failures, dead[0].attempts), (3, 0));
+    let reason = dead[0].last_error.clone().unwrap_or_default();
+    assert!(reason.contains("failed on it 3 times in a row"), "{reason}");
+    assert_eq!(app.deliver().await, 0, "a parked delivery is not retried");
+
+    // Operators see it, with its reason, over HTTP and on the command line.
+    let list = app
+        .get("operator", "/operator/v1/deliveries?dead=true")
+        .await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    let rows = list.json();
+    assert_eq!(rows[0]["id"], delivery.as_str());
+    assert_eq!(rows[0]["worker_failures"], 3);
+    assert_eq!(rows[0]["last_error"], reason.as_str());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_thrive-gateway"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("THRIVE_ENV")
+        .env("THRIVE__DATABASE__URL", &app.database_url)
+        .args(["deliveries", "list", "--dead"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&delivery) && stdout.contains(&reason),
+        "{stdout}"
+    );
+
+    // Each failure is recorded, none with patient data.
+    let audit = app.audit().await;
+    let failures: Vec<&str> = audit
+        .iter()
+        .filter(|a| a.request_id == dead.first().map(|d| d.request_id.clone()))
+        .filter(|a| a.action == "delivery.referral")
+        .map(|a| a.outcome.as_str())
+        .collect();
+    assert_eq!(failures, ["worker-error", "worker-error", "dead-letter"]);
+    for record in &audit {
+        for never in FIXTURE_PATIENT_DATA {
+            assert!(!record.detail.contains(never), "{}", record.detail);
+        }
+    }
+}
+
+on_both_databases!(a_delivery_the_worker_keeps_failing_on_is_parked_and_the_rest_delivered);
+
+/// The gateway's store, but recording the outcome of one delivery panics: a bug
+/// that only that delivery's data sets off.
+#[derive(Debug)]
+struct PanicsOn {
+    inner: std::sync::Arc<dyn Store>,
+    delivery: String,
+}
+
+mod panics_on {
+    use super::PanicsOn;
+    use fhir_sdk::time::OffsetDateTime;
+    use thrive_gateway::audit::checkpoint::CheckpointRow;
+    use thrive_gateway::store::*;
+
+    #[async_trait::async_trait]
+    impl Store for PanicsOn {
+        async fn finish_delivery(
+            &self,
+            id: &str,
+            owner: &str,
+            now: OffsetDateTime,
+            outcome: &DeliveryOutcome,
+            audit: &AuditRecord,
+        ) -> Result<bool, StoreError> {
+            if id == self.delivery && !matches!(outcome, DeliveryOutcome::WorkerFailed { .. }) {
+                panic!("the injected bug");
+            }
+            self.inner
+                .finish_delivery(id, owner, now, outcome, audit)
+                .await
+        }
+        async fn migrate(&self) -> Result<(), StoreError> {
+            self.inner.migrate().await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+        async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
+            self.inner.insert_referral(r).await
+        }
+        async fn referral(&self, id: &str) -> Result<Option<ReferralRow>, StoreError> {
+            self.inner.referral(id).await
+        }
+        async fn referral_by_sender_identifier(
+            &self,
+            practice_ods: &str,
+            system: &str,
+            value: &str,
+        ) -> Result<Option<ReferralRow>, StoreError> {
+            self.inner
+                .referral_by_sender_identifier(practice_ods, system, value)
+                .await
+        }
+        async fn referrals_by_identifier(
+            &self,
+            by_reference: bool,
+            system: Option<&str>,
+            value: &str,
+        ) -> Result<Vec<ReferralRow>, StoreError> {
+            self.inner
+                .referrals_by_identifier(by_reference, system, value)
+                .await
+        }
+        async fn apply_update(&self, u: &UpdateRecord) -> Result<Updated, StoreError> {
+            self.inner.apply_update(u).await
+        }
+        async fn deliveries_for(&self, referral_id: &str) -> Result<Vec<DeliveryRow>, StoreError> {
+            self.inner.deliveries_for(referral_id).await
+        }
+        async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError> {
+            self.inner.append_audit(a).await
+        }
+        async fn seal_audit(&self) -> Result<u64, StoreError> {
+            self.inner.seal_audit().await
+        }
+        async fn audit_pending(&self) -> Result<i64, StoreError> {
+            self.inner.audit_pending().await
+        }
+        async fn audit_after(
+            &self,
+            after_id: i64,
+            limit: i64,
+        ) -> Result<Vec<AuditRow>, StoreError> {
+            self.inner.audit_after(after_id, limit).await
+        }
+        async fn audit_chain(
+            &self,
+            after_seq: i64,
+            limit: i64,
+        ) -> Result<Vec<AuditRow>, StoreError> {
+            self.inner.audit_chain(after_seq, limit).await
+        }
+        async fn audit_unchained(&self) -> Result<(u64, Option<i64>), StoreError> {
+            self.inner.audit_unchained().await
+        }
+        async fn audit_seq_of_hash(&self, hash: &str) -> Result<Option<i64>, StoreError> {
+            self.inner.audit_seq_of_hash(hash).await
+        }
+        async fn audit_head(&self) -> Result<(i64, String), StoreError> {
+            self.inner.audit_head().await
+        }
+        async fn audit_query(
+            &self,
+            filter: &AuditFilter,
+            after_seq: i64,
+            limit: i64,
+        ) -> Result<Vec<AuditRow>, StoreError> {
+            self.inner.audit_query(filter, after_seq, limit).await
+        }
+        async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {
+            self.inner.audit_checkpoints().await
+        }
+        async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError> {
+            self.inner.insert_checkpoint(c).await
+        }
+        async fn claim_deliveries(
+            &self,
+            owner: &str,
+            now: OffsetDateTime,
+            lease_until: OffsetDateTime,
+            limit: i64,
+        ) -> Result<Vec<Claim>, StoreError> {
+            self.inner
+                .claim_deliveries(owner, now, lease_until, limit)
+                .await
+        }
+        async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+            self.inner.release_leases(owner).await
+        }
+        async fn list_deliveries(
+            &self,
+            dead_only: bool,
+            limit: i64,
+        ) -> Result<Vec<DeliveryView>, StoreError> {
+            self.inner.list_deliveries(dead_only, limit).await
+        }
+        async fn replay_delivery(
+            &self,
+            id: &str,
+            now: OffsetDateTime,
+            audit: &AuditRecord,
+        ) -> Result<bool, StoreError> {
+            self.inner.replay_delivery(id, now, audit).await
+        }
+        async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+            self.inner.delivery(id).await
+        }
+        async fn resolve_delivery(
+            &self,
+            id: &str,
+            now: OffsetDateTime,
+            audit: &AuditRecord,
+        ) -> Result<bool, StoreError> {
+            self.inner.resolve_delivery(id, now, audit).await
+        }
+        async fn purge_settled(
+            &self,
+            cutoff: OffsetDateTime,
+            now: OffsetDateTime,
+            audit: &AuditRecord,
+        ) -> Result<u64, StoreError> {
+            self.inner.purge_settled(cutoff, now, audit).await
+        }
+        async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError> {
+            self.inner.record_event(e).await
+        }
+        async fn events_for(&self, referral_id: &str) -> Result<Vec<EventRow>, StoreError> {
+            self.inner.events_for(referral_id).await
+        }
+        async fn event(&self, id: &str) -> Result<Option<EventRow>, StoreError> {
+            self.inner.event(id).await
+        }
+        async fn report_rows(
+            &self,
+            from: OffsetDateTime,
+            to: OffsetDateTime,
+            identified: bool,
+        ) -> Result<Vec<ReportRow>, StoreError> {
+            self.inner.report_rows(from, to, identified).await
+        }
+        async fn count_referrals(&self) -> Result<i64, StoreError> {
+            self.inner.count_referrals().await
+        }
+        async fn seal_plaintext(&self) -> Result<u64, StoreError> {
+            self.inner.seal_plaintext().await
+        }
+        async fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+            self.inner.delivery_counts().await
+        }
+    }
+}
+
+async fn a_delivery_the_worker_panics_on_is_parked_and_the_rest_delivered(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let config = provider.config(FAST_RETRIES);
+    let app = TestApp::spawn_with(db, &config).await;
+    let (poisoned, _) = accept(&app, &referral()).await;
+    let delivery = app.store.deliveries_for(&poisoned).await.unwrap()[0]
+        .id
+        .clone();
+    let (other, _) = accept(&app, &referral()).await;
+    // A worker like the gateway's, on a store that panics on that delivery.
+    let settings = test_settings(&app.database_url, &config);
+    let routing = &app.gateway.routing;
+    let datasets =
+        thrive_gateway::mapping::Datasets::load(&settings.mappings.dir, routing).unwrap();
+    let worker = thrive_gateway::delivery::Deliverer::new(
+        &settings,
+        std::sync::Arc::new(PanicsOn {
+            inner: app.store.clone(),
+            delivery: delivery.clone(),
+        }),
+        routing,
+        std::sync::Arc::new(datasets),
+        app.gateway.metrics.clone(),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        worker.run_once().await.expect("the pass goes through");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        state_of(&app, &other).await,
+        vec![("referral".into(), "delivered".into())]
+    );
+    let view = app.store.delivery(&delivery).await.unwrap().unwrap();
+    assert_eq!((view.state.as_str(), view.worker_failures), ("dead", 3));
+    assert!(
+        view.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("3 times in a row (last: it panicked)"),
+        "{view:?}"
+    );
+    assert_eq!(worker.run_once().await.unwrap(), 0);
+    // The provider got it each time, under one X-Request-Id, and the other once.
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 4);
+    assert_eq!(
+        seen.iter()
+            .filter(|s| s.request_id == view.request_id)
+            .count(),
+        3
+    );
+}
+
+on_both_databases!(a_delivery_the_worker_panics_on_is_parked_and_the_rest_delivered);

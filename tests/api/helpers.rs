@@ -205,6 +205,8 @@ pub struct TestApp {
     pub deliverer: Option<thrive_gateway::delivery::Deliverer>,
     /// The database URL, for a second gateway on the same database.
     pub database_url: String,
+    /// The supervisor of the gateway's background tasks (tests add failing ones).
+    pub supervisor: thrive_gateway::supervisor::Supervisor,
     _db: Arc<TestDatabase>,
 }
 
@@ -232,6 +234,7 @@ impl TestApp {
         let gateway = app.gateway().clone();
         let store = gateway.store.clone();
         let deliverer = app.deliverer().cloned();
+        let supervisor = app.supervisor().clone();
         tokio::spawn(app.run());
         Self {
             base,
@@ -240,6 +243,7 @@ impl TestApp {
             gateway,
             deliverer,
             database_url: url.to_owned(),
+            supervisor,
             _db: db,
         }
     }

@@ -5,6 +5,7 @@ mod helpers;
 
 mod audit;
 mod auth;
+mod background;
 mod conformance;
 mod delivery;
 mod duplicates;

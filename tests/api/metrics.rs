@@ -8,15 +8,15 @@ use crate::provider::{FAST_RETRIES, FakeProvider, Step};
 use serde_json::json;
 
 /// One scrape, read whole, with its samples.
-struct Scrape {
-    status: u16,
+pub struct Scrape {
+    pub status: u16,
     content_type: String,
-    text: String,
+    pub text: String,
 }
 
 impl Scrape {
     /// The value of the series `name` with exactly these labels (any order).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut wanted: Vec<(String, String)> = labels
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -34,7 +34,7 @@ impl Scrape {
     }
 
     /// Like [`Scrape::value`], failing the test when the series is missing.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.value(name, labels)
             .unwrap_or_else(|| panic!("no {name}{labels:?} in\n{}", self.text))
     }
@@ -98,7 +98,7 @@ async fn scrape_with(app: &TestApp, authorization: Option<&str>) -> Scrape {
     }
 }
 
-async fn scrape(app: &TestApp) -> Scrape {
+pub async fn scrape(app: &TestApp) -> Scrape {
     let s = scrape_with(app, None).await;
     assert_eq!(s.status, 200, "{}", s.text);
     s
