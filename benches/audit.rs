@@ -336,7 +336,7 @@ fn accept_record(
         client_id: accepted.client_id.clone(),
         request_id: fresh(),
         correlation_id: fresh(),
-        message_header_id: fresh(),
+        message_header_id: Some(fresh()),
         sender_identifiers: vec![(
             "https://fhir.nhs.uk/Id/gp-referral".into(),
             format!("GP-REF-{}", uuid::Uuid::new_v4().simple()),
