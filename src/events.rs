@@ -207,6 +207,9 @@ pub fn parse(body: EventBody, now: OffsetDateTime) -> Result<StatusEvent, Vec<Pr
     };
     let date_only = OffsetDateTime::parse(&body.occurred_at, &Rfc3339).is_err();
     let occurred_at = OffsetDateTime::parse(&body.occurred_at, &Rfc3339)
+        .ok()
+        .filter(|_| crate::fhir::offset_in_range(&body.occurred_at))
+        .ok_or(())
         .or_else(|_| {
             Date::parse(
                 &body.occurred_at,

@@ -42,7 +42,7 @@ pub fn parse(body: &[u8], root: &str) -> Result<Value, JsonError> {
 }
 
 /// A key shown in a path: element names only; anything else stands as `?`.
-fn element(key: &str) -> &str {
+pub(crate) fn element(key: &str) -> &str {
     let ok = key.len() <= 64
         && key
             .chars()

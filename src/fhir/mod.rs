@@ -17,3 +17,48 @@ pub fn full_url(resource_type: &str, id: &str) -> String {
         format!("{BASE}/{resource_type}/{id}")
     }
 }
+
+/// Whether a string shaped like an RFC 3339 date-time (`YYYY-MM-DDThh:mm…`) carries a
+/// time-zone offset FHIR allows: `Z` or -14:00 to +14:00 (R4's dateTime and instant
+/// patterns). The time crate reads offsets up to ±25:59, which no clock uses.
+pub fn offset_in_range(text: &str) -> bool {
+    let b = text.as_bytes();
+    let shaped = b.len() >= 16
+        && b[4] == b'-'
+        && b[7] == b'-'
+        && b[10] == b'T'
+        && b[13] == b':'
+        && b[..4].iter().all(u8::is_ascii_digit);
+    if !shaped || text.ends_with('Z') {
+        return true;
+    }
+    let Some(sign_at) = text.len().checked_sub(6) else {
+        return true;
+    };
+    let (head, offset) = text.split_at(sign_at);
+    if head.len() < 16 || !(offset.starts_with('+') || offset.starts_with('-')) {
+        return true;
+    }
+    let hours: Option<u32> = offset.get(1..3).and_then(|h| h.parse().ok());
+    let minutes: Option<u32> = offset.get(4..6).and_then(|m| m.parse().ok());
+    match (hours, minutes) {
+        (Some(h), Some(m)) => m < 60 && (h < 14 || (h == 14 && m == 0)),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn offsets_beyond_fourteen_hours_are_out_of_range() {
+        use super::offset_in_range as ok;
+        assert!(ok("2026-12-01T09:00:00Z"));
+        assert!(ok("2026-12-01T09:00:00+01:00"));
+        assert!(ok("2026-12-01T09:00:00-14:00"));
+        assert!(!ok("2026-12-01T09:00:00+25:00"));
+        assert!(!ok("2026-12-01T09:00:00+14:30"));
+        assert!(!ok("2026-12-01T09:00:00.123-15:00"));
+        assert!(ok("2026-12-01"), "a date has no offset");
+        assert!(ok("not a date at all, +25:00"));
+    }
+}

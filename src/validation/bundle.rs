@@ -119,6 +119,8 @@ impl<'a> ParsedBundle<'a> {
             }
         };
 
+        let mut path = "Bundle".to_owned();
+        check_offsets(value, &mut path, &mut issues);
         let index = BundleIndex::new(value);
         let mut seen_urls = HashSet::new();
         for (i, raw) in raw_entries.iter().enumerate() {
@@ -226,6 +228,37 @@ impl<'a> ParsedBundle<'a> {
             }
         }
         out
+    }
+}
+
+/// Reports every date-time whose offset FHIR does not allow (beyond ±14:00), wherever
+/// it is: the models read such an offset without complaint.
+fn check_offsets(value: &Value, path: &mut String, issues: &mut Vec<Issue>) {
+    match value {
+        Value::String(s) if !crate::fhir::offset_in_range(s) => issues.push(Issue::structure(
+            IssueType::Value,
+            path.clone(),
+            "a date-time's offset must be Z or between -14:00 and +14:00",
+        )),
+        Value::Object(map) => {
+            for (k, v) in map {
+                let len = path.len();
+                path.push('.');
+                // Keys are the sender's text until the models have read them.
+                path.push_str(crate::fhir::json::element(k));
+                check_offsets(v, path, issues);
+                path.truncate(len);
+            }
+        }
+        Value::Array(items) => {
+            for (n, v) in items.iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{n}]"));
+                check_offsets(v, path, issues);
+                path.truncate(len);
+            }
+        }
+        _ => {}
     }
 }
 

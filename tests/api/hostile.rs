@@ -135,3 +135,22 @@ async fn rate_limits_answer_429(db: Db) {
 }
 
 on_both_databases!(rate_limits_answer_429);
+
+/// An offset no clock uses is refused where it stands, in the message and in events.
+async fn an_offset_beyond_fourteen_hours_is_refused(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let mut message = referral();
+    set(
+        &mut message,
+        &format!("{}/authoredOn", at::SERVICE_REQUEST),
+        json!("2026-11-20T10:10:00+25:00"),
+    );
+    app.send("gp-a", &message).await.assert_issue(
+        400,
+        "REC_BAD_REQUEST",
+        "Bundle.entry[1].resource.authoredOn",
+    );
+    assert_eq!(app.referral_count().await, 0);
+}
+
+on_both_databases!(an_offset_beyond_fourteen_hours_is_refused);
