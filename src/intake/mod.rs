@@ -525,11 +525,20 @@ async fn live(tasks: Option<web::Data<crate::supervisor::Supervisor>>) -> impl R
         HttpResponse::Ok().json(serde_json::json!({"status": "live", "tasks": status}))
     } else {
         tracing::warn!(tasks = ?failing, "liveness check: background tasks cannot stay up");
-        HttpResponse::ServiceUnavailable().json(serde_json::json!({
-            "status": "not live",
-            "failing": failing,
-            "tasks": status,
-        }))
+        // Like every error, an OperationOutcome: one issue per task that cannot stay up.
+        Rejection {
+            issues: failing
+                .iter()
+                .map(|task| {
+                    Issue::new(
+                        RecCode::ServiceUnavailable,
+                        IssueType::Transient,
+                        format!("not live: background task `{task}` cannot stay up"),
+                    )
+                })
+                .collect(),
+        }
+        .error_response()
     }
 }
 

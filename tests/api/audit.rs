@@ -570,20 +570,22 @@ async fn a_subject_access_request_finds_everything_about_one_person(db: Db) {
         !reply.text.contains("9990000018"),
         "the answer names the person only by pseudonym"
     );
-    // The answer is paged: two records a page, following `next`, finds them all.
+    // The answer is paged: one record a page, following `next`, finds them all.
     let all: Vec<Value> = body["records"].as_array().unwrap().clone();
-    assert!(all.len() > 2, "enough records to page: {}", all.len());
+    assert!(all.len() > 1, "enough records to page: {}", all.len());
     let mut paged = Vec::new();
     let mut after = 0;
-    loop {
+    // Each lookup is itself recorded about the person, so the trail grows as it is
+    // paged: stop once the first answer's records are covered.
+    while paged.len() < all.len() {
         let req = app
             .client
-            .post(app.url(&format!("/audit/v1/subjects?limit=2&after={after}")))
+            .post(app.url(&format!("/audit/v1/subjects?limit=1&after={after}")))
             .bearer_auth(token("auditor"))
             .json(&json!({"nhs_number": "9990000018"}));
         let page = Reply::from(req.send().await.unwrap()).await.json();
         let records = page["records"].as_array().unwrap();
-        assert!(records.len() <= 2, "a page holds at most its limit");
+        assert!(records.len() <= 1, "a page holds at most its limit");
         paged.extend(records.iter().cloned());
         match page["next"].as_i64() {
             Some(next) => after = next,
@@ -591,9 +593,6 @@ async fn a_subject_access_request_finds_everything_about_one_person(db: Db) {
         }
     }
     let seqs = |v: &[Value]| v.iter().map(|r| r["seq"].as_i64()).collect::<Vec<_>>();
-    // Each lookup is itself recorded about the person, so later pages run on past
-    // what the first answer held.
-    assert!(paged.len() >= all.len());
     assert_eq!(seqs(&paged[..all.len()]), seqs(&all));
     // The lookup itself is recorded against the subject, without the number.
     let rows = app.audit().await;

@@ -100,14 +100,19 @@ async fn a_failing_task_is_restarted_and_one_that_cannot_stay_up_fails_liveness(
         .spawn("doomed", |_stop| async { panic!("the doomed task panics") });
     eventually("liveness fails", async || live(&app).await.status == 503).await;
     let body = live(&app).await;
-    let json = body.json();
-    assert_eq!(json["status"], "not live", "{}", body.text);
+    let issues: Vec<String> = body.json()["issue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["diagnostics"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(
-        json["failing"],
-        serde_json::json!(["doomed"]),
+        issues,
+        ["not live: background task `doomed` cannot stay up"],
         "{}",
         body.text
     );
+    body.assert_issue(503, "REC_SERVICE_UNAVAILABLE", "");
     let s = scrape(&app).await;
     assert_eq!(
         gauge(&s, "thrive_background_task_up", "doomed"),
