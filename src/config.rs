@@ -327,6 +327,13 @@ pub struct ServerSettings {
     /// Serve HTTPS instead of HTTP.
     #[serde(default)]
     pub tls: Option<ServerTlsSettings>,
+    /// How long `/health/ready` waits for the database before answering 503.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout_ms: u64,
+}
+
+fn default_ready_timeout() -> u64 {
+    1_000
 }
 
 /// The gateway's own certificate, and the CA whose client certificates it requires
@@ -349,6 +356,14 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long a writer waits for SQLite's lock before failing.
     pub sqlite_busy_timeout_ms: u64,
+    /// How long a request waits for a database connection (or for a new one to be
+    /// made) before it is answered 503: a database that is away fails fast.
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout_ms: u64,
+}
+
+fn default_acquire_timeout() -> u64 {
+    1_000
 }
 
 impl DatabaseSettings {
@@ -552,6 +567,20 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be above 0".into(),
             ));
+        }
+        for (key, value) in [
+            ("server.ready_timeout_ms", self.server.ready_timeout_ms),
+            (
+                "database.acquire_timeout_ms",
+                self.database.acquire_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be above 0: without it a database that stops answering \
+                     would hold the gateway indefinitely"
+                )));
+            }
         }
         for (id, provider) in &self.providers {
             ProviderId::parse(id)

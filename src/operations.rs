@@ -7,7 +7,7 @@
 
 use crate::auth::Role;
 use crate::intake::{Gateway, process::AuditContext};
-use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use crate::store::{AuditRecord, DeliveryView, Store, StoreError};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use fhir_sdk::time::OffsetDateTime;
@@ -124,12 +124,7 @@ async fn list_deliveries(
     gw: web::Data<Gateway>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = operator_only(&gw, &req, "operator.deliveries.list").await?;
-    let rows = list(gw.store.as_ref(), query.dead, query.limit.clamp(1, 1000))
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "listing deliveries failed");
-            server_error()
-        })?;
+    let rows = list(gw.store.as_ref(), query.dead, query.limit.clamp(1, 1000)).await?;
     let ctx = AuditContext {
         action: "operator.deliveries.list",
         principal: Some(&principal),
@@ -141,10 +136,7 @@ async fn list_deliveries(
         None,
         serde_json::json!({"dead_only": query.dead, "count": rows.len()}),
     );
-    gw.store.append_audit(&record).await.map_err(|e| {
-        tracing::error!(error = %e, "could not audit an operator query");
-        server_error()
-    })?;
+    gw.store.append_audit(&record).await?;
     Ok(HttpResponse::Ok().json(rows))
 }
 
@@ -185,11 +177,7 @@ async fn dead_letter(
     } else {
         resolve(store, id, record).await
     };
-    let result = result.map_err(|e| {
-        tracing::error!(error = %e, action = verb.action, "a dead-letter action failed");
-        server_error()
-    })?;
-    match result {
+    match result? {
         DeadLetterAction::Done => {
             let status = actix_web::http::StatusCode::from_u16(verb.status)
                 .unwrap_or(actix_web::http::StatusCode::OK);
@@ -290,10 +278,7 @@ async fn programme_report(
         let from = crate::reports::bound(&query.from).map_err(bad)?;
         let to = crate::reports::bound(&query.to).map_err(bad)?;
         let group_by: crate::reports::GroupBy = query.group_by.parse().map_err(bad)?;
-        let rows = gw.store.report_rows(from, to, false).await.map_err(|e| {
-            tracing::error!(error = %e, "report query failed");
-            server_error()
-        })?;
+        let rows = gw.store.report_rows(from, to, false).await?;
         Ok(crate::reports::programme(&rows, group_by))
     }
     .await;
@@ -305,10 +290,7 @@ async fn programme_report(
                 None,
                 serde_json::json!({"from": query.from, "to": query.to, "group_by": query.group_by}),
             );
-            gw.store.append_audit(&record).await.map_err(|e| {
-                tracing::error!(error = %e, "could not audit a report query");
-                server_error()
-            })?;
+            gw.store.append_audit(&record).await?;
             Ok(HttpResponse::Ok().json(serde_json::json!({
                 "from": query.from,
                 "to": query.to,

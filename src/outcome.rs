@@ -5,9 +5,15 @@
 //! the gateway from fixed phrases and element paths, never copied from the request, so
 //! no patient data can reach a response.
 
+use crate::store::StoreError;
 use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 use serde_json::{Value, json};
 use std::fmt;
+
+/// What a 503 asks the client to wait before sending again, in seconds: long enough
+/// for a database fail-over or restart to be noticed, short enough that a GP system's
+/// retry lands soon after.
+pub const RETRY_AFTER_SECONDS: u32 = 2;
 
 /// The code system of the NHS HTTP error codes (lower-case `s`, as NHS examples write it).
 pub const HTTP_ERROR_CODES: &str = "https://fhir.nhs.uk/Codesystem/http-error-codes";
@@ -267,6 +273,9 @@ impl ResponseError for Rejection {
         if self.rec() == RecCode::Unauthorized {
             builder.insert_header(("WWW-Authenticate", "Bearer"));
         }
+        if self.rec() == RecCode::ServiceUnavailable {
+            builder.insert_header(("Retry-After", RETRY_AFTER_SECONDS.to_string()));
+        }
         // These are answered before the body is read: close the connection rather than
         // leave an unread body in front of the client's next request.
         if matches!(
@@ -279,8 +288,38 @@ impl ResponseError for Rejection {
     }
 }
 
-/// Internal failures (database down, a bug): the caller gets a plain 500 with no detail;
-/// the detail goes to the log by the caller of this function.
+/// The one way a store failure becomes an answer: 503 with `Retry-After` when the
+/// database is unavailable ([`StoreError::is_unavailable`]), 500 otherwise. Either way
+/// the error is logged where the `?` (or call) is, inside the request's span; the
+/// caller hears nothing of it.
+impl From<StoreError> for Rejection {
+    #[track_caller]
+    fn from(e: StoreError) -> Self {
+        let at = std::panic::Location::caller();
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, at = %at, "the database is unavailable; answering 503");
+            unavailable()
+        } else {
+            tracing::error!(error = %e, at = %at, "a database operation failed; answering 500");
+            server_error()
+        }
+    }
+}
+
+/// The database is away or saturated: 503, `Retry-After`, issue code `transient`. What
+/// already reached the database is not undone, hence no claim about it; a message
+/// sent again with the same `X-Request-Id` is never stored twice.
+pub fn unavailable() -> Rejection {
+    Rejection::one(Issue::new(
+        RecCode::ServiceUnavailable,
+        IssueType::Transient,
+        "the gateway's database is unavailable just now; send the request again after the \
+         Retry-After interval, with the same X-Request-Id",
+    ))
+}
+
+/// Internal failures (a bug, data not in the expected form): the caller gets a plain
+/// 500 with no detail; the detail goes to the log (see `From<StoreError>`).
 pub fn server_error() -> Rejection {
     Rejection::one(Issue::new(
         RecCode::ServerError,
@@ -310,5 +349,35 @@ mod tests {
             "REC_BAD_REQUEST"
         );
         assert_eq!(body["issue"][1]["expression"][0], "b");
+    }
+
+    #[test]
+    fn an_unavailable_database_is_a_503_to_retry_and_anything_else_a_500() {
+        for (error, status) in [
+            (StoreError::Database(sqlx::Error::PoolTimedOut), 503),
+            (
+                StoreError::Database(sqlx::Error::Io(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                ))),
+                503,
+            ),
+            (StoreError::Corrupt("x".into()), 500),
+            (StoreError::Database(sqlx::Error::RowNotFound), 500),
+        ] {
+            let res = Rejection::from(error).error_response();
+            assert_eq!(res.status().as_u16(), status);
+            let retry = res.headers().get("retry-after");
+            if status == 503 {
+                assert_eq!(retry.unwrap(), &RETRY_AFTER_SECONDS.to_string());
+            } else {
+                assert!(retry.is_none());
+            }
+        }
+        let body = unavailable().to_operation_outcome();
+        assert_eq!(body["issue"][0]["code"], "transient");
+        assert_eq!(
+            body["issue"][0]["details"]["coding"][0]["code"],
+            "REC_SERVICE_UNAVAILABLE"
+        );
     }
 }

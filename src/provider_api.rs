@@ -25,11 +25,6 @@ fn provider_only(gw: &Gateway, req: &HttpRequest) -> Result<(Principal, String),
     }
 }
 
-fn fail(e: crate::store::StoreError) -> Rejection {
-    tracing::error!(error = %e, "status event: database error");
-    server_error()
-}
-
 fn event_json(row: &EventRow) -> serde_json::Value {
     serde_json::json!({
         "id": row.id,
@@ -176,14 +171,12 @@ async fn record(
     let referral = gw
         .store
         .referral(referral_id)
-        .await
-        .map_err(fail)?
+        .await?
         .ok_or_else(not_found)?;
     let delivered = gw
         .store
         .deliveries_for(referral_id)
-        .await
-        .map_err(fail)?
+        .await?
         .iter()
         .any(|d| d.kind == "referral" && d.state == "delivered" && d.provider == provider);
     if referral.provider != provider || !delivered {
@@ -196,7 +189,7 @@ async fn record(
     }
     // The same request again: the same answer, nothing recorded twice.
     let request_id = ids.request_id.to_string();
-    let existing = gw.store.events_for(referral_id).await.map_err(fail)?;
+    let existing = gw.store.events_for(referral_id).await?;
     if let Some(row) = existing.iter().find(|e| e.request_id == request_id) {
         return Ok(HttpResponse::Ok().json(event_json(row)));
     }
@@ -244,7 +237,7 @@ async fn record(
             serde_json::json!({"event": event.event.as_str(), "from": from.as_str(), "recipient": provider}),
         ),
     };
-    match gw.store.record_event(&record).await.map_err(fail)? {
+    match gw.store.record_event(&record).await? {
         EventRecorded::Recorded => {
             tracing::info!(referral_id, event = event.event.as_str(), "status event recorded");
             let row = EventRow {
@@ -261,7 +254,7 @@ async fn record(
             Ok(HttpResponse::Created().json(event_json(&row)))
         }
         EventRecorded::Duplicate => {
-            let rows = gw.store.events_for(referral_id).await.map_err(fail)?;
+            let rows = gw.store.events_for(referral_id).await?;
             let row = rows.iter().find(|e| e.request_id == request_id).ok_or_else(server_error)?;
             Ok(HttpResponse::Ok().json(event_json(row)))
         }

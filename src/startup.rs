@@ -156,6 +156,7 @@ impl Application {
             checkpoint_signer: signer.as_ref().map(|(s, _)| s.clone()),
             gp_callbacks: Arc::new(GpCallbacks::new(&settings.gp_callbacks)),
             metrics,
+            ready_timeout: std::time::Duration::from_millis(settings.server.ready_timeout_ms),
         };
         let listener = std::net::TcpListener::bind(&settings.server.bind).map_err(|source| {
             StartupError::Bind {

@@ -131,6 +131,29 @@ fn bad_values_are_refused_with_their_place() {
 }
 
 #[test]
+fn waits_on_the_database_have_a_bound_that_cannot_be_switched_off() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        let s = Settings::load(&sources(None, &[])).unwrap();
+        assert_eq!(s.database.acquire_timeout_ms, 1_000);
+        assert_eq!(s.server.ready_timeout_ms, 1_000);
+
+        for (table, key) in [
+            ("database", "acquire_timeout_ms"),
+            ("server", "ready_timeout_ms"),
+        ] {
+            jail.create_file("zero.toml", &format!("[{table}]\n{key} = 0\n"))?;
+            let err = Settings::load(&sources(None, &["zero.toml"]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{table}.{key}")), "{err}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
 fn secrets_are_redacted_in_debug_output() {
     Jail::expect_with(|jail| {
         jail.create_dir("config")?;

@@ -6,16 +6,11 @@ use super::export::{self, Format};
 use crate::auth::{Principal, Role};
 use crate::domain::NhsNumber;
 use crate::intake::{Gateway, RequestIds, process::AuditContext};
-use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use crate::store::{AuditFilter, AuditRow, StoreError};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use serde::Deserialize;
 use serde_json::{Value, json};
-
-fn fail(e: StoreError) -> Rejection {
-    tracing::error!(error = %e, "audit query failed");
-    server_error()
-}
 
 /// The request ids when sent (they are optional here), for the audit record.
 fn ids(req: &HttpRequest) -> Option<RequestIds> {
@@ -51,7 +46,7 @@ async fn record_call(
     };
     let mut record = ctx.record("allowed", 200, None, detail);
     record.subject = subject;
-    gw.store.append_audit(&record).await.map_err(fail)
+    Ok(gw.store.append_audit(&record).await?)
 }
 
 /// Records a refusal that came after authentication (bad parameters, unknown record),
@@ -156,11 +151,7 @@ async fn list_records(
     let filter = query.filter()?;
     let limit = query.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     let after = query.after.unwrap_or(0).max(0);
-    let rows = gw
-        .store
-        .audit_query(&filter, after, limit)
-        .await
-        .map_err(fail)?;
+    let rows = gw.store.audit_query(&filter, after, limit).await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().and_then(|r| r.seq))
         .flatten();
@@ -210,8 +201,7 @@ async fn read_record(
     let row = gw
         .store
         .audit_chain(seq.saturating_sub(1), 1)
-        .await
-        .map_err(fail)?
+        .await?
         .into_iter()
         .find(|r| r.seq == Some(seq));
     // Not found is refused, and recorded as such by the caller.
@@ -263,9 +253,7 @@ async fn subject_records(
         subjects: pseudonyms,
         ..AuditFilter::default()
     };
-    let rows = export::collect(gw.store.as_ref(), &filter)
-        .await
-        .map_err(fail)?;
+    let rows = export::collect(gw.store.as_ref(), &filter).await?;
     let mut referrals: Vec<&str> = rows
         .iter()
         .filter_map(|r| r.referral_id.as_deref())
@@ -402,8 +390,7 @@ async fn export_inner(
         to,
         format,
     )
-    .await
-    .map_err(fail)?;
+    .await?;
     record_call(
         gw,
         req,
@@ -425,9 +412,7 @@ async fn export_inner(
 #[get("/audit/v1/verify")]
 async fn verify(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.verify").await?;
-    let v = super::verify(gw.store.as_ref(), gw.checkpoint_keys.as_ref())
-        .await
-        .map_err(fail)?;
+    let v = super::verify(gw.store.as_ref(), gw.checkpoint_keys.as_ref()).await?;
     let body = json!({
         "intact": v.intact(),
         "records": v.records,

@@ -36,6 +36,8 @@ pub struct Gateway {
     pub gp_callbacks: Arc<crate::delivery::GpCallbacks>,
     /// Counters and histograms for `GET /metrics`, shared with the delivery worker.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// How long `/health/ready` waits for the database (`server.ready_timeout_ms`).
+    pub ready_timeout: std::time::Duration,
 }
 
 /// What an accepted message produced, for the response.
@@ -101,13 +103,22 @@ impl Gateway {
         self.audit_rejection_about(ctx, rejection, None).await;
     }
 
-    /// Records a rejection about a person, named by their audit pseudonym.
+    /// Records a rejection about a person, named by their audit pseudonym. A 503 is
+    /// not recorded: the database just said it is unavailable, and trying it again
+    /// would only keep the client waiting; the log has the refusal.
     async fn audit_rejection_about(
         &self,
         ctx: &AuditContext<'_>,
         rejection: &Rejection,
         subject: Option<String>,
     ) {
+        if rejection.rec() == RecCode::ServiceUnavailable {
+            tracing::warn!(
+                action = ctx.action,
+                "refused while the database is unavailable; not recorded in the audit table"
+            );
+            return;
+        }
         let record = AuditRecord {
             subject,
             ..ctx.record(
@@ -249,10 +260,7 @@ impl Gateway {
         match &result {
             Ok(d) => {
                 let record = ctx.record("valid", 200, None, json!({ "message": d.action }));
-                if let Err(e) = self.store.append_audit(&record).await {
-                    tracing::error!(error = %e, "could not record a dry run in the audit table");
-                    return Err(server_error());
-                }
+                self.store.append_audit(&record).await?;
             }
             Err(rejection) => self.audit_rejection(&ctx, rejection).await,
         }
@@ -360,10 +368,7 @@ impl Gateway {
                 }
                 Ok(Inserted::Duplicate) => return Err(duplicate()),
                 Ok(Inserted::ReferenceTaken) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "storing an accepted referral failed");
-                    return Err(server_error());
-                }
+                Err(e) => return Err(Rejection::from(e)),
             }
         }
         tracing::error!("no free referral reference after 5 tries");
@@ -371,13 +376,9 @@ impl Gateway {
     }
 
     async fn load(&self, id: &str) -> Result<ReferralRow, Rejection> {
-        match self.store.referral(id).await {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => Err(server_error()),
-            Err(e) => {
-                tracing::error!(error = %e, "reading a referral failed");
-                Err(server_error())
-            }
+        match self.store.referral(id).await? {
+            Some(r) => Ok(r),
+            None => Err(server_error()),
         }
     }
 
@@ -388,13 +389,9 @@ impl Gateway {
         update: &UpdateRequest,
     ) -> Result<Option<ReferralRow>, Rejection> {
         let env = &update.envelope;
-        let fail = |e: crate::store::StoreError| {
-            tracing::error!(error = %e, "looking up a referral failed");
-            server_error()
-        };
         if let Some(id) = env.service_request_id.as_deref()
             && uuid::Uuid::parse_str(id).is_ok()
-            && let Some(row) = self.store.referral(id).await.map_err(fail)?
+            && let Some(row) = self.store.referral(id).await?
             && row.practice_ods == env.practice.as_str()
         {
             return Ok(Some(row));
@@ -403,8 +400,7 @@ impl Gateway {
             if let Some(row) = self
                 .store
                 .referral_by_sender_identifier(env.practice.as_str(), system, value)
-                .await
-                .map_err(fail)?
+                .await?
             {
                 return Ok(Some(row));
             }
@@ -494,10 +490,7 @@ impl Gateway {
             }
             Ok(Updated::Duplicate) => Err(duplicate()),
             Ok(Updated::NotActive) => Err(not_active()),
-            Err(e) => {
-                tracing::error!(error = %e, "applying an update failed");
-                Err(server_error())
-            }
+            Err(e) => Err(Rejection::from(e)),
         }
     }
 }

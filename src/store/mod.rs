@@ -23,7 +23,8 @@ use crypto::StorageKeys;
 
 pub use sql::{PostgresStore, SqliteStore};
 
-/// Failures of the database itself. Never shown to callers (they get a plain 500).
+/// Failures of the database itself. Never shown to callers: they get 503 when
+/// [`StoreError::is_unavailable`], a plain 500 otherwise.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
@@ -35,6 +36,43 @@ pub enum StoreError {
     /// Sealing failed, or the store was opened without the storage keys.
     #[error("storage encryption: {0}")]
     Encryption(String),
+}
+
+impl StoreError {
+    /// The database could not be reached, did not give a connection within
+    /// `database.acquire_timeout_ms`, or is too busy or shutting down: a passing
+    /// condition, so the caller should send the request again later. Anything else
+    /// (a constraint, corrupt data, a bug) is not.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // The primary result code: busy or locked past the busy timeout,
+                    // the file unreadable or unopenable, the disk full.
+                    matches!(
+                        code.parse::<i32>().map(|c| c & 0xff),
+                        Ok(5 | 6 | 10 | 13 | 14)
+                    )
+                } else {
+                    // SQLSTATE: connection exceptions, insufficient resources (too many
+                    // connections, disk full), the server shutting down or starting,
+                    // and serialization failures and deadlocks, which a retry resolves.
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || matches!(&*code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+                }
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Referral lifecycle as stored.
@@ -626,6 +664,7 @@ async fn open(
     audit: Audit,
 ) -> Result<Arc<dyn Store>, StoreError> {
     let url = settings.url.expose_secret();
+    let acquire_timeout = Duration::from_millis(settings.acquire_timeout_ms);
     let store: Arc<dyn Store> = match settings
         .backend()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?
@@ -650,6 +689,7 @@ async fn open(
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(settings.max_connections)
+                .acquire_timeout(acquire_timeout)
                 .connect_with(options)
                 .await?;
             Arc::new(SqliteStore::new(pool, keys).audited(audit))
@@ -657,7 +697,7 @@ async fn open(
         Backend::Postgres => {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(settings.max_connections)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(acquire_timeout)
                 .connect(url)
                 .await?;
             Arc::new(PostgresStore::new(pool, keys).audited(audit))

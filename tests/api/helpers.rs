@@ -169,6 +169,11 @@ impl TestApp {
         Self::spawn_on(&url, dir.map(Arc::new), extra_toml).await
     }
 
+    /// A gateway on the database at `url` (e.g. reached through a test's own proxy).
+    pub async fn spawn_at(url: &str, extra_toml: &str) -> Self {
+        Self::spawn_on(url, None, extra_toml).await
+    }
+
     /// Another gateway process on this one's database.
     pub async fn second(&self, extra_toml: &str) -> Self {
         Self::spawn_on(&self.database_url, self._dir.clone(), extra_toml).await

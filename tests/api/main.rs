@@ -13,6 +13,7 @@ mod events;
 mod fhir_schema;
 mod gp_callbacks;
 mod intake;
+mod limits;
 mod metrics;
 mod provider;
 mod retention;
