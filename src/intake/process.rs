@@ -358,7 +358,8 @@ impl Gateway {
             match self.store.insert_referral(&record).await {
                 Ok(Inserted::Accepted) => {
                     tracing::info!(referral_id = %id, provider = %route.provider, programme = %route.programme, "referral accepted");
-                    let referral = self.load(&id).await?;
+                    // It is stored: the answer says so even if reading it back fails.
+                    let referral = self.load(&id).await.unwrap_or_else(|| record.stored());
                     return Ok(Outcome {
                         bundle_id: envelope.bundle_id.clone(),
                         source_endpoint: envelope.source_endpoint.clone(),
@@ -375,10 +376,22 @@ impl Gateway {
         Err(server_error())
     }
 
-    async fn load(&self, id: &str) -> Result<ReferralRow, Rejection> {
-        match self.store.referral(id).await? {
-            Some(r) => Ok(r),
-            None => Err(server_error()),
+    /// A referral just written, as stored. Failing that, the caller answers from what
+    /// it wrote: the change is committed, and the sender must hear that it was.
+    async fn load(&self, id: &str) -> Option<ReferralRow> {
+        match self.store.referral(id).await {
+            Ok(Some(r)) => Some(r),
+            Ok(None) => {
+                tracing::error!(
+                    referral_id = id,
+                    "a referral just written is not there to read back; answering from what was written"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, referral_id = id, "a referral just written could not be read back; answering from what was written");
+                None
+            }
         }
     }
 
@@ -480,7 +493,14 @@ impl Gateway {
         match self.store.apply_update(&record).await {
             Ok(Updated::Applied { stopped, notices }) => {
                 tracing::info!(referral_id = %referral.id, action, stopped, notices, "referral updated");
-                let referral = self.load(&referral.id).await?;
+                let referral = match self.load(&referral.id).await {
+                    Some(row) => row,
+                    None => ReferralRow {
+                        status: new_status.as_str().to_owned(),
+                        updated_at: now,
+                        ..referral
+                    },
+                };
                 Ok(Outcome {
                     bundle_id: update.envelope.bundle_id.clone(),
                     source_endpoint: update.envelope.source_endpoint.clone(),

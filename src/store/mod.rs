@@ -246,6 +246,34 @@ pub struct NewReferralRecord {
     pub audit: AuditRecord,
 }
 
+impl NewReferralRecord {
+    /// The referral row [`Store::insert_referral`] writes, for answering the sender
+    /// when reading it back fails after the commit.
+    pub fn stored(&self) -> ReferralRow {
+        ReferralRow {
+            id: self.id.clone(),
+            reference: self.reference.clone(),
+            practice_ods: self.practice_ods.clone(),
+            bundle_id: self.bundle_id.clone(),
+            status: ReferralStatus::Active.as_str().to_owned(),
+            programme: self.programme.clone(),
+            locality: self.locality.clone(),
+            provider: self.provider.clone(),
+            routing_version: self.routing_version.clone(),
+            referral_code: self.referral_code.clone(),
+            nhs_number: self.nhs_number.clone(),
+            consent: self.consent.clone(),
+            source_endpoint: self.source_endpoint.clone(),
+            client_id: self.client_id.clone(),
+            correlation_id: self.correlation_id.clone(),
+            created_at: self.now,
+            updated_at: self.now,
+            milestone: "none".to_owned(),
+            purged_at: None,
+        }
+    }
+}
+
 /// What happened to an insert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {

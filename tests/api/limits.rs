@@ -1,5 +1,6 @@
 //! Never hang, fail fast and say so: a database that goes away is answered 503 within
-//! about a second, and the gateway recovers on its own.
+//! about a second, and the gateway recovers on its own; a failure after a referral was
+//! stored does not tell the sender it was not.
 
 use crate::helpers::*;
 use crate::on_both_databases;
@@ -214,4 +215,48 @@ async fn the_database_going_away_is_answered_503_promptly_and_the_gateway_recove
     assert_eq!(app.referral_count().await, 2, "nothing was half-stored");
 }
 
-on_both_databases!(the_database_going_away_is_answered_503_promptly_and_the_gateway_recovers);
+async fn a_referral_stored_but_not_read_back_is_still_answered_as_accepted(db: Db) {
+    let app = TestApp::spawn(db).await;
+    // Every referral is stored in a form the gateway cannot read back (as a value in
+    // the clear would be), so reading it after the commit fails.
+    let spoil: &[&str] = match db {
+        Db::Sqlite => &["CREATE TRIGGER spoil AFTER INSERT ON referrals BEGIN \
+             UPDATE referrals SET nhs_number = 'unreadable' WHERE id = NEW.id; END"],
+        Db::Postgres => &[
+            "CREATE FUNCTION spoil() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN NEW.nhs_number := 'unreadable'; RETURN NEW; END $$",
+            "CREATE TRIGGER spoil BEFORE INSERT ON referrals FOR EACH ROW \
+             EXECUTE FUNCTION spoil()",
+        ],
+    };
+    for sql in spoil {
+        execute_sql(db, &app.database_url, sql).await;
+    }
+    let msg = referral();
+    let ids = Ids::fresh();
+    let reply = app.send_with("gp-a", &msg, &ids).await;
+    // It was committed, so the sender is told it was accepted, with the id and
+    // reference to read it back by; not that nothing was stored.
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let body = reply.json();
+    let id = body["entry"][1]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stored = query_text(db, &app.database_url, "SELECT id, reference FROM referrals").await;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0][0].as_deref(), Some(id.as_str()));
+    assert!(
+        reply.text.contains(stored[0][1].as_deref().unwrap()),
+        "the answer carries the stored reference"
+    );
+    // And a sender that sends it again is told it is a duplicate, not stored twice.
+    let again = app.send_with("gp-a", &msg, &ids).await;
+    again.assert_issue(409, "REC_CONFLICT", "");
+    assert_eq!(app.referral_count().await, 1);
+}
+
+on_both_databases!(
+    the_database_going_away_is_answered_503_promptly_and_the_gateway_recovers,
+    a_referral_stored_but_not_read_back_is_still_answered_as_accepted,
+);
