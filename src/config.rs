@@ -327,9 +327,68 @@ pub struct ServerSettings {
     /// Serve HTTPS instead of HTTP.
     #[serde(default)]
     pub tls: Option<ServerTlsSettings>,
+    /// How long a new connection has to send its first request head; then 408 and
+    /// the connection is closed.
+    #[serde(default = "default_client_request_timeout")]
+    pub client_request_timeout_ms: u64,
+    /// How long an idle keep-alive connection is kept open between requests.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_ms: u64,
+    /// How long a closing connection may take to shut down before it is dropped.
+    #[serde(default = "default_client_disconnect_timeout")]
+    pub client_disconnect_timeout_ms: u64,
+    /// How long a TLS handshake may take (HTTPS only).
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub tls_handshake_timeout_ms: u64,
+    /// Concurrent connections per worker; beyond it new connections wait in the
+    /// listen backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// TLS handshakes in progress per worker (HTTPS only).
+    #[serde(default = "default_max_connection_rate")]
+    pub max_connection_rate: usize,
+    /// How long a request body may take to arrive, from the first read of it; then 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// The slowest a body may arrive, on average since its first read, once the first
+    /// second has passed; a slower one gets 408.
+    #[serde(default = "default_body_min_rate")]
+    pub body_min_bytes_per_second: u64,
     /// How long `/health/ready` waits for the database before answering 503.
     #[serde(default = "default_ready_timeout")]
     pub ready_timeout_ms: u64,
+}
+
+fn default_client_request_timeout() -> u64 {
+    5_000
+}
+
+fn default_keep_alive() -> u64 {
+    5_000
+}
+
+fn default_client_disconnect_timeout() -> u64 {
+    1_000
+}
+
+fn default_tls_handshake_timeout() -> u64 {
+    3_000
+}
+
+fn default_max_connections() -> usize {
+    1_024
+}
+
+fn default_max_connection_rate() -> usize {
+    256
+}
+
+fn default_body_timeout() -> u64 {
+    10_000
+}
+
+fn default_body_min_rate() -> u64 {
+    1_024
 }
 
 fn default_ready_timeout() -> u64 {
@@ -569,7 +628,21 @@ impl Settings {
             ));
         }
         for (key, value) in [
+            (
+                "server.client_request_timeout_ms",
+                self.server.client_request_timeout_ms,
+            ),
+            ("server.body_timeout_ms", self.server.body_timeout_ms),
             ("server.ready_timeout_ms", self.server.ready_timeout_ms),
+            (
+                "server.tls_handshake_timeout_ms",
+                self.server.tls_handshake_timeout_ms,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.max_connection_rate",
+                self.server.max_connection_rate as u64,
+            ),
             (
                 "database.acquire_timeout_ms",
                 self.database.acquire_timeout_ms,
@@ -577,8 +650,8 @@ impl Settings {
         ] {
             if value == 0 {
                 return Err(ConfigError::Invalid(format!(
-                    "{key} must be above 0: without it a database that stops answering \
-                     would hold the gateway indefinitely"
+                    "{key} must be above 0: without it a client or a database that stops \
+                     answering would hold the gateway indefinitely"
                 )));
             }
         }

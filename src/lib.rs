@@ -16,6 +16,7 @@ pub mod domain;
 pub mod events;
 pub mod fhir;
 pub mod intake;
+pub mod limits;
 pub mod mapping;
 pub mod metrics;
 pub mod operations;

@@ -31,6 +31,8 @@ pub enum RecCode {
     UnprocessableEntity,
     ServerError,
     ServiceUnavailable,
+    /// 408: the request (its head or body) did not arrive in time.
+    Timeout,
 }
 
 impl RecCode {
@@ -46,6 +48,7 @@ impl RecCode {
             RecCode::UnprocessableEntity => StatusCode::UNPROCESSABLE_ENTITY,
             RecCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             RecCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RecCode::Timeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -63,6 +66,7 @@ impl RecCode {
             RecCode::UnprocessableEntity => "REC_UNPROCESSABLE_ENTITY",
             RecCode::ServerError => "REC_SERVER_ERROR",
             RecCode::ServiceUnavailable => "REC_SERVICE_UNAVAILABLE",
+            RecCode::Timeout => "REC_TIMEOUT",
         }
     }
 
@@ -78,7 +82,21 @@ impl RecCode {
             RecCode::UnprocessableEntity => "422: Unprocessable entity",
             RecCode::ServerError => "500: Internal server error",
             RecCode::ServiceUnavailable => "503: Service unavailable",
+            RecCode::Timeout => "408: Request timeout",
         }
+    }
+
+    /// Answered without reading the rest of the request (or after giving up on it):
+    /// the connection is closed rather than leave unread bytes in front of the
+    /// client's next request.
+    fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            RecCode::Unauthorized
+                | RecCode::PayloadTooLarge
+                | RecCode::UnsupportedMediaType
+                | RecCode::Timeout
+        )
     }
 }
 
@@ -101,6 +119,7 @@ pub enum IssueType {
     NotSupported,
     Exception,
     Transient,
+    Timeout,
 }
 
 impl IssueType {
@@ -122,6 +141,7 @@ impl IssueType {
             IssueType::NotSupported => "not-supported",
             IssueType::Exception => "exception",
             IssueType::Transient => "transient",
+            IssueType::Timeout => "timeout",
         }
     }
 }
@@ -188,9 +208,10 @@ impl Rejection {
     /// The answer's status: the first class present in the order that tells the caller
     /// most (a malformed message before a business rule).
     pub fn rec(&self) -> RecCode {
-        const ORDER: [RecCode; 10] = [
+        const ORDER: [RecCode; 11] = [
             RecCode::ServerError,
             RecCode::ServiceUnavailable,
+            RecCode::Timeout,
             RecCode::Unauthorized,
             RecCode::UnsupportedMediaType,
             RecCode::PayloadTooLarge,
@@ -276,12 +297,7 @@ impl ResponseError for Rejection {
         if self.rec() == RecCode::ServiceUnavailable {
             builder.insert_header(("Retry-After", RETRY_AFTER_SECONDS.to_string()));
         }
-        // These are answered before the body is read: close the connection rather than
-        // leave an unread body in front of the client's next request.
-        if matches!(
-            self.rec(),
-            RecCode::Unauthorized | RecCode::PayloadTooLarge | RecCode::UnsupportedMediaType
-        ) {
+        if self.rec().closes_connection() {
             builder.force_close();
         }
         builder.json(self.to_operation_outcome())

@@ -169,6 +169,7 @@ impl Application {
             source,
         })?;
         let data = web::Data::new(gateway.clone());
+        let limits = web::Data::new(crate::limits::Limits::from_settings(&settings.server));
         let sandbox = if settings.sandbox.enabled {
             let jwks = match &settings.sandbox.client_jwks_file {
                 Some(file) => Some(std::fs::read_to_string(file).map_err(|e| {
@@ -185,6 +186,10 @@ impl Application {
         let mut server = HttpServer::new(move || {
             let mut app = App::new()
                 .app_data(data.clone())
+                .app_data(limits.clone())
+                // Inside the request context, so that what it counts and logs is the
+                // answer the client gets.
+                .wrap(actix_web::middleware::from_fn(crate::limits::guard))
                 .wrap(actix_web::middleware::from_fn(request_context))
                 .configure(intake::configure)
                 .configure(crate::operations::configure)
@@ -198,7 +203,16 @@ impl Application {
             }
             app.default_service(web::to(intake::not_found))
         })
-        .shutdown_timeout(30);
+        .shutdown_timeout(30)
+        .client_request_timeout(ms(settings.server.client_request_timeout_ms))
+        .keep_alive(match settings.server.keep_alive_ms {
+            0 => actix_web::http::KeepAlive::Disabled,
+            keep => actix_web::http::KeepAlive::Timeout(ms(keep)),
+        })
+        .client_disconnect_timeout(ms(settings.server.client_disconnect_timeout_ms))
+        .tls_handshake_timeout(ms(settings.server.tls_handshake_timeout_ms))
+        .max_connections(settings.server.max_connections)
+        .max_connection_rate(settings.server.max_connection_rate);
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
@@ -281,6 +295,10 @@ impl Application {
         }
         result
     }
+}
+
+fn ms(millis: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(millis)
 }
 
 /// One span per request with its request id; echoes `X-Request-Id` and

@@ -137,7 +137,7 @@ fn is_fhir_json(req: &HttpRequest) -> bool {
 }
 
 /// Reads the body up to the configured limit; a larger body is refused without being
-/// held in memory.
+/// held in memory, and one that misses its deadline ([`crate::limits`]) gets 408.
 async fn read_body(payload: &mut web::Payload, limit: usize) -> Result<web::BytesMut, Rejection> {
     let too_large = || {
         Rejection::one(Issue::new(
@@ -148,12 +148,16 @@ async fn read_body(payload: &mut web::Payload, limit: usize) -> Result<web::Byte
     };
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| {
-            Rejection::one(Issue::new(
-                RecCode::BadRequest,
-                IssueType::Structure,
-                "the request body could not be read",
-            ))
+        let chunk = chunk.map_err(|e| {
+            if crate::limits::is_body_timeout(&e) {
+                crate::limits::too_slow()
+            } else {
+                Rejection::one(Issue::new(
+                    RecCode::BadRequest,
+                    IssueType::Structure,
+                    "the request body could not be read",
+                ))
+            }
         })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());

@@ -174,6 +174,14 @@ impl TestApp {
         Self::spawn_on(url, None, extra_toml).await
     }
 
+    /// The address the gateway listens on, for tests that speak raw TCP to it.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the base URL is http://<address>")
+    }
+
     /// Another gateway process on this one's database.
     pub async fn second(&self, extra_toml: &str) -> Self {
         Self::spawn_on(&self.database_url, self._dir.clone(), extra_toml).await

@@ -1,16 +1,18 @@
 //! Never hang, fail fast and say so: a database that goes away is answered 503 within
 //! about a second, and the gateway recovers on its own; a failure after a referral was
-//! stored does not tell the sender it was not.
+//! stored does not tell the sender it was not; a client that stalls is cut off at its
+//! deadline without holding up the next one.
 
 use crate::helpers::*;
 use crate::on_both_databases;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Generous against the configured second: timing on a loaded machine varies, and
-/// what matters is that nobody waits the ten seconds of before.
+/// what matters is that nobody waits the ten seconds and more of before.
 const PROMPTLY: Duration = Duration::from_secs(3);
 
 /// A stand-in for the network path to PostgreSQL that the test can cut and mend: a
@@ -215,6 +217,220 @@ async fn the_database_going_away_is_answered_503_promptly_and_the_gateway_recove
     assert_eq!(app.referral_count().await, 2, "nothing was half-stored");
 }
 
+/// What a raw client got: the bytes until the gateway closed the connection (or 5 s
+/// passed), and how long that took.
+async fn raw_exchange(address: SocketAddr, request: &[u8]) -> (String, Duration) {
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+    (
+        String::from_utf8_lossy(&got).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// Headers of a POST as the endpoint's client would send them, then the given framing
+/// headers and a body that stops short.
+fn stalled_post(path: &str, client: &str, framing: &str, partial_body: &str) -> Vec<u8> {
+    let ids = Ids::fresh();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/fhir+json\r\nX-Request-Id: {}\r\nX-Correlation-Id: {}\r\n\
+         {framing}\r\n{partial_body}",
+        token(client),
+        ids.request,
+        ids.correlation,
+    )
+    .into_bytes()
+}
+
+/// A 408 OperationOutcome (REC_TIMEOUT) that closes the connection.
+fn assert_timed_out(answer: &str, took: Duration, what: &str) {
+    assert!(answer.starts_with("HTTP/1.1 408"), "{what}: {answer}");
+    assert!(took < PROMPTLY, "{what}: closed after {took:?}: {answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("connection: close"), "{what}: {answer}");
+    assert!(
+        lower.contains("content-type: application/fhir+json"),
+        "{what}: {answer}"
+    );
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let body: Value = serde_json::from_str(body).unwrap();
+    crate::fhir_schema::assert_operation_outcome(&body, what);
+    assert_eq!(
+        body["issue"][0]["details"]["coding"][0]["code"],
+        "REC_TIMEOUT"
+    );
+    assert_eq!(body["issue"][0]["code"], "timeout");
+}
+
+async fn a_stalled_body_is_cut_off_at_its_deadline_and_the_next_request_is_served(db: Db) {
+    let app = TestApp::spawn_with(
+        db,
+        "[server]\nbody_timeout_ms = 1000\nclient_request_timeout_ms = 1000",
+    )
+    .await;
+    let address = app.address();
+    let half = "{\"resourceType\": \"Bundle\", \"type\": \"message\", \"entry\": [";
+    let referral_id = uuid::Uuid::new_v4();
+    let cases = [
+        (
+            "a message whose Content-Length is larger than its body",
+            stalled_post(
+                "/fhir/r4/$process-message",
+                "gp-a",
+                "Content-Length: 4000\r\n",
+                half,
+            ),
+        ),
+        (
+            "an unterminated chunked message",
+            stalled_post(
+                "/fhir/r4/$process-message",
+                "gp-a",
+                "Transfer-Encoding: chunked\r\n",
+                &format!("400\r\n{half}"),
+            ),
+        ),
+        (
+            "a dry run that stalls",
+            stalled_post(
+                "/fhir/r4/Bundle/$validate",
+                "gp-a",
+                "Content-Length: 4000\r\n",
+                half,
+            ),
+        ),
+        (
+            "a provider's status event that stalls",
+            stalled_post(
+                &format!("/provider/v1/referrals/{referral_id}/events"),
+                "prospects",
+                "Content-Length: 300\r\n",
+                "{\"event\": \"accep",
+            ),
+        ),
+        (
+            "an auditor's subject request that stalls",
+            stalled_post(
+                "/audit/v1/subjects",
+                "auditor",
+                "Transfer-Encoding: chunked\r\n",
+                "40\r\n{\"nhs_",
+            ),
+        ),
+    ];
+    for (what, request) in cases {
+        let (answer, took) = raw_exchange(address, &request).await;
+        assert_timed_out(&answer, took, what);
+        // The gateway is not held up: the next request is served at once.
+        let (reply, took) = timed(app.send("gp-a", &referral())).await;
+        assert_eq!(reply.status, 200, "after {what}: {}", reply.text);
+        assert!(took < PROMPTLY, "after {what}: {took:?}");
+    }
+    // The stalled messages were refused, and recorded as such, 408.
+    let audit = app.audit().await;
+    assert!(
+        audit
+            .iter()
+            .filter(|a| a.action == "referral.message" || a.action == "referral.validate")
+            .filter(|a| a.http_status == Some(408))
+            .count()
+            >= 3,
+        "{audit:?}"
+    );
+
+    // A request head that never ends: actix's own deadline, a bare 408 or a closed
+    // connection.
+    let (answer, took) = raw_exchange(
+        address,
+        b"POST /fhir/r4/$process-message HTTP/1.1\r\nHost: gateway\r\nContent-Ty",
+    )
+    .await;
+    assert!(took < PROMPTLY, "an unfinished head held {took:?}");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+}
+
+async fn a_body_slower_than_the_minimum_rate_is_cut_off_before_the_total_deadline(db: Db) {
+    let app = TestApp::spawn_with(
+        db,
+        "[server]\nbody_timeout_ms = 20000\nbody_min_bytes_per_second = 1000",
+    )
+    .await;
+    let stream = TcpStream::connect(app.address()).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = stalled_post(
+        "/fhir/r4/$process-message",
+        "gp-a",
+        "Content-Length: 100000\r\n",
+        "",
+    );
+    write.write_all(&head).await.unwrap();
+    let started = Instant::now();
+    // 40 bytes every 200 ms: 200 bytes a second, a fifth of the minimum.
+    let trickle = tokio::spawn(async move {
+        let chunk = [b' '; 40];
+        while write.write_all(&chunk).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), read.read_to_end(&mut got)).await;
+    let took = started.elapsed();
+    trickle.abort();
+    let answer = String::from_utf8_lossy(&got);
+    assert_timed_out(&answer, took, "a trickled body");
+    assert_eq!(app.send("gp-a", &referral()).await.status, 200);
+}
+
+async fn idle_and_surplus_connections_are_bounded(db: Db) {
+    let app = TestApp::spawn_with(
+        db,
+        "[server]\nworkers = 1\nmax_connections = 2\nkeep_alive_ms = 500",
+    )
+    .await;
+    let address = app.address();
+    let get = b"GET /health/live HTTP/1.1\r\nHost: gateway\r\n\r\n";
+
+    // An idle keep-alive connection is closed once keep_alive_ms has passed.
+    let mut idle = TcpStream::connect(address).await.unwrap();
+    idle.write_all(get).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), idle.read_to_end(&mut rest)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "idle connection held {:?}",
+        started.elapsed()
+    );
+
+    // Two connections that say nothing hold the worker's two places; a third waits
+    // until one of them goes, then is served.
+    let holders = [
+        TcpStream::connect(address).await.unwrap(),
+        TcpStream::connect(address).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(address).await.unwrap();
+    third.write_all(get).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(700), third.read(&mut buf)).await;
+    assert!(early.is_err(), "served beyond max_connections");
+    drop(holders);
+    let n = tokio::time::timeout(PROMPTLY, third.read(&mut buf))
+        .await
+        .expect("served once a place is free")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
 async fn a_referral_stored_but_not_read_back_is_still_answered_as_accepted(db: Db) {
     let app = TestApp::spawn(db).await;
     // Every referral is stored in a form the gateway cannot read back (as a value in
@@ -257,6 +473,9 @@ async fn a_referral_stored_but_not_read_back_is_still_answered_as_accepted(db: D
 }
 
 on_both_databases!(
-    the_database_going_away_is_answered_503_promptly_and_the_gateway_recovers,
     a_referral_stored_but_not_read_back_is_still_answered_as_accepted,
+    the_database_going_away_is_answered_503_promptly_and_the_gateway_recovers,
+    a_stalled_body_is_cut_off_at_its_deadline_and_the_next_request_is_served,
+    a_body_slower_than_the_minimum_rate_is_cut_off_before_the_total_deadline,
+    idle_and_surplus_connections_are_bounded,
 );

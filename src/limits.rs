@@ -1,0 +1,256 @@
+//! The edge of the gateway: how long a client may make it wait, before any handler
+//! runs. Every request passes [`guard`]: its body, whoever reads it (intake's reader or
+//! actix's extractors), must arrive within `server.body_timeout_ms` and at no less than
+//! `server.body_min_bytes_per_second`, otherwise 408 and the connection is closed. The
+//! deadlines on the connection itself (request head, keep-alive, shutdown, TLS
+//! handshake) and the cap on connections are actix's, set in [`crate::startup`].
+
+use crate::outcome::{Issue, IssueType, RecCode, Rejection};
+use actix_web::{
+    ResponseError as _,
+    body::{BodySize, BoxBody, MessageBody},
+    dev::{Payload, ServiceRequest, ServiceResponse},
+    error::PayloadError,
+    http::StatusCode,
+    middleware::Next,
+    web::{self, Bytes},
+};
+use futures_util::Stream;
+use std::{
+    cell::{Cell, RefCell},
+    future::Future,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::time::{Instant, Sleep};
+
+/// What every request is held to, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The longest a body may take, from its first read.
+    pub body_timeout: Duration,
+    /// The slowest average rate a body may arrive at after [`RATE_GRACE`]; 0: any.
+    pub body_min_bytes_per_second: u64,
+}
+
+impl Limits {
+    pub fn from_settings(server: &crate::config::ServerSettings) -> Self {
+        Self {
+            body_timeout: Duration::from_millis(server.body_timeout_ms),
+            body_min_bytes_per_second: server.body_min_bytes_per_second,
+        }
+    }
+}
+
+/// The minimum rate is not held against a body in its first second: a connection
+/// that has just opened may take a moment to speed up.
+pub const RATE_GRACE: Duration = Duration::from_secs(1);
+
+/// Puts the request's body on its deadline, and answers 408 to a request whose body
+/// missed it, whatever its reader made of that.
+pub async fn guard(
+    limits: web::Data<Limits>,
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<Holding>, actix_web::Error> {
+    let (_, payload) = req.parts_mut();
+    let request_body = Rc::new(RefCell::new(std::mem::replace(payload, Payload::None)));
+    let hold = |res: ServiceResponse<BoxBody>| {
+        res.map_body(|_, body| Holding {
+            body,
+            _request_body: request_body.clone(),
+        })
+    };
+    let expired = Rc::new(Cell::new(false));
+    req.set_payload(Payload::Stream {
+        payload: Box::pin(Deadlined::new(
+            request_body.clone(),
+            **limits,
+            expired.clone(),
+        )),
+    });
+    // (Handlers' and extractors' errors arrive as responses; an `Err` here would come
+    // from a middleware inside this one, of which there is none.)
+    let res = next.call(req).await?.map_into_boxed_body();
+    let status = res.status();
+    let failed = status.is_client_error() || status.is_server_error();
+    if expired.get() && failed && status != StatusCode::REQUEST_TIMEOUT {
+        // The body was cut off: whatever the reader made of that (actix's extractors
+        // call it a 400), the client is told it was too slow.
+        let (http_req, _) = res.into_parts();
+        return Ok(hold(ServiceResponse::new(
+            http_req,
+            too_slow().error_response(),
+        )));
+    }
+    Ok(hold(res))
+}
+
+/// A response body that keeps the request's body alive until the response is sent. An
+/// HTTP/1 connection whose request body was not read to its end is then closed after
+/// the answer (actix's rule for an unread body still held), rather than kept open to
+/// drain a chunked body that may never end.
+pub struct Holding {
+    body: BoxBody,
+    _request_body: Rc<RefCell<Payload>>,
+}
+
+impl MessageBody for Holding {
+    type Error = <BoxBody as MessageBody>::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+/// The answer to a body that missed its deadline, whoever was reading it.
+pub fn too_slow() -> Rejection {
+    Rejection::one(Issue::new(
+        RecCode::Timeout,
+        IssueType::Timeout,
+        "the request body did not arrive within the time the gateway waits for it \
+         (server.body_timeout_ms, server.body_min_bytes_per_second)",
+    ))
+}
+
+/// A request body on its deadline: from the first read, it must end within
+/// `body_timeout`, and after [`RATE_GRACE`] have arrived at `body_min_bytes_per_second`
+/// on average. A body that falls behind ends in an error (`TimedOut`), and `expired`
+/// is set for [`guard`]. Time the handler spends not reading is not held against it:
+/// the deadline only bites while the reader waits on the client.
+struct Deadlined {
+    body: Rc<RefCell<Payload>>,
+    limits: Limits,
+    started: Option<Instant>,
+    received: u64,
+    timer: Pin<Box<Sleep>>,
+    expired: Rc<Cell<bool>>,
+}
+
+impl Deadlined {
+    fn new(body: Rc<RefCell<Payload>>, limits: Limits, expired: Rc<Cell<bool>>) -> Self {
+        Self {
+            body,
+            limits,
+            started: None,
+            received: 0,
+            timer: Box::pin(tokio::time::sleep(limits.body_timeout)),
+            expired,
+        }
+    }
+
+    /// When the body, `received` bytes in, is late.
+    fn deadline(&self, started: Instant) -> Instant {
+        let total = started + self.limits.body_timeout;
+        match self.limits.body_min_bytes_per_second {
+            0 => total,
+            rate => {
+                let earned = Duration::from_secs_f64(self.received as f64 / rate as f64);
+                total.min(started + earned.max(RATE_GRACE))
+            }
+        }
+    }
+}
+
+/// What a reader of an expired body sees.
+pub fn body_timed_out() -> PayloadError {
+    PayloadError::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the request body did not arrive in time",
+    ))
+}
+
+/// Whether a body read failed because the body missed its deadline.
+pub fn is_body_timeout(e: &PayloadError) -> bool {
+    matches!(e, PayloadError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut)
+}
+
+impl Stream for Deadlined {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.expired.get() {
+            return Poll::Ready(Some(Err(body_timed_out())));
+        }
+        let started = match this.started {
+            Some(started) => started,
+            None => {
+                let now = Instant::now();
+                this.started = Some(now);
+                let deadline = this.deadline(now);
+                this.timer.as_mut().reset(deadline);
+                now
+            }
+        };
+        let polled = Pin::new(&mut *this.body.borrow_mut()).poll_next(cx);
+        match polled {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.received += chunk.len() as u64;
+                let deadline = this.deadline(started);
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Pending => {
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    tracing::warn!(
+                        received = this.received,
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "request body too slow; answering 408 and closing the connection"
+                    );
+                    this.expired.set(true);
+                    Poll::Ready(Some(Err(body_timed_out())))
+                } else {
+                    Poll::Pending
+                }
+            }
+            done => done,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(rate: u64) -> Limits {
+        Limits {
+            body_timeout: Duration::from_secs(10),
+            body_min_bytes_per_second: rate,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_deadline_follows_the_rate_after_the_grace_and_never_passes_the_total() {
+        let mut body = Deadlined::new(
+            Rc::new(RefCell::new(Payload::None)),
+            limits(1000),
+            Rc::default(),
+        );
+        let start = Instant::now();
+        // Nothing yet: the grace.
+        assert_eq!(body.deadline(start), start + RATE_GRACE);
+        // 3000 bytes buy 3 s at 1000 B/s.
+        body.received = 3000;
+        assert_eq!(body.deadline(start), start + Duration::from_secs(3));
+        // But never more than the total.
+        body.received = 1_000_000;
+        assert_eq!(body.deadline(start), start + Duration::from_secs(10));
+        // No minimum rate: only the total.
+        let body = Deadlined::new(
+            Rc::new(RefCell::new(Payload::None)),
+            limits(0),
+            Rc::default(),
+        );
+        assert_eq!(body.deadline(start), start + Duration::from_secs(10));
+    }
+}
