@@ -354,6 +354,9 @@ pub struct ServerSettings {
     /// second has passed; a slower one gets 408.
     #[serde(default = "default_body_min_rate")]
     pub body_min_bytes_per_second: u64,
+    /// Largest total size of the request headers (names and values); larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
     /// How long `/health/ready` waits for the database before answering 503.
     #[serde(default = "default_ready_timeout")]
     pub ready_timeout_ms: u64,
@@ -389,6 +392,10 @@ fn default_body_timeout() -> u64 {
 
 fn default_body_min_rate() -> u64 {
     1_024
+}
+
+fn default_max_header_bytes() -> usize {
+    32 * 1024
 }
 
 fn default_ready_timeout() -> u64 {
@@ -642,6 +649,10 @@ impl Settings {
             (
                 "server.max_connection_rate",
                 self.server.max_connection_rate as u64,
+            ),
+            (
+                "server.max_header_bytes",
+                self.server.max_header_bytes as u64,
             ),
             (
                 "database.acquire_timeout_ms",

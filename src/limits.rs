@@ -1,9 +1,12 @@
-//! The edge of the gateway: how long a client may make it wait, before any handler
-//! runs. Every request passes [`guard`]: its body, whoever reads it (intake's reader or
-//! actix's extractors), must arrive within `server.body_timeout_ms` and at no less than
-//! `server.body_min_bytes_per_second`, otherwise 408 and the connection is closed. The
-//! deadlines on the connection itself (request head, keep-alive, shutdown, TLS
-//! handshake) and the cap on connections are actix's, set in [`crate::startup`].
+//! The edge of the gateway: how long and how much a client may make it wait for or
+//! hold, before any handler runs. Every request passes [`guard`]: headers past
+//! `server.max_header_bytes` are refused (431); its body, whoever reads it (intake's
+//! reader or actix's extractors), must arrive within `server.body_timeout_ms` and at no
+//! less than `server.body_min_bytes_per_second` (otherwise 408 and the connection is
+//! closed); and any error answer that is not already FHIR (actix's own, in plain text)
+//! becomes an OperationOutcome. The deadlines on the connection itself (request head,
+//! keep-alive, shutdown, TLS handshake) and the cap on connections are actix's, set in
+//! [`crate::startup`].
 
 use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use actix_web::{
@@ -11,7 +14,7 @@ use actix_web::{
     body::{BodySize, BoxBody, MessageBody},
     dev::{Payload, ServiceRequest, ServiceResponse},
     error::PayloadError,
-    http::StatusCode,
+    http::{StatusCode, header},
     middleware::Next,
     web::{self, Bytes},
 };
@@ -33,6 +36,8 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// The slowest average rate a body may arrive at after [`RATE_GRACE`]; 0: any.
     pub body_min_bytes_per_second: u64,
+    /// The largest total of header names and values.
+    pub max_header_bytes: usize,
 }
 
 impl Limits {
@@ -40,6 +45,7 @@ impl Limits {
         Self {
             body_timeout: Duration::from_millis(server.body_timeout_ms),
             body_min_bytes_per_second: server.body_min_bytes_per_second,
+            max_header_bytes: server.max_header_bytes,
         }
     }
 }
@@ -48,8 +54,10 @@ impl Limits {
 /// that has just opened may take a moment to speed up.
 pub const RATE_GRACE: Duration = Duration::from_secs(1);
 
-/// Puts the request's body on its deadline, and answers 408 to a request whose body
-/// missed it, whatever its reader made of that.
+/// Refuses oversized headers, puts the body on its deadline, and makes every error
+/// answer an OperationOutcome. The development sandbox, which stands in for a
+/// provider's system and its OAuth token endpoint, and the health checks, which answer
+/// load balancers in their own JSON, keep their own error bodies.
 pub async fn guard(
     limits: web::Data<Limits>,
     mut req: ServiceRequest,
@@ -63,6 +71,27 @@ pub async fn guard(
             _request_body: request_body.clone(),
         })
     };
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > limits.max_header_bytes {
+        tracing::warn!(
+            header_bytes,
+            limit = limits.max_header_bytes,
+            "request headers too large; answering 431"
+        );
+        let rejection = Rejection::one(Issue::new(
+            RecCode::HeadersTooLarge,
+            IssueType::TooLong,
+            format!(
+                "the request headers are larger than the {} bytes the gateway accepts",
+                limits.max_header_bytes
+            ),
+        ));
+        return Ok(hold(req.error_response(rejection)));
+    }
     let expired = Rc::new(Cell::new(false));
     req.set_payload(Payload::Stream {
         payload: Box::pin(Deadlined::new(
@@ -85,7 +114,19 @@ pub async fn guard(
             too_slow().error_response(),
         )));
     }
-    Ok(hold(res))
+    let own_format = ["/sandbox/", "/health/"]
+        .iter()
+        .any(|p| res.request().path().starts_with(p));
+    let is_fhir = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/fhir+json"));
+    if !failed || is_fhir || own_format {
+        return Ok(hold(res));
+    }
+    let (http_req, res) = res.into_parts();
+    Ok(hold(ServiceResponse::new(http_req, as_outcome(res))))
 }
 
 /// A response body that keeps the request's body alive until the response is sent. An
@@ -110,6 +151,21 @@ impl MessageBody for Holding {
     ) -> Poll<Option<Result<Bytes, Self::Error>>> {
         Pin::new(&mut self.get_mut().body).poll_next(cx)
     }
+}
+
+/// An error answer as an OperationOutcome of its status ([`crate::outcome::for_status`]),
+/// keeping the headers it set but its body's.
+fn as_outcome<B>(res: actix_web::HttpResponse<B>) -> actix_web::HttpResponse {
+    let mut out = crate::outcome::for_status(res.status()).error_response();
+    for (name, value) in res.headers() {
+        if name != header::CONTENT_TYPE
+            && name != header::CONTENT_LENGTH
+            && !out.headers().contains_key(name)
+        {
+            out.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// The answer to a body that missed its deadline, whoever was reading it.
@@ -226,6 +282,7 @@ mod tests {
         Limits {
             body_timeout: Duration::from_secs(10),
             body_min_bytes_per_second: rate,
+            max_header_bytes: 1024,
         }
     }
 

@@ -10,9 +10,9 @@ use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 use serde_json::{Value, json};
 use std::fmt;
 
-/// What a 503 asks the client to wait before sending again, in seconds: long enough
-/// for a database fail-over or restart to be noticed, short enough that a GP system's
-/// retry lands soon after.
+/// What a 503 (or 429) asks the client to wait before sending again, in seconds:
+/// long enough for a database fail-over or restart to be noticed, short enough that
+/// a GP system's retry lands soon after.
 pub const RETRY_AFTER_SECONDS: u32 = 2;
 
 /// The code system of the NHS HTTP error codes (lower-case `s`, as NHS examples write it).
@@ -33,6 +33,10 @@ pub enum RecCode {
     ServiceUnavailable,
     /// 408: the request (its head or body) did not arrive in time.
     Timeout,
+    /// 431: the request headers are larger than the gateway accepts.
+    HeadersTooLarge,
+    /// 429: the client sent more than the gateway takes from it.
+    TooManyRequests,
 }
 
 impl RecCode {
@@ -49,16 +53,20 @@ impl RecCode {
             RecCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             RecCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             RecCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+            RecCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            RecCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
-    /// The `REC_*` code. 413 and 415 have no code of their own in the NHS list and are
-    /// reported as bad requests with their own HTTP status.
+    /// The `REC_*` code. 413, 415, 429 and 431 have no code of their own in the NHS
+    /// list and are reported as bad requests with their own HTTP status.
     pub fn code(self) -> &'static str {
         match self {
-            RecCode::BadRequest | RecCode::PayloadTooLarge | RecCode::UnsupportedMediaType => {
-                "REC_BAD_REQUEST"
-            }
+            RecCode::BadRequest
+            | RecCode::PayloadTooLarge
+            | RecCode::UnsupportedMediaType
+            | RecCode::HeadersTooLarge
+            | RecCode::TooManyRequests => "REC_BAD_REQUEST",
             RecCode::Unauthorized => "REC_UNAUTHORIZED",
             RecCode::Forbidden => "REC_FORBIDDEN",
             RecCode::NotFound => "REC_NOT_FOUND",
@@ -72,9 +80,11 @@ impl RecCode {
 
     fn display(self) -> &'static str {
         match self {
-            RecCode::BadRequest | RecCode::PayloadTooLarge | RecCode::UnsupportedMediaType => {
-                "400: The request was not understood"
-            }
+            RecCode::BadRequest
+            | RecCode::PayloadTooLarge
+            | RecCode::UnsupportedMediaType
+            | RecCode::HeadersTooLarge
+            | RecCode::TooManyRequests => "400: The request was not understood",
             RecCode::Unauthorized => "401: Not authorised",
             RecCode::Forbidden => "403: Forbidden",
             RecCode::NotFound => "404: Not found",
@@ -96,7 +106,13 @@ impl RecCode {
                 | RecCode::PayloadTooLarge
                 | RecCode::UnsupportedMediaType
                 | RecCode::Timeout
+                | RecCode::HeadersTooLarge
         )
+    }
+
+    /// A passing condition: the answer says when to send again (`Retry-After`).
+    fn retry_later(self) -> bool {
+        matches!(self, RecCode::ServiceUnavailable | RecCode::TooManyRequests)
     }
 }
 
@@ -120,6 +136,7 @@ pub enum IssueType {
     Exception,
     Transient,
     Timeout,
+    Throttled,
 }
 
 impl IssueType {
@@ -142,6 +159,7 @@ impl IssueType {
             IssueType::Exception => "exception",
             IssueType::Transient => "transient",
             IssueType::Timeout => "timeout",
+            IssueType::Throttled => "throttled",
         }
     }
 }
@@ -208,10 +226,12 @@ impl Rejection {
     /// The answer's status: the first class present in the order that tells the caller
     /// most (a malformed message before a business rule).
     pub fn rec(&self) -> RecCode {
-        const ORDER: [RecCode; 11] = [
+        const ORDER: [RecCode; 13] = [
             RecCode::ServerError,
             RecCode::ServiceUnavailable,
+            RecCode::TooManyRequests,
             RecCode::Timeout,
+            RecCode::HeadersTooLarge,
             RecCode::Unauthorized,
             RecCode::UnsupportedMediaType,
             RecCode::PayloadTooLarge,
@@ -291,13 +311,14 @@ impl ResponseError for Rejection {
     fn error_response(&self) -> HttpResponse {
         let mut builder = HttpResponse::build(self.status_code());
         builder.content_type("application/fhir+json");
-        if self.rec() == RecCode::Unauthorized {
+        let rec = self.rec();
+        if rec == RecCode::Unauthorized {
             builder.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        if self.rec() == RecCode::ServiceUnavailable {
+        if rec.retry_later() {
             builder.insert_header(("Retry-After", RETRY_AFTER_SECONDS.to_string()));
         }
-        if self.rec().closes_connection() {
+        if rec.closes_connection() {
             builder.force_close();
         }
         builder.json(self.to_operation_outcome())
@@ -332,6 +353,75 @@ pub fn unavailable() -> Rejection {
         "the gateway's database is unavailable just now; send the request again after the \
          Retry-After interval, with the same X-Request-Id",
     ))
+}
+
+/// An error status answered by something other than the gateway's own handlers
+/// (actix's extractors, a refused method): an OperationOutcome in the gateway's words,
+/// so no error is ever plain text or quotes the request. Its status is that of the
+/// `REC_*` class: statuses the NHS list has no place for (405, 411, 414, ...) become
+/// the 404 or 400 they amount to.
+pub fn for_status(status: StatusCode) -> Rejection {
+    let issue = |rec, code, what: &str| Issue::new(rec, code, what);
+    Rejection::one(match status.as_u16() {
+        401 => issue(
+            RecCode::Unauthorized,
+            IssueType::Login,
+            "an Authorization: Bearer token is required",
+        ),
+        403 => issue(RecCode::Forbidden, IssueType::Forbidden, "forbidden"),
+        404 | 405 => issue(
+            RecCode::NotFound,
+            IssueType::NotSupported,
+            "no such endpoint (or not with this HTTP method)",
+        ),
+        408 => issue(
+            RecCode::Timeout,
+            IssueType::Timeout,
+            "the request did not arrive within the time the gateway waits for it",
+        ),
+        409 => issue(
+            RecCode::Conflict,
+            IssueType::Conflict,
+            "the request conflicts with the current state",
+        ),
+        413 => issue(
+            RecCode::PayloadTooLarge,
+            IssueType::TooLong,
+            "the body is larger than this endpoint accepts",
+        ),
+        415 => issue(
+            RecCode::UnsupportedMediaType,
+            IssueType::NotSupported,
+            "this Content-Type is not accepted here",
+        ),
+        422 => issue(
+            RecCode::UnprocessableEntity,
+            IssueType::BusinessRule,
+            "the request could not be processed",
+        ),
+        429 => issue(
+            RecCode::TooManyRequests,
+            IssueType::Throttled,
+            "too many requests; send again after the Retry-After interval",
+        ),
+        431 => issue(
+            RecCode::HeadersTooLarge,
+            IssueType::TooLong,
+            "the request headers are larger than the gateway accepts",
+        ),
+        503 => issue(
+            RecCode::ServiceUnavailable,
+            IssueType::Transient,
+            "the gateway cannot answer just now; send the request again after the \
+             Retry-After interval",
+        ),
+        s if s >= 500 => return server_error(),
+        _ => issue(
+            RecCode::BadRequest,
+            IssueType::Invalid,
+            "the request could not be read",
+        ),
+    })
 }
 
 /// Internal failures (a bug, data not in the expected form): the caller gets a plain
@@ -395,5 +485,37 @@ mod tests {
             body["issue"][0]["details"]["coding"][0]["code"],
             "REC_SERVICE_UNAVAILABLE"
         );
+    }
+
+    #[test]
+    fn statuses_actix_answers_become_outcomes_of_their_class() {
+        // status in, (status, REC code, issue code, Retry-After, connection closed) out.
+        for (status, want) in [
+            (408, (408, "REC_TIMEOUT", "timeout", false, true)),
+            (413, (413, "REC_BAD_REQUEST", "too-long", false, true)),
+            (429, (429, "REC_BAD_REQUEST", "throttled", true, false)),
+            (431, (431, "REC_BAD_REQUEST", "too-long", false, true)),
+            (
+                503,
+                (503, "REC_SERVICE_UNAVAILABLE", "transient", true, false),
+            ),
+            (405, (404, "REC_NOT_FOUND", "not-supported", false, false)),
+            (411, (400, "REC_BAD_REQUEST", "invalid", false, false)),
+            (502, (500, "REC_SERVER_ERROR", "exception", false, false)),
+        ] {
+            let rejection = for_status(StatusCode::from_u16(status).unwrap());
+            let res = rejection.error_response();
+            let body = rejection.to_operation_outcome();
+            let got = (
+                res.status().as_u16(),
+                body["issue"][0]["details"]["coding"][0]["code"]
+                    .as_str()
+                    .unwrap(),
+                body["issue"][0]["code"].as_str().unwrap(),
+                res.headers().contains_key("retry-after"),
+                res.head().connection_type() == actix_web::http::ConnectionType::Close,
+            );
+            assert_eq!(got, want, "for {status}");
+        }
     }
 }

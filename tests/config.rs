@@ -141,6 +141,7 @@ fn every_wait_has_a_bound_by_default_and_none_can_be_switched_off() {
         assert_eq!(s.server.client_request_timeout_ms, 5_000);
         assert_eq!(s.server.body_timeout_ms, 10_000);
         assert_eq!(s.server.body_min_bytes_per_second, 1_024);
+        assert_eq!(s.server.max_header_bytes, 32_768);
 
         for (table, key) in [
             ("database", "acquire_timeout_ms"),
@@ -148,6 +149,7 @@ fn every_wait_has_a_bound_by_default_and_none_can_be_switched_off() {
             ("server", "client_request_timeout_ms"),
             ("server", "body_timeout_ms"),
             ("server", "max_connections"),
+            ("server", "max_header_bytes"),
         ] {
             jail.create_file("zero.toml", &format!("[{table}]\n{key} = 0\n"))?;
             let err = Settings::load(&sources(None, &["zero.toml"]))

@@ -1,7 +1,8 @@
 //! Never hang, fail fast and say so: a database that goes away is answered 503 within
 //! about a second, and the gateway recovers on its own; a failure after a referral was
 //! stored does not tell the sender it was not; a client that stalls is cut off at its
-//! deadline without holding up the next one.
+//! deadline without holding up the next one; and every such refusal, actix's own
+//! included, is an OperationOutcome.
 
 use crate::helpers::*;
 use crate::on_both_databases;
@@ -431,6 +432,71 @@ async fn idle_and_surplus_connections_are_bounded(db: Db) {
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
 }
 
+/// An error status that is a valid OperationOutcome naming its REC code, quoting
+/// nothing the request held.
+fn assert_outcome(reply: &Reply, status: u16, rec: &str, code: &str, request_values: &[&str]) {
+    assert_eq!(reply.status, status, "{}", reply.text);
+    assert_eq!(
+        reply.headers["content-type"], "application/fhir+json",
+        "{}",
+        reply.text
+    );
+    crate::fhir_schema::assert_operation_outcome(&reply.json(), &format!("the {status}"));
+    let issues = reply.issues();
+    assert_eq!(issues.len(), 1, "{issues:?}");
+    assert_eq!((issues[0].0.as_str(), issues[0].1.as_str()), (rec, code));
+    for value in request_values {
+        assert!(!reply.text.contains(value), "the {status} quotes {value}");
+    }
+}
+
+async fn actix_s_own_refusals_are_operation_outcomes_quoting_nothing(db: Db) {
+    let app = TestApp::spawn(db).await;
+    // Headers past server.max_header_bytes (32 KiB), on any endpoint.
+    let padding = "9990000018".repeat(4000);
+    for (method, path) in [
+        (reqwest::Method::GET, "/fhir/r4/metadata"),
+        (reqwest::Method::POST, "/fhir/r4/$process-message"),
+        (reqwest::Method::GET, "/health/live"),
+    ] {
+        let res = app
+            .client
+            .request(method, app.url(path))
+            .header("X-Padding", &padding)
+            .send()
+            .await
+            .unwrap();
+        let reply = Reply::from(res).await;
+        assert_outcome(&reply, 431, "REC_BAD_REQUEST", "too-long", &["9990000018"]);
+    }
+    // Bodies past what the provider and audit APIs read (actix's limit, 256 KiB).
+    let big = format!("{{\"nhs_number\": \"{}\"}}", "9990000018".repeat(30_000));
+    for (client, path) in [
+        (
+            "prospects",
+            format!("/provider/v1/referrals/{}/events", uuid::Uuid::new_v4()),
+        ),
+        ("auditor", "/audit/v1/subjects".to_owned()),
+    ] {
+        let res = app
+            .client
+            .post(app.url(&path))
+            .bearer_auth(token(client))
+            .header("Content-Type", "application/json")
+            .body(big.clone())
+            .send()
+            .await
+            .unwrap();
+        let reply = Reply::from(res).await;
+        assert_outcome(&reply, 413, "REC_BAD_REQUEST", "too-long", &["9990000018"]);
+    }
+    // A query actix cannot read: its own message quotes the value; ours does not.
+    let reply = app
+        .get("operator", "/operator/v1/deliveries?limit=9990000018x")
+        .await;
+    assert_outcome(&reply, 400, "REC_BAD_REQUEST", "invalid", &["9990000018"]);
+}
+
 async fn a_referral_stored_but_not_read_back_is_still_answered_as_accepted(db: Db) {
     let app = TestApp::spawn(db).await;
     // Every referral is stored in a form the gateway cannot read back (as a value in
@@ -478,4 +544,5 @@ on_both_databases!(
     a_stalled_body_is_cut_off_at_its_deadline_and_the_next_request_is_served,
     a_body_slower_than_the_minimum_rate_is_cut_off_before_the_total_deadline,
     idle_and_surplus_connections_are_bounded,
+    actix_s_own_refusals_are_operation_outcomes_quoting_nothing,
 );
