@@ -396,6 +396,79 @@ pub struct ServerSettings {
     /// Serve HTTPS instead of HTTP.
     #[serde(default)]
     pub tls: Option<ServerTlsSettings>,
+    /// How long a new connection has to send its first request head; then 408 and
+    /// the connection is closed.
+    #[serde(default = "default_client_request_timeout")]
+    pub client_request_timeout_ms: u64,
+    /// How long an idle keep-alive connection is kept open between requests.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_ms: u64,
+    /// How long a closing connection may take to shut down before it is dropped.
+    #[serde(default = "default_client_disconnect_timeout")]
+    pub client_disconnect_timeout_ms: u64,
+    /// How long a TLS handshake may take (HTTPS only).
+    #[serde(default = "default_tls_handshake_timeout")]
+    pub tls_handshake_timeout_ms: u64,
+    /// Concurrent connections per worker; beyond it new connections wait in the
+    /// listen backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// TLS handshakes in progress per worker (HTTPS only).
+    #[serde(default = "default_max_connection_rate")]
+    pub max_connection_rate: usize,
+    /// How long a request body may take to arrive, from the first read of it; then 408.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// The slowest a body may arrive, on average since its first read, once the first
+    /// second has passed; a slower one gets 408.
+    #[serde(default = "default_body_min_rate")]
+    pub body_min_bytes_per_second: u64,
+    /// Largest total size of the request headers (names and values); larger gets 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// How long `/health/ready` waits for the database before answering 503.
+    #[serde(default = "default_ready_timeout")]
+    pub ready_timeout_ms: u64,
+}
+
+fn default_client_request_timeout() -> u64 {
+    5_000
+}
+
+fn default_keep_alive() -> u64 {
+    5_000
+}
+
+fn default_client_disconnect_timeout() -> u64 {
+    1_000
+}
+
+fn default_tls_handshake_timeout() -> u64 {
+    3_000
+}
+
+fn default_max_connections() -> usize {
+    1_024
+}
+
+fn default_max_connection_rate() -> usize {
+    256
+}
+
+fn default_body_timeout() -> u64 {
+    10_000
+}
+
+fn default_body_min_rate() -> u64 {
+    1_024
+}
+
+fn default_max_header_bytes() -> usize {
+    32 * 1024
+}
+
+fn default_ready_timeout() -> u64 {
+    1_000
 }
 
 /// The gateway's own certificate, and the CA whose client certificates it requires
@@ -418,6 +491,14 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long a writer waits for SQLite's lock before failing.
     pub sqlite_busy_timeout_ms: u64,
+    /// How long a request waits for a database connection (or for a new one to be
+    /// made) before it is answered 503: a database that is away fails fast.
+    #[serde(default = "default_acquire_timeout")]
+    pub acquire_timeout_ms: u64,
+}
+
+fn default_acquire_timeout() -> u64 {
+    1_000
 }
 
 impl DatabaseSettings {
@@ -632,6 +713,38 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be above 0".into(),
             ));
+        }
+        for (key, value) in [
+            (
+                "server.client_request_timeout_ms",
+                self.server.client_request_timeout_ms,
+            ),
+            ("server.body_timeout_ms", self.server.body_timeout_ms),
+            ("server.ready_timeout_ms", self.server.ready_timeout_ms),
+            (
+                "server.tls_handshake_timeout_ms",
+                self.server.tls_handshake_timeout_ms,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.max_connection_rate",
+                self.server.max_connection_rate as u64,
+            ),
+            (
+                "server.max_header_bytes",
+                self.server.max_header_bytes as u64,
+            ),
+            (
+                "database.acquire_timeout_ms",
+                self.database.acquire_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be above 0: without it a client or a database that stops \
+                     answering would hold the gateway indefinitely"
+                )));
+            }
         }
         for (id, provider) in &self.providers {
             ProviderId::parse(id)

@@ -25,6 +25,7 @@ pub mod params;
 pub mod provider_api;
 pub mod pseudonym;
 pub mod published_keys;
+pub mod rate_limit;
 pub mod reports;
 pub mod retention;
 pub mod routing;

@@ -325,14 +325,16 @@ async fn metrics(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpRespons
     if !gw.metrics.allows(&req) {
         return Err(unauthorised());
     }
-    let queue = match gw.store.delivery_counts().await {
+    // Side by side, so a database that is away costs the scrape one acquire timeout.
+    let (queue, audit_pending) = tokio::join!(gw.store.delivery_counts(), gw.store.audit_pending());
+    let queue = match queue {
         Ok(counts) => Some(counts),
         Err(e) => {
             tracing::warn!(error = %e, "metrics: the delivery queue could not be counted");
             None
         }
     };
-    let audit_pending = match gw.store.audit_pending().await {
+    let audit_pending = match audit_pending {
         Ok(n) => Some(n),
         Err(e) => {
             tracing::warn!(error = %e, "metrics: pending audit records could not be counted");

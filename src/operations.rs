@@ -133,20 +133,14 @@ async fn list_deliveries(
         gw.audit_rejection(&ctx, &r).await;
         return Err(r);
     }
-    let rows = list(gw.store.as_ref(), dead, limit).await.map_err(|e| {
-        tracing::error!(error = %e, "listing deliveries failed");
-        server_error()
-    })?;
+    let rows = list(gw.store.as_ref(), dead, limit).await?;
     let record = ctx.record(
         "allowed",
         200,
         None,
         serde_json::json!({"dead_only": dead, "count": rows.len()}),
     );
-    gw.store.append_audit(&record).await.map_err(|e| {
-        tracing::error!(error = %e, "could not audit an operator query");
-        server_error()
-    })?;
+    gw.store.append_audit(&record).await?;
     Ok(HttpResponse::Ok().json(rows))
 }
 
@@ -199,11 +193,7 @@ async fn dead_letter(
     } else {
         resolve(store, id, record).await
     };
-    let result = result.map_err(|e| {
-        tracing::error!(error = %e, action = verb.action, "a dead-letter action failed");
-        server_error()
-    })?;
-    match result {
+    match result? {
         DeadLetterAction::Done => {
             let status = actix_web::http::StatusCode::from_u16(verb.status)
                 .unwrap_or(actix_web::http::StatusCode::OK);
@@ -308,10 +298,7 @@ async fn programme_report(
         let (Some(from), Some(to)) = (from, to) else {
             return Err(server_error());
         };
-        let rows = gw.store.report_rows(from, to, false).await.map_err(|e| {
-            tracing::error!(error = %e, "report query failed");
-            server_error()
-        })?;
+        let rows = gw.store.report_rows(from, to, false).await?;
         Ok((crate::reports::programme(&rows, group_by), shown))
     }
     .await;
@@ -323,10 +310,7 @@ async fn programme_report(
                 None,
                 serde_json::json!({"from": query.from, "to": query.to, "group_by": query.group_by}),
             );
-            gw.store.append_audit(&record).await.map_err(|e| {
-                tracing::error!(error = %e, "could not audit a report query");
-                server_error()
-            })?;
+            gw.store.append_audit(&record).await?;
             Ok(HttpResponse::Ok().json(serde_json::json!({
                 "from": query.from,
                 "to": query.to,

@@ -5,9 +5,15 @@
 //! the gateway from fixed phrases and element paths, never copied from the request, so
 //! no patient data can reach a response.
 
+use crate::store::StoreError;
 use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 use serde_json::{Value, json};
 use std::fmt;
+
+/// What a 503 (or 429) asks the client to wait before sending again, in seconds:
+/// long enough for a database fail-over or restart to be noticed, short enough that
+/// a GP system's retry lands soon after.
+pub const RETRY_AFTER_SECONDS: u32 = 2;
 
 /// The code system of the NHS HTTP error codes (lower-case `s`, as NHS examples write it).
 pub const HTTP_ERROR_CODES: &str = "https://fhir.nhs.uk/Codesystem/http-error-codes";
@@ -23,9 +29,14 @@ pub enum RecCode {
     PayloadTooLarge,
     UnsupportedMediaType,
     UnprocessableEntity,
-    TooManyRequests,
     ServerError,
     ServiceUnavailable,
+    /// 408: the request (its head or body) did not arrive in time.
+    Timeout,
+    /// 431: the request headers are larger than the gateway accepts.
+    HeadersTooLarge,
+    /// 429: the client sent more than the gateway takes from it.
+    TooManyRequests,
 }
 
 impl RecCode {
@@ -39,44 +50,69 @@ impl RecCode {
             RecCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             RecCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             RecCode::UnprocessableEntity => StatusCode::UNPROCESSABLE_ENTITY,
-            RecCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             RecCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
             RecCode::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RecCode::Timeout => StatusCode::REQUEST_TIMEOUT,
+            RecCode::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            RecCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
-    /// The `REC_*` code. 413 and 415 have no code of their own in the NHS list and are
-    /// reported as bad requests with their own HTTP status.
+    /// The `REC_*` code. 413, 415, 429 and 431 have no code of their own in the NHS
+    /// list and are reported as bad requests with their own HTTP status.
     pub fn code(self) -> &'static str {
         match self {
-            RecCode::BadRequest | RecCode::PayloadTooLarge | RecCode::UnsupportedMediaType => {
-                "REC_BAD_REQUEST"
-            }
+            RecCode::BadRequest
+            | RecCode::PayloadTooLarge
+            | RecCode::UnsupportedMediaType
+            | RecCode::HeadersTooLarge
+            | RecCode::TooManyRequests => "REC_BAD_REQUEST",
             RecCode::Unauthorized => "REC_UNAUTHORIZED",
             RecCode::Forbidden => "REC_FORBIDDEN",
             RecCode::NotFound => "REC_NOT_FOUND",
             RecCode::Conflict => "REC_CONFLICT",
             RecCode::UnprocessableEntity => "REC_UNPROCESSABLE_ENTITY",
-            RecCode::TooManyRequests => "REC_TOO_MANY_REQUESTS",
             RecCode::ServerError => "REC_SERVER_ERROR",
             RecCode::ServiceUnavailable => "REC_SERVICE_UNAVAILABLE",
+            RecCode::Timeout => "REC_TIMEOUT",
         }
     }
 
     fn display(self) -> &'static str {
         match self {
-            RecCode::BadRequest | RecCode::PayloadTooLarge | RecCode::UnsupportedMediaType => {
-                "400: The request was not understood"
-            }
+            RecCode::BadRequest
+            | RecCode::PayloadTooLarge
+            | RecCode::UnsupportedMediaType
+            | RecCode::HeadersTooLarge
+            | RecCode::TooManyRequests => "400: The request was not understood",
             RecCode::Unauthorized => "401: Not authorised",
             RecCode::Forbidden => "403: Forbidden",
             RecCode::NotFound => "404: Not found",
             RecCode::Conflict => "409: Conflict",
             RecCode::UnprocessableEntity => "422: Unprocessable entity",
-            RecCode::TooManyRequests => "429: Too many requests",
             RecCode::ServerError => "500: Internal server error",
             RecCode::ServiceUnavailable => "503: Service unavailable",
+            RecCode::Timeout => "408: Request timeout",
         }
+    }
+
+    /// Answered without reading the rest of the request (or after giving up on it):
+    /// the connection is closed rather than leave unread bytes in front of the
+    /// client's next request.
+    fn closes_connection(self) -> bool {
+        matches!(
+            self,
+            RecCode::Unauthorized
+                | RecCode::PayloadTooLarge
+                | RecCode::UnsupportedMediaType
+                | RecCode::Timeout
+                | RecCode::HeadersTooLarge
+        )
+    }
+
+    /// A passing condition: the answer says when to send again (`Retry-After`).
+    fn retry_later(self) -> bool {
+        matches!(self, RecCode::ServiceUnavailable | RecCode::TooManyRequests)
     }
 }
 
@@ -99,6 +135,7 @@ pub enum IssueType {
     NotSupported,
     Exception,
     Transient,
+    Timeout,
     Throttled,
 }
 
@@ -121,6 +158,7 @@ impl IssueType {
             IssueType::NotSupported => "not-supported",
             IssueType::Exception => "exception",
             IssueType::Transient => "transient",
+            IssueType::Timeout => "timeout",
             IssueType::Throttled => "throttled",
         }
     }
@@ -188,10 +226,12 @@ impl Rejection {
     /// The answer's status: the first class present in the order that tells the caller
     /// most (a malformed message before a business rule).
     pub fn rec(&self) -> RecCode {
-        const ORDER: [RecCode; 11] = [
+        const ORDER: [RecCode; 13] = [
             RecCode::ServerError,
             RecCode::ServiceUnavailable,
             RecCode::TooManyRequests,
+            RecCode::Timeout,
+            RecCode::HeadersTooLarge,
             RecCode::Unauthorized,
             RecCode::UnsupportedMediaType,
             RecCode::PayloadTooLarge,
@@ -271,94 +311,121 @@ impl ResponseError for Rejection {
     fn error_response(&self) -> HttpResponse {
         let mut builder = HttpResponse::build(self.status_code());
         builder.content_type("application/fhir+json");
-        if self.rec() == RecCode::Unauthorized {
+        let rec = self.rec();
+        if rec == RecCode::Unauthorized {
             builder.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        if self.rec() == RecCode::TooManyRequests {
-            // The per-client budget refills every second.
-            builder.insert_header(("Retry-After", "1"));
+        if rec.retry_later() {
+            builder.insert_header(("Retry-After", RETRY_AFTER_SECONDS.to_string()));
         }
-        // These are answered before the body is read: close the connection rather than
-        // leave an unread body in front of the client's next request.
-        if matches!(
-            self.rec(),
-            RecCode::Unauthorized | RecCode::PayloadTooLarge | RecCode::UnsupportedMediaType
-        ) {
+        if rec.closes_connection() {
             builder.force_close();
         }
         builder.json(self.to_operation_outcome())
     }
 }
 
-/// An error answer the gateway's handlers did not write (actix's own: a body past an
-/// extractor's limit, a method the endpoint does not take), as an OperationOutcome
-/// with the same status, so that no error is ever plain text.
-pub fn for_status(status: StatusCode) -> HttpResponse {
-    let (rec, code, what) = match status.as_u16() {
-        401 => (
+/// The one way a store failure becomes an answer: 503 with `Retry-After` when the
+/// database is unavailable ([`StoreError::is_unavailable`]), 500 otherwise. Either way
+/// the error is logged where the `?` (or call) is, inside the request's span; the
+/// caller hears nothing of it.
+impl From<StoreError> for Rejection {
+    #[track_caller]
+    fn from(e: StoreError) -> Self {
+        let at = std::panic::Location::caller();
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, at = %at, "the database is unavailable; answering 503");
+            unavailable()
+        } else {
+            tracing::error!(error = %e, at = %at, "a database operation failed; answering 500");
+            server_error()
+        }
+    }
+}
+
+/// The database is away or saturated: 503, `Retry-After`, issue code `transient`. What
+/// already reached the database is not undone, hence no claim about it; a message
+/// sent again with the same `X-Request-Id` is never stored twice.
+pub fn unavailable() -> Rejection {
+    Rejection::one(Issue::new(
+        RecCode::ServiceUnavailable,
+        IssueType::Transient,
+        "the gateway's database is unavailable just now; send the request again after the \
+         Retry-After interval, with the same X-Request-Id",
+    ))
+}
+
+/// An error status answered by something other than the gateway's own handlers
+/// (actix's extractors, a refused method): an OperationOutcome in the gateway's words,
+/// so no error is ever plain text or quotes the request. Its status is that of the
+/// `REC_*` class: statuses the NHS list has no place for (405, 411, 414, ...) become
+/// the 404 or 400 they amount to.
+pub fn for_status(status: StatusCode) -> Rejection {
+    let issue = |rec, code, what: &str| Issue::new(rec, code, what);
+    Rejection::one(match status.as_u16() {
+        401 => issue(
             RecCode::Unauthorized,
             IssueType::Login,
             "an Authorization: Bearer token is required",
         ),
-        403 => (RecCode::Forbidden, IssueType::Forbidden, "forbidden"),
-        404 => (
+        403 => issue(RecCode::Forbidden, IssueType::Forbidden, "forbidden"),
+        404 | 405 => issue(
             RecCode::NotFound,
             IssueType::NotSupported,
-            "no such endpoint",
+            "no such endpoint (or not with this HTTP method)",
         ),
-        405 => (
-            RecCode::BadRequest,
-            IssueType::NotSupported,
-            "this endpoint does not take this HTTP method",
+        408 => issue(
+            RecCode::Timeout,
+            IssueType::Timeout,
+            "the request did not arrive within the time the gateway waits for it",
         ),
-        409 => (
+        409 => issue(
             RecCode::Conflict,
             IssueType::Conflict,
             "the request conflicts with the current state",
         ),
-        411 => (
-            RecCode::BadRequest,
-            IssueType::Required,
-            "a Content-Length header is required",
-        ),
-        413 => (
+        413 => issue(
             RecCode::PayloadTooLarge,
             IssueType::TooLong,
             "the body is larger than this endpoint accepts",
         ),
-        415 => (
+        415 => issue(
             RecCode::UnsupportedMediaType,
             IssueType::NotSupported,
             "this Content-Type is not accepted here",
         ),
-        422 => (
+        422 => issue(
             RecCode::UnprocessableEntity,
             IssueType::BusinessRule,
             "the request could not be processed",
         ),
-        503 => (
+        429 => issue(
+            RecCode::TooManyRequests,
+            IssueType::Throttled,
+            "too many requests; send again after the Retry-After interval",
+        ),
+        431 => issue(
+            RecCode::HeadersTooLarge,
+            IssueType::TooLong,
+            "the request headers are larger than the gateway accepts",
+        ),
+        503 => issue(
             RecCode::ServiceUnavailable,
             IssueType::Transient,
-            "the gateway cannot answer now; try again later",
+            "the gateway cannot answer just now; send the request again after the \
+             Retry-After interval",
         ),
-        s if s >= 500 => (
-            RecCode::ServerError,
-            IssueType::Exception,
-            "the gateway could not complete the request",
-        ),
-        _ => (
+        s if s >= 500 => return server_error(),
+        _ => issue(
             RecCode::BadRequest,
             IssueType::Invalid,
             "the request could not be read",
         ),
-    };
-    HttpResponse::build(status)
-        .content_type("application/fhir+json")
-        .json(Rejection::one(Issue::new(rec, code, what)).to_operation_outcome())
+    })
 }
 
-/// Internal failures (database down, a bug): the caller gets a plain 500 with no detail;
-/// the detail goes to the log by the caller of this function.
+/// Internal failures (a bug, data not in the expected form): the caller gets a plain
+/// 500 with no detail; the detail goes to the log (see `From<StoreError>`).
 pub fn server_error() -> Rejection {
     Rejection::one(Issue::new(
         RecCode::ServerError,
@@ -388,5 +455,67 @@ mod tests {
             "REC_BAD_REQUEST"
         );
         assert_eq!(body["issue"][1]["expression"][0], "b");
+    }
+
+    #[test]
+    fn an_unavailable_database_is_a_503_to_retry_and_anything_else_a_500() {
+        for (error, status) in [
+            (StoreError::Database(sqlx::Error::PoolTimedOut), 503),
+            (
+                StoreError::Database(sqlx::Error::Io(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                ))),
+                503,
+            ),
+            (StoreError::Corrupt("x".into()), 500),
+            (StoreError::Database(sqlx::Error::RowNotFound), 500),
+        ] {
+            let res = Rejection::from(error).error_response();
+            assert_eq!(res.status().as_u16(), status);
+            let retry = res.headers().get("retry-after");
+            if status == 503 {
+                assert_eq!(retry.unwrap(), &RETRY_AFTER_SECONDS.to_string());
+            } else {
+                assert!(retry.is_none());
+            }
+        }
+        let body = unavailable().to_operation_outcome();
+        assert_eq!(body["issue"][0]["code"], "transient");
+        assert_eq!(
+            body["issue"][0]["details"]["coding"][0]["code"],
+            "REC_SERVICE_UNAVAILABLE"
+        );
+    }
+
+    #[test]
+    fn statuses_actix_answers_become_outcomes_of_their_class() {
+        // status in, (status, REC code, issue code, Retry-After, connection closed) out.
+        for (status, want) in [
+            (408, (408, "REC_TIMEOUT", "timeout", false, true)),
+            (413, (413, "REC_BAD_REQUEST", "too-long", false, true)),
+            (429, (429, "REC_BAD_REQUEST", "throttled", true, false)),
+            (431, (431, "REC_BAD_REQUEST", "too-long", false, true)),
+            (
+                503,
+                (503, "REC_SERVICE_UNAVAILABLE", "transient", true, false),
+            ),
+            (405, (404, "REC_NOT_FOUND", "not-supported", false, false)),
+            (411, (400, "REC_BAD_REQUEST", "invalid", false, false)),
+            (502, (500, "REC_SERVER_ERROR", "exception", false, false)),
+        ] {
+            let rejection = for_status(StatusCode::from_u16(status).unwrap());
+            let res = rejection.error_response();
+            let body = rejection.to_operation_outcome();
+            let got = (
+                res.status().as_u16(),
+                body["issue"][0]["details"]["coding"][0]["code"]
+                    .as_str()
+                    .unwrap(),
+                body["issue"][0]["code"].as_str().unwrap(),
+                res.headers().contains_key("retry-after"),
+                res.head().connection_type() == actix_web::http::ConnectionType::Close,
+            );
+            assert_eq!(got, want, "for {status}");
+        }
     }
 }

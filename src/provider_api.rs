@@ -28,11 +28,6 @@ fn provider_only(gw: &Gateway, req: &HttpRequest) -> Result<(Principal, String),
     }
 }
 
-fn fail(e: crate::store::StoreError) -> Rejection {
-    tracing::error!(error = %e, "status event: database error");
-    server_error()
-}
-
 fn event_json(row: &EventRow) -> serde_json::Value {
     serde_json::json!({
         "id": row.id,
@@ -203,15 +198,13 @@ async fn get_task(
         let row = gw
             .store
             .event(&id)
-            .await
-            .map_err(fail)?
+            .await?
             .filter(|e| e.provider == provider)
             .ok_or_else(not_found)?;
         let referral = gw
             .store
             .referral(&row.referral_id)
-            .await
-            .map_err(fail)?
+            .await?
             .ok_or_else(server_error)?;
         Ok((row, referral))
     }
@@ -229,7 +222,7 @@ async fn get_task(
         Some(&row.referral_id),
         serde_json::json!({"event_id": row.id}),
     );
-    gw.store.append_audit(&record).await.map_err(fail)?;
+    gw.store.append_audit(&record).await?;
     Ok(HttpResponse::Ok()
         .content_type("application/fhir+json")
         .json(task_resource(&referral, &row)))
@@ -507,14 +500,12 @@ async fn record(
     let referral = gw
         .store
         .referral(referral_id)
-        .await
-        .map_err(fail)?
+        .await?
         .ok_or_else(not_found)?;
     let delivered = gw
         .store
         .deliveries_for(referral_id)
-        .await
-        .map_err(fail)?
+        .await?
         .into_iter()
         .find(|d| d.kind == "referral" && d.state == "delivered" && d.provider == provider);
     if referral.provider != provider || delivered.is_none() {
@@ -528,7 +519,7 @@ async fn record(
     }
     // The same request again: the same answer, nothing recorded twice.
     let request_id = ids.request_id.to_string();
-    let existing = gw.store.events_for(referral_id).await.map_err(fail)?;
+    let existing = gw.store.events_for(referral_id).await?;
     if let Some(row) = existing.iter().find(|e| e.request_id == request_id) {
         return Ok(Recorded {
             row: row.clone(),
@@ -603,7 +594,7 @@ async fn record(
             serde_json::json!({"event": event.event.as_str(), "from": from.as_str(), "recipient": provider}),
         ),
     };
-    match gw.store.record_event(&record).await.map_err(fail)? {
+    match gw.store.record_event(&record).await? {
         EventRecorded::Recorded => {
             tracing::info!(referral_id, event = event.event.as_str(), "status event recorded");
             // Read back, so the answer is the event as stored (times at the
@@ -612,7 +603,7 @@ async fn record(
                 .store
                 .event(&record.id)
                 .await
-                .map_err(fail)?
+                ?
                 .ok_or_else(server_error)?;
             Ok(Recorded {
                 row,
@@ -621,7 +612,7 @@ async fn record(
             })
         }
         EventRecorded::Duplicate => {
-            let rows = gw.store.events_for(referral_id).await.map_err(fail)?;
+            let rows = gw.store.events_for(referral_id).await?;
             let row = rows
                 .into_iter()
                 .find(|e| e.request_id == request_id)

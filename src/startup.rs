@@ -12,9 +12,9 @@ use crate::store::{self, Store, StoreError, crypto::StorageKeyError, crypto::Sto
 use crate::supervisor::Supervisor;
 use actix_web::{
     App, HttpMessage, HttpServer,
-    body::{EitherBody, MessageBody},
+    body::MessageBody,
     dev::{Server, ServiceRequest, ServiceResponse},
-    http::header::{self, HeaderName},
+    http::header::HeaderName,
     middleware::Next,
     web,
 };
@@ -160,9 +160,10 @@ impl Application {
             checkpoint_signer: signer.as_ref().map(|(s, _)| s.clone()),
             gp_callbacks: Arc::new(GpCallbacks::new(&settings.gp_callbacks)),
             metrics,
-            limits: Arc::new(crate::limits::RateLimits::from_settings(
+            limits: Arc::new(crate::rate_limit::RateLimits::from_settings(
                 &settings.rate_limit,
             )),
+            ready_timeout: std::time::Duration::from_millis(settings.server.ready_timeout_ms),
         };
         let listener = std::net::TcpListener::bind(&settings.server.bind).map_err(|source| {
             StartupError::Bind {
@@ -176,6 +177,7 @@ impl Application {
         })?;
         let data = web::Data::new(gateway.clone());
         let tasks = web::Data::new(supervisor.clone());
+        let limits = web::Data::new(crate::limits::Limits::from_settings(&settings.server));
         let sandbox = if settings.sandbox.enabled {
             let jwks = match &settings.sandbox.client_jwks_file {
                 Some(file) => Some(std::fs::read_to_string(file).map_err(|e| {
@@ -196,6 +198,10 @@ impl Application {
                 .app_data(crate::params::extractors::path_config())
                 .app_data(crate::params::extractors::json_config())
                 .app_data(tasks.clone())
+                .app_data(limits.clone())
+                // Inside the request context, so that what it counts and logs is the
+                // answer the client gets.
+                .wrap(actix_web::middleware::from_fn(crate::limits::guard))
                 .wrap(actix_web::middleware::from_fn(request_context))
                 .configure(intake::configure)
                 .configure(crate::operations::configure)
@@ -209,7 +215,16 @@ impl Application {
             }
             app.default_service(web::to(intake::not_found))
         })
-        .shutdown_timeout(30);
+        .shutdown_timeout(30)
+        .client_request_timeout(ms(settings.server.client_request_timeout_ms))
+        .keep_alive(match settings.server.keep_alive_ms {
+            0 => actix_web::http::KeepAlive::Disabled,
+            keep => actix_web::http::KeepAlive::Timeout(ms(keep)),
+        })
+        .client_disconnect_timeout(ms(settings.server.client_disconnect_timeout_ms))
+        .tls_handshake_timeout(ms(settings.server.tls_handshake_timeout_ms))
+        .max_connections(settings.server.max_connections)
+        .max_connection_rate(settings.server.max_connection_rate);
         if let Some(workers) = settings.server.workers {
             server = server.workers(workers);
         }
@@ -316,33 +331,8 @@ impl Application {
     }
 }
 
-/// An error answer that is not already FHIR (actix's own refusals, in plain text)
-/// becomes an OperationOutcome with the same status and headers, so that no endpoint
-/// ever answers an error in plain text. The development sandbox, which stands in for
-/// a provider's system and its OAuth token endpoint, keeps its own answers.
-fn as_operation_outcome<B: MessageBody + 'static>(
-    res: ServiceResponse<B>,
-) -> ServiceResponse<EitherBody<B>> {
-    let status = res.status();
-    let is_fhir = res
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/fhir+json"));
-    if !(status.is_client_error() || status.is_server_error())
-        || is_fhir
-        || res.request().path().starts_with("/sandbox/")
-    {
-        return res.map_into_left_body();
-    }
-    let (req, old) = res.into_parts();
-    let mut new = crate::outcome::for_status(status);
-    for (name, value) in old.headers() {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            new.headers_mut().append(name.clone(), value.clone());
-        }
-    }
-    ServiceResponse::new(req, new).map_into_right_body()
+fn ms(millis: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(millis)
 }
 
 /// One span per request with its request id; echoes `X-Request-Id` and
@@ -389,7 +379,7 @@ async fn request_context(
     }
     match result {
         Ok(res) => {
-            let mut res = as_operation_outcome(res);
+            let mut res = res;
             span.record("route", route.as_str());
             for (name, value) in [(REQUEST_ID, request_id), (CORRELATION_ID, correlation_id)] {
                 if let Some(value) = value.filter(|v| v.to_str().is_ok_and(|s| s.len() <= 128)) {

@@ -154,6 +154,37 @@ fn bad_values_are_refused_with_their_place() {
 }
 
 #[test]
+fn every_wait_has_a_bound_by_default_and_none_can_be_switched_off() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        let s = Settings::load(&sources(None, &[])).unwrap();
+        assert_eq!(s.database.acquire_timeout_ms, 1_000);
+        assert_eq!(s.server.ready_timeout_ms, 1_000);
+        assert_eq!(s.server.client_request_timeout_ms, 5_000);
+        assert_eq!(s.server.body_timeout_ms, 10_000);
+        assert_eq!(s.server.body_min_bytes_per_second, 1_024);
+        assert_eq!(s.server.max_header_bytes, 32_768);
+
+        for (table, key) in [
+            ("database", "acquire_timeout_ms"),
+            ("server", "ready_timeout_ms"),
+            ("server", "client_request_timeout_ms"),
+            ("server", "body_timeout_ms"),
+            ("server", "max_connections"),
+            ("server", "max_header_bytes"),
+        ] {
+            jail.create_file("zero.toml", &format!("[{table}]\n{key} = 0\n"))?;
+            let err = Settings::load(&sources(None, &["zero.toml"]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{table}.{key}")), "{err}");
+        }
+        Ok(())
+    });
+}
+
+#[test]
 fn secrets_are_redacted_in_debug_output() {
     Jail::expect_with(|jail| {
         jail.create_dir("config")?;

@@ -12,11 +12,6 @@ use crate::store::{AuditFilter, AuditRow, StoreError};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 use serde_json::{Value, json};
 
-fn fail(e: StoreError) -> Rejection {
-    tracing::error!(error = %e, "audit query failed");
-    server_error()
-}
-
 /// The request ids when sent (they are optional here), for the audit record.
 fn ids(req: &HttpRequest) -> Option<RequestIds> {
     RequestIds::from_headers(req.headers()).ok()
@@ -51,7 +46,7 @@ async fn record_call(
     };
     let mut record = ctx.record("allowed", 200, None, detail);
     record.subject = subject;
-    gw.store.append_audit(&record).await.map_err(fail)
+    Ok(gw.store.append_audit(&record).await?)
 }
 
 /// Records a refusal that came after authentication (bad parameters, unknown record),
@@ -171,11 +166,7 @@ async fn list_records(
         limit,
         asked,
     } = ListQuery::read(req.query_string())?;
-    let rows = gw
-        .store
-        .audit_query(&filter, after, limit)
-        .await
-        .map_err(fail)?;
+    let rows = gw.store.audit_query(&filter, after, limit).await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().and_then(|r| r.seq))
         .flatten();
@@ -217,8 +208,7 @@ async fn read_record(
     let row = gw
         .store
         .audit_chain(seq.saturating_sub(1), 1)
-        .await
-        .map_err(fail)?
+        .await?
         .into_iter()
         .find(|r| r.seq == Some(seq));
     // Not found is refused, and recorded as such by the caller.
@@ -284,11 +274,7 @@ async fn subject_records(
         subjects: pseudonyms,
         ..AuditFilter::default()
     };
-    let rows = gw
-        .store
-        .audit_query(&filter, after, limit)
-        .await
-        .map_err(fail)?;
+    let rows = gw.store.audit_query(&filter, after, limit).await?;
     let next = (rows.len() as i64 == limit)
         .then(|| rows.last().and_then(|r| r.seq))
         .flatten();
@@ -425,8 +411,7 @@ async fn export_inner(
         to,
         format,
     )
-    .await
-    .map_err(fail)?;
+    .await?;
     record_call(
         gw,
         req,
@@ -458,9 +443,7 @@ async fn verify_chain(
     principal: &Principal,
 ) -> Result<HttpResponse, Rejection> {
     Query::none(req.query_string())?;
-    let v = super::verify(gw.store.as_ref(), gw.checkpoint_keys.as_ref())
-        .await
-        .map_err(fail)?;
+    let v = super::verify(gw.store.as_ref(), gw.checkpoint_keys.as_ref()).await?;
     let body = json!({
         "intact": v.intact(),
         "records": v.records,

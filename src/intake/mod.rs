@@ -9,7 +9,7 @@ pub use process::Gateway;
 
 use crate::auth::{AuthError, Principal, Role};
 use crate::metrics::ReferralOutcome;
-use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
+use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use actix_web::{
     HttpRequest, HttpResponse, Responder, ResponseError, get,
     http::header::{self, HeaderMap},
@@ -150,7 +150,7 @@ fn is_fhir_json(req: &HttpRequest) -> bool {
 }
 
 /// Reads the body up to the configured limit; a larger body is refused without being
-/// held in memory.
+/// held in memory, and one that misses its deadline ([`crate::limits`]) gets 408.
 async fn read_body(payload: &mut web::Payload, limit: usize) -> Result<web::BytesMut, Rejection> {
     let too_large = || {
         Rejection::one(Issue::new(
@@ -161,12 +161,16 @@ async fn read_body(payload: &mut web::Payload, limit: usize) -> Result<web::Byte
     };
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| {
-            Rejection::one(Issue::new(
-                RecCode::BadRequest,
-                IssueType::Structure,
-                "the request body could not be read",
-            ))
+        let chunk = chunk.map_err(|e| {
+            if crate::limits::is_body_timeout(&e) {
+                crate::limits::too_slow()
+            } else {
+                Rejection::one(Issue::new(
+                    RecCode::BadRequest,
+                    IssueType::Structure,
+                    "the request body could not be read",
+                ))
+            }
         })?;
         if body.len() + chunk.len() > limit {
             return Err(too_large());
@@ -369,11 +373,7 @@ async fn search_service_requests(
         let rows = gw
             .store
             .referrals_by_identifier(by_reference, system, value)
-            .await
-            .map_err(|e| {
-                tracing::error!(error = %e, "searching referrals failed");
-                server_error()
-            })?;
+            .await?;
         let mut found = Vec::new();
         for row in rows {
             let visible = match &principal.role {
@@ -384,10 +384,7 @@ async fn search_service_requests(
                 Role::Provider { .. } => false,
             };
             if visible {
-                let events = gw.store.events_for(&row.id).await.map_err(|e| {
-                    tracing::error!(error = %e, "reading status events failed");
-                    server_error()
-                })?;
+                let events = gw.store.events_for(&row.id).await?;
                 found.push((row, events));
             }
         }
@@ -402,10 +399,7 @@ async fn search_service_requests(
                 None,
                 serde_json::json!({ "matches": found.len() }),
             );
-            if let Err(e) = gw.store.append_audit(&record).await {
-                tracing::error!(error = %e, "could not record a search in the audit table");
-                return Err(server_error());
-            }
+            gw.store.append_audit(&record).await?;
             Ok(fhir_json(
                 actix_web::http::StatusCode::OK,
                 &response::searchset(&found),
@@ -451,11 +445,7 @@ async fn read_service_request(
         if Uuid::parse_str(&id).is_err() {
             return Err(not_found());
         }
-        let row = gw.store.referral(&id).await.map_err(|e| {
-            tracing::error!(error = %e, "reading a referral failed");
-            server_error()
-        })?;
-        let row = row.ok_or_else(not_found)?;
+        let row = gw.store.referral(&id).await?.ok_or_else(not_found)?;
         let allowed = match &principal.role {
             Role::GpSystem { practices } => {
                 practices.iter().any(|p| p.as_str() == row.practice_ods)
@@ -468,20 +458,14 @@ async fn read_service_request(
                 "only the referring practice's systems may read this referral",
             ));
         }
-        let events = gw.store.events_for(&row.id).await.map_err(|e| {
-            tracing::error!(error = %e, "reading status events failed");
-            server_error()
-        })?;
+        let events = gw.store.events_for(&row.id).await?;
         Ok((row, events))
     }
     .await;
     match result {
         Ok((row, events)) => {
             let record = ctx.record("allowed", 200, Some(&row.id), serde_json::json!({}));
-            if let Err(e) = gw.store.append_audit(&record).await {
-                tracing::error!(error = %e, "could not record a read in the audit table");
-                return Err(server_error());
-            }
+            gw.store.append_audit(&record).await?;
             Ok(fhir_json(
                 actix_web::http::StatusCode::OK,
                 &response::service_request(&row, &events),
@@ -542,19 +526,58 @@ async fn live(tasks: Option<web::Data<crate::supervisor::Supervisor>>) -> impl R
     }
 }
 
+/// Ready when the database answers within `server.ready_timeout_ms`. Otherwise 503
+/// (with `Retry-After`) naming the dependency that failed and how: `unreachable` (no
+/// connection could be had), `timeout` (no answer in time) or `error` (it answered
+/// with an error); the detail is in the log, never in the answer, which anyone may read.
 #[get("/health/ready")]
 async fn ready(gw: web::Data<Gateway>) -> impl Responder {
-    match gw.store.ping().await {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready", "database": "ok"})),
-        Err(e) => {
-            tracing::warn!(error = %e, "readiness check: database unreachable");
-            Rejection::one(Issue::new(
-                RecCode::ServiceUnavailable,
-                IssueType::Transient,
-                "not ready: the database does not answer",
+    let started = std::time::Instant::now();
+    let failure = match tokio::time::timeout(gw.ready_timeout, gw.store.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) if e.is_unavailable() => {
+            tracing::warn!(error = %e, "readiness check: the database is unreachable");
+            Some((
+                "unreachable",
+                "no connection to the database could be had (see the log)".to_owned(),
             ))
-            .error_response()
         }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness check: the database answered with an error");
+            Some((
+                "error",
+                "the database answered the check with an error (see the log)".to_owned(),
+            ))
+        }
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = gw.ready_timeout.as_millis() as u64,
+                "readiness check: the database did not answer in time"
+            );
+            Some((
+                "timeout",
+                format!(
+                    "the database did not answer within {} ms",
+                    gw.ready_timeout.as_millis()
+                ),
+            ))
+        }
+    };
+    let checked_ms = started.elapsed().as_millis() as u64;
+    match failure {
+        None => HttpResponse::Ok().json(serde_json::json!({
+            "status": "ready",
+            "database": "ok",
+            "checked_ms": checked_ms,
+        })),
+        // Like every error, an OperationOutcome (with Retry-After): the dependency
+        // that failed, how, and why.
+        Some((database, reason)) => Rejection::one(Issue::new(
+            RecCode::ServiceUnavailable,
+            IssueType::Transient,
+            format!("not ready: database {database}: {reason} (checked in {checked_ms} ms)"),
+        ))
+        .error_response(),
     }
 }
 

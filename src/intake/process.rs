@@ -37,7 +37,9 @@ pub struct Gateway {
     /// Counters and histograms for `GET /metrics`, shared with the delivery worker.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Per-client and per-address request limits.
-    pub limits: Arc<crate::limits::RateLimits>,
+    pub limits: Arc<crate::rate_limit::RateLimits>,
+    /// How long `/health/ready` waits for the database (`server.ready_timeout_ms`).
+    pub ready_timeout: std::time::Duration,
 }
 
 /// What an accepted message produced, for the response.
@@ -103,13 +105,22 @@ impl Gateway {
         self.audit_rejection_about(ctx, rejection, None).await;
     }
 
-    /// Records a rejection about a person, named by their audit pseudonym.
+    /// Records a rejection about a person, named by their audit pseudonym. A 503 is
+    /// not recorded: the database just said it is unavailable, and trying it again
+    /// would only keep the client waiting; the log has the refusal.
     async fn audit_rejection_about(
         &self,
         ctx: &AuditContext<'_>,
         rejection: &Rejection,
         subject: Option<String>,
     ) {
+        if rejection.rec() == RecCode::ServiceUnavailable {
+            tracing::warn!(
+                action = ctx.action,
+                "refused while the database is unavailable; not recorded in the audit table"
+            );
+            return;
+        }
         let record = AuditRecord {
             subject,
             ..ctx.record(
@@ -251,10 +262,7 @@ impl Gateway {
         match &result {
             Ok(d) => {
                 let record = ctx.record("valid", 200, None, json!({ "message": d.action }));
-                if let Err(e) = self.store.append_audit(&record).await {
-                    tracing::error!(error = %e, "could not record a dry run in the audit table");
-                    return Err(server_error());
-                }
+                self.store.append_audit(&record).await?;
             }
             Err(rejection) => self.audit_rejection(&ctx, rejection).await,
         }
@@ -352,7 +360,8 @@ impl Gateway {
             match self.store.insert_referral(&record).await {
                 Ok(Inserted::Accepted) => {
                     tracing::info!(referral_id = %id, provider = %route.provider, programme = %route.programme, "referral accepted");
-                    let referral = self.load(&id).await?;
+                    // It is stored: the answer says so even if reading it back fails.
+                    let referral = self.load(&id).await.unwrap_or_else(|| record.stored());
                     return Ok(Outcome {
                         bundle_id: envelope.bundle_id.clone(),
                         source_endpoint: envelope.source_endpoint.clone(),
@@ -362,23 +371,28 @@ impl Gateway {
                 }
                 Ok(Inserted::Duplicate) => return Err(duplicate()),
                 Ok(Inserted::ReferenceTaken) => continue,
-                Err(e) => {
-                    tracing::error!(error = %e, "storing an accepted referral failed");
-                    return Err(server_error());
-                }
+                Err(e) => return Err(Rejection::from(e)),
             }
         }
         tracing::error!("no free referral reference after 5 tries");
         Err(server_error())
     }
 
-    async fn load(&self, id: &str) -> Result<ReferralRow, Rejection> {
+    /// A referral just written, as stored. Failing that, the caller answers from what
+    /// it wrote: the change is committed, and the sender must hear that it was.
+    async fn load(&self, id: &str) -> Option<ReferralRow> {
         match self.store.referral(id).await {
-            Ok(Some(r)) => Ok(r),
-            Ok(None) => Err(server_error()),
+            Ok(Some(r)) => Some(r),
+            Ok(None) => {
+                tracing::error!(
+                    referral_id = id,
+                    "a referral just written is not there to read back; answering from what was written"
+                );
+                None
+            }
             Err(e) => {
-                tracing::error!(error = %e, "reading a referral failed");
-                Err(server_error())
+                tracing::warn!(error = %e, referral_id = id, "a referral just written could not be read back; answering from what was written");
+                None
             }
         }
     }
@@ -390,13 +404,9 @@ impl Gateway {
         update: &UpdateRequest,
     ) -> Result<Option<ReferralRow>, Rejection> {
         let env = &update.envelope;
-        let fail = |e: crate::store::StoreError| {
-            tracing::error!(error = %e, "looking up a referral failed");
-            server_error()
-        };
         if let Some(id) = env.service_request_id.as_deref()
             && uuid::Uuid::parse_str(id).is_ok()
-            && let Some(row) = self.store.referral(id).await.map_err(fail)?
+            && let Some(row) = self.store.referral(id).await?
             && row.practice_ods == env.practice.as_str()
         {
             return Ok(Some(row));
@@ -405,8 +415,7 @@ impl Gateway {
             if let Some(row) = self
                 .store
                 .referral_by_sender_identifier(env.practice.as_str(), system, value)
-                .await
-                .map_err(fail)?
+                .await?
             {
                 return Ok(Some(row));
             }
@@ -486,7 +495,14 @@ impl Gateway {
         match self.store.apply_update(&record).await {
             Ok(Updated::Applied { stopped, notices }) => {
                 tracing::info!(referral_id = %referral.id, action, stopped, notices, "referral updated");
-                let referral = self.load(&referral.id).await?;
+                let referral = match self.load(&referral.id).await {
+                    Some(row) => row,
+                    None => ReferralRow {
+                        status: new_status.as_str().to_owned(),
+                        updated_at: now,
+                        ..referral
+                    },
+                };
                 Ok(Outcome {
                     bundle_id: update.envelope.bundle_id.clone(),
                     source_endpoint: update.envelope.source_endpoint.clone(),
@@ -496,10 +512,7 @@ impl Gateway {
             }
             Ok(Updated::Duplicate) => Err(duplicate()),
             Ok(Updated::NotActive) => Err(not_active()),
-            Err(e) => {
-                tracing::error!(error = %e, "applying an update failed");
-                Err(server_error())
-            }
+            Err(e) => Err(Rejection::from(e)),
         }
     }
 }

@@ -23,7 +23,8 @@ use crypto::StorageKeys;
 
 pub use sql::{PostgresStore, SqliteStore};
 
-/// Failures of the database itself. Never shown to callers (they get a plain 500).
+/// Failures of the database itself. Never shown to callers: they get 503 when
+/// [`StoreError::is_unavailable`], a plain 500 otherwise.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
@@ -42,17 +43,11 @@ impl StoreError {
     /// broken one, a full pool), as opposed to a query it answered with an error or
     /// a row that does not decode: nothing to blame on the data being handled.
     pub fn is_unreachable(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Database(
-                sqlx::Error::Io(_)
-                    | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
+        self.is_unavailable()
+            || matches!(
+                self,
+                StoreError::Database(sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed)
             )
-        )
     }
 
     /// What kind of failure this is, in fixed words (for a dead letter's reason,
@@ -62,6 +57,41 @@ impl StoreError {
             StoreError::Database(_) | StoreError::Migrate(_) => "a database error",
             StoreError::Corrupt(_) => "stored data not in the expected form",
             StoreError::Encryption(_) => "a storage encryption error",
+        }
+    }
+
+    /// The database could not be reached, did not give a connection within
+    /// `database.acquire_timeout_ms`, or is too busy or shutting down: a passing
+    /// condition, so the caller should send the request again later. Anything else
+    /// (a constraint, corrupt data, a bug) is not.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => true,
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    // The primary result code: busy or locked past the busy timeout,
+                    // the file unreadable or unopenable, the disk full.
+                    matches!(
+                        code.parse::<i32>().map(|c| c & 0xff),
+                        Ok(5 | 6 | 10 | 13 | 14)
+                    )
+                } else {
+                    // SQLSTATE: connection exceptions, insufficient resources (too many
+                    // connections, disk full), the server shutting down or starting,
+                    // and serialization failures and deadlocks, which a retry resolves.
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || matches!(&*code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+                }
+            }
+            _ => false,
         }
     }
 }
@@ -235,6 +265,34 @@ pub struct NewReferralRecord {
     pub delivery_request_id: String,
     pub now: OffsetDateTime,
     pub audit: AuditRecord,
+}
+
+impl NewReferralRecord {
+    /// The referral row [`Store::insert_referral`] writes, for answering the sender
+    /// when reading it back fails after the commit.
+    pub fn stored(&self) -> ReferralRow {
+        ReferralRow {
+            id: self.id.clone(),
+            reference: self.reference.clone(),
+            practice_ods: self.practice_ods.clone(),
+            bundle_id: self.bundle_id.clone(),
+            status: ReferralStatus::Active.as_str().to_owned(),
+            programme: self.programme.clone(),
+            locality: self.locality.clone(),
+            provider: self.provider.clone(),
+            routing_version: self.routing_version.clone(),
+            referral_code: self.referral_code.clone(),
+            nhs_number: self.nhs_number.clone(),
+            consent: self.consent.clone(),
+            source_endpoint: self.source_endpoint.clone(),
+            client_id: self.client_id.clone(),
+            correlation_id: self.correlation_id.clone(),
+            created_at: self.now,
+            updated_at: self.now,
+            milestone: "none".to_owned(),
+            purged_at: None,
+        }
+    }
 }
 
 /// What happened to an insert.
@@ -701,6 +759,7 @@ async fn open(
     audit: Audit,
 ) -> Result<Arc<dyn Store>, StoreError> {
     let url = settings.url.expose_secret();
+    let acquire_timeout = Duration::from_millis(settings.acquire_timeout_ms);
     let store: Arc<dyn Store> = match settings
         .backend()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?
@@ -725,6 +784,7 @@ async fn open(
             }
             let pool = SqlitePoolOptions::new()
                 .max_connections(settings.max_connections)
+                .acquire_timeout(acquire_timeout)
                 .connect_with(options)
                 .await?;
             Arc::new(SqliteStore::new(pool, keys).audited(audit))
@@ -732,7 +792,7 @@ async fn open(
         Backend::Postgres => {
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(settings.max_connections)
-                .acquire_timeout(Duration::from_secs(10))
+                .acquire_timeout(acquire_timeout)
                 .connect(url)
                 .await?;
             Arc::new(PostgresStore::new(pool, keys).audited(audit))

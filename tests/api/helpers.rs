@@ -220,6 +220,24 @@ impl TestApp {
         Self::spawn_on(&url, Arc::new(guard), extra_toml).await
     }
 
+    /// A gateway on the database at `url` (e.g. reached through a test's own proxy).
+    pub async fn spawn_at(url: &str, extra_toml: &str) -> Self {
+        // The caller holds that database's guard.
+        let nothing = TestDatabase {
+            _dir: None,
+            postgres: None,
+        };
+        Self::spawn_on(url, Arc::new(nothing), extra_toml).await
+    }
+
+    /// The address the gateway listens on, for tests that speak raw TCP to it.
+    pub fn address(&self) -> std::net::SocketAddr {
+        self.base
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the base URL is http://<address>")
+    }
+
     /// Another gateway process on this one's database.
     pub async fn second(&self, extra_toml: &str) -> Self {
         Self::spawn_on(&self.database_url, self._db.clone(), extra_toml).await

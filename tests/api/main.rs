@@ -16,6 +16,7 @@ mod fhir_schema;
 mod gp_callbacks;
 mod hostile;
 mod intake;
+mod limits;
 mod metrics;
 mod provider;
 mod retention;
