@@ -120,7 +120,7 @@ impl<'a> ParsedBundle<'a> {
         };
 
         let mut path = "Bundle".to_owned();
-        check_offsets(value, &mut path, &mut issues);
+        check_primitives(value, "", &mut path, &mut issues);
         let index = BundleIndex::new(value);
         let mut seen_urls = HashSet::new();
         for (i, raw) in raw_entries.iter().enumerate() {
@@ -231,22 +231,54 @@ impl<'a> ParsedBundle<'a> {
     }
 }
 
-/// Reports every date-time whose offset FHIR does not allow (beyond ±14:00), wherever
-/// it is: the models read such an offset without complaint.
-fn check_offsets(value: &Value, path: &mut String, issues: &mut Vec<Issue>) {
+/// Longest `code`, `system` or identifier `value` accepted: far beyond any NHS code or
+/// identifier, short enough that no one fills memory or the audit trail with one.
+pub const MAX_CODE_CHARS: usize = 1_024;
+
+/// Stands for a resource's own `id` key in [`check_primitives`].
+const RESOURCE_ID: &str = "resource id";
+
+/// Checks the primitives the models read without complaint, wherever they are:
+/// date-time offsets within ±14:00 (R4's pattern), resource `id`s as FHIR ids
+/// (`[A-Za-z0-9.-]{1,64}`), and `code`, `system` and `value` strings within
+/// [`MAX_CODE_CHARS`].
+fn check_primitives(value: &Value, key: &str, path: &mut String, issues: &mut Vec<Issue>) {
     match value {
-        Value::String(s) if !crate::fhir::offset_in_range(s) => issues.push(Issue::structure(
-            IssueType::Value,
-            path.clone(),
-            "a date-time's offset must be Z or between -14:00 and +14:00",
-        )),
+        Value::String(s) => {
+            let problem = if !crate::fhir::offset_in_range(s) {
+                Some("a date-time's offset must be Z or between -14:00 and +14:00")
+            } else if key == RESOURCE_ID
+                && !(s.len() <= 64
+                    && !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'))
+            {
+                Some("a resource id is 1 to 64 letters, digits, `-` and `.`")
+            } else if matches!(key, "code" | "system" | "value")
+                && s.chars().count() > MAX_CODE_CHARS
+            {
+                Some("this code, system or identifier value is longer than the gateway accepts")
+            } else {
+                None
+            };
+            if let Some(what) = problem {
+                issues.push(Issue::structure(IssueType::Value, path.clone(), what));
+            }
+        }
         Value::Object(map) => {
+            // A resource's own `id` is of FHIR type id; an element's is a string.
+            let resource = map.contains_key("resourceType");
             for (k, v) in map {
                 let len = path.len();
                 path.push('.');
                 // Keys are the sender's text until the models have read them.
                 path.push_str(crate::fhir::json::element(k));
-                check_offsets(v, path, issues);
+                let key = if resource && k == "id" {
+                    RESOURCE_ID
+                } else {
+                    k
+                };
+                check_primitives(v, key, path, issues);
                 path.truncate(len);
             }
         }
@@ -254,7 +286,7 @@ fn check_offsets(value: &Value, path: &mut String, issues: &mut Vec<Issue>) {
             for (n, v) in items.iter().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{n}]"));
-                check_offsets(v, path, issues);
+                check_primitives(v, key, path, issues);
                 path.truncate(len);
             }
         }

@@ -155,3 +155,35 @@ async fn an_offset_beyond_fourteen_hours_is_refused(db: Db) {
 }
 
 on_both_databases!(an_offset_beyond_fourteen_hours_is_refused);
+
+/// Ids and codes are held to FHIR's forms and a length no real one reaches.
+async fn ids_and_codes_are_held_to_their_forms(db: Db) {
+    let app = TestApp::spawn(db).await;
+    let mut message = referral();
+    set(
+        &mut message,
+        &format!("{}/id", at::CONSENT),
+        json!("not an id!"),
+    );
+    app.send("gp-a", &message).await.assert_issue(
+        400,
+        "REC_BAD_REQUEST",
+        "Bundle.entry[5].resource.id",
+    );
+    let mut message = referral();
+    set(
+        &mut message,
+        &format!("{}/identifier/0/value", at::SERVICE_REQUEST),
+        json!("X".repeat(5_000)),
+    );
+    let reply = app.send("gp-a", &message).await;
+    reply.assert_issue(
+        400,
+        "REC_BAD_REQUEST",
+        "Bundle.entry[1].resource.identifier[0].value",
+    );
+    assert!(reply.text.len() < 5_000, "the value is not echoed");
+    assert_eq!(app.referral_count().await, 0);
+}
+
+on_both_databases!(ids_and_codes_are_held_to_their_forms);
