@@ -97,20 +97,7 @@ impl ListQuery {
         let mut q = Query::parse(query_string, &Self::PARAMETERS);
         let from = q.get("from", DATE_OR_INSTANT, |v| crate::reports::bound(v).ok());
         let to = q.get("to", DATE_OR_INSTANT, |v| crate::reports::bound(v).ok());
-        let after = q
-            .get(
-                "after",
-                "a record number (a whole number, 0 or more)",
-                |v| v.parse::<i64>().ok().filter(|n| *n >= 0),
-            )
-            .unwrap_or(0);
-        let limit = q
-            .get(
-                "limit",
-                "a whole number of at least 1 (pages hold at most 1000)",
-                params::page_size(MAX_PAGE),
-            )
-            .unwrap_or(DEFAULT_PAGE);
+        let (after, limit) = page(&mut q);
         let text = |name: &str| q.text(name).map(str::to_owned);
         let filter = AuditFilter {
             from,
@@ -147,6 +134,26 @@ fn record_view(r: &AuditRow) -> Value {
 
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 1_000;
+
+/// `after` (a record number, 0 by default) and `limit` (100 by default, at most 1000)
+/// of a paged answer.
+fn page(q: &mut Query) -> (i64, i64) {
+    let after = q
+        .get(
+            "after",
+            "a record number (a whole number, 0 or more)",
+            |v| v.parse::<i64>().ok().filter(|n| *n >= 0),
+        )
+        .unwrap_or(0);
+    let limit = q
+        .get(
+            "limit",
+            "a whole number of at least 1 (pages hold at most 1000)",
+            params::page_size(MAX_PAGE),
+        )
+        .unwrap_or(DEFAULT_PAGE);
+    (after, limit)
+}
 
 #[get("/audit/v1/records")]
 async fn list(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, Rejection> {
@@ -239,20 +246,7 @@ async fn subject_records(
     // Paged like the record listing, so one person with thousands of referrals never
     // makes one answer of everything.
     let mut q = Query::parse(req.query_string(), &["after", "limit"]);
-    let after = q
-        .get(
-            "after",
-            "a record number (a whole number, 0 or more)",
-            |v| v.parse::<i64>().ok().filter(|n| *n >= 0),
-        )
-        .unwrap_or(0);
-    let limit = q
-        .get(
-            "limit",
-            "a whole number of at least 1 (pages hold at most 1000)",
-            params::page_size(MAX_PAGE),
-        )
-        .unwrap_or(DEFAULT_PAGE);
+    let (after, limit) = page(&mut q);
     q.finish()?;
     let mut body =
         params::JsonFields::parse(body, &["nhs_number"], "{\"nhs_number\": \"<10 digits>\"}")?;
