@@ -1,6 +1,12 @@
 //! Inbound authentication and authorisation: bearer JWTs from configured issuers, and
 //! the role each configured client (`sub`) holds.
 
+// Input is handled here: no arithmetic or indexing that could panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
+)]
+
 use crate::config::{AuthSettings, ClientSettings};
 use crate::domain::{OdsCode, ProviderId};
 use jsonwebtoken::{
@@ -459,7 +465,7 @@ pub fn mint_token(
             aud: audience,
             iat: now,
             nbf: now,
-            exp: now + ttl_seconds,
+            exp: now.saturating_add(ttl_seconds),
             jti: uuid::Uuid::new_v4().to_string(),
         },
         &key,

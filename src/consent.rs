@@ -1,6 +1,12 @@
 //! The consent gate (contract section 5): a referral goes nowhere without an explicit,
 //! active Consent to share with the routed provider.
 
+// Input is handled here: no arithmetic or indexing that could panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
+)]
+
 use crate::outcome::{Issue, IssueType};
 use crate::routing::Provider;
 use fhir_sdk::r4b::codes::ConsentState;

@@ -2,6 +2,12 @@
 //! engaged, job start, sustained work, closed), checked against the referral's
 //! milestone state machine so the GP never sees an impossible history.
 
+// Input is handled here: no arithmetic or indexing that could panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
+)]
+
 use fhir_sdk::time::{Date, OffsetDateTime, format_description::well_known::Rfc3339};
 use std::str::FromStr;
 
@@ -244,7 +250,7 @@ pub fn parse(body: EventBody, now: OffsetDateTime) -> Result<StatusEvent, Vec<Pr
         }
         _ => {}
     }
-    let mut detail = serde_json::json!({});
+    let mut detail = serde_json::Map::new();
     if event == Milestone::JobStart {
         match body.start_date.as_deref().map(|d| {
             Date::parse(
@@ -252,14 +258,18 @@ pub fn parse(body: EventBody, now: OffsetDateTime) -> Result<StatusEvent, Vec<Pr
                 fhir_sdk::time::macros::format_description!("[year]-[month]-[day]"),
             )
         }) {
-            Some(Ok(d)) => detail["start_date"] = serde_json::json!(d.to_string()),
+            Some(Ok(d)) => {
+                detail.insert("start_date".into(), serde_json::json!(d.to_string()));
+            }
             _ => problems.push((
                 Field::StartDate,
                 "job-start needs start_date (YYYY-MM-DD)".into(),
             )),
         }
         match body.hours_per_week {
-            Some(h) if h > 0.0 && h <= 168.0 => detail["hours_per_week"] = serde_json::json!(h),
+            Some(h) if h > 0.0 && h <= 168.0 => {
+                detail.insert("hours_per_week".into(), serde_json::json!(h));
+            }
             _ => problems.push((
                 Field::HoursPerWeek,
                 "job-start needs hours_per_week (above 0, at most 168)".into(),
@@ -274,7 +284,7 @@ pub fn parse(body: EventBody, now: OffsetDateTime) -> Result<StatusEvent, Vec<Pr
             occurred_at,
             date_only,
             reason,
-            detail,
+            detail: serde_json::Value::Object(detail),
         }),
         _ => Err(problems),
     }

@@ -5,6 +5,12 @@
 //! an `OperationOutcome` whose `issue.expression` names the parameter or field. A
 //! diagnostic never quotes a value.
 
+// Input is handled here: no arithmetic or indexing that could panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
+)]
+
 use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use actix_web::web;
 use serde_json::{Map, Value};
@@ -63,7 +69,7 @@ impl Query {
                     issue = issue.at(name);
                 }
                 issues.push(issue);
-            } else if pairs[..n].iter().any(|(earlier, _)| earlier == name) {
+            } else if pairs.iter().take(n).any(|(earlier, _)| earlier == name) {
                 issues.push(Issue::structure(
                     IssueType::Structure,
                     name.clone(),

@@ -3,6 +3,12 @@
 //! cannot take the gateway from the others. Limits are held in each process: with N
 //! replicas behind a balancer a client may reach up to N times the rate.
 
+// Input is handled here: no arithmetic or indexing that could panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
+)]
+
 use crate::config::RateLimitSettings;
 use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};

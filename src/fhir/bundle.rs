@@ -113,7 +113,10 @@ impl<'a> BundleIndex<'a> {
             }
         }
         for i in 0..entries.len() {
-            let contained = index.items[i].resource.get("contained");
+            let contained = index
+                .items
+                .get(i)
+                .and_then(|item| item.resource.get("contained"));
             for (k, c) in contained
                 .and_then(Value::as_array)
                 .into_iter()

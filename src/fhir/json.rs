@@ -96,14 +96,18 @@ impl<'de> Visitor<'de> for Strict<'_> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
         loop {
-            let last = self.path.len() - 1;
-            let at = self.path[last].len();
-            self.path[last].push_str(&format!("[{}]", items.len()));
+            // The path always holds its root; an index extends its last element.
+            let at = self.path.last().map_or(0, String::len);
+            if let Some(last) = self.path.last_mut() {
+                last.push_str(&format!("[{}]", items.len()));
+            }
             let next = seq.next_element_seed(Strict {
                 path: self.path,
                 duplicate: self.duplicate,
             });
-            self.path[last].truncate(at);
+            if let Some(last) = self.path.last_mut() {
+                last.truncate(at);
+            }
             match next? {
                 Some(v) => items.push(v),
                 None => return Ok(Value::Array(items)),

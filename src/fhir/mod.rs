@@ -1,6 +1,12 @@
 //! FHIR mechanics shared by every stage that reads a message: how references resolve
 //! inside a Bundle, and which resource types the gateway reads.
 
+// Input is handled here: no arithmetic or indexing that could panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
+)]
+
 pub mod bundle;
 pub mod json;
 pub mod types;
@@ -23,12 +29,13 @@ pub fn full_url(resource_type: &str, id: &str) -> String {
 /// patterns). The time crate reads offsets up to ±25:59, which no clock uses.
 pub fn offset_in_range(text: &str) -> bool {
     let b = text.as_bytes();
+    let at = |i: usize| b.get(i).copied();
     let shaped = b.len() >= 16
-        && b[4] == b'-'
-        && b[7] == b'-'
-        && b[10] == b'T'
-        && b[13] == b':'
-        && b[..4].iter().all(u8::is_ascii_digit);
+        && at(4) == Some(b'-')
+        && at(7) == Some(b'-')
+        && at(10) == Some(b'T')
+        && at(13) == Some(b':')
+        && b.iter().take(4).all(u8::is_ascii_digit);
     if !shaped || text.ends_with('Z') {
         return true;
     }

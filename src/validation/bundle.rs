@@ -153,10 +153,9 @@ impl<'a> ParsedBundle<'a> {
         let typed = index
             .nodes()
             .map(|n| {
-                if n.0 < raw_entries.len()
-                    && !raw_entries[n.0]
-                        .get("resource")
-                        .is_some_and(Value::is_object)
+                if raw_entries
+                    .get(n.0)
+                    .is_some_and(|raw| !raw.get("resource").is_some_and(Value::is_object))
                 {
                     return Typed::Invalid;
                 }
@@ -165,7 +164,10 @@ impl<'a> ParsedBundle<'a> {
             .collect();
         // Only the resource type matters here: a MessageHeader that fails its model
         // was reported where it fails.
-        if raw_entries[0].get("resource").is_some_and(Value::is_object)
+        if raw_entries
+            .first()
+            .and_then(|raw| raw.get("resource"))
+            .is_some_and(Value::is_object)
             && index.resource_type(Node(0)) != "MessageHeader"
         {
             issues.push(Issue::structure(
@@ -192,7 +194,8 @@ impl<'a> ParsedBundle<'a> {
     }
 
     pub(super) fn typed(&self, n: Node) -> &Typed {
-        &self.typed[n.0]
+        static INVALID: Typed = Typed::Invalid;
+        self.typed.get(n.0).unwrap_or(&INVALID)
     }
 
     /// The FHIRPath of an element of a resource; `rest` empty for the resource.
@@ -224,7 +227,8 @@ impl<'a> ParsedBundle<'a> {
         for n in (0..self.index.entries()).map(Node) {
             let rt = self.index.resource_type(n);
             if !rt.is_empty() && !types::is_used(rt) {
-                *out.entry(rt.to_owned()).or_insert(0) += 1;
+                let count = out.entry(rt.to_owned()).or_insert(0_usize);
+                *count = count.saturating_add(1);
             }
         }
         out

@@ -7,6 +7,12 @@
 //! MessageDefinition rules are applied. No diagnostic ever quotes a value from the
 //! request.
 
+// Input is handled here: no arithmetic or indexing that could panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
+)]
+
 mod bundle;
 mod dates;
 
@@ -335,7 +341,7 @@ impl Validator<'_> {
         let at = self.path(HEADER, "focus[0]");
         self.resolve(
             HEADER,
-            Some(focus[0]),
+            focus.first().copied(),
             at,
             &["ServiceRequest"],
             "MessageHeader.focus",
@@ -562,9 +568,9 @@ impl Validator<'_> {
         };
         // The latest possible birthday for partial dates, so nobody under age passes.
         let born = dates::latest_day(birth);
-        let mut years = on.year() - born.year();
+        let mut years = on.year().saturating_sub(born.year());
         if (on.month() as u8, on.day()) < (born.month() as u8, born.day()) {
-            years -= 1;
+            years = years.saturating_sub(1);
         }
         if born > on {
             self.push(Issue::business(
