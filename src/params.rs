@@ -15,6 +15,19 @@ use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use actix_web::web;
 use serde_json::{Map, Value};
 
+/// What was read of a parameter or field, or (when nothing could be) an issue naming
+/// it; its value is never quoted.
+fn reported<T>(issues: &mut Vec<Issue>, name: &str, what: &str, read: Option<T>) -> Option<T> {
+    if read.is_none() {
+        issues.push(Issue::structure(
+            IssueType::Value,
+            name,
+            format!("{name} must be {what}"),
+        ));
+    }
+    read
+}
+
 /// A query string being read: each parameter is taken by name, and every problem found
 /// is kept until [`Query::finish`] reports them together.
 #[derive(Debug)]
@@ -96,16 +109,8 @@ impl Query {
         what: &str,
         read: impl FnOnce(&str) -> Option<T>,
     ) -> Option<T> {
-        let value = self.text(name)?;
-        let read = read(value);
-        if read.is_none() {
-            self.issues.push(Issue::structure(
-                IssueType::Value,
-                name,
-                format!("{name} must be {what}"),
-            ));
-        }
-        read
+        let read = read(self.text(name)?);
+        reported(&mut self.issues, name, what, read)
     }
 
     /// [`Query::get`] for a parameter the endpoint needs: missing is a problem too.
@@ -227,17 +232,7 @@ impl JsonFields {
                 None
             }
             None | Some(Value::Null) => None,
-            Some(value) => {
-                let read = read(value);
-                if read.is_none() {
-                    self.issues.push(Issue::structure(
-                        IssueType::Value,
-                        name,
-                        format!("{name} must be {what}"),
-                    ));
-                }
-                read
-            }
+            Some(value) => reported(&mut self.issues, name, what, read(value)),
         }
     }
 
