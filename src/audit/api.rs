@@ -8,8 +8,9 @@ use crate::domain::NhsNumber;
 use crate::intake::{Gateway, RequestIds, process::AuditContext};
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
 use crate::params::{self, DATE_OR_INSTANT, Query};
-use crate::store::{AuditFilter, AuditRow, StoreError};
+use crate::store::{AuditFilter, AuditRow};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 /// The request ids when sent (they are optional here), for the audit record.
@@ -312,62 +313,6 @@ async fn subject_records(
     })))
 }
 
-/// The records written in `[from, to)`, as a contiguous stretch of the chain running
-/// on to the first signed checkpoint at or after its end (so the export verifies on its
-/// own, signature included), in the format asked for. With a `signer`, the chain head
-/// is signed first, so there always is such a checkpoint.
-pub async fn export_range(
-    store: &dyn crate::store::Store,
-    signer: Option<&super::checkpoint::Signer>,
-    from: fhir_sdk::time::OffsetDateTime,
-    to: fhir_sdk::time::OffsetDateTime,
-    format: Format,
-) -> Result<(String, usize), StoreError> {
-    if let Some(signer) = signer {
-        signer.checkpoint(store).await.map_err(|e| match e {
-            super::checkpoint::CheckpointError::Store(e) => e,
-            other => StoreError::Corrupt(other.to_string()),
-        })?;
-    }
-    let checkpoints = store.audit_checkpoints().await?;
-    let filter = AuditFilter {
-        from: Some(from),
-        to: Some(to),
-        ..AuditFilter::default()
-    };
-    let in_range = export::collect(store, &filter).await?;
-    let rows = match (
-        in_range.first().and_then(|r| r.seq),
-        in_range.last().and_then(|r| r.seq),
-    ) {
-        (Some(first), Some(last)) => {
-            let last = checkpoints
-                .iter()
-                .map(|c| c.seq)
-                .find(|seq| *seq >= last)
-                .unwrap_or(last);
-            let mut rows = Vec::new();
-            let mut after = first - 1;
-            while after < last {
-                let page = store.audit_chain(after, (last - after).min(1_000)).await?;
-                let Some(end) = page.last().and_then(|r| r.seq) else {
-                    break;
-                };
-                after = end;
-                rows.extend(page.into_iter().filter(|r| r.seq <= Some(last)));
-            }
-            rows
-        }
-        _ => Vec::new(),
-    };
-    let n = rows.len();
-    let text = match format {
-        Format::Fhir => export::fhir_bundle(&rows, &checkpoints).to_string(),
-        Format::Csv => export::csv(&rows).map_err(StoreError::Corrupt)?,
-    };
-    Ok((text, n))
-}
-
 #[get("/audit/v1/export")]
 async fn export_records(
     req: HttpRequest,
@@ -398,7 +343,7 @@ async fn export_inner(
     let (Some(from), Some(to)) = (from, to) else {
         return Err(server_error());
     };
-    let (text, n) = export_range(
+    let plan = export::ExportPlan::new(
         gw.store.as_ref(),
         gw.checkpoint_signer.as_ref(),
         from,
@@ -412,14 +357,21 @@ async fn export_inner(
         principal,
         "audit.export",
         None,
-        json!({"from": asked["from"], "to": asked["to"], "format": asked["format"], "count": n}),
+        json!({"from": asked["from"], "to": asked["to"], "format": asked["format"], "count": plan.records()}),
     )
     .await?;
-    let content_type = match format {
-        Format::Fhir => "application/fhir+json",
-        Format::Csv => "text/csv; charset=utf-8",
-    };
-    Ok(HttpResponse::Ok().content_type(content_type).body(text))
+    let content_type = plan.content_type();
+    // Streamed a page at a time; a store failure part-way cuts the answer short,
+    // which a reader sees as a broken transfer, never as a complete export.
+    let body = plan.stream(gw.store.clone()).map(|chunk| {
+        chunk.map(web::Bytes::from).map_err(|e| {
+            tracing::error!(error = %e, "audit export failed part-way");
+            actix_web::error::ErrorInternalServerError("audit export failed")
+        })
+    });
+    Ok(HttpResponse::Ok()
+        .content_type(content_type)
+        .streaming(body))
 }
 
 /// Runs `audit verify` for an auditor: the answer says whether the chain is intact

@@ -171,13 +171,19 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
                 },
                 _ => None,
             };
-            let exported =
-                super::api::export_range(store.as_ref(), signer.as_ref(), from_t, to_t, format_v)
-                    .await;
-            let (text, n) = match exported {
-                Ok(t) => t,
+            let plan = match super::export::ExportPlan::new(
+                store.as_ref(),
+                signer.as_ref(),
+                from_t,
+                to_t,
+                format_v,
+            )
+            .await
+            {
+                Ok(p) => p,
                 Err(e) => return failed(e),
             };
+            let n = plan.records();
             if let Err(code) = record(
                 store.as_ref(),
                 "audit.export",
@@ -187,22 +193,44 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
             {
                 return code;
             }
-            match output {
-                Some(path) => match std::fs::write(&path, text) {
-                    Ok(()) => {
-                        eprintln!("{n} records written to {}", path.display());
-                        ExitCode::SUCCESS
+            let written = match &output {
+                Some(path) => match std::fs::File::create(path) {
+                    Ok(file) => {
+                        write_export(plan, store.clone(), std::io::BufWriter::new(file)).await
                     }
-                    Err(e) => failed(format!("cannot write {}: {e}", path.display())),
+                    Err(e) => Err(format!("cannot write {}: {e}", path.display())),
                 },
-                None => {
-                    println!("{text}");
+                None => write_export(plan, store.clone(), std::io::stdout().lock()).await,
+            };
+            match (written, output) {
+                (Err(e), _) => failed(e),
+                (Ok(()), Some(path)) => {
+                    eprintln!("{n} records written to {}", path.display());
                     ExitCode::SUCCESS
                 }
+                (Ok(()), None) => ExitCode::SUCCESS,
             }
         }
         AuditCommand::VerifyExport { .. } => ExitCode::SUCCESS,
     }
+}
+
+/// Writes an export a page at a time, so its memory is one page whatever its range.
+async fn write_export(
+    plan: super::export::ExportPlan,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    mut out: impl std::io::Write,
+) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let mut chunks = std::pin::pin!(plan.stream(store));
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| e.to_string())?;
+        out.write_all(&chunk)
+            .map_err(|e| format!("cannot write the export: {e}"))?;
+    }
+    out.write_all(b"\n")
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write the export: {e}"))
 }
 
 fn verify_export(

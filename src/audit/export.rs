@@ -38,19 +38,6 @@ impl std::str::FromStr for Format {
     }
 }
 
-/// Every record matching `filter`, in chain order.
-pub async fn collect(store: &dyn Store, filter: &AuditFilter) -> Result<Vec<AuditRow>, StoreError> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = store.audit_query(filter, after, 1_000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.seq.unwrap_or(after);
-        all.extend(page);
-    }
-    Ok(all)
-}
-
 fn instant(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
@@ -273,34 +260,6 @@ fn checkpoint_provenance(c: &CheckpointRow) -> Value {
     })
 }
 
-/// The FHIR export: a `collection` Bundle of AuditEvents in chain order, then the
-/// checkpoints that fall inside the range.
-pub fn fhir_bundle(rows: &[AuditRow], checkpoints: &[CheckpointRow]) -> Value {
-    let first = rows.first().and_then(|r| r.seq).unwrap_or(0);
-    let last = rows.last().and_then(|r| r.seq).unwrap_or(-1);
-    let mut entries: Vec<Value> = rows
-        .iter()
-        .map(|r| json!({"fullUrl": crate::fhir::full_url("AuditEvent", &r.seq.unwrap_or(r.id).to_string()), "resource": audit_event(r)}))
-        .collect();
-    entries.extend(
-        checkpoints
-            .iter()
-            .filter(|c| (first..=last).contains(&c.seq))
-            .map(|c| json!({"fullUrl": crate::fhir::full_url("Provenance", &format!("checkpoint-{}", c.seq)), "resource": checkpoint_provenance(c)})),
-    );
-    let mut bundle = json!({
-        "resourceType": "Bundle",
-        "id": uuid::Uuid::new_v4().to_string(),
-        "type": "collection",
-        "timestamp": instant(OffsetDateTime::now_utc()),
-    });
-    // FHIR allows no empty arrays (ele-1): an empty range has no `entry`.
-    if !entries.is_empty() {
-        bundle["entry"] = json!(entries);
-    }
-    bundle
-}
-
 /// CSV column names, in order.
 pub const CSV_COLUMNS: [&str; 19] = [
     "seq",
@@ -324,37 +283,248 @@ pub const CSV_COLUMNS: [&str; 19] = [
     "hash",
 ];
 
-/// The CSV export: a header row, then one row per record.
-pub fn csv(rows: &[AuditRow]) -> Result<String, String> {
+fn csv_row(r: &AuditRow) -> [String; 19] {
+    let o = |v: &Option<String>| v.clone().unwrap_or_default();
+    [
+        r.seq.map(|s| s.to_string()).unwrap_or_default(),
+        r.id.to_string(),
+        instant(r.recorded_at),
+        r.action.clone(),
+        r.outcome.clone(),
+        r.http_status.map(|s| s.to_string()).unwrap_or_default(),
+        o(&r.client_id),
+        o(&r.role),
+        o(&r.actor_identity),
+        o(&r.referral_id),
+        o(&r.subject),
+        o(&r.recipient),
+        o(&r.request_id),
+        o(&r.correlation_id),
+        o(&r.mapping_version),
+        o(&r.key_version),
+        r.detail.clone(),
+        o(&r.prev_hash),
+        o(&r.hash),
+    ]
+}
+
+/// CSV lines for `rows`, with the header row first when `header` is set.
+fn csv_lines(rows: &[AuditRow], header: bool) -> Result<Vec<u8>, StoreError> {
+    let corrupt = |e: csv::Error| StoreError::Corrupt(format!("CSV export: {e}"));
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record(CSV_COLUMNS).map_err(|e| e.to_string())?;
-    for r in rows {
-        let o = |v: &Option<String>| v.clone().unwrap_or_default();
-        w.write_record([
-            r.seq.map(|s| s.to_string()).unwrap_or_default(),
-            r.id.to_string(),
-            instant(r.recorded_at),
-            r.action.clone(),
-            r.outcome.clone(),
-            r.http_status.map(|s| s.to_string()).unwrap_or_default(),
-            o(&r.client_id),
-            o(&r.role),
-            o(&r.actor_identity),
-            o(&r.referral_id),
-            o(&r.subject),
-            o(&r.recipient),
-            o(&r.request_id),
-            o(&r.correlation_id),
-            o(&r.mapping_version),
-            o(&r.key_version),
-            r.detail.clone(),
-            o(&r.prev_hash),
-            o(&r.hash),
-        ])
-        .map_err(|e| e.to_string())?;
+    if header {
+        w.write_record(CSV_COLUMNS).map_err(corrupt)?;
     }
-    let bytes = w.into_inner().map_err(|e| e.to_string())?;
-    String::from_utf8(bytes).map_err(|e| e.to_string())
+    for r in rows {
+        w.write_record(csv_row(r)).map_err(corrupt)?;
+    }
+    w.into_inner()
+        .map_err(|e| StoreError::Corrupt(format!("CSV export: {e}")))
+}
+
+/// How many chain records are read and written at a time: an export's memory is one
+/// page, whatever its range.
+const EXPORT_PAGE: i64 = 1_000;
+
+/// What an export covers, settled before its first byte is written: the stretch of the
+/// chain from the first record in the time range to the last, run on to the first
+/// signed checkpoint at or after that (so the export verifies on its own, signature
+/// included), and the checkpoints inside it.
+#[derive(Debug, Clone)]
+pub struct ExportPlan {
+    /// `first..=last` chain positions; `None` when no record falls in the range.
+    span: Option<(i64, i64)>,
+    checkpoints: Vec<CheckpointRow>,
+    format: Format,
+}
+
+impl ExportPlan {
+    /// Finds the stretch for `[from, to)`. With a `signer`, the chain head is signed
+    /// first, so there always is a checkpoint to run on to. The range is read a page at
+    /// a time, keeping only its ends.
+    pub async fn new(
+        store: &dyn Store,
+        signer: Option<&super::checkpoint::Signer>,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        format: Format,
+    ) -> Result<Self, StoreError> {
+        if let Some(signer) = signer {
+            signer.checkpoint(store).await.map_err(|e| match e {
+                super::checkpoint::CheckpointError::Store(e) => e,
+                other => StoreError::Corrupt(other.to_string()),
+            })?;
+        }
+        let filter = AuditFilter {
+            from: Some(from),
+            to: Some(to),
+            ..AuditFilter::default()
+        };
+        let mut ends: Option<(i64, i64)> = None;
+        let mut after = 0;
+        loop {
+            let page = store.audit_query(&filter, after, EXPORT_PAGE).await?;
+            let (Some(first), Some(last)) = (
+                page.first().and_then(|r| r.seq),
+                page.last().and_then(|r| r.seq),
+            ) else {
+                break;
+            };
+            ends = Some((ends.map_or(first, |(f, _)| f), last));
+            after = last;
+        }
+        let all = store.audit_checkpoints().await?;
+        let span = ends.map(|(first, last)| {
+            let last = all
+                .iter()
+                .map(|c| c.seq)
+                .find(|seq| *seq >= last)
+                .unwrap_or(last);
+            (first, last)
+        });
+        let checkpoints = match span {
+            Some((first, last)) => all
+                .into_iter()
+                .filter(|c| (first..=last).contains(&c.seq))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Self {
+            span,
+            checkpoints,
+            format,
+        })
+    }
+
+    /// How many records the export holds.
+    pub fn records(&self) -> u64 {
+        self.span.map_or(0, |(first, last)| {
+            u64::try_from(last.saturating_sub(first).saturating_add(1)).unwrap_or(0)
+        })
+    }
+
+    /// The export's MIME type.
+    pub fn content_type(&self) -> &'static str {
+        match self.format {
+            Format::Fhir => "application/fhir+json",
+            Format::Csv => "text/csv; charset=utf-8",
+        }
+    }
+
+    /// The export as a stream of chunks, one page of records each: a FHIR
+    /// `collection` Bundle of AuditEvents in chain order followed by the checkpoints
+    /// inside it, or a CSV with a header row and one row per record.
+    pub fn stream(
+        self,
+        store: std::sync::Arc<dyn Store>,
+    ) -> impl futures_util::Stream<Item = Result<Vec<u8>, StoreError>> + 'static {
+        enum Step {
+            Head,
+            Page(i64),
+            Tail,
+            Done,
+        }
+        futures_util::stream::unfold(Step::Head, move |step| {
+            let store = store.clone();
+            let plan = self.clone();
+            async move {
+                let (chunk, next) = match step {
+                    Step::Done => return None,
+                    Step::Head => {
+                        let next = match plan.span {
+                            Some((first, _)) => Step::Page(first.saturating_sub(1)),
+                            None => Step::Tail,
+                        };
+                        (Ok(plan.head()), next)
+                    }
+                    Step::Tail => (Ok(plan.tail()), Step::Done),
+                    Step::Page(after) => match plan.page(store.as_ref(), after).await {
+                        Ok((chunk, Some(end))) => (Ok(chunk), Step::Page(end)),
+                        Ok((chunk, None)) => (Ok(chunk), Step::Tail),
+                        // Nothing more after a failure: the answer is cut short.
+                        Err(e) => (Err(e), Step::Done),
+                    },
+                };
+                Some((chunk, next))
+            }
+        })
+    }
+
+    fn head(&self) -> Vec<u8> {
+        match self.format {
+            Format::Fhir => {
+                let head = json!({
+                    "resourceType": "Bundle",
+                    "id": uuid::Uuid::new_v4().to_string(),
+                    "type": "collection",
+                    "timestamp": instant(OffsetDateTime::now_utc()),
+                })
+                .to_string();
+                // Reopen the object for the entries; FHIR allows no empty arrays
+                // (ele-1), so an empty range has no `entry`.
+                let mut out = head.trim_end_matches('}').to_owned();
+                if self.span.is_some() {
+                    out.push_str(",\"entry\":[");
+                }
+                out.into_bytes()
+            }
+            Format::Csv => csv_lines(&[], true).unwrap_or_default(),
+        }
+    }
+
+    /// The page after `after`, and where the next one starts (`None` at the end).
+    async fn page(
+        &self,
+        store: &dyn Store,
+        after: i64,
+    ) -> Result<(Vec<u8>, Option<i64>), StoreError> {
+        let Some((first, last)) = self.span else {
+            return Ok((Vec::new(), None));
+        };
+        let want = last.saturating_sub(after).clamp(0, EXPORT_PAGE);
+        let rows: Vec<AuditRow> = store
+            .audit_chain(after, want)
+            .await?
+            .into_iter()
+            .filter(|r| r.seq.is_some_and(|s| s <= last))
+            .collect();
+        let end = rows.last().and_then(|r| r.seq);
+        let next = end.filter(|end| *end < last);
+        let chunk = match self.format {
+            Format::Csv => csv_lines(&rows, false)?,
+            Format::Fhir => {
+                let mut out = Vec::new();
+                for r in &rows {
+                    if r.seq != Some(first) {
+                        out.push(b',');
+                    }
+                    let entry = json!({"fullUrl": crate::fhir::full_url("AuditEvent", &r.seq.unwrap_or(r.id).to_string()), "resource": audit_event(r)});
+                    serde_json::to_writer(&mut out, &entry)
+                        .map_err(|e| StoreError::Corrupt(format!("FHIR export: {e}")))?;
+                }
+                out
+            }
+        };
+        Ok((chunk, next))
+    }
+
+    fn tail(&self) -> Vec<u8> {
+        match self.format {
+            Format::Csv => Vec::new(),
+            Format::Fhir => {
+                let mut out = String::new();
+                for c in &self.checkpoints {
+                    out.push(',');
+                    out.push_str(&json!({"fullUrl": crate::fhir::full_url("Provenance", &format!("checkpoint-{}", c.seq)), "resource": checkpoint_provenance(c)}).to_string());
+                }
+                if self.span.is_some() {
+                    out.push(']');
+                }
+                out.push('}');
+                out.into_bytes()
+            }
+        }
+    }
 }
 
 /// What checking an exported FHIR Bundle found.

@@ -749,6 +749,74 @@ async fn exports_carry_every_record_and_verify_without_the_database(db: Db) {
     assert_eq!((exports("allowed"), exports("rejected")), (2, 1));
 }
 
+/// An export is read and written a page at a time; one spanning several pages is the
+/// same whole, contiguous export, in both formats, and verifies on its own.
+async fn an_export_longer_than_a_page_is_whole_and_verifies(db: Db) {
+    let app = TestApp::spawn(db).await;
+    for _ in 0..2_500 {
+        app.store
+            .append_audit(&audit_record("referral.read"))
+            .await
+            .unwrap();
+    }
+    let fhir = auditor_get(
+        &app,
+        "auditor",
+        "/audit/v1/export?from=2000-01-01&to=2100-01-01&format=fhir",
+    )
+    .await;
+    assert_eq!(fhir.status, 200);
+    let bundle = fhir.json();
+    let seqs: Vec<i64> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["resource"]["resourceType"] == "AuditEvent")
+        .map(|e| {
+            e["fullUrl"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    let head = *seqs.last().unwrap();
+    assert_eq!(
+        seqs,
+        (1..=head).collect::<Vec<_>>(),
+        "every record, once, in order"
+    );
+    assert!(head >= 2_500);
+    let v = export::verify_bundle(&bundle, &verifying_keys()).unwrap();
+    assert_eq!(v.problem, None);
+    assert_eq!(
+        v.covered as i64, head,
+        "the signed head covers the whole export"
+    );
+
+    let csv = auditor_get(
+        &app,
+        "auditor",
+        "/audit/v1/export?from=2000-01-01&to=2100-01-01&format=csv",
+    )
+    .await;
+    assert_eq!(csv.status, 200);
+    let mut reader = csv::Reader::from_reader(csv.text.as_bytes());
+    let rows: Vec<i64> = reader
+        .records()
+        .map(|r| r.unwrap()[0].parse().unwrap())
+        .collect();
+    // Everything so far, now including the FHIR export's own record.
+    assert_eq!(
+        rows,
+        (1..=head + 1).collect::<Vec<_>>(),
+        "one row a record, in order"
+    );
+}
+
 async fn checkpoints_found_by_the_auditor_verify_endpoint(db: Db) {
     let (app, _p, _id) = busy_gateway(db).await;
     let signer = Signer::from_settings(&checkpoint_settings()).unwrap();
@@ -1004,6 +1072,7 @@ async fn a_record_forged_past_the_head_is_found_while_it_blocks_sealing(db: Db) 
 }
 
 on_both_databases!(
+    an_export_longer_than_a_page_is_whole_and_verifies,
     a_running_gateway_seals_its_records_by_itself,
     a_record_forged_past_the_head_is_found_while_it_blocks_sealing,
     every_decision_is_one_chained_record_naming_the_subject_by_pseudonym,
