@@ -429,6 +429,15 @@ pub struct ServerSettings {
     /// How long `/health/ready` waits for the database before answering 503.
     #[serde(default = "default_ready_timeout")]
     pub ready_timeout_ms: u64,
+    /// The longest the gateway works on one request once its head has arrived, body
+    /// included; then 503 with `Retry-After`, and anything half done is rolled back.
+    /// A database that stops answering mid-statement is cut off here.
+    #[serde(default = "default_handler_timeout")]
+    pub handler_timeout_ms: u64,
+}
+
+fn default_handler_timeout() -> u64 {
+    30_000
 }
 
 fn default_client_request_timeout() -> u64 {
@@ -721,6 +730,7 @@ impl Settings {
             ),
             ("server.body_timeout_ms", self.server.body_timeout_ms),
             ("server.ready_timeout_ms", self.server.ready_timeout_ms),
+            ("server.handler_timeout_ms", self.server.handler_timeout_ms),
             (
                 "server.tls_handshake_timeout_ms",
                 self.server.tls_handshake_timeout_ms,
@@ -745,6 +755,13 @@ impl Settings {
                      answering would hold the gateway indefinitely"
                 )));
             }
+        }
+        if self.server.handler_timeout_ms <= self.server.body_timeout_ms {
+            return Err(ConfigError::Invalid(
+                "server.handler_timeout_ms must be above server.body_timeout_ms: a request's \
+                 body is read inside its handler's time"
+                    .into(),
+            ));
         }
         for (id, provider) in &self.providers {
             ProviderId::parse(id)

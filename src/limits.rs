@@ -6,7 +6,8 @@
 //! closed); and any error answer that is not already FHIR (actix's own, in plain text)
 //! becomes an OperationOutcome. The deadlines on the connection itself (request head,
 //! keep-alive, shutdown, TLS handshake) and the cap on connections are actix's, set in
-//! [`crate::startup`].
+//! [`crate::startup`]; a request whose handler has not answered within
+//! `server.handler_timeout_ms` is answered 503.
 
 use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use actix_web::{
@@ -38,6 +39,8 @@ pub struct Limits {
     pub body_min_bytes_per_second: u64,
     /// The largest total of header names and values.
     pub max_header_bytes: usize,
+    /// The longest a request is worked on, body included.
+    pub handler_timeout: Duration,
 }
 
 impl Limits {
@@ -46,6 +49,7 @@ impl Limits {
             body_timeout: Duration::from_millis(server.body_timeout_ms),
             body_min_bytes_per_second: server.body_min_bytes_per_second,
             max_header_bytes: server.max_header_bytes,
+            handler_timeout: Duration::from_millis(server.handler_timeout_ms),
         }
     }
 }
@@ -101,7 +105,28 @@ pub async fn guard(
     });
     // (Handlers' and extractors' errors arrive as responses; an `Err` here would come
     // from a middleware inside this one, of which there is none.)
-    let res = next.call(req).await?.map_into_boxed_body();
+    // (No clone of the request may be held here: routing needs it to itself.)
+    let path = req.path().to_owned();
+    let res = match tokio::time::timeout(limits.handler_timeout, next.call(req)).await {
+        Ok(res) => res?.map_into_boxed_body(),
+        Err(_) => {
+            // Dropping the handler rolls back whatever transaction it had open, so
+            // nothing it did stands and the client may send again. The error is
+            // answered by actix as the Rejection's own response.
+            tracing::error!(
+                path,
+                limit_ms = limits.handler_timeout.as_millis(),
+                "request not answered within server.handler_timeout_ms; answering 503"
+            );
+            return Err(Rejection::one(Issue::new(
+                RecCode::ServiceUnavailable,
+                IssueType::Transient,
+                "the gateway could not finish this request in time; send it again after the \
+                 Retry-After interval, with the same X-Request-Id",
+            ))
+            .into());
+        }
+    };
     let status = res.status();
     let failed = status.is_client_error() || status.is_server_error();
     if expired.get() && failed && status != StatusCode::REQUEST_TIMEOUT {
@@ -277,6 +302,7 @@ mod tests {
 
     fn limits(rate: u64) -> Limits {
         Limits {
+            handler_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(10),
             body_min_bytes_per_second: rate,
             max_header_bytes: 1024,

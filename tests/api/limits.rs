@@ -1,13 +1,16 @@
 //! Never hang, fail fast and say so: a database that goes away is answered 503 within
 //! about a second, and the gateway recovers on its own; a failure after a referral was
 //! stored does not tell the sender it was not; a client that stalls is cut off at its
-//! deadline without holding up the next one; and every such refusal, actix's own
+//! deadline without holding up the next one; a database that stops answering is cut
+//! off at the request deadline; and every such refusal, actix's own
 //! included, is an OperationOutcome.
 
 use crate::helpers::*;
 use crate::on_both_databases;
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,6 +26,27 @@ struct Proxy {
     address: SocketAddr,
     target: String,
     task: Option<tokio::task::JoinHandle<()>>,
+    /// While set, the proxy keeps every connection open and passes nothing on: a
+    /// network path that drops packets rather than refusing them.
+    silent: Arc<AtomicBool>,
+}
+
+/// Copies `from` to `to` until either closes; while `silent`, what arrives is dropped.
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    silent: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if !silent.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -33,6 +57,7 @@ impl Proxy {
             address,
             target: target.to_owned(),
             task: None,
+            silent: Arc::new(AtomicBool::new(false)),
         };
         proxy.serve(listener);
         proxy
@@ -40,14 +65,21 @@ impl Proxy {
 
     fn serve(&mut self, listener: TcpListener) {
         let target = self.target.clone();
+        let silent = self.silent.clone();
         self.task = Some(tokio::spawn(async move {
             // Each connection's task is aborted with the listener's, closing both sides.
             let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
                 let target = target.clone();
+                let silent = silent.clone();
                 connections.spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    if let Ok(server) = TcpStream::connect(&target).await {
+                        let (client_in, client_out) = client.into_split();
+                        let (server_in, server_out) = server.into_split();
+                        tokio::select! {
+                            () = forward(client_in, server_out, silent.clone()) => {}
+                            () = forward(server_in, client_out, silent) => {}
+                        }
                     }
                 });
             }
@@ -217,6 +249,74 @@ async fn the_database_going_away_is_answered_503_promptly_and_the_gateway_recove
     let again = app.send("gp-a", &referral()).await;
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(app.get("gp-a", &read_path).await.status, 200);
+    assert_eq!(app.referral_count().await, 2, "nothing was half-stored");
+}
+
+async fn a_database_that_stops_answering_is_cut_off_at_the_request_deadline(db: Db) {
+    // The fault: PostgreSQL's packets are dropped with every connection left open, so
+    // no error ever comes back; SQLite is held by another write lock longer than the
+    // request may take (the default busy timeout of ten seconds).
+    let (url, _database) = fresh_database(db).await;
+    let limits = "[server]\nhandler_timeout_ms = 1500\nbody_timeout_ms = 1000\n";
+    let (app, proxy) = match db {
+        Db::Postgres => {
+            let target = postgres_address();
+            let proxy = Proxy::start(&target).await;
+            let url = url.replacen(&target, &proxy.address.to_string(), 1);
+            (TestApp::spawn_at(&url, limits).await, Some(proxy))
+        }
+        Db::Sqlite => (TestApp::spawn_at(&url, limits).await, None),
+    };
+    let first = app.send("gp-a", &referral()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+
+    let mut lock = None;
+    match &proxy {
+        Some(proxy) => proxy.silent.store(true, Ordering::SeqCst),
+        None => {
+            use sqlx::Connection;
+            let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
+                .await
+                .unwrap();
+            sqlx::query("BEGIN EXCLUSIVE")
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            lock = Some(conn);
+        }
+    }
+    let (reply, took) = timed(app.send("gp-a", &referral())).await;
+    assert_unavailable(&reply, took, "a referral while the database is silent");
+    let (reply, took) = timed(app.get("operator", "/operator/v1/deliveries")).await;
+    assert_unavailable(
+        &reply,
+        took,
+        "an operator's list while the database is silent",
+    );
+
+    match (&proxy, lock.take()) {
+        (Some(proxy), _) => proxy.silent.store(false, Ordering::SeqCst),
+        (None, Some(mut conn)) => {
+            sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+        }
+        (None, None) => unreachable!("SQLite was locked"),
+    }
+    // Once the database answers again, so does the gateway, without a restart; the
+    // referral cut off was not half stored.
+    let mut again = None;
+    for _ in 0..50 {
+        let reply = app.send("gp-a", &referral()).await;
+        if reply.status == 200 {
+            again = Some(reply);
+            break;
+        }
+        assert_eq!(reply.status, 503, "{}", reply.text);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        again.is_some(),
+        "the gateway accepts again once the database answers"
+    );
     assert_eq!(app.referral_count().await, 2, "nothing was half-stored");
 }
 
@@ -543,6 +643,7 @@ async fn a_referral_stored_but_not_read_back_is_still_answered_as_accepted(db: D
 on_both_databases!(
     a_referral_stored_but_not_read_back_is_still_answered_as_accepted,
     the_database_going_away_is_answered_503_promptly_and_the_gateway_recovers,
+    a_database_that_stops_answering_is_cut_off_at_the_request_deadline,
     a_stalled_body_is_cut_off_at_its_deadline_and_the_next_request_is_served,
     a_body_slower_than_the_minimum_rate_is_cut_off_before_the_total_deadline,
     idle_and_surplus_connections_are_bounded,
