@@ -3,6 +3,12 @@
 //! Every type here can only be built through a parser that enforces its rules, so the
 //! rest of the pipeline never re-checks an NHS number or an ODS code.
 
+// Input is handled here: no arithmetic or indexing that could panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
+)]
+
 mod nhs_number;
 mod ods_code;
 mod reference;

@@ -24,37 +24,35 @@ pub enum NhsNumberError {
 impl NhsNumber {
     /// Parses `9434765919` or `943 476 5919`; stores the digits only.
     pub fn parse(raw: &str) -> Result<Self, NhsNumberError> {
-        let digits: Vec<u8> = raw
-            .bytes()
-            .filter(|b| *b != b' ')
-            .map(|b| {
-                if b.is_ascii_digit() {
-                    b - b'0'
-                } else {
-                    u8::MAX
-                }
-            })
+        let digits: Vec<u32> = raw
+            .chars()
+            .filter(|c| *c != ' ')
+            .map(|c| c.to_digit(10).unwrap_or(u32::MAX))
             .collect();
-        if digits.len() != 10 || digits.contains(&u8::MAX) {
+        let [rest @ .., check_digit] = digits.as_slice() else {
+            return Err(NhsNumberError::NotTenDigits);
+        };
+        if digits.len() != 10 || digits.contains(&u32::MAX) {
             return Err(NhsNumberError::NotTenDigits);
         }
-        if digits.iter().all(|d| *d == digits[0]) {
+        if digits.iter().all(|d| Some(d) == digits.first()) {
             return Err(NhsNumberError::AllSameDigit);
         }
-        let sum: u32 = digits[..9]
+        // Ten digits of at most 9, weights of at most 10: no sum here can overflow.
+        let sum: u32 = rest
             .iter()
             .zip((2..=10u32).rev())
-            .map(|(d, w)| u32::from(*d) * w)
-            .sum();
-        let check = match 11 - (sum % 11) {
+            .map(|(d, w)| d.saturating_mul(w))
+            .fold(0, u32::saturating_add);
+        let check = match 11u32.saturating_sub(sum % 11) {
             11 => 0,
             10 => return Err(NhsNumberError::CheckDigit),
             c => c,
         };
-        if check != u32::from(digits[9]) {
+        if check != *check_digit {
             return Err(NhsNumberError::CheckDigit);
         }
-        Ok(Self(digits.iter().map(|d| char::from(b'0' + d)).collect()))
+        Ok(Self(raw.chars().filter(char::is_ascii_digit).collect()))
     }
 
     /// The ten digits, for storage and for keyed pseudonyms. Never for logs.

@@ -19,11 +19,19 @@ impl ReferralReference {
         let mut bytes = [0u8; 8];
         // The OS random source failing is unrecoverable for the process.
         getrandom::fill(&mut bytes).expect("operating system random source");
-        let chars: String = bytes
+        let chars: Vec<char> = bytes
             .iter()
-            .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+            .filter_map(|b| {
+                let at = usize::from(*b).checked_rem(ALPHABET.len())?;
+                ALPHABET.get(at).copied().map(char::from)
+            })
             .collect();
-        Self(format!("{prefix}-{}-{}", &chars[..4], &chars[4..]))
+        let (first, second) = chars.split_at(chars.len().min(4));
+        Self(format!(
+            "{prefix}-{}-{}",
+            first.iter().collect::<String>(),
+            second.iter().collect::<String>()
+        ))
     }
 
     /// Wraps a reference read back from the store.

@@ -15,6 +15,14 @@ pub mod types;
 /// the base of the absolute `fullUrl`s of resources whose ids are not UUIDs.
 pub const BASE: &str = "https://thrive-gateway.nhs.uk/fhir/r4";
 
+/// Sets `key` on a JSON object the gateway is building; anything but an object is left
+/// as it is (where `value[key] = ...` would panic).
+pub fn set(object: &mut serde_json::Value, key: &str, value: serde_json::Value) {
+    if let Some(map) = object.as_object_mut() {
+        map.insert(key.to_owned(), value);
+    }
+}
+
 /// An absolute `fullUrl`: `urn:uuid:` for a UUID id, else the gateway's base.
 pub fn full_url(resource_type: &str, id: &str) -> String {
     if uuid::Uuid::parse_str(id).is_ok() {

@@ -1,6 +1,12 @@
 //! Intake: the HTTP face GP systems, providers, auditors and operators see. Handlers
 //! here only translate between HTTP and the pipeline; decisions live in [`process`].
 
+// Input is handled here: no arithmetic or indexing that could panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
+)]
+
 mod definitions;
 pub mod process;
 pub mod response;
@@ -172,7 +178,7 @@ async fn read_body(payload: &mut web::Payload, limit: usize) -> Result<web::Byte
                 ))
             }
         })?;
-        if body.len() + chunk.len() > limit {
+        if body.len().saturating_add(chunk.len()) > limit {
             return Err(too_large());
         }
         body.extend_from_slice(&chunk);

@@ -570,10 +570,11 @@ fn accepted_detail(
 /// check; read only to name the subject of a refusal.
 fn subject_nhs_number(body: &[u8]) -> Option<crate::domain::NhsNumber> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let mut found = value["entry"]
+    let mut found = value
+        .get("entry")?
         .as_array()?
         .iter()
-        .map(|e| &e["resource"])
+        .filter_map(|e| e.get("resource"))
         .filter(|r| r["resourceType"] == "Patient")
         .flat_map(|r| r["identifier"].as_array().into_iter().flatten())
         .filter(|i| i["system"] == crate::domain::NHS_NUMBER_SYSTEM)

@@ -4,7 +4,7 @@
 
 use super::process::Outcome;
 use crate::domain::ODS_SYSTEM;
-use crate::fhir::{BASE, full_url};
+use crate::fhir::{BASE, full_url, set};
 use crate::store::{EventRow, ReferralRow, ReferralStatus};
 use crate::validation::{MESSAGE_EVENTS, SNOMED};
 use serde_json::{Value, json};
@@ -30,8 +30,12 @@ const CONTAINER: &str = "#";
 /// GP system sees contained, with the event's id and based on the referral.
 pub fn event_task(row: &ReferralRow, e: &EventRow) -> Value {
     let mut task = milestone_task(0, e, &format!("ServiceRequest/{}", row.id));
-    task["id"] = json!(e.id);
-    task["meta"] = json!({"lastUpdated": fhir_instant(e.recorded_at)});
+    set(&mut task, "id", json!(e.id));
+    set(
+        &mut task,
+        "meta",
+        json!({"lastUpdated": fhir_instant(e.recorded_at)}),
+    );
     task
 }
 
@@ -46,7 +50,7 @@ fn milestone_task(n: usize, e: &EventRow, based_on: &str) -> Value {
     };
     let mut task = json!({
         "resourceType": "Task",
-        "id": format!("milestone-{}", n + 1),
+        "id": format!("milestone-{}", n.saturating_add(1)),
         "status": status,
         "intent": "order",
         "basedOn": [{"reference": based_on}],
@@ -66,17 +70,21 @@ fn milestone_task(n: usize, e: &EventRow, based_on: &str) -> Value {
                 }),
             );
         }
-        task["statusReason"] = json!({"coding": coding, "text": reason});
+        set(
+            &mut task,
+            "statusReason",
+            json!({"coding": coding, "text": reason}),
+        );
     }
     if let Ok(detail) = serde_json::from_str::<Value>(&e.detail)
         && detail.as_object().is_some_and(|d| !d.is_empty())
     {
-        task["output"] = json!(detail
+        set(&mut task, "output", json!(detail
             .as_object()
             .into_iter()
             .flatten()
             .map(|(k, v)| json!({"type": {"text": k}, "valueString": v.to_string().trim_matches('"')}))
-            .collect::<Vec<_>>());
+            .collect::<Vec<_>>()));
     }
     task
 }
@@ -105,17 +113,21 @@ pub fn service_request(row: &ReferralRow, events: &[EventRow]) -> Value {
         "requester": {"identifier": {"system": ODS_SYSTEM, "value": row.practice_ods}},
         "performer": [{"display": row.provider}],
     });
-    sr["extension"]
-        .as_array_mut()
+    sr.get_mut("extension")
+        .and_then(Value::as_array_mut)
         .into_iter()
         .for_each(|x| x.push(json!({"url": MILESTONE_EXTENSION, "valueCode": row.milestone})));
     if !events.is_empty() {
-        sr["contained"] = json!(
-            events
-                .iter()
-                .enumerate()
-                .map(|(n, e)| milestone_task(n, e, CONTAINER))
-                .collect::<Vec<_>>()
+        set(
+            &mut sr,
+            "contained",
+            json!(
+                events
+                    .iter()
+                    .enumerate()
+                    .map(|(n, e)| milestone_task(n, e, CONTAINER))
+                    .collect::<Vec<_>>()
+            ),
         );
     }
     sr
@@ -141,7 +153,11 @@ fn encounter(row: &ReferralRow, status: &str, rejected: Option<&str>) -> Value {
         "basedOn": [{"reference": full_url("ServiceRequest", &row.id)}],
     });
     if let Some(code) = rejected {
-        encounter["reasonCode"] = json!([{"coding": [{"system": REJECTED_REASONS, "code": code}]}]);
+        set(
+            &mut encounter,
+            "reasonCode",
+            json!([{"coding": [{"system": REJECTED_REASONS, "code": code}]}]),
+        );
     }
     encounter
 }
@@ -162,7 +178,11 @@ fn response_message(
 ) -> Value {
     let header_id = uuid::Uuid::new_v4().to_string();
     let sr_url = full_url("ServiceRequest", &row.id);
-    let encounter_id = encounter["id"].as_str().unwrap_or_default().to_owned();
+    let encounter_id = encounter
+        .get("id")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let now = fhir_instant(fhir_sdk::time::OffsetDateTime::now_utc());
     json!({
         "resourceType": "Bundle",
@@ -226,7 +246,11 @@ pub fn milestone(row: &ReferralRow, history: &[EventRow], event_id: &str) -> Opt
         ..row.clone()
     };
     let mut sr = service_request(&as_of, &[]);
-    sr["contained"] = json!([milestone_task(n, event, CONTAINER)]);
+    set(
+        &mut sr,
+        "contained",
+        json!([milestone_task(n, event, CONTAINER)]),
+    );
     let (status, rejected) = match event.event.as_str() {
         "declined" => (
             "cancelled",
@@ -267,7 +291,7 @@ pub fn searchset(found: &[(ReferralRow, Vec<EventRow>)]) -> Value {
     });
     // FHIR allows no empty arrays (ele-1): no matches, no `entry`.
     if !entries.is_empty() {
-        bundle["entry"] = json!(entries);
+        set(&mut bundle, "entry", json!(entries));
     }
     bundle
 }
