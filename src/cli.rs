@@ -248,6 +248,10 @@ async fn migrate(settings: &Settings) -> ExitCode {
         eprintln!("thrive-gateway migrate: {e}");
         ExitCode::FAILURE
     };
+    eprintln!(
+        "thrive-gateway migrate: {}",
+        crate::store::describe(&settings.database)
+    );
     let Some(key_settings) = &settings.keys.storage else {
         return match crate::store::connect(&settings.database).await {
             Ok(_) => {
@@ -319,13 +323,36 @@ fn dev_token(settings: &Settings, sources: &Sources, client: &str) -> ExitCode {
     }
 }
 
-async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode {
-    let store = match crate::store::connect(&settings.database).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("thrive-gateway deliveries: {e}");
-            return ExitCode::FAILURE;
+/// Opens the database for a command that reads or tends it (all but `serve` and
+/// `migrate`), never creating or migrating it, and names it on standard error. A
+/// database that is missing or not at this gateway's migration is exit 2; one that
+/// cannot be reached, exit 1.
+pub(crate) async fn open_for(
+    command: &str,
+    settings: &Settings,
+    keys: Option<std::sync::Arc<crate::store::crypto::StorageKeys>>,
+) -> Result<std::sync::Arc<dyn crate::store::Store>, ExitCode> {
+    let name = crate::store::describe(&settings.database);
+    match crate::store::open_existing(&settings.database, keys).await {
+        Ok(store) => {
+            eprintln!("thrive-gateway {command}: {name}");
+            Ok(store)
         }
+        Err(crate::store::OpenError::NotReady(why)) => {
+            eprintln!("thrive-gateway {command}: {why}; nothing was created or changed");
+            Err(ExitCode::from(2))
+        }
+        Err(crate::store::OpenError::Store(e)) => {
+            eprintln!("thrive-gateway {command}: {name}: {e}");
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode {
+    let store = match open_for("deliveries", settings, None).await {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     match command {
         DeliveriesCommand::List { dead, limit, json } => {
@@ -446,12 +473,9 @@ fn dead_letter_result(
 
 async fn retention(settings: &Settings) -> ExitCode {
     // Purging needs no keys: it only ever clears.
-    let store = match crate::store::connect(&settings.database).await {
+    let store = match open_for("retention run", settings, None).await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("thrive-gateway retention run: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let purged =
         crate::retention::run_once(store.as_ref(), &settings.retention, "command-line").await;
@@ -493,12 +517,9 @@ async fn report(
             return ExitCode::from(2);
         }
     };
-    let store = match crate::store::connect(&settings.database).await {
+    let store = match open_for("report programme", settings, None).await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("thrive-gateway report programme: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let rows = match store.report_rows(from_t, to_t, false).await {
         Ok(r) => reports::programme(&r, group),
@@ -589,9 +610,9 @@ async fn extract(settings: &Settings, from: &str, to: &str, format: &str) -> Exi
         Ok(k) => std::sync::Arc::new(k),
         Err(e) => return fail(e.to_string()),
     };
-    let store = match crate::store::connect_with_keys(&settings.database, storage_keys).await {
+    let store = match open_for("report extract", settings, Some(storage_keys)).await {
         Ok(s) => s,
-        Err(e) => return fail(e.to_string()),
+        Err(code) => return code,
     };
     let rows = match store.report_rows(from_t, to_t, true).await {
         Ok(r) => r,

@@ -64,9 +64,9 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
     {
         return verify_export(settings, file, public_key.as_deref(), key_id.as_deref());
     }
-    let store = match crate::store::connect(&settings.database).await {
+    let store = match crate::cli::open_for("audit", settings, None).await {
         Ok(s) => s,
-        Err(e) => return failed(e),
+        Err(code) => return code,
     };
     match command {
         AuditCommand::Verify => {

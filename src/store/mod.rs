@@ -724,6 +724,146 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, Stor
     open(settings, None, Audit::Everything).await
 }
 
+/// Why a command would not open a database it only reads or tends.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Nothing is there to read, or it is not at this gateway's migration. Nothing was
+    /// created or changed.
+    #[error("{0}")]
+    NotReady(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Opens the gateway database `settings` names as it is: never creating a file, a
+/// database or a table, and never migrating. A database that is missing or not at this
+/// gateway's latest migration is refused ([`OpenError::NotReady`]). Used by every
+/// command but `serve` and `migrate`.
+pub async fn open_existing(
+    settings: &DatabaseSettings,
+    keys: Option<Arc<StorageKeys>>,
+) -> Result<Arc<dyn Store>, OpenError> {
+    let url = settings.url.expose_secret();
+    let acquire_timeout = Duration::from_millis(settings.acquire_timeout_ms);
+    let name = describe(settings);
+    let backend = settings
+        .backend()
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let store: Arc<dyn Store> = match backend {
+        Backend::Sqlite => {
+            use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(StoreError::from)?
+                .create_if_missing(false)
+                .synchronous(SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_millis(settings.sqlite_busy_timeout_ms));
+            if !options.get_filename().is_file() {
+                return Err(OpenError::NotReady(format!("there is no {name}")));
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(acquire_timeout)
+                .connect_with(options)
+                .await
+                .map_err(StoreError::from)?;
+            let applied = sqlx::query_scalar::<_, i64>(APPLIED_MIGRATIONS)
+                .fetch_all(&pool)
+                .await;
+            at_latest(
+                &name,
+                applied,
+                &sqlx::migrate!("src/store/migrations/sqlite"),
+            )?;
+            Arc::new(SqliteStore::new(pool, keys).audited(Audit::Everything))
+        }
+        Backend::Postgres => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(settings.max_connections)
+                .acquire_timeout(acquire_timeout)
+                .connect(url)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000") => {
+                        OpenError::NotReady(format!("there is no {name}"))
+                    }
+                    _ => OpenError::Store(e.into()),
+                })?;
+            let applied = sqlx::query_scalar::<_, i64>(APPLIED_MIGRATIONS)
+                .fetch_all(&pool)
+                .await;
+            at_latest(
+                &name,
+                applied,
+                &sqlx::migrate!("src/store/migrations/postgres"),
+            )?;
+            Arc::new(PostgresStore::new(pool, keys).audited(Audit::Everything))
+        }
+    };
+    Ok(store)
+}
+
+const APPLIED_MIGRATIONS: &str =
+    "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
+
+/// Whether the migrations applied are exactly this gateway's.
+fn at_latest(
+    name: &str,
+    applied: Result<Vec<i64>, sqlx::Error>,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), OpenError> {
+    let latest = migrator
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| m.version)
+        .max()
+        .unwrap_or(0);
+    let applied = match applied {
+        Ok(v) => v,
+        // No migrations table: whatever this is, the gateway never set it up.
+        Err(sqlx::Error::Database(_)) => {
+            return Err(OpenError::NotReady(format!(
+                "the {name} holds no thrive-gateway tables; `thrive-gateway migrate` creates them"
+            )));
+        }
+        Err(e) => return Err(OpenError::Store(e.into())),
+    };
+    match applied.last().copied() {
+        Some(at) if at == latest => Ok(()),
+        Some(at) if at > latest => Err(OpenError::NotReady(format!(
+            "the {name} is at migration {at}, newer than this gateway's {latest}: use the \
+             gateway version that migrated it"
+        ))),
+        at => Err(OpenError::NotReady(format!(
+            "the {name} is at migration {}, this gateway needs {latest}: run `thrive-gateway \
+             migrate` first",
+            at.unwrap_or(0)
+        ))),
+    }
+}
+
+/// The database `settings` names, for people: engine, host or path, and database name,
+/// never a password.
+pub fn describe(settings: &DatabaseSettings) -> String {
+    let url = settings.url.expose_secret();
+    match settings.backend() {
+        Ok(Backend::Sqlite) => match sqlx::sqlite::SqliteConnectOptions::from_str(url) {
+            Ok(o) => format!("SQLite database {}", o.get_filename().display()),
+            Err(_) => "SQLite database (unreadable URL)".to_owned(),
+        },
+        Ok(Backend::Postgres) => match sqlx::postgres::PgConnectOptions::from_str(url) {
+            Ok(o) => format!(
+                "PostgreSQL database {} on {}:{}",
+                o.get_database().unwrap_or("(the user's default)"),
+                o.get_host(),
+                o.get_port()
+            ),
+            Err(_) => "PostgreSQL database (unreadable URL)".to_owned(),
+        },
+        Err(_) => "database (unknown engine)".to_owned(),
+    }
+}
+
 /// [`connect`], sealing and opening personal data with `keys`.
 pub async fn connect_with_keys(
     settings: &DatabaseSettings,

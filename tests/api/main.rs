@@ -6,6 +6,7 @@ mod helpers;
 mod audit;
 mod auth;
 mod background;
+mod commands;
 mod conformance;
 mod delivery;
 mod duplicates;
