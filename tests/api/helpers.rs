@@ -22,9 +22,10 @@ pub const TEST_ISSUER: &str = "https://test-issuer.invalid";
 pub const AUDIENCE: &str = "thrive-gateway";
 pub const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/keys");
 
-/// Base URL of the PostgreSQL server tests create databases on.
+/// Base URL of the PostgreSQL server tests (and benchmarks) create databases on.
 pub fn postgres_base() -> String {
     std::env::var("THRIVE_TEST_POSTGRES")
+        .or_else(|_| std::env::var("THRIVE_BENCH_POSTGRES"))
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
@@ -128,10 +129,11 @@ pub fn storage_keys_toml() -> String {
     )
 }
 
-/// Settings for a test gateway: shipped defaults, the test issuer and clients.
-pub fn test_settings(database_url: &str, extra_toml: &str) -> Settings {
-    let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let overrides = format!(
+/// The test layer over the shipped defaults, as TOML: the test issuer and clients, the
+/// test keys, and delivery and retention off. Benchmarks hand it to a gateway process
+/// with `--config`.
+pub fn test_toml(database_url: &str) -> String {
+    format!(
         r#"
 [server]
 bind = "127.0.0.1:0"
@@ -186,7 +188,13 @@ enabled = false
         root = env!("CARGO_MANIFEST_DIR"),
         keys = pseudonym_keys_toml(),
         storage = storage_keys_toml(),
-    );
+    )
+}
+
+/// Settings for a test gateway: shipped defaults, then [`test_toml`], then the test's own.
+pub fn test_settings(database_url: &str, extra_toml: &str) -> Settings {
+    let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let overrides = test_toml(database_url);
     // The test's own TOML is a layer of its own, so it may set any table again.
     let figment = defaults_figment(&config_dir)
         .merge(Toml::string(&overrides))
