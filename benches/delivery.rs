@@ -2,8 +2,14 @@
 //! end-to-end accept-to-delivered throughput through a running gateway, its store and
 //! a local sandbox provider (all on this machine, over loopback).
 
+#![allow(dead_code)]
+
+#[path = "../tests/api/helpers.rs"]
+mod helpers;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use fhir_sdk::time::macros::date;
+use helpers::{AUDIENCE, Db, TEST_ISSUER, TestApp, referral};
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -38,110 +44,31 @@ fn map_and_pseudonymise(c: &mut Criterion) {
     }
 }
 
-/// Every gateway encrypts personal data at rest with the test storage key.
-const STORAGE_KEYS: &str = concat!(
-    "[keys.storage]\nactive = \"v1\"\n[keys.storage.versions.v1]\nfile = \"",
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/keys/storage-v1.key\"\n"
-);
-
 /// Referrals accepted over HTTP and delivered to a sandbox provider, per referral.
 fn accept_to_delivered(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (app, sandbox_base) = runtime.block_on(async {
-        use figment::providers::{Format, Toml};
-        let sandbox_settings = thrive_gateway::config::Settings::from_figment(
-            thrive_gateway::config::defaults_figment(&Path::new(ROOT).join("config")).merge(
-                Toml::string(&format!(
-                    "[server]\nbind = \"127.0.0.1:0\"\n[database]\nurl = \"sqlite://{}/sandbox.db\"\n[delivery]\nenabled = false\n[sandbox]\nenabled = true\n[mappings]\ndir = \"{ROOT}/mappings\"\n[keys.pseudonym.audit]\nactive = \"v1\"\n[keys.pseudonym.audit.versions.v1]\nfile = \"{ROOT}/tests/fixtures/keys/pseudonym-audit-v1.key\"\n{STORAGE_KEYS}",
-                    dir.path().display()
-                )),
+    let (app, _sandbox) = runtime.block_on(async {
+        let sandbox = TestApp::spawn_with(Db::Sqlite, "[sandbox]\nenabled = true\n").await;
+        let endpoint = sandbox.url("/sandbox/prospects/referrals");
+        let app = TestApp::spawn_with(
+            Db::Sqlite,
+            &format!(
+                "[delivery]\nbatch_size = 32\n[providers.bchft]\nendpoint = \"{endpoint}\"\n\
+                 [providers.prospects]\nendpoint = \"{endpoint}\"\n"
             ),
         )
-        .expect("sandbox settings");
-        let sandbox = thrive_gateway::startup::Application::build(&sandbox_settings, false)
-            .await
-            .expect("sandbox starts");
-        let sandbox_base = format!("http://{}", sandbox.address());
-        tokio::spawn(sandbox.run());
-        let endpoint = format!("{sandbox_base}/sandbox/prospects/referrals");
-        let settings = thrive_gateway::config::Settings::from_figment(
-            thrive_gateway::config::defaults_figment(&Path::new(ROOT).join("config")).merge(Toml::string(&format!(
-                r#"
-[server]
-bind = "127.0.0.1:0"
-[database]
-url = "sqlite://{db}/gateway.db"
-[delivery]
-enabled = false
-batch_size = 32
-[mappings]
-dir = "{ROOT}/mappings"
-[auth.issuers.test]
-issuer = "https://test-issuer.invalid"
-jwks_file = "{ROOT}/tests/fixtures/keys/test-jwks.json"
-[auth.clients.gp-a]
-role = "gp-system"
-practices = ["Y90001"]
-[providers.bchft]
-endpoint = "{endpoint}"
-[providers.prospects]
-endpoint = "{endpoint}"
-[keys.pseudonym.bchft]
-active = "v1"
-[keys.pseudonym.bchft.versions.v1]
-file = "{ROOT}/tests/fixtures/keys/pseudonym-bchft-v1.key"
-[keys.pseudonym.prospects]
-active = "v1"
-[keys.pseudonym.prospects.versions.v1]
-file = "{ROOT}/tests/fixtures/keys/pseudonym-prospects-v1.key"
-[keys.pseudonym.audit]
-active = "v1"
-[keys.pseudonym.audit.versions.v1]
-file = "{ROOT}/tests/fixtures/keys/pseudonym-audit-v1.key"
-{STORAGE_KEYS}
-"#,
-                db = dir.path().display()
-            ))),
-        )
-        .expect("gateway settings");
-        let app = thrive_gateway::startup::Application::build(&settings, false)
-            .await
-            .expect("gateway starts");
-        (app, sandbox_base)
+        .await;
+        (app, sandbox)
     });
-    let base = format!("http://{}", app.address());
-    let deliverer = app.deliverer().cloned().expect("deliverer");
-    runtime.spawn(app.run());
+    let base = app.base.clone();
+    let deliverer = app.deliverer.clone().expect("deliverer");
     let token = {
         let pem =
             std::fs::read(format!("{ROOT}/tests/fixtures/keys/test-issuer.pem")).expect("key");
-        thrive_gateway::auth::mint_token(
-            &pem,
-            "test-1",
-            "https://test-issuer.invalid",
-            "thrive-gateway",
-            "gp-a",
-            3600,
-        )
-        .expect("token")
+        thrive_gateway::auth::mint_token(&pem, "test-1", TEST_ISSUER, AUDIENCE, "gp-a", 3600)
+            .expect("token")
     };
-    let mut template: serde_json::Value =
-        serde_json::from_str(include_str!("../tests/fixtures/referral-new.json")).expect("JSON");
-    // Consent dates around today, so the example stays within its consent period.
-    let today = fhir_sdk::time::OffsetDateTime::now_utc().date();
-    let consent = &mut template["entry"][5]["resource"];
-    consent["dateTime"] = (today - fhir_sdk::time::Duration::days(1))
-        .to_string()
-        .into();
-    consent["provision"]["period"] = serde_json::json!({
-        "start": (today - fhir_sdk::time::Duration::days(1)).to_string(),
-        "end": (today + fhir_sdk::time::Duration::days(365)).to_string(),
-    });
-    template["entry"][1]["resource"]["authoredOn"] = today.to_string().into();
     let client = reqwest::Client::new();
-    let _ = sandbox_base;
 
     let mut group = c.benchmark_group("end to end");
     group
@@ -152,10 +79,7 @@ file = "{ROOT}/tests/fixtures/keys/pseudonym-audit-v1.key"
             runtime.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let mut msg = template.clone();
-                    msg["entry"][0]["resource"]["id"] = uuid::Uuid::new_v4().to_string().into();
-                    msg["entry"][1]["resource"]["identifier"][0]["value"] =
-                        uuid::Uuid::new_v4().to_string().into();
+                    let msg = referral();
                     let res = client
                         .post(format!("{base}/fhir/r4/$process-message"))
                         .bearer_auth(&token)

@@ -86,23 +86,6 @@ impl Application {
     /// Loads the storage keys (refusing to start without them), connects the store
     /// (applying migrations), loads keys and mappings, and binds.
     pub async fn build(settings: &Settings, production: bool) -> Result<Self, StartupError> {
-        Self::build_with(settings, production, store::Audit::Everything).await
-    }
-
-    /// Benchmarks only: [`Application::build`] (not for production) on a store whose
-    /// accepts leave their audit record out, so `benches/audit.rs` can time accepts
-    /// over HTTP with and without it. It exists only when the `audit-cost-baseline`
-    /// feature is on, which no gateway build turns on.
-    #[cfg(feature = "audit-cost-baseline")]
-    pub async fn build_without_accept_audit(settings: &Settings) -> Result<Self, StartupError> {
-        Self::build_with(settings, false, store::Audit::AllButAccepts).await
-    }
-
-    async fn build_with(
-        settings: &Settings,
-        production: bool,
-        audit: store::Audit,
-    ) -> Result<Self, StartupError> {
         if production && settings.dev.signing_key_file.is_some() {
             return Err(AuthSetupError::DevSigningInProduction.into());
         }
@@ -115,7 +98,7 @@ impl Application {
         let datasets = Arc::new(
             Datasets::load(&settings.mappings.dir, &routing).map_err(StartupError::Mappings)?,
         );
-        let store = store::connect_auditing(&settings.database, storage_keys, audit).await?;
+        let store = store::connect_with_keys(&settings.database, storage_keys).await?;
         let metrics = Arc::new(Metrics::new(settings.telemetry.metrics_token.as_ref())?);
         // Built whenever providers are configured (tests drive it by hand); run in the
         // background when delivery.enabled.

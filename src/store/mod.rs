@@ -721,7 +721,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// serves the queue, audit and statistics, and refuses to write or read personal data
 /// ([`StoreError::Encryption`]). Serving and delivering use [`connect_with_keys`].
 pub async fn connect(settings: &DatabaseSettings) -> Result<Arc<dyn Store>, StoreError> {
-    open(settings, None, Audit::Everything).await
+    open(settings, None).await
 }
 
 /// Why a command would not open a database it only reads or tends.
@@ -775,7 +775,7 @@ pub async fn open_existing(
                 applied,
                 &sqlx::migrate!("src/store/migrations/sqlite"),
             )?;
-            Arc::new(SqliteStore::new(pool, keys).audited(Audit::Everything))
+            Arc::new(SqliteStore::new(pool, keys))
         }
         Backend::Postgres => {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -797,7 +797,7 @@ pub async fn open_existing(
                 applied,
                 &sqlx::migrate!("src/store/migrations/postgres"),
             )?;
-            Arc::new(PostgresStore::new(pool, keys).audited(Audit::Everything))
+            Arc::new(PostgresStore::new(pool, keys))
         }
     };
     Ok(store)
@@ -869,34 +869,12 @@ pub async fn connect_with_keys(
     settings: &DatabaseSettings,
     keys: Arc<StorageKeys>,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    open(settings, Some(keys), Audit::Everything).await
-}
-
-/// [`connect_with_keys`], recording what `audit` says (the gateway's start-up).
-pub(crate) async fn connect_auditing(
-    settings: &DatabaseSettings,
-    keys: Arc<StorageKeys>,
-    audit: Audit,
-) -> Result<Arc<dyn Store>, StoreError> {
-    open(settings, Some(keys), audit).await
-}
-
-/// What a store records in the audit trail.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Audit {
-    Everything,
-    /// Benchmarks only: accepted referrals are written without their audit record,
-    /// the baseline against which `benches/audit.rs` measures what the record adds to
-    /// an accept (see `Application::build_without_accept_audit`). It exists only when
-    /// the `audit-cost-baseline` feature is on, which no gateway build turns on.
-    #[cfg(feature = "audit-cost-baseline")]
-    AllButAccepts,
+    open(settings, Some(keys)).await
 }
 
 async fn open(
     settings: &DatabaseSettings,
     keys: Option<Arc<StorageKeys>>,
-    audit: Audit,
 ) -> Result<Arc<dyn Store>, StoreError> {
     let url = settings.url.expose_secret();
     let acquire_timeout = Duration::from_millis(settings.acquire_timeout_ms);
@@ -927,7 +905,7 @@ async fn open(
                 .acquire_timeout(acquire_timeout)
                 .connect_with(options)
                 .await?;
-            Arc::new(SqliteStore::new(pool, keys).audited(audit))
+            Arc::new(SqliteStore::new(pool, keys))
         }
         Backend::Postgres => {
             let pool = sqlx::postgres::PgPoolOptions::new()
@@ -935,7 +913,7 @@ async fn open(
                 .acquire_timeout(acquire_timeout)
                 .connect(url)
                 .await?;
-            Arc::new(PostgresStore::new(pool, keys).audited(audit))
+            Arc::new(PostgresStore::new(pool, keys))
         }
     };
     store.migrate().await?;

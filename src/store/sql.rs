@@ -18,8 +18,6 @@ use std::sync::Arc;
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
     keys: Option<Arc<StorageKeys>>,
-    #[cfg(feature = "audit-cost-baseline")]
-    accepts_unaudited: bool,
 }
 
 /// PostgreSQL, shared by several gateway processes. Writers never touch the chain
@@ -28,31 +26,19 @@ pub struct SqliteStore {
 pub struct PostgresStore {
     pool: sqlx::PgPool,
     keys: Option<Arc<StorageKeys>>,
-    #[cfg(feature = "audit-cost-baseline")]
-    accepts_unaudited: bool,
 }
 
 impl SqliteStore {
     /// Without `keys`, personal data can be neither written nor read.
     pub fn new(pool: sqlx::SqlitePool, keys: Option<Arc<StorageKeys>>) -> Self {
-        Self {
-            pool,
-            keys,
-            #[cfg(feature = "audit-cost-baseline")]
-            accepts_unaudited: false,
-        }
+        Self { pool, keys }
     }
 }
 
 impl PostgresStore {
     /// Without `keys`, personal data can be neither written nor read.
     pub fn new(pool: sqlx::PgPool, keys: Option<Arc<StorageKeys>>) -> Self {
-        Self {
-            pool,
-            keys,
-            #[cfg(feature = "audit-cost-baseline")]
-            accepts_unaudited: false,
-        }
+        Self { pool, keys }
     }
 }
 
@@ -326,12 +312,10 @@ impl SqliteStore {
         bind_queue!(sqlx::query(QUEUE_REFERRAL), r)
             .execute(&mut *conn)
             .await?;
-        if self.audits_accepts() {
-            let p = accept_prepared(r);
-            bind_content!(sqlx::query(PEND), r.audit, p)
-                .execute(&mut *conn)
-                .await?;
-        }
+        let p = accept_prepared(r);
+        bind_content!(sqlx::query(PEND), r.audit, p)
+            .execute(&mut *conn)
+            .await?;
         Ok(())
     }
 
@@ -389,12 +373,6 @@ impl PostgresStore {
         conn: &mut sqlx::PgConnection,
         r: &NewReferralRecord,
     ) -> Result<(), sqlx::Error> {
-        if !self.audits_accepts() {
-            bind_queue!(sqlx::query(QUEUE_REFERRAL), r)
-                .execute(conn)
-                .await?;
-            return Ok(());
-        }
         let p = accept_prepared(r);
         bind_queue!(
             bind_content!(sqlx::query(QUEUE_AND_PEND_POSTGRES), r.audit, p),
@@ -637,20 +615,6 @@ macro_rules! claim_one {
 macro_rules! sql_store {
     ($store:ty, $db:ty, $migrations:literal, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
         impl $store {
-            /// The store as `audit` says: every record, or (benchmarks only) all but
-            /// the accepts' own, so `benches/audit.rs` can measure what the record
-            /// adds to an accept. Nothing in the gateway makes such a store.
-            pub(super) fn audited(self, audit: super::Audit) -> Self {
-                match audit {
-                    super::Audit::Everything => self,
-                    #[cfg(feature = "audit-cost-baseline")]
-                    super::Audit::AllButAccepts => Self {
-                        accepts_unaudited: true,
-                        ..self
-                    },
-                }
-            }
-
             /// Writes `a` inside the caller's transaction, so it commits (or not) with
             /// the change it records, as a pending record: one row, without the chain
             /// head, so writers never wait for one another on its account. The sealer
@@ -686,15 +650,6 @@ macro_rules! sql_store {
                 if let Err(e) = self.seal_audit().await {
                     tracing::warn!(error = %e, "pending audit records could not be sealed; reading the chain as it is");
                 }
-            }
-
-            /// Whether the accept transaction carries its audit record: always, but
-            /// in the benchmarks' baseline store (`audit-cost-baseline`).
-            fn audits_accepts(&self) -> bool {
-                #[cfg(feature = "audit-cost-baseline")]
-                return !self.accepts_unaudited;
-                #[cfg(not(feature = "audit-cost-baseline"))]
-                true
             }
 
             async fn insert_referral_tx(
