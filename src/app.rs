@@ -78,7 +78,7 @@ impl AppState {
     /// Records a rejection about a person, named by their audit pseudonym. A 503 is
     /// not recorded: the database just said it is unavailable, and trying it again
     /// would only keep the client waiting; the log has the refusal.
-    async fn audit_rejection_about(
+    pub(crate) async fn audit_rejection_about(
         &self,
         ctx: &AuditContext<'_>,
         rejection: &Rejection,
@@ -165,7 +165,7 @@ fn unauthorised(e: AuthError) -> Rejection {
     Issue::new(RecCode::Unauthorized, IssueType::Login, e.to_string()).into()
 }
 
-fn forbidden(what: &str) -> Rejection {
+pub(crate) fn forbidden(what: &str) -> Rejection {
     Issue::new(RecCode::Forbidden, IssueType::Forbidden, what).into()
 }
 
@@ -216,7 +216,6 @@ pub(crate) async fn authenticate_role(
     gw.audit_rejection(&ctx, &rejection).await;
     Err(rejection)
 }
-
 
 /// Authentication as an extractor: a handler that takes a [`Principal`] runs only for
 /// a caller with a valid token (401 otherwise, or 429 past the rate limits).

@@ -185,7 +185,7 @@ impl Authenticator {
         // deployment cannot trust one by accident: their private keys are public.
         // Only production refuses them, so only production works them out.
         let published_fingerprints: Vec<String> = if production {
-            crate::published_keys::JWKS
+            crate::config::published_keys::JWKS
                 .iter()
                 .filter_map(|(_, jwks)| serde_json::from_str::<JwkSet>(jwks).ok())
                 .flat_map(|set| set.keys)

@@ -132,16 +132,6 @@ pub const DECLINE_REASONS: [&str; 5] = [
     "other",
 ];
 
-/// The BaRS rejection reason (`https://fhir.nhs.uk/CodeSystem/rejected-reasons-bars`)
-/// closest to a decline reason.
-pub fn bars_rejection(reason: &str) -> &'static str {
-    match reason {
-        "failed-contact" => "FC",
-        "ineligible" | "out-of-area" => "RRNA",
-        _ => "OTH",
-    }
-}
-
 /// A status event as a provider sends it (read from the JSON body or a Task by the
 /// provider interface, which names each field at fault).
 #[derive(Debug)]
@@ -520,12 +510,5 @@ mod tests {
         assert!(!refuse_date(&at(Sustained13Weeks, last_day, false), &late_job).is_empty());
         let first_day = Date::MIN.midnight().assume_utc();
         assert!(!refuse_date(&at(Accepted, first_day, true), &timeline).is_empty());
-    }
-
-    #[test]
-    fn declines_map_to_bars_rejection_reasons() {
-        assert_eq!(bars_rejection("failed-contact"), "FC");
-        assert_eq!(bars_rejection("ineligible"), "RRNA");
-        assert_eq!(bars_rejection("declined-by-person"), "OTH");
     }
 }

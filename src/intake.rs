@@ -1,46 +1,27 @@
-//! `$process-message` from an authenticated caller to a decision: validate, check the
-//! caller may refer for the practice, route, pass the consent gate, and store, or
-//! reject with every reason. Every decision leaves an audit record.
+//! Intake, the decision about a message: from an authenticated caller's
+//! `$process-message` body, validate, check the caller may refer for the practice,
+//! route, pass the consent gate, and store, or reject with every reason. Every decision
+//! leaves an audit record. The HTTP side is [`crate::http::intake`].
 
-use super::RequestIds;
+// Input is handled here: no arithmetic or indexing that could panic on it.
+#![cfg_attr(
+    not(test),
+    deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
+)]
+
+use crate::app::{AppState, AuditContext, RequestIds};
 use crate::auth::{Principal, Role};
 use crate::consent;
 use crate::domain::ReferralReference;
 use crate::metrics::ReferralOutcome;
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
-use crate::routing::{RouteDecision, RouteError, Routing};
+use crate::routing::{RouteDecision, RouteError};
 use crate::store::{
-    AuditRecord, Inserted, NewReferralRecord, ReferralRow, ReferralStatus, Store, UpdateRecord,
-    Updated,
+    Inserted, NewReferralRecord, ReferralRow, ReferralStatus, UpdateRecord, Updated,
 };
 use crate::validation::{self, Context, Message, NewReferral, UpdateAction, UpdateRequest};
 use fhir_sdk::time::OffsetDateTime;
 use serde_json::json;
-use std::sync::Arc;
-
-/// The shared, read-only parts of the gateway every request uses.
-#[derive(Debug, Clone)]
-pub struct Gateway {
-    pub store: Arc<dyn Store>,
-    pub routing: Arc<Routing>,
-    pub auth: crate::auth::Authenticator,
-    pub minimum_age_years: u8,
-    pub max_body_bytes: usize,
-    /// Names the subject of audit records (`keys.pseudonym.audit`).
-    pub audit_keys: Arc<crate::pseudonym::PseudonymKeys>,
-    /// Checks checkpoint signatures for auditors (`audit.checkpoint`).
-    pub checkpoint_keys: Option<crate::audit::checkpoint::VerifyingKeys>,
-    /// Signs the chain head before an export, so the export is covered to its end.
-    pub checkpoint_signer: Option<crate::audit::checkpoint::Signer>,
-    /// Which GP system, if any, takes each referral's milestones back.
-    pub gp_callbacks: Arc<crate::delivery::GpCallbacks>,
-    /// Counters and histograms for `GET /metrics`, shared with the delivery worker.
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Per-client and per-address request limits.
-    pub limits: Arc<crate::rate_limit::RateLimits>,
-    /// How long `/health/ready` waits for the database (`server.ready_timeout_ms`).
-    pub ready_timeout: std::time::Duration,
-}
 
 /// What an accepted message produced, for the response.
 #[derive(Debug, Clone)]
@@ -69,72 +50,7 @@ pub struct DryRun {
     pub provider: Option<String>,
 }
 
-/// Fields every audit record of a request shares.
-pub struct AuditContext<'a> {
-    pub action: &'a str,
-    pub principal: Option<&'a Principal>,
-    pub ids: Option<&'a RequestIds>,
-}
-
-impl AuditContext<'_> {
-    pub fn record(
-        &self,
-        outcome: &str,
-        status: u16,
-        referral_id: Option<&str>,
-        detail: serde_json::Value,
-    ) -> AuditRecord {
-        AuditRecord {
-            http_status: Some(status),
-            client_id: self.principal.map(|p| p.client_id.clone()),
-            role: self.principal.map(|p| p.role.name().to_owned()),
-            referral_id: referral_id.map(str::to_owned),
-            request_id: self.ids.map(|i| i.request_id.to_string()),
-            correlation_id: self.ids.map(|i| i.correlation_id.to_string()),
-            actor_identity: self.ids.and_then(|i| i.identity.clone()),
-            detail,
-            ..AuditRecord::new(self.action, outcome)
-        }
-    }
-}
-
-impl Gateway {
-    /// Records a rejection. A failure to record is logged, and the caller still gets
-    /// the rejection: the audit trail must not turn a 4xx into a 500.
-    pub async fn audit_rejection(&self, ctx: &AuditContext<'_>, rejection: &Rejection) {
-        self.audit_rejection_about(ctx, rejection, None).await;
-    }
-
-    /// Records a rejection about a person, named by their audit pseudonym. A 503 is
-    /// not recorded: the database just said it is unavailable, and trying it again
-    /// would only keep the client waiting; the log has the refusal.
-    async fn audit_rejection_about(
-        &self,
-        ctx: &AuditContext<'_>,
-        rejection: &Rejection,
-        subject: Option<String>,
-    ) {
-        if rejection.rec() == RecCode::ServiceUnavailable {
-            tracing::warn!(
-                action = ctx.action,
-                "refused while the database is unavailable; not recorded in the audit table"
-            );
-            return;
-        }
-        let record = AuditRecord {
-            subject,
-            ..ctx.record(
-                "rejected",
-                rejection.rec().status().as_u16(),
-                None,
-                json!({ "issues": rejection.summary() }),
-            )
-        };
-        if let Err(e) = self.store.append_audit(&record).await {
-            tracing::error!(error = %e, action = ctx.action, "could not record a rejection in the audit table");
-        }
-    }
-
+impl AppState {
     /// Handles one `$process-message` body from an authenticated caller.
     pub async fn process(
         &self,

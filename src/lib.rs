@@ -2,11 +2,14 @@
 //! messages, checks who sent them and whether the patient consented, routes each to
 //! its programme and provider, and stores it for delivery, answering at once.
 //!
-//! The modules follow a referral through the gateway: [`intake`] (HTTP), [`auth`],
-//! [`validation`], [`consent`], [`routing`], [`store`]; with [`config`], [`telemetry`],
-//! [`metrics`], [`startup`] and [`cli`] around them.
+//! The modules follow a referral through the gateway: [`http`] and [`app`] (the HTTP
+//! faces and what requests share), [`auth`], [`validation`] with [`fhir`], [`intake`]
+//! (the decision), [`consent`], [`routing`], [`store`], [`mapping`], [`delivery`]; with
+//! [`config`], [`telemetry`], [`metrics`], [`startup`] and [`cli`] around them.
 
+pub mod app;
 pub mod audit;
+pub mod audit_record;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -15,6 +18,7 @@ pub mod delivery;
 pub mod domain;
 pub mod events;
 pub mod fhir;
+pub mod http;
 pub mod intake;
 pub mod limits;
 pub mod mapping;
@@ -22,9 +26,7 @@ pub mod metrics;
 pub mod operations;
 pub mod outcome;
 pub mod params;
-pub mod provider_api;
 pub mod pseudonym;
-pub mod published_keys;
 pub mod rate_limit;
 pub mod reports;
 pub mod retention;

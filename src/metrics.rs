@@ -8,12 +8,11 @@
 //! are read from the database at each scrape, so every replica on a shared database
 //! reports the same queue.
 
-use crate::intake::Gateway;
-use crate::outcome::{Issue, IssueType, RecCode, Rejection};
-use actix_web::{HttpRequest, HttpResponse, get, http::header, web};
+use crate::outcome::{IssueType, RecCode, Rejection};
+use actix_web::{HttpRequest, http::header};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder, proto::MetricFamily,
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    proto::MetricFamily,
 };
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
@@ -310,56 +309,10 @@ fn queue_gauges(counts: &[(String, i64)]) -> Result<Vec<MetricFamily>, prometheu
     Ok(families)
 }
 
-fn unauthorised() -> Rejection {
-    Issue::new(
-        RecCode::Unauthorized,
-        IssueType::Login,
-        "this endpoint needs the metrics bearer token (telemetry.metrics_token)",
-    )
-    .into()
-}
-
-/// The scrape. Open unless `telemetry.metrics_token` is set; then 401 without it.
-#[get("/metrics")]
-async fn metrics(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, Rejection> {
-    if !gw.metrics.allows(&req) {
-        return Err(unauthorised());
-    }
-    // Side by side, so a database that is away costs the scrape one acquire timeout.
-    let (queue, audit_pending) = tokio::join!(gw.store.delivery_counts(), gw.store.audit_pending());
-    let queue = match queue {
-        Ok(counts) => Some(counts),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics: the delivery queue could not be counted");
-            None
-        }
-    };
-    let audit_pending = match audit_pending {
-        Ok(n) => Some(n),
-        Err(e) => {
-            tracing::warn!(error = %e, "metrics: pending audit records could not be counted");
-            None
-        }
-    };
-    match gw.metrics.render(queue.as_deref(), audit_pending) {
-        Ok(text) => Ok(HttpResponse::Ok()
-            .content_type(TextEncoder::new().format_type())
-            .body(text)),
-        Err(e) => {
-            tracing::error!(error = %e, "metrics: encoding failed");
-            Err(crate::outcome::server_error())
-        }
-    }
-}
-
-/// Registers `GET /metrics`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(metrics);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outcome::Issue;
     use actix_web::test::TestRequest;
 
     fn scrape(m: &Metrics) -> String {

@@ -1,10 +1,11 @@
 //! Builds the running gateway: settings in, a bound server out. Tests start it on
 //! port 0 and read the bound address back.
 
+use crate::app::{AppState, CORRELATION_ID, REQUEST_ID};
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::config::{RetentionSettings, Settings};
-use crate::delivery::{Deliverer, DeliverySetupError, GpCallbacks, sandbox::Sandbox};
-use crate::intake::{self, CORRELATION_ID, Gateway, REQUEST_ID};
+use crate::delivery::{Deliverer, DeliverySetupError, GpCallbacks};
+use crate::http::sandbox::Sandbox;
 use crate::mapping::Datasets;
 use crate::metrics::{Metrics, UNMATCHED};
 use crate::routing::{MappingError, Routing};
@@ -58,7 +59,7 @@ pub enum StartupError {
 pub struct Application {
     address: SocketAddr,
     server: Server,
-    gateway: Gateway,
+    gateway: AppState,
     deliverer: Option<Deliverer>,
     run_worker: bool,
     /// Signs audit checkpoints in the background, at this interval.
@@ -132,7 +133,7 @@ impl Application {
         };
         let store_for_retention = store.clone();
         let supervisor = Supervisor::new(settings.background.clone(), metrics.clone());
-        let gateway = Gateway {
+        let gateway = AppState {
             store,
             routing: Arc::new(routing),
             auth,
@@ -186,17 +187,13 @@ impl Application {
                 // answer the client gets.
                 .wrap(actix_web::middleware::from_fn(crate::limits::guard))
                 .wrap(actix_web::middleware::from_fn(request_context))
-                .configure(intake::configure)
-                .configure(crate::operations::configure)
-                .configure(crate::provider_api::configure)
-                .configure(crate::audit::api::configure)
-                .configure(crate::metrics::configure);
+                .configure(crate::http::configure);
             if let Some(sandbox) = &sandbox {
                 app = app
                     .app_data(sandbox.clone())
-                    .configure(crate::delivery::sandbox::configure);
+                    .configure(crate::http::sandbox::configure);
             }
-            app.default_service(web::to(intake::not_found))
+            app.default_service(web::to(crate::http::not_found))
         })
         .shutdown_timeout(30)
         .client_request_timeout(ms(settings.server.client_request_timeout_ms))
@@ -248,7 +245,7 @@ impl Application {
     }
 
     /// The shared state, for tests and tools that inspect the store directly.
-    pub fn gateway(&self) -> &Gateway {
+    pub fn gateway(&self) -> &AppState {
         &self.gateway
     }
 
@@ -342,7 +339,7 @@ async fn request_context(
     );
     req.extensions_mut().insert(log_id);
     let metrics = req
-        .app_data::<web::Data<Gateway>>()
+        .app_data::<web::Data<AppState>>()
         .map(|gw| gw.metrics.clone());
     let method = req.method().clone();
     // The pattern the path matches, read before the handler runs too, so that a

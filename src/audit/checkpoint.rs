@@ -4,23 +4,12 @@
 //! key and an export can check that the exported records are the ones the gateway
 //! wrote: rewriting the chain would need the private key.
 
+pub use crate::audit_record::CheckpointRow;
 use crate::config::CheckpointSettings;
 use crate::store::{Store, StoreError};
 use fhir_sdk::time::OffsetDateTime;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-
-/// A stored checkpoint.
-#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize)]
-pub struct CheckpointRow {
-    pub seq: i64,
-    pub hash: String,
-    #[serde(with = "fhir_sdk::time::serde::rfc3339")]
-    pub signed_at: OffsetDateTime,
-    pub key_id: String,
-    /// Compact JWS (EdDSA) over [`Claims`].
-    pub signature: String,
-}
 
 /// What a checkpoint signs.
 #[derive(Debug, Serialize, Deserialize)]

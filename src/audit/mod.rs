@@ -6,131 +6,16 @@
 //! Records are written by the store (`write_audit`, the one place every writer goes
 //! through) with the change they record, pending, and sealed into the chain by
 //! [`seal_periodically`] or the next read of the trail. This module holds what the
-//! chain means: how a record is hashed, how the chain is verified, the NHS identity
-//! headers kept as the actor, checkpoints, exports and the auditor API.
+//! chain means: how the chain is verified (the record's format and hash are
+//! [`crate::audit_record`]'s), the NHS identity headers kept as the actor, checkpoints
+//! and exports.
 
-pub mod api;
 pub mod checkpoint;
-pub mod cli;
 pub mod export;
 pub mod identity;
 
+pub use crate::audit_record::{ChainEntry, GENESIS, chain_hash, truncate};
 use crate::store::{AuditRow, Store, StoreError};
-use fhir_sdk::time::{OffsetDateTime, format_description::well_known::Rfc3339};
-use sha2::{Digest, Sha256};
-
-/// The `prev_hash` of the first record in the chain.
-pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// Audit times are kept to the microsecond: what PostgreSQL stores, so a record
-/// reads back exactly as it was hashed on either engine.
-pub fn truncate(t: OffsetDateTime) -> OffsetDateTime {
-    let t = t.to_offset(fhir_sdk::time::UtcOffset::UTC);
-    t.replace_nanosecond(t.nanosecond() / 1_000 * 1_000)
-        .unwrap_or(t)
-}
-
-/// The content of one record as the chain covers it: every column but the id and
-/// the record's place (`seq`), so that moving a record is caught by the links, not
-/// mistaken for a change of content.
-#[derive(Debug, Clone, Copy)]
-pub struct ChainEntry<'a> {
-    pub recorded_at: OffsetDateTime,
-    pub action: &'a str,
-    pub outcome: &'a str,
-    pub http_status: Option<i32>,
-    pub client_id: Option<&'a str>,
-    pub role: Option<&'a str>,
-    pub actor_identity: Option<&'a str>,
-    pub referral_id: Option<&'a str>,
-    pub subject: Option<&'a str>,
-    pub recipient: Option<&'a str>,
-    pub request_id: Option<&'a str>,
-    pub correlation_id: Option<&'a str>,
-    pub mapping_version: Option<&'a str>,
-    pub key_version: Option<&'a str>,
-    /// The detail JSON exactly as stored.
-    pub detail: &'a str,
-}
-
-impl ChainEntry<'_> {
-    /// SHA-256, lower-case hex, of `prev_hash` and the content as a JSON array in a
-    /// fixed order (unambiguous: every string is quoted and escaped), that is of
-    /// `["<prev_hash>",` followed by [`ChainEntry::tail`].
-    pub fn hash(&self, prev_hash: &str) -> String {
-        chain_hash(prev_hash, &self.tail())
-    }
-
-    /// The content after `prev_hash`: the JSON array `[recorded_at, action, outcome,
-    /// http_status, client_id, role, actor_identity, referral_id, subject, recipient,
-    /// request_id, correlation_id, mapping_version, key_version, detail]` without its
-    /// opening bracket. It does not depend on the record before.
-    pub fn tail(&self) -> String {
-        let at = self.recorded_at.format(&Rfc3339).unwrap_or_default();
-        // A tuple is written as a JSON array, without copying the content into a
-        // `serde_json::Value` first.
-        let mut content = serde_json::to_string(&(
-            at,
-            self.action,
-            self.outcome,
-            self.http_status,
-            self.client_id,
-            self.role,
-            self.actor_identity,
-            self.referral_id,
-            self.subject,
-            self.recipient,
-            self.request_id,
-            self.correlation_id,
-            self.mapping_version,
-            self.key_version,
-            self.detail,
-        ))
-        .unwrap_or_default();
-        // A JSON array always opens with `[`.
-        if content.starts_with('[') {
-            content.remove(0);
-        }
-        content
-    }
-}
-
-/// The hash of a record whose content after `prev_hash` is `tail`
-/// ([`ChainEntry::tail`]): SHA-256, lower-case hex, of the UTF-8 text
-/// `["` + `prev_hash` + `",` + `tail`. A unit test holds this to the whole-array
-/// formula. (Gateways before the sealer had PostgreSQL compute the same digest in
-/// SQL; those records verify as any other.)
-pub fn chain_hash(prev_hash: &str, tail: &str) -> String {
-    let mut digest = Sha256::new();
-    digest.update(b"[\"");
-    digest.update(prev_hash.as_bytes());
-    digest.update(b"\",");
-    digest.update(tail.as_bytes());
-    hex::encode(digest.finalize())
-}
-
-impl AuditRow {
-    /// The chained content of a stored record.
-    pub fn entry(&self) -> ChainEntry<'_> {
-        ChainEntry {
-            recorded_at: self.recorded_at,
-            action: &self.action,
-            outcome: &self.outcome,
-            http_status: self.http_status,
-            client_id: self.client_id.as_deref(),
-            role: self.role.as_deref(),
-            actor_identity: self.actor_identity.as_deref(),
-            referral_id: self.referral_id.as_deref(),
-            subject: self.subject.as_deref(),
-            recipient: self.recipient.as_deref(),
-            request_id: self.request_id.as_deref(),
-            correlation_id: self.correlation_id.as_deref(),
-            mapping_version: self.mapping_version.as_deref(),
-            key_version: self.key_version.as_deref(),
-            detail: &self.detail,
-        }
-    }
-}
 
 /// The first thing wrong with the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -439,7 +324,9 @@ async fn beyond_the_walk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fhir_sdk::time::format_description::well_known::Rfc3339;
     use fhir_sdk::time::macros::datetime;
+    use sha2::{Digest, Sha256};
 
     fn entry<'a>(detail: &'a str, subject: Option<&'a str>) -> ChainEntry<'a> {
         ChainEntry {

@@ -2,9 +2,9 @@
 //! check an export offline. Exit codes: 0 intact or done, 1 tampered or failed,
 //! 2 configuration problem.
 
-use super::checkpoint::{Signer, VerifyingKeys};
-use super::export::Format;
-use crate::cli::AuditCommand;
+use super::AuditCommand;
+use crate::audit::checkpoint::{Signer, VerifyingKeys};
+use crate::audit::export::Format;
 use crate::config::Settings;
 use crate::store::{AuditRecord, Store};
 use std::process::ExitCode;
@@ -64,7 +64,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
     {
         return verify_export(settings, file, public_key.as_deref(), key_id.as_deref());
     }
-    let store = match crate::cli::open_for("audit", settings, None).await {
+    let store = match super::open_for("audit", settings, None).await {
         Ok(s) => s,
         Err(code) => return code,
     };
@@ -80,7 +80,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
                 Some(Ok(k)) => Some(k),
                 None => None,
             };
-            let v = match super::verify(store.as_ref(), keys.as_ref()).await {
+            let v = match crate::audit::verify(store.as_ref(), keys.as_ref()).await {
                 Ok(v) => v,
                 Err(e) => return failed(e),
             };
@@ -171,7 +171,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
                 },
                 _ => None,
             };
-            let plan = match super::export::ExportPlan::new(
+            let plan = match crate::audit::export::ExportPlan::new(
                 store.as_ref(),
                 signer.as_ref(),
                 from_t,
@@ -217,7 +217,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
 
 /// Writes an export a page at a time, so its memory is one page whatever its range.
 async fn write_export(
-    plan: super::export::ExportPlan,
+    plan: crate::audit::export::ExportPlan,
     store: std::sync::Arc<dyn crate::store::Store>,
     mut out: impl std::io::Write,
 ) -> Result<(), String> {
@@ -261,7 +261,7 @@ fn verify_export(
     let Ok(bundle) = serde_json::from_str::<serde_json::Value>(&text) else {
         return failed("the file is not JSON (only the FHIR export can be verified offline)");
     };
-    match super::export::verify_bundle(&bundle, &keys) {
+    match crate::audit::export::verify_bundle(&bundle, &keys) {
         Err(e) => failed(e),
         Ok(v) => match v.problem {
             None if v.records > 0 && v.covered == v.records => {

@@ -1,6 +1,8 @@
 //! The command line: `serve`, `migrate`, `dev-token`, `mappings check`, `deliveries`,
 //! `report`, `retention`.
 
+pub mod audit;
+
 use crate::config::{Settings, Sources};
 use crate::routing::Routing;
 use crate::startup::Application;
@@ -202,7 +204,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(&settings).await,
         Command::DevToken { client } => dev_token(&settings, &sources, &client),
         Command::Deliveries { command } => deliveries(&settings, command).await,
-        Command::Audit { command } => crate::audit::cli::run(&settings, command).await,
+        Command::Audit { command } => audit::run(&settings, command).await,
         Command::Retention {
             command: RetentionCommand::Run,
         } => retention(&settings).await,
@@ -358,7 +360,7 @@ async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> ExitCode
         DeliveriesCommand::List { dead, limit, json } => {
             let listed = crate::operations::list(store.as_ref(), dead, limit).await;
             if let Ok(rows) = &listed
-                && let Err(code) = crate::audit::cli::record_as(
+                && let Err(code) = audit::record_as(
                     store.as_ref(),
                     "operator",
                     "operator.deliveries.list",
@@ -479,7 +481,7 @@ async fn retention(settings: &Settings) -> ExitCode {
     };
     let purged =
         crate::retention::run_once(store.as_ref(), &settings.retention, "command-line").await;
-    crate::audit::cli::seal_what_was_written(store.as_ref()).await;
+    audit::seal_what_was_written(store.as_ref()).await;
     match purged {
         Ok(p) => {
             println!(
@@ -528,7 +530,7 @@ async fn report(
             return ExitCode::FAILURE;
         }
     };
-    if let Err(code) = crate::audit::cli::record_as(
+    if let Err(code) = audit::record_as(
         store.as_ref(),
         "operator",
         "report.programme",
@@ -619,7 +621,7 @@ async fn extract(settings: &Settings, from: &str, to: &str, format: &str) -> Exi
         Err(e) => return fail(e.to_string()),
     };
     let (rows, left_out) = reports::extract(&rows, &keys, &opted_out);
-    if let Err(code) = crate::audit::cli::record_as(
+    if let Err(code) = audit::record_as(
         store.as_ref(),
         "operator",
         "report.extract",

@@ -2,6 +2,11 @@
 //! `config/<THRIVE_ENV>.toml`, then each `--config FILE` in order, then `THRIVE__...`
 //! environment variables. Later layers win; unknown keys stop the gateway at start.
 
+mod delivery;
+pub mod published_keys;
+
+pub use delivery::*;
+
 use crate::domain::{OdsCode, ProviderId};
 use figment::{
     Figment,
@@ -83,158 +88,6 @@ impl Default for RateLimitSettings {
     }
 }
 
-/// How to reach one provider's case system.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSettings {
-    /// The URL deliveries are POSTed to.
-    pub endpoint: String,
-    /// `json`: the mapped dataset as a JSON document.
-    #[serde(default)]
-    pub format: ProviderFormat,
-    /// How the gateway authenticates to the provider.
-    #[serde(default)]
-    pub auth: ProviderAuth,
-    /// OAuth2 client credentials with a signed JWT client assertion, for
-    /// `auth = "signed-jwt"`.
-    #[serde(default)]
-    pub oauth: Option<OAuthSettings>,
-    /// The CA to trust for this provider and the client certificate to present
-    /// (mutual TLS); combinable with any `auth`.
-    #[serde(default)]
-    pub tls: Option<ProviderTlsSettings>,
-    /// Per-request timeout, in milliseconds.
-    #[serde(default = "default_provider_timeout")]
-    pub timeout_ms: u64,
-}
-
-fn default_provider_timeout() -> u64 {
-    10_000
-}
-
-/// Where one GP system takes milestones back: the referrals whose
-/// `MessageHeader.source.endpoint` is `source_endpoint` have each status event POSTed
-/// to `endpoint` as a BaRS `servicerequest-response` message (always FHIR).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GpCallbackSettings {
-    /// The GP system's `MessageHeader.source.endpoint`, matched exactly (one
-    /// trailing `/` ignored).
-    pub source_endpoint: String,
-    /// The URL milestones are POSTed to.
-    pub endpoint: String,
-    #[serde(default)]
-    pub auth: ProviderAuth,
-    #[serde(default)]
-    pub oauth: Option<OAuthSettings>,
-    #[serde(default)]
-    pub tls: Option<ProviderTlsSettings>,
-    #[serde(default = "default_provider_timeout")]
-    pub timeout_ms: u64,
-}
-
-impl GpCallbackSettings {
-    /// The same client settings a FHIR provider has, so one HTTP client type serves
-    /// both.
-    pub fn client(&self) -> ProviderSettings {
-        ProviderSettings {
-            endpoint: self.endpoint.clone(),
-            format: ProviderFormat::Fhir,
-            auth: self.auth,
-            oauth: self.oauth.clone(),
-            tls: self.tls.clone(),
-            timeout_ms: self.timeout_ms,
-        }
-    }
-}
-
-/// A source endpoint as compared: without one trailing `/`.
-pub fn normalise_endpoint(endpoint: &str) -> &str {
-    endpoint.strip_suffix('/').unwrap_or(endpoint)
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProviderFormat {
-    /// The mapped dataset as a JSON document.
-    #[default]
-    Json,
-    /// A FHIR R4 message Bundle holding only the mapped elements.
-    Fhir,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ProviderAuth {
-    /// No credentials (sandbox receivers, or a provider reached over a private link).
-    #[default]
-    None,
-    /// A bearer token from the provider's token endpoint, obtained with a client
-    /// assertion signed RS512 (the NHS signed-JWT pattern); see `oauth`.
-    SignedJwt,
-}
-
-/// TLS towards one provider.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderTlsSettings {
-    /// Trust only this CA (PEM) for the provider's certificate, instead of the
-    /// platform's roots.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate chain (PEM) for mutual TLS.
-    #[serde(default)]
-    pub client_cert_file: Option<PathBuf>,
-    /// Its private key (PEM).
-    #[serde(default)]
-    pub client_key_file: Option<PathBuf>,
-}
-
-/// The provider's token endpoint and the gateway's client registration there.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OAuthSettings {
-    pub token_url: String,
-    /// `iss` and `sub` of the client assertion.
-    pub client_id: String,
-    /// RSA private key (PEM) the assertion is signed with.
-    pub key_file: PathBuf,
-    /// The `kid` the provider knows the public key by.
-    pub key_id: String,
-}
-
-/// The outbox worker's pace and patience.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeliverySettings {
-    /// Run the worker inside `serve`.
-    pub enabled: bool,
-    /// How often an idle worker looks for due deliveries, in milliseconds.
-    pub poll_interval_ms: u64,
-    /// How long a claimed delivery stays with its worker before others may take it.
-    pub lease_seconds: u64,
-    /// Deliveries claimed and sent at once by one worker.
-    pub batch_size: i64,
-    /// Attempts before a delivery becomes a dead letter.
-    pub max_attempts: i32,
-    /// Age after which a delivery still failing becomes a dead letter, in seconds.
-    pub max_age_seconds: u64,
-    /// First retry delay; doubles per attempt, with jitter, up to `max_backoff_ms`.
-    pub initial_backoff_ms: u64,
-    /// The longest wait before a retry, whatever the doubling or a provider's
-    /// `Retry-After` asks for.
-    pub max_backoff_ms: u64,
-    /// Times in a row the worker itself may fail on one delivery (a panic or an
-    /// error of its own, not a recipient's answer) before it is parked as a dead
-    /// letter, so it cannot hold up the rest of the queue.
-    #[serde(default = "default_max_worker_failures")]
-    pub max_worker_failures: i32,
-}
-
-fn default_max_worker_failures() -> i32 {
-    3
-}
-
 /// Keys by purpose. Pseudonym keys are per recipient (provider id, `audit`,
 /// `reporting`), each with versions and one active version.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -245,7 +98,7 @@ pub struct KeysSettings {
     /// The keys personal data held for delivery is encrypted at rest with; required
     /// whenever the gateway serves or delivers.
     #[serde(default)]
-    pub storage: Option<crate::store::crypto::StorageKeySettings>,
+    pub storage: Option<StorageKeySettings>,
 }
 
 /// How long personal data held for delivery is kept once it is no longer needed.
@@ -647,7 +500,7 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Invalid(String),
     #[error("configuration: {0}")]
-    PublishedKey(#[from] crate::published_keys::PublishedKey),
+    PublishedKey(#[from] crate::config::published_keys::PublishedKey),
 }
 
 /// Where the layers come from; `THRIVE_ENV` and `--config` in the binary.
@@ -704,7 +557,7 @@ impl Settings {
         }
         let settings = Self::from_figment(figment)?;
         if sources.is_production() {
-            crate::published_keys::refuse_published(&settings)?;
+            crate::config::published_keys::refuse_published(&settings)?;
         }
         Ok(settings)
     }
@@ -870,4 +723,14 @@ fn check_client(at: &str, client: &ProviderSettings) -> Result<(), ConfigError> 
 /// tests and tools that then override single keys.
 pub fn defaults_figment(config_dir: &Path) -> Figment {
     Figment::new().merge(Toml::file_exact(config_dir.join("default.toml")))
+}
+
+/// The storage keys as configured: `[keys.storage]` with `active` and
+/// `[keys.storage.versions.<vN>]` tables of `file` or `env`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageKeySettings {
+    /// The version new values are sealed with; every configured version still opens.
+    pub active: String,
+    pub versions: std::collections::BTreeMap<String, crate::pseudonym::KeySource>,
 }

@@ -23,43 +23,43 @@ use std::path::Path;
 const HEX_KEYS: &[(&str, &str)] = &[
     (
         "config/dev/pseudonym-audit-v1.key",
-        include_str!("../config/dev/pseudonym-audit-v1.key"),
+        include_str!("../../config/dev/pseudonym-audit-v1.key"),
     ),
     (
         "config/dev/pseudonym-bchft-v1.key",
-        include_str!("../config/dev/pseudonym-bchft-v1.key"),
+        include_str!("../../config/dev/pseudonym-bchft-v1.key"),
     ),
     (
         "config/dev/pseudonym-prospects-v1.key",
-        include_str!("../config/dev/pseudonym-prospects-v1.key"),
+        include_str!("../../config/dev/pseudonym-prospects-v1.key"),
     ),
     (
         "config/dev/storage-v1.key",
-        include_str!("../config/dev/storage-v1.key"),
+        include_str!("../../config/dev/storage-v1.key"),
     ),
     (
         "tests/fixtures/keys/pseudonym-audit-v1.key",
-        include_str!("../tests/fixtures/keys/pseudonym-audit-v1.key"),
+        include_str!("../../tests/fixtures/keys/pseudonym-audit-v1.key"),
     ),
     (
         "tests/fixtures/keys/pseudonym-audit-v2.key",
-        include_str!("../tests/fixtures/keys/pseudonym-audit-v2.key"),
+        include_str!("../../tests/fixtures/keys/pseudonym-audit-v2.key"),
     ),
     (
         "tests/fixtures/keys/pseudonym-bchft-v1.key",
-        include_str!("../tests/fixtures/keys/pseudonym-bchft-v1.key"),
+        include_str!("../../tests/fixtures/keys/pseudonym-bchft-v1.key"),
     ),
     (
         "tests/fixtures/keys/pseudonym-prospects-v1.key",
-        include_str!("../tests/fixtures/keys/pseudonym-prospects-v1.key"),
+        include_str!("../../tests/fixtures/keys/pseudonym-prospects-v1.key"),
     ),
     (
         "tests/fixtures/keys/storage-v1.key",
-        include_str!("../tests/fixtures/keys/storage-v1.key"),
+        include_str!("../../tests/fixtures/keys/storage-v1.key"),
     ),
     (
         "tests/fixtures/keys/storage-v2.key",
-        include_str!("../tests/fixtures/keys/storage-v2.key"),
+        include_str!("../../tests/fixtures/keys/storage-v2.key"),
     ),
 ];
 
@@ -67,79 +67,79 @@ const HEX_KEYS: &[(&str, &str)] = &[
 const PEM_FILES: &[(&str, &str)] = &[
     (
         "config/dev/audit-checkpoint.pem",
-        include_str!("../config/dev/audit-checkpoint.pem"),
+        include_str!("../../config/dev/audit-checkpoint.pem"),
     ),
     (
         "config/dev/audit-checkpoint.pub.pem",
-        include_str!("../config/dev/audit-checkpoint.pub.pem"),
+        include_str!("../../config/dev/audit-checkpoint.pub.pem"),
     ),
     (
         "config/dev/dev-signing-key.pem",
-        include_str!("../config/dev/dev-signing-key.pem"),
+        include_str!("../../config/dev/dev-signing-key.pem"),
     ),
     (
         "tests/fixtures/keys/audit-checkpoint-other.pem",
-        include_str!("../tests/fixtures/keys/audit-checkpoint-other.pem"),
+        include_str!("../../tests/fixtures/keys/audit-checkpoint-other.pem"),
     ),
     (
         "tests/fixtures/keys/audit-checkpoint-other.pub.pem",
-        include_str!("../tests/fixtures/keys/audit-checkpoint-other.pub.pem"),
+        include_str!("../../tests/fixtures/keys/audit-checkpoint-other.pub.pem"),
     ),
     (
         "tests/fixtures/keys/audit-checkpoint.pem",
-        include_str!("../tests/fixtures/keys/audit-checkpoint.pem"),
+        include_str!("../../tests/fixtures/keys/audit-checkpoint.pem"),
     ),
     (
         "tests/fixtures/keys/audit-checkpoint.pub.pem",
-        include_str!("../tests/fixtures/keys/audit-checkpoint.pub.pem"),
+        include_str!("../../tests/fixtures/keys/audit-checkpoint.pub.pem"),
     ),
     (
         "tests/fixtures/keys/forger.pem",
-        include_str!("../tests/fixtures/keys/forger.pem"),
+        include_str!("../../tests/fixtures/keys/forger.pem"),
     ),
     (
         "tests/fixtures/keys/test-issuer.pem",
-        include_str!("../tests/fixtures/keys/test-issuer.pem"),
+        include_str!("../../tests/fixtures/keys/test-issuer.pem"),
     ),
     (
         "tests/fixtures/tls/ca.pem",
-        include_str!("../tests/fixtures/tls/ca.pem"),
+        include_str!("../../tests/fixtures/tls/ca.pem"),
     ),
     (
         "tests/fixtures/tls/client.key",
-        include_str!("../tests/fixtures/tls/client.key"),
+        include_str!("../../tests/fixtures/tls/client.key"),
     ),
     (
         "tests/fixtures/tls/client.pem",
-        include_str!("../tests/fixtures/tls/client.pem"),
+        include_str!("../../tests/fixtures/tls/client.pem"),
     ),
     (
         "tests/fixtures/tls/other-ca.pem",
-        include_str!("../tests/fixtures/tls/other-ca.pem"),
+        include_str!("../../tests/fixtures/tls/other-ca.pem"),
     ),
     (
         "tests/fixtures/tls/other-client.key",
-        include_str!("../tests/fixtures/tls/other-client.key"),
+        include_str!("../../tests/fixtures/tls/other-client.key"),
     ),
     (
         "tests/fixtures/tls/other-client.pem",
-        include_str!("../tests/fixtures/tls/other-client.pem"),
+        include_str!("../../tests/fixtures/tls/other-client.pem"),
     ),
     (
         "tests/fixtures/tls/other-server.key",
-        include_str!("../tests/fixtures/tls/other-server.key"),
+        include_str!("../../tests/fixtures/tls/other-server.key"),
     ),
     (
         "tests/fixtures/tls/other-server.pem",
-        include_str!("../tests/fixtures/tls/other-server.pem"),
+        include_str!("../../tests/fixtures/tls/other-server.pem"),
     ),
     (
         "tests/fixtures/tls/server.key",
-        include_str!("../tests/fixtures/tls/server.key"),
+        include_str!("../../tests/fixtures/tls/server.key"),
     ),
     (
         "tests/fixtures/tls/server.pem",
-        include_str!("../tests/fixtures/tls/server.pem"),
+        include_str!("../../tests/fixtures/tls/server.pem"),
     ),
 ];
 
@@ -149,11 +149,11 @@ const PEM_FILES: &[(&str, &str)] = &[
 pub const JWKS: [(&str, &str); 2] = [
     (
         "config/dev/jwks.json",
-        include_str!("../config/dev/jwks.json"),
+        include_str!("../../config/dev/jwks.json"),
     ),
     (
         "tests/fixtures/keys/test-jwks.json",
-        include_str!("../tests/fixtures/keys/test-jwks.json"),
+        include_str!("../../tests/fixtures/keys/test-jwks.json"),
     ),
 ];
 
@@ -345,7 +345,7 @@ mod tests {
 
     #[test]
     fn content_is_compared_not_names_or_layout() {
-        let storage = include_str!("../config/dev/storage-v1.key").trim();
+        let storage = include_str!("../../config/dev/storage-v1.key").trim();
         let upper = hex::decode(storage.to_uppercase()).expect("hex");
         assert_eq!(published(&upper), Some("config/dev/storage-v1.key"));
         assert_eq!(published(&[7u8; 32]), None);
@@ -359,7 +359,7 @@ mod tests {
         assert_eq!(published_hex(&copy), Some("config/dev/storage-v1.key"));
 
         // The same key re-wrapped (other line lengths, CRLF) is still the same key.
-        let pem_text = include_str!("../tests/fixtures/tls/server.key");
+        let pem_text = include_str!("../../tests/fixtures/tls/server.key");
         let block = pem::parse(pem_text).expect("PEM");
         let rewrapped = pem::encode_config(
             &block,

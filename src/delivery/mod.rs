@@ -10,12 +10,12 @@
 //! configured for it (kind `milestone`, see [`gp_callbacks`]).
 
 mod client;
-pub mod fhir;
 pub mod gp_callbacks;
-pub mod sandbox;
 
 pub use client::{Answer, ProviderClient};
 pub use gp_callbacks::GpCallbacks;
+
+use crate::fhir::provider as provider_message;
 
 use crate::config::{DeliverySettings, ProviderFormat, Settings};
 use crate::consent::ConsentRecord;
@@ -51,7 +51,7 @@ struct Recipient {
     client: ProviderClient,
     keys: Option<PseudonymKeys>,
     /// Who receives, as FHIR messages name it in `MessageHeader.destination`.
-    receiver: fhir::Receiver,
+    receiver: provider_message::Receiver,
 }
 
 /// The outbox worker. Cheap to clone; clones share everything.
@@ -124,7 +124,7 @@ impl Deliverer {
             };
             let client = ProviderClient::new(config)
                 .map_err(|e| DeliverySetupError::Client(id.clone(), e))?;
-            let receiver = fhir::Receiver {
+            let receiver = provider_message::Receiver {
                 endpoint: config.endpoint.clone(),
                 identifier: provider.identifiers.first().cloned(),
                 name: provider.name.clone(),
@@ -490,7 +490,7 @@ impl Deliverer {
             return Ok(None);
         };
         let history = self.store.events_for(&d.referral_id).await?;
-        Ok(crate::intake::response::milestone(
+        Ok(crate::fhir::messages::milestone(
             &referral, &history, event_id,
         ))
     }
@@ -518,7 +518,7 @@ impl Deliverer {
             "programme": d.programme,
         });
         let format = recipient.client.format();
-        let ids = fhir::ReferralIds {
+        let ids = provider_message::ReferralIds {
             id: &d.referral_id,
             reference: &d.reference,
             programme: &d.programme,
@@ -531,7 +531,7 @@ impl Deliverer {
         if d.kind != "referral" {
             let body = match format {
                 ProviderFormat::Json => json!({"notice": d.kind, "referral": referral}),
-                ProviderFormat::Fhir => fhir::notice(&ids, &d.kind, &stamp),
+                ProviderFormat::Fhir => provider_message::notice(&ids, &d.kind, &stamp),
             };
             return Ok((body, None));
         }
@@ -566,7 +566,7 @@ impl Deliverer {
                     .iter()
                     .find(|f| f.transform == "pseudonym")
                     .map(|f| f.name.as_str());
-                fhir::referral(
+                provider_message::referral(
                     &ids,
                     (dataset.id(), dataset.version()),
                     &minimised.data,

@@ -1,8 +1,8 @@
 //! The gateway's published definitions: its CapabilityStatement and the referral
 //! MessageDefinition that says what a referral message must hold.
 
+use super::{MESSAGE_EVENTS, SNOMED};
 use crate::routing::Routing;
-use crate::validation::{MESSAGE_EVENTS, SNOMED};
 use serde_json::{Value, json};
 use std::sync::OnceLock;
 

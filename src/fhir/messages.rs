@@ -2,11 +2,9 @@
 //! view of a referral. They carry ids, codes and the referral reference, never the
 //! patient's details.
 
-use super::process::Outcome;
+use super::{BASE, MESSAGE_EVENTS, SNOMED, full_url, set};
 use crate::domain::ODS_SYSTEM;
-use crate::fhir::{BASE, full_url, set};
 use crate::store::{EventRow, ReferralRow, ReferralStatus};
-use crate::validation::{MESSAGE_EVENTS, SNOMED};
 use serde_json::{Value, json};
 
 /// Identifier system of the gateway's human-readable referral references.
@@ -66,7 +64,7 @@ fn milestone_task(n: usize, e: &EventRow, based_on: &str) -> Value {
                 0,
                 json!({
                     "system": REJECTED_REASONS,
-                    "code": crate::events::bars_rejection(reason),
+                    "code": bars_rejection(reason),
                 }),
             );
         }
@@ -162,6 +160,16 @@ fn encounter(row: &ReferralRow, status: &str, rejected: Option<&str>) -> Value {
     encounter
 }
 
+/// The BaRS rejection reason (`https://fhir.nhs.uk/CodeSystem/rejected-reasons-bars`)
+/// closest to a decline reason.
+pub fn bars_rejection(reason: &str) -> &'static str {
+    match reason {
+        "failed-contact" => "FC",
+        "ineligible" | "out-of-area" => "RRNA",
+        _ => "OTH",
+    }
+}
+
 /// Code system of BaRS rejection reasons (`RRNA`, `FC`, `OTH`).
 pub const REJECTED_REASONS: &str = "https://fhir.nhs.uk/CodeSystem/rejected-reasons-bars";
 
@@ -218,17 +226,17 @@ fn response_message(
     })
 }
 
-/// The `servicerequest-response` message for an accepted request.
-pub fn accepted(outcome: &Outcome) -> Value {
-    let row = &outcome.referral;
+/// The `servicerequest-response` message for an accepted request: the request Bundle
+/// `bundle_id` sent from `source_endpoint`, and the referral as it now stands.
+pub fn accepted(row: &ReferralRow, bundle_id: &str, source_endpoint: &str) -> Value {
     let status = match row.status() {
         Ok(ReferralStatus::Active) => "planned",
         _ => "cancelled",
     };
     response_message(
         row,
-        &outcome.bundle_id,
-        &outcome.source_endpoint,
+        bundle_id,
+        source_endpoint,
         service_request(row, &[]),
         encounter(row, status, None),
     )
@@ -254,9 +262,7 @@ pub fn milestone(row: &ReferralRow, history: &[EventRow], event_id: &str) -> Opt
     let (status, rejected) = match event.event.as_str() {
         "declined" => (
             "cancelled",
-            Some(crate::events::bars_rejection(
-                event.reason.as_deref().unwrap_or_default(),
-            )),
+            Some(bars_rejection(event.reason.as_deref().unwrap_or_default())),
         ),
         "closed" => ("finished", None),
         "accepted" => ("planned", None),
@@ -294,4 +300,16 @@ pub fn searchset(found: &[(ReferralRow, Vec<EventRow>)]) -> Value {
         set(&mut bundle, "entry", json!(entries));
     }
     bundle
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn declines_map_to_bars_rejection_reasons() {
+        assert_eq!(bars_rejection("failed-contact"), "FC");
+        assert_eq!(bars_rejection("ineligible"), "RRNA");
+        assert_eq!(bars_rejection("declined-by-person"), "OTH");
+    }
 }

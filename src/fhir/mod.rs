@@ -8,8 +8,18 @@
 )]
 
 pub mod bundle;
+pub mod definitions;
 pub mod json;
+pub mod messages;
+pub mod provider;
 pub mod types;
+
+/// SNOMED CT.
+pub const SNOMED: &str = "http://snomed.info/sct";
+/// BaRS message events (`servicerequest-request`, `servicerequest-response`).
+pub const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
+/// BaRS message reasons (`new`, `update`).
+pub const MESSAGE_REASONS: &str = "https://fhir.nhs.uk/CodeSystem/message-reason-bars";
 
 /// The gateway's own FHIR base: `MessageHeader.source.endpoint` of what it sends, and
 /// the base of the absolute `fullUrl`s of resources whose ids are not UUIDs.

@@ -3,8 +3,8 @@
 //! (one item per dataset field, `linkId` the field name), the NHS-number pseudonym as
 //! the Patient's only identifier; nothing else about the person is added.
 
-use crate::intake::response::REFERENCE_SYSTEM;
-use crate::validation::{MESSAGE_EVENTS, MESSAGE_REASONS};
+use super::messages::REFERENCE_SYSTEM;
+use super::{MESSAGE_EVENTS, MESSAGE_REASONS};
 use serde_json::{Map, Value, json};
 
 /// Identifier system of a provider's pseudonyms, e.g. `.../Id/pseudonym/bchft`.
@@ -32,7 +32,11 @@ impl Receiver {
     fn destination(&self) -> Value {
         let mut receiver = json!({"display": self.name});
         if let Some((system, value)) = &self.identifier {
-            receiver["identifier"] = json!({"system": system, "value": value});
+            super::set(
+                &mut receiver,
+                "identifier",
+                json!({"system": system, "value": value}),
+            );
         }
         json!([{"endpoint": self.endpoint, "receiver": receiver}])
     }
@@ -43,11 +47,17 @@ impl Receiver {
 fn entry(resource: Value) -> (String, Value) {
     let mut resource = resource;
     if resource.get("id").is_none() {
-        resource["id"] = json!(uuid::Uuid::new_v4().to_string());
+        super::set(&mut resource, "id", json!(uuid::Uuid::new_v4().to_string()));
     }
     let url = crate::fhir::full_url(
-        resource["resourceType"].as_str().unwrap_or_default(),
-        resource["id"].as_str().unwrap_or_default(),
+        resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
+        resource
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default(),
     );
     (url.clone(), json!({"fullUrl": url, "resource": resource}))
 }
@@ -98,8 +108,11 @@ pub fn referral(
         .and_then(Value::as_str);
     let mut patient = json!({"resourceType": "Patient"});
     if let Some(p) = pseudonym {
-        patient["identifier"] =
-            json!([{"system": format!("{PSEUDONYM_SYSTEM}/{}", ids.provider), "value": p}]);
+        super::set(
+            &mut patient,
+            "identifier",
+            json!([{"system": format!("{PSEUDONYM_SYSTEM}/{}", ids.provider), "value": p}]),
+        );
     }
     let (patient_url, patient) = entry(patient);
     let items: Vec<Value> = data

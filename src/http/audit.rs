@@ -2,10 +2,10 @@
 //! is itself an audit record. NHS numbers are taken only in request bodies, so they
 //! stay out of URLs and access logs, and are turned into the audit pseudonym at once.
 
-use super::export::{self, Format};
+use crate::app::{AppState, AuditContext, RequestIds};
+use crate::audit::export::{self, Format};
 use crate::auth::{Principal, Role};
 use crate::domain::NhsNumber;
-use crate::intake::{Gateway, RequestIds, process::AuditContext};
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
 use crate::params::{self, DATE_OR_INSTANT, Query};
 use crate::store::{AuditFilter, AuditRow};
@@ -19,8 +19,8 @@ fn ids(req: &HttpRequest) -> Option<RequestIds> {
 }
 
 /// Authenticates an auditor; a refusal is recorded before it is returned.
-async fn auditor(gw: &Gateway, req: &HttpRequest, action: &str) -> Result<Principal, Rejection> {
-    crate::intake::authenticate_role(
+async fn auditor(gw: &AppState, req: &HttpRequest, action: &str) -> Result<Principal, Rejection> {
+    crate::app::authenticate_role(
         gw,
         req,
         action,
@@ -32,7 +32,7 @@ async fn auditor(gw: &Gateway, req: &HttpRequest, action: &str) -> Result<Princi
 
 /// Records an allowed auditor call; the answer is given only once it is recorded.
 async fn record_call(
-    gw: &Gateway,
+    gw: &AppState,
     req: &HttpRequest,
     principal: &Principal,
     action: &str,
@@ -53,7 +53,7 @@ async fn record_call(
 /// Records a refusal that came after authentication (bad parameters, unknown record),
 /// then hands it back: every auditor call leaves a record, allowed or not.
 async fn refused(
-    gw: &Gateway,
+    gw: &AppState,
     req: &HttpRequest,
     principal: &Principal,
     action: &str,
@@ -157,14 +157,14 @@ fn page(q: &mut Query) -> (i64, i64) {
 }
 
 #[get("/audit/v1/records")]
-async fn list(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, Rejection> {
+async fn list(req: HttpRequest, gw: web::Data<AppState>) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.list").await?;
     let result = list_records(&gw, &req, &principal).await;
     refused(&gw, &req, &principal, "audit.list", result).await
 }
 
 async fn list_records(
-    gw: &Gateway,
+    gw: &AppState,
     req: &HttpRequest,
     principal: &Principal,
 ) -> Result<HttpResponse, Rejection> {
@@ -197,7 +197,7 @@ async fn list_records(
 async fn one(
     req: HttpRequest,
     seq: web::Path<String>,
-    gw: web::Data<Gateway>,
+    gw: web::Data<AppState>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.read").await?;
     let result = read_record(&gw, &req, &principal, &seq).await;
@@ -205,7 +205,7 @@ async fn one(
 }
 
 async fn read_record(
-    gw: &Gateway,
+    gw: &AppState,
     req: &HttpRequest,
     principal: &Principal,
     seq: &str,
@@ -231,7 +231,7 @@ async fn read_record(
 async fn subjects(
     req: HttpRequest,
     body: web::Bytes,
-    gw: web::Data<Gateway>,
+    gw: web::Data<AppState>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.subjects").await?;
     let result = subject_records(&gw, &req, &principal, &body).await;
@@ -239,7 +239,7 @@ async fn subjects(
 }
 
 async fn subject_records(
-    gw: &Gateway,
+    gw: &AppState,
     req: &HttpRequest,
     principal: &Principal,
     body: &[u8],
@@ -316,7 +316,7 @@ async fn subject_records(
 #[get("/audit/v1/export")]
 async fn export_records(
     req: HttpRequest,
-    gw: web::Data<Gateway>,
+    gw: web::Data<AppState>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.export").await?;
     let result = export_inner(&gw, &req, &principal).await;
@@ -324,7 +324,7 @@ async fn export_records(
 }
 
 async fn export_inner(
-    gw: &Gateway,
+    gw: &AppState,
     req: &HttpRequest,
     principal: &Principal,
 ) -> Result<HttpResponse, Rejection> {
@@ -377,19 +377,19 @@ async fn export_inner(
 /// Runs `audit verify` for an auditor: the answer says whether the chain is intact
 /// and, if not, the first record that is wrong.
 #[get("/audit/v1/verify")]
-async fn verify(req: HttpRequest, gw: web::Data<Gateway>) -> Result<HttpResponse, Rejection> {
+async fn verify(req: HttpRequest, gw: web::Data<AppState>) -> Result<HttpResponse, Rejection> {
     let principal = auditor(&gw, &req, "audit.verify").await?;
     let result = verify_chain(&gw, &req, &principal).await;
     refused(&gw, &req, &principal, "audit.verify", result).await
 }
 
 async fn verify_chain(
-    gw: &Gateway,
+    gw: &AppState,
     req: &HttpRequest,
     principal: &Principal,
 ) -> Result<HttpResponse, Rejection> {
     Query::none(req.query_string())?;
-    let v = super::verify(gw.store.as_ref(), gw.checkpoint_keys.as_ref()).await?;
+    let v = crate::audit::verify(gw.store.as_ref(), gw.checkpoint_keys.as_ref()).await?;
     let body = json!({
         "intact": v.intact(),
         "records": v.records,

@@ -1,5 +1,6 @@
-//! Intake: the HTTP face GP systems, providers, auditors and operators see. Handlers
-//! here only translate between HTTP and the pipeline; decisions live in [`process`].
+//! The FHIR face GP systems see: `$process-message`, `$validate`, reading and searching
+//! referrals, and the published definitions. Handlers only translate between HTTP and
+//! the decision, which lives in [`crate::intake`].
 
 // Input is handled here: no arithmetic or indexing that could panic on it.
 #![cfg_attr(
@@ -7,135 +8,15 @@
     deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
 )]
 
-mod definitions;
-pub mod process;
-pub mod response;
-
-pub use process::Gateway;
-
-use crate::auth::{AuthError, Principal, Role};
+use crate::app::{AppState, AuditContext, RequestIds, authenticate, forbidden};
+use crate::auth::{Principal, Role};
+use crate::fhir::{definitions, messages};
 use crate::metrics::ReferralOutcome;
 use crate::outcome::{Issue, IssueType, RecCode, Rejection};
-use actix_web::{
-    HttpRequest, HttpResponse, Responder, ResponseError, get,
-    http::header::{self, HeaderMap},
-    post, web,
-};
+use actix_web::{HttpRequest, HttpResponse, Responder, get, http::header, post, web};
 use fhir_sdk::time::OffsetDateTime;
 use futures_util::StreamExt;
-use process::AuditContext;
 use uuid::Uuid;
-
-/// The BaRS request headers: both ids (UUIDs) and, when sent, the NHS identity
-/// headers, summarised for the audit record.
-#[derive(Debug, Clone)]
-pub struct RequestIds {
-    pub request_id: Uuid,
-    pub correlation_id: Uuid,
-    pub identity: Option<String>,
-}
-
-/// Header names in the lower case HTTP/2 and actix use; clients may send any case.
-pub const REQUEST_ID: &str = "x-request-id";
-pub const CORRELATION_ID: &str = "x-correlation-id";
-
-impl RequestIds {
-    /// Both headers are required UUIDs; each problem is reported.
-    pub fn from_headers(headers: &HeaderMap) -> Result<Self, Rejection> {
-        let mut issues = Vec::new();
-        let mut read = |name: &str, shown: &str| -> Option<Uuid> {
-            let parsed = headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| Uuid::parse_str(v.trim()));
-            match parsed {
-                Some(Ok(id)) => Some(id),
-                Some(Err(_)) => {
-                    issues.push(Issue::structure(
-                        IssueType::Value,
-                        shown,
-                        format!("the {shown} header must be a UUID"),
-                    ));
-                    None
-                }
-                None => {
-                    issues.push(Issue::structure(
-                        IssueType::Required,
-                        shown,
-                        format!("the {shown} header is required (a UUID)"),
-                    ));
-                    None
-                }
-            }
-        };
-        let request_id = read(REQUEST_ID, "X-Request-Id");
-        let correlation_id = read(CORRELATION_ID, "X-Correlation-Id");
-        match (request_id, correlation_id) {
-            (Some(request_id), Some(correlation_id)) => Ok(Self {
-                request_id,
-                correlation_id,
-                identity: crate::audit::identity::from_headers(headers),
-            }),
-            _ => Err(Rejection { issues }),
-        }
-    }
-}
-
-fn unauthorised(e: AuthError) -> Rejection {
-    Issue::new(RecCode::Unauthorized, IssueType::Login, e.to_string()).into()
-}
-
-fn forbidden(what: &str) -> Rejection {
-    Issue::new(RecCode::Forbidden, IssueType::Forbidden, what).into()
-}
-
-/// The calling client, from the request's bearer token; 401 otherwise. Every HTTP
-/// interface authenticates through here.
-pub(crate) fn authenticate(gw: &Gateway, req: &HttpRequest) -> Result<Principal, Rejection> {
-    let mut headers = req.headers().get_all(header::AUTHORIZATION);
-    let header = headers.next().map(|v| v.to_str().unwrap_or_default());
-    let result = if headers.next().is_some() {
-        // Which one would count is ambiguous: neither does.
-        Err(AuthError::Ambiguous)
-    } else {
-        gw.auth.authenticate(header)
-    };
-    match result {
-        Ok(principal) => {
-            gw.limits.client(&principal.client_id)?;
-            Ok(principal)
-        }
-        Err(e) => {
-            gw.limits.failure(req.peer_addr().map(|a| a.ip()))?;
-            Err(unauthorised(e))
-        }
-    }
-}
-
-/// Authenticates a caller that must hold `role`; a refusal (no or bad token, another
-/// role) is recorded under `action` before it is returned, with the request ids when
-/// they were sent. `why` is the 403's sentence.
-pub(crate) async fn authenticate_role(
-    gw: &Gateway,
-    req: &HttpRequest,
-    action: &str,
-    role: Role,
-    why: &str,
-) -> Result<Principal, Rejection> {
-    let ids = RequestIds::from_headers(req.headers()).ok();
-    let (principal, rejection) = match authenticate(gw, req) {
-        Ok(p) if p.role == role => return Ok(p),
-        Ok(p) => (Some(p), forbidden(why)),
-        Err(rejection) => (None, rejection),
-    };
-    let ctx = AuditContext {
-        action,
-        principal: principal.as_ref(),
-        ids: ids.as_ref(),
-    };
-    gw.audit_rejection(&ctx, &rejection).await;
-    Err(rejection)
-}
 
 /// `application/fhir+json` or `application/json`, with any parameters.
 fn is_fhir_json(req: &HttpRequest) -> bool {
@@ -196,25 +77,25 @@ fn fhir_json(status: actix_web::http::StatusCode, body: &serde_json::Value) -> H
 async fn process_message(
     req: HttpRequest,
     mut payload: web::Payload,
-    gw: web::Data<Gateway>,
+    gw: web::Data<AppState>,
 ) -> Result<HttpResponse, Rejection> {
     let result = receive_message(&req, &mut payload, &gw).await;
     gw.metrics.referral(match &result {
         Ok(outcome) => outcome.decision,
         Err(rejection) => ReferralOutcome::of_rejection(rejection),
     });
-    Ok(fhir_json(
-        actix_web::http::StatusCode::OK,
-        &response::accepted(&result?),
-    ))
+    Ok(fhir_json(actix_web::http::StatusCode::OK, &{
+        let o = result?;
+        messages::accepted(&o.referral, &o.bundle_id, &o.source_endpoint)
+    }))
 }
 
 /// One `$process-message` request from its headers to the gateway's decision.
 async fn receive_message(
     req: &HttpRequest,
     payload: &mut web::Payload,
-    gw: &Gateway,
-) -> Result<process::Outcome, Rejection> {
+    gw: &AppState,
+) -> Result<crate::intake::Outcome, Rejection> {
     let (principal, ids, body) = read_message(req, payload, gw, "referral.message").await?;
     gw.process(&principal, &ids, &body, OffsetDateTime::now_utc())
         .await
@@ -225,7 +106,7 @@ async fn receive_message(
 async fn read_message(
     req: &HttpRequest,
     payload: &mut web::Payload,
-    gw: &Gateway,
+    gw: &AppState,
     action: &str,
 ) -> Result<(Principal, RequestIds, web::BytesMut), Rejection> {
     let ids = RequestIds::from_headers(req.headers());
@@ -290,7 +171,7 @@ async fn read_message(
 async fn validate_message(
     req: HttpRequest,
     mut payload: web::Payload,
-    gw: web::Data<Gateway>,
+    gw: web::Data<AppState>,
 ) -> Result<HttpResponse, Rejection> {
     let (principal, ids, body) = read_message(&req, &mut payload, &gw, "referral.validate").await?;
     let dry = gw
@@ -325,7 +206,7 @@ async fn validate_message(
 #[get("/fhir/r4/ServiceRequest")]
 async fn search_service_requests(
     req: HttpRequest,
-    gw: web::Data<Gateway>,
+    gw: web::Data<AppState>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = authenticate(&gw, &req)?;
     let ids = RequestIds::from_headers(req.headers()).ok();
@@ -375,7 +256,7 @@ async fn search_service_requests(
             .at("identifier")
             .into());
         }
-        let by_reference = system.is_none_or(|s| s == response::REFERENCE_SYSTEM);
+        let by_reference = system.is_none_or(|s| s == messages::REFERENCE_SYSTEM);
         let rows = gw
             .store
             .referrals_by_identifier(by_reference, system, value)
@@ -408,7 +289,7 @@ async fn search_service_requests(
             gw.store.append_audit(&record).await?;
             Ok(fhir_json(
                 actix_web::http::StatusCode::OK,
-                &response::searchset(&found),
+                &messages::searchset(&found),
             ))
         }
         Err(r) => {
@@ -422,7 +303,7 @@ async fn search_service_requests(
 async fn read_service_request(
     req: HttpRequest,
     path: web::Path<String>,
-    gw: web::Data<Gateway>,
+    gw: web::Data<AppState>,
 ) -> Result<HttpResponse, Rejection> {
     let principal = authenticate(&gw, &req)?;
     // The ids are optional on a read; when sent they go into the record.
@@ -474,7 +355,7 @@ async fn read_service_request(
             gw.store.append_audit(&record).await?;
             Ok(fhir_json(
                 actix_web::http::StatusCode::OK,
-                &response::service_request(&row, &events),
+                &messages::service_request(&row, &events),
             ))
         }
         Err(r) => {
@@ -493,108 +374,11 @@ async fn metadata() -> impl Responder {
 }
 
 #[get("/fhir/r4/MessageDefinition")]
-async fn message_definition(gw: web::Data<Gateway>) -> impl Responder {
+async fn message_definition(gw: web::Data<AppState>) -> impl Responder {
     fhir_json(
         actix_web::http::StatusCode::OK,
         &definitions::message_definition_bundle(&gw.routing, gw.minimum_age_years),
     )
-}
-
-/// Live while every background task stays up; 503 naming any that cannot (failed
-/// `background.max_restarts` times within `background.restart_window_seconds`), so
-/// an orchestrator replaces the process.
-#[get("/health/live")]
-async fn live(tasks: Option<web::Data<crate::supervisor::Supervisor>>) -> impl Responder {
-    let status = tasks.map(|t| t.status()).unwrap_or_default();
-    let failing: Vec<&str> = status
-        .iter()
-        .filter(|s| s.failing)
-        .map(|s| s.task.as_str())
-        .collect();
-    if failing.is_empty() {
-        HttpResponse::Ok().json(serde_json::json!({"status": "live", "tasks": status}))
-    } else {
-        tracing::warn!(tasks = ?failing, "liveness check: background tasks cannot stay up");
-        // Like every error, an OperationOutcome: one issue per task that cannot stay up.
-        Rejection {
-            issues: failing
-                .iter()
-                .map(|task| {
-                    Issue::new(
-                        RecCode::ServiceUnavailable,
-                        IssueType::Transient,
-                        format!("not live: background task `{task}` cannot stay up"),
-                    )
-                })
-                .collect(),
-        }
-        .error_response()
-    }
-}
-
-/// Ready when the database answers within `server.ready_timeout_ms`. Otherwise 503
-/// (with `Retry-After`) naming the dependency that failed and how: `unreachable` (no
-/// connection could be had), `timeout` (no answer in time) or `error` (it answered
-/// with an error); the detail is in the log, never in the answer, which anyone may read.
-#[get("/health/ready")]
-async fn ready(gw: web::Data<Gateway>) -> impl Responder {
-    let started = std::time::Instant::now();
-    let failure = match tokio::time::timeout(gw.ready_timeout, gw.store.ping()).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) if e.is_unavailable() => {
-            tracing::warn!(error = %e, "readiness check: the database is unreachable");
-            Some((
-                "unreachable",
-                "no connection to the database could be had (see the log)".to_owned(),
-            ))
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "readiness check: the database answered with an error");
-            Some((
-                "error",
-                "the database answered the check with an error (see the log)".to_owned(),
-            ))
-        }
-        Err(_) => {
-            tracing::warn!(
-                timeout_ms = gw.ready_timeout.as_millis() as u64,
-                "readiness check: the database did not answer in time"
-            );
-            Some((
-                "timeout",
-                format!(
-                    "the database did not answer within {} ms",
-                    gw.ready_timeout.as_millis()
-                ),
-            ))
-        }
-    };
-    let checked_ms = started.elapsed().as_millis() as u64;
-    match failure {
-        None => HttpResponse::Ok().json(serde_json::json!({
-            "status": "ready",
-            "database": "ok",
-            "checked_ms": checked_ms,
-        })),
-        // Like every error, an OperationOutcome (with Retry-After): the dependency
-        // that failed, how, and why.
-        Some((database, reason)) => Rejection::one(Issue::new(
-            RecCode::ServiceUnavailable,
-            IssueType::Transient,
-            format!("not ready: database {database}: {reason} (checked in {checked_ms} ms)"),
-        ))
-        .error_response(),
-    }
-}
-
-/// Anything not routed: a FHIR 404, so clients always get an OperationOutcome.
-pub async fn not_found() -> Result<HttpResponse, Rejection> {
-    Err(Issue::new(
-        RecCode::NotFound,
-        IssueType::NotSupported,
-        "no such endpoint",
-    )
-    .into())
 }
 
 /// Registers every intake route.
@@ -604,7 +388,5 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(search_service_requests)
         .service(read_service_request)
         .service(metadata)
-        .service(message_definition)
-        .service(live)
-        .service(ready);
+        .service(message_definition);
 }

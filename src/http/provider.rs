@@ -2,9 +2,9 @@
 //! referrals delivered to that provider, as JSON or as FHIR Tasks, and those Tasks read
 //! back. Every call by a provider is audited.
 
+use crate::app::{AppState, AuditContext, RequestIds};
 use crate::auth::{Principal, Role};
 use crate::events::{self, EventBody, Field, Milestone};
-use crate::intake::{Gateway, RequestIds, process::AuditContext};
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
 use crate::params::Query;
 use crate::store::{EventRecord, EventRecorded, EventRow, MilestoneDelivery, ReferralRow};
@@ -12,8 +12,8 @@ use actix_web::{HttpRequest, HttpResponse, get, http::StatusCode, post, web};
 use fhir_sdk::time::OffsetDateTime;
 use serde_json::Value;
 
-fn provider_only(gw: &Gateway, req: &HttpRequest) -> Result<(Principal, String), Rejection> {
-    let principal = crate::intake::authenticate(gw, req)?;
+fn provider_only(gw: &AppState, req: &HttpRequest) -> Result<(Principal, String), Rejection> {
+    let principal = crate::app::authenticate(gw, req)?;
     match &principal.role {
         Role::Provider { provider } => {
             let id = provider.to_string();
@@ -95,7 +95,7 @@ async fn post_event(
     req: HttpRequest,
     referral_id: web::Path<String>,
     body: web::Bytes,
-    gw: web::Data<Gateway>,
+    gw: web::Data<AppState>,
 ) -> Result<HttpResponse, Rejection> {
     let event = Ok((referral_id.into_inner(), Body::Json(body), Paths::json()));
     let recorded = receive(&gw, &req, Query::none, event).await?;
@@ -117,7 +117,7 @@ async fn post_event(
 async fn post_task(
     req: HttpRequest,
     body: web::Bytes,
-    gw: web::Data<Gateway>,
+    gw: web::Data<AppState>,
 ) -> Result<HttpResponse, Rejection> {
     let event =
         read_task(&body).map(|(referral, event, paths)| (referral, Body::Read(event), paths));
@@ -163,7 +163,7 @@ fn task_location(id: &str) -> String {
 
 /// A recorded event as a FHIR Task.
 fn task_resource(referral: &ReferralRow, row: &EventRow) -> Value {
-    crate::intake::response::event_task(referral, row)
+    crate::fhir::messages::event_task(referral, row)
 }
 
 /// A Task this provider posted (or any of its status events, read as a Task).
@@ -172,7 +172,7 @@ fn task_resource(referral: &ReferralRow, row: &EventRow) -> Value {
 async fn get_task(
     req: HttpRequest,
     id: web::Path<String>,
-    gw: web::Data<Gateway>,
+    gw: web::Data<AppState>,
 ) -> Result<HttpResponse, Rejection> {
     let (principal, provider) = provider_only(&gw, &req)?;
     let ids = RequestIds::from_headers(req.headers()).ok();
@@ -231,7 +231,7 @@ async fn get_task(
 /// Both forms of a status event end here: the caller must be a provider, and the
 /// event (or why it could not be read) is recorded and audited the same way.
 async fn receive(
-    gw: &Gateway,
+    gw: &AppState,
     req: &HttpRequest,
     query: fn(&str) -> Result<(), Rejection>,
     event: Result<(String, Body, Paths), Rejection>,
@@ -476,7 +476,7 @@ fn task_refs_differ(task: &Value, focus: &str) -> bool {
 }
 
 async fn record(
-    gw: &Gateway,
+    gw: &AppState,
     provider: &str,
     referral_id: &str,
     ids: Result<RequestIds, Rejection>,

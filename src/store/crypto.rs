@@ -14,14 +14,14 @@
 //! exactly 32 bytes. They are never printed: `Debug` and every error name the version
 //! and where the key lives, never the key, and decryption errors never quote the value.
 
-use crate::pseudonym::{KeyOrigin, KeySource, ReadError};
+pub use crate::config::StorageKeySettings;
+use crate::pseudonym::{KeyOrigin, ReadError};
 use aes_gcm::{
     Aes256Gcm, KeyInit, Nonce,
     aead::{Aead, Payload},
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
 use secrecy::{ExposeSecret, SecretBox, SecretString};
-use serde::Deserialize;
 use std::{collections::BTreeMap, fmt};
 
 /// AES-256: the key is exactly this many bytes.
@@ -30,16 +30,6 @@ const NONCE_BYTES: usize = 12;
 const TAG_BYTES: usize = 16;
 /// What every sealed value starts with.
 pub const PREFIX: &str = "enc:";
-
-/// The storage keys as configured: `[keys.storage]` with `active` and
-/// `[keys.storage.versions.<vN>]` tables of `file` or `env`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StorageKeySettings {
-    /// The version new values are sealed with; every configured version still opens.
-    pub active: String,
-    pub versions: BTreeMap<String, KeySource>,
-}
 
 /// A column holding sealed personal data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -10,7 +10,12 @@
 //! nowhere else, so no caller can store it in the clear. Once a referral no longer
 //! needs it, [`Store::purge_settled`] replaces it by the empty marker.
 
+mod audit;
 pub mod crypto;
+mod events;
+mod outbox;
+mod referrals;
+mod reports;
 mod sql;
 
 use async_trait::async_trait;
@@ -21,7 +26,19 @@ use std::{str::FromStr, sync::Arc, time::Duration};
 use crate::config::{Backend, DatabaseSettings};
 use crypto::StorageKeys;
 
+pub use crate::audit_record::{AuditRecord, AuditRow, CheckpointRow};
+
+pub use audit::AuditStore;
+pub use events::EventStore;
+pub use outbox::OutboxStore;
+pub use referrals::ReferralStore;
+pub use reports::ReportStore;
 pub use sql::{PostgresStore, SqliteStore};
+
+/// The store's traits, for `use crate::store::prelude::*` where a `dyn Store` is called.
+pub mod prelude {
+    pub use super::{AuditStore, EventStore, OutboxStore, ReferralStore, ReportStore, Store};
+}
 
 /// Failures of the database itself. Never shown to callers: they get 503 when
 /// [`StoreError::is_unavailable`], a plain 500 otherwise.
@@ -124,102 +141,6 @@ impl FromStr for ReferralStatus {
             other => Err(StoreError::Corrupt(format!("referral status `{other}`"))),
         }
     }
-}
-
-/// One decision for the audit table. Holds ids, codes and paths, never patient data.
-#[derive(Debug, Clone)]
-pub struct AuditRecord {
-    pub at: OffsetDateTime,
-    /// e.g. `referral.new`, `referral.cancel`, `referral.read`.
-    pub action: String,
-    /// `accepted`, `rejected`, `allowed`, `denied`.
-    pub outcome: String,
-    pub http_status: Option<u16>,
-    pub client_id: Option<String>,
-    pub role: Option<String>,
-    pub referral_id: Option<String>,
-    pub request_id: Option<String>,
-    pub correlation_id: Option<String>,
-    /// The NHS identity headers the caller sent, summarised (see
-    /// [`crate::audit::identity`]): staff and system identifiers, never the patient's.
-    pub actor_identity: Option<String>,
-    /// The subject's audit pseudonym. Left empty for a record about a stored
-    /// referral, the store fills it in from the referral.
-    pub subject: Option<String>,
-    /// Who the data went (or would have gone) to: a provider or GP callback id.
-    pub recipient: Option<String>,
-    /// The mapping (dataset or routing table) and its version the decision used.
-    pub mapping_version: Option<String>,
-    /// The pseudonym key version used in a disclosure.
-    pub key_version: Option<String>,
-    /// JSON object: routing decision, consent summary, rejection codes and paths.
-    pub detail: serde_json::Value,
-}
-
-impl AuditRecord {
-    /// A record of `action` with `outcome` now, every other field empty.
-    pub fn new(action: impl Into<String>, outcome: impl Into<String>) -> Self {
-        Self {
-            at: OffsetDateTime::now_utc(),
-            action: action.into(),
-            outcome: outcome.into(),
-            http_status: None,
-            client_id: None,
-            role: None,
-            referral_id: None,
-            request_id: None,
-            correlation_id: None,
-            actor_identity: None,
-            subject: None,
-            recipient: None,
-            mapping_version: None,
-            key_version: None,
-            detail: serde_json::Value::Object(Default::default()),
-        }
-    }
-
-    /// The record is about data going to `recipient`.
-    pub fn to_recipient(mut self, recipient: &str) -> Self {
-        self.recipient = Some(recipient.to_owned());
-        self
-    }
-
-    /// The record is about this subject (audit pseudonym); the store need not look it up.
-    pub fn about(mut self, subject: &str) -> Self {
-        self.subject = Some(subject.to_owned());
-        self
-    }
-
-    /// The record's decision used this mapping version.
-    pub fn under_mapping(mut self, mapping_version: &str) -> Self {
-        self.mapping_version = Some(mapping_version.to_owned());
-        self
-    }
-}
-
-/// A stored audit record.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct AuditRow {
-    pub id: i64,
-    /// Place in the hash chain (`None`: written before the chain existed).
-    pub seq: Option<i64>,
-    pub recorded_at: OffsetDateTime,
-    pub action: String,
-    pub outcome: String,
-    pub http_status: Option<i32>,
-    pub client_id: Option<String>,
-    pub role: Option<String>,
-    pub actor_identity: Option<String>,
-    pub referral_id: Option<String>,
-    pub subject: Option<String>,
-    pub recipient: Option<String>,
-    pub request_id: Option<String>,
-    pub correlation_id: Option<String>,
-    pub mapping_version: Option<String>,
-    pub key_version: Option<String>,
-    pub detail: String,
-    pub prev_hash: Option<String>,
-    pub hash: Option<String>,
 }
 
 /// Which audit records an auditor asks for; every filter is optional.
@@ -557,163 +478,16 @@ pub enum Updated {
     Duplicate,
 }
 
-/// The storage interface; see the module comment.
+/// The whole store: every aggregate's interface, each in its own file, and what the
+/// database as a whole answers. A consumer that needs one aggregate takes that trait.
 #[async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
+pub trait Store:
+    ReferralStore + AuditStore + OutboxStore + EventStore + ReportStore + Send + Sync + std::fmt::Debug
+{
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Cheap reachability check for `/health/ready`.
     async fn ping(&self) -> Result<(), StoreError>;
-    /// Writes an accepted referral with everything that belongs to it, atomically.
-    async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError>;
-    async fn referral(&self, id: &str) -> Result<Option<ReferralRow>, StoreError>;
-    /// The referral a practice's system knows by one of its own identifiers.
-    async fn referral_by_sender_identifier(
-        &self,
-        practice_ods: &str,
-        system: &str,
-        value: &str,
-    ) -> Result<Option<ReferralRow>, StoreError>;
-    /// Referrals known by an identifier: the gateway's reference (`by_reference`) or
-    /// any practice's own ServiceRequest identifier with this value (and `system`, when
-    /// given). The caller scopes them to the practices it may see.
-    async fn referrals_by_identifier(
-        &self,
-        by_reference: bool,
-        system: Option<&str>,
-        value: &str,
-    ) -> Result<Vec<ReferralRow>, StoreError>;
-    /// Cancels or withdraws, atomically and only while the referral is active.
-    async fn apply_update(&self, u: &UpdateRecord) -> Result<Updated, StoreError>;
-    async fn deliveries_for(&self, referral_id: &str) -> Result<Vec<DeliveryRow>, StoreError>;
-    /// Writes a decision record on its own (rejections: nothing else is written).
-    ///
-    /// Every audit record, here and in the transactions that write one with their
-    /// change, is written pending: durable with its change, and linked into the hash
-    /// chain by [`Store::seal_audit`], which the gateway runs every
-    /// `audit.seal_interval_ms` and reads of the trail run first.
-    async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError>;
-    /// Links every pending record into the hash chain, oldest first, in batches that
-    /// each take the chain head for their transaction (sealers in several processes
-    /// take turns); returns how many it sealed. Fails, sealing nothing more, when the
-    /// chain has no head.
-    async fn seal_audit(&self) -> Result<u64, StoreError>;
-    /// How many audit records wait to be sealed.
-    async fn audit_pending(&self) -> Result<i64, StoreError>;
-    /// Audit records in order, oldest first, after `after_id` (pending ones sealed
-    /// first, where sealing succeeds).
-    async fn audit_after(&self, after_id: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
-    /// Chained audit records in chain order, after place `after_seq`. Seals nothing.
-    async fn audit_chain(&self, after_seq: i64, limit: i64) -> Result<Vec<AuditRow>, StoreError>;
-    /// Records outside the chain: how many were written before it began, and the id
-    /// of the first one written after it began (which should not exist).
-    async fn audit_unchained(&self) -> Result<(u64, Option<i64>), StoreError>;
-    /// The place of the record with this hash, if any.
-    async fn audit_seq_of_hash(&self, hash: &str) -> Result<Option<i64>, StoreError>;
-    /// The chain head as sealers keep it: last place and hash. Seals nothing.
-    async fn audit_head(&self) -> Result<(i64, String), StoreError>;
-    /// Records matching `filter`, in chain order, after place `after_seq` (pending
-    /// ones sealed first, where sealing succeeds: a failure is logged, and what is
-    /// chained is still answered).
-    async fn audit_query(
-        &self,
-        filter: &AuditFilter,
-        after_seq: i64,
-        limit: i64,
-    ) -> Result<Vec<AuditRow>, StoreError>;
-    async fn audit_checkpoints(
-        &self,
-    ) -> Result<Vec<crate::audit::checkpoint::CheckpointRow>, StoreError>;
-    async fn insert_checkpoint(
-        &self,
-        c: &crate::audit::checkpoint::CheckpointRow,
-    ) -> Result<(), StoreError>;
-    /// Claims up to `limit` due deliveries for `owner` until `lease_until`. A
-    /// delivery is held by at most one owner at a time, across processes. One whose
-    /// row cannot be read with its referral is returned as [`Claim::Broken`] (and
-    /// logged), so it cannot stop the others; an error of the database itself (no
-    /// connection) fails the whole claim.
-    async fn claim_deliveries(
-        &self,
-        owner: &str,
-        now: OffsetDateTime,
-        lease_until: OffsetDateTime,
-        limit: i64,
-    ) -> Result<Vec<Claim>, StoreError>;
-    /// Records an attempt's outcome (and its audit record) only while `owner` still
-    /// holds the lease; `false` when the lease was lost and nothing was written.
-    async fn finish_delivery(
-        &self,
-        id: &str,
-        owner: &str,
-        now: OffsetDateTime,
-        outcome: &DeliveryOutcome,
-        audit: &AuditRecord,
-    ) -> Result<bool, StoreError>;
-    /// Gives back every lease `owner` holds (graceful shutdown).
-    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
-    /// Deliveries for operators, newest first; dead letters only when `dead_only`.
-    async fn list_deliveries(
-        &self,
-        dead_only: bool,
-        limit: i64,
-    ) -> Result<Vec<DeliveryView>, StoreError>;
-    /// Puts a dead letter back in the queue with a fresh attempt budget; `false` when
-    /// it is not a dead letter, or an operator resolved it.
-    async fn replay_delivery(
-        &self,
-        id: &str,
-        now: OffsetDateTime,
-        audit: &AuditRecord,
-    ) -> Result<bool, StoreError>;
-    /// One delivery as operators see it.
-    async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError>;
-    /// Marks a dead letter resolved (with its audit record): it is never replayed and
-    /// no longer holds back the purge. `false` when it is not an unresolved dead letter.
-    async fn resolve_delivery(
-        &self,
-        id: &str,
-        now: OffsetDateTime,
-        audit: &AuditRecord,
-    ) -> Result<bool, StoreError>;
-    /// Purges the personal data of every referral whose last change (its own or any
-    /// delivery's) is before `cutoff` and whose deliveries are all settled (delivered,
-    /// cancelled, or dead and resolved): the message and NHS number become empty,
-    /// `purged_at` is set, and the error excerpts of those deliveries are cleared. One
-    /// guarded statement, so concurrent gateways never purge a referral twice. When
-    /// anything was purged, `audit` is written in the same transaction with
-    /// `detail.referrals` set to the count. Returns the count.
-    async fn purge_settled(
-        &self,
-        cutoff: OffsetDateTime,
-        now: OffsetDateTime,
-        audit: &AuditRecord,
-    ) -> Result<u64, StoreError>;
-    /// Records a status event and moves the referral's milestone, atomically, only
-    /// while the milestone is still `from`; queues its push to the GP system with it
-    /// where `gp_push` says so.
-    async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError>;
-    /// A referral's status events, oldest first.
-    async fn events_for(&self, referral_id: &str) -> Result<Vec<EventRow>, StoreError>;
-    /// One status event by its id (a provider reads back the Task it posted).
-    async fn event(&self, id: &str) -> Result<Option<EventRow>, StoreError>;
-    /// Referrals received in `[from, to)` with the events each reached; with their
-    /// NHS numbers (decrypted, so only with the storage keys) when `identified`.
-    async fn report_rows(
-        &self,
-        from: OffsetDateTime,
-        to: OffsetDateTime,
-        identified: bool,
-    ) -> Result<Vec<ReportRow>, StoreError>;
-    /// How many referrals are stored (all states).
-    async fn count_referrals(&self) -> Result<i64, StoreError>;
-    /// Seals personal data still held in the clear, written before encryption at rest
-    /// (`thrive-gateway migrate` does this once); returns how many referrals it sealed.
-    /// Serving never does: there, a value not sealed is corrupt, not trusted.
-    async fn seal_plaintext(&self) -> Result<u64, StoreError>;
-    /// How many deliveries are in each state (`queued`, `delivered`, `dead`,
-    /// `cancelled`); states with none are left out. Read at every `/metrics` scrape.
-    async fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// Opens the database `settings.database.url` names (creating an SQLite file and its

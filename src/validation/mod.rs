@@ -33,9 +33,7 @@ use fhir_sdk::r4b::{
 use fhir_sdk::time::{Date, OffsetDateTime};
 use std::collections::BTreeMap;
 
-pub const SNOMED: &str = "http://snomed.info/sct";
-pub const MESSAGE_EVENTS: &str = "https://fhir.nhs.uk/CodeSystem/message-events-bars";
-pub const MESSAGE_REASONS: &str = "https://fhir.nhs.uk/CodeSystem/message-reason-bars";
+pub use crate::fhir::{MESSAGE_EVENTS, MESSAGE_REASONS, SNOMED};
 
 /// What validation needs from outside the request.
 pub struct Context<'a> {

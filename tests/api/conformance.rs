@@ -433,7 +433,7 @@ async fn the_shared_examples_are_accepted_as_they_are(db: Db) {
             .authenticate(Some(&format!("Bearer {}", token("gp-a"))))
             .unwrap();
         for name in ["referral-new.json", second] {
-            let ids = thrive_gateway::intake::RequestIds {
+            let ids = thrive_gateway::app::RequestIds {
                 request_id: uuid::Uuid::new_v4(),
                 correlation_id: uuid::Uuid::new_v4(),
                 identity: None,
@@ -443,7 +443,11 @@ async fn the_shared_examples_are_accepted_as_they_are(db: Db) {
                 .await
                 .unwrap_or_else(|r| panic!("{name}: {:?}", r.issues));
             crate::fhir_schema::assert_valid_r4(
-                &thrive_gateway::intake::response::accepted(&outcome),
+                &thrive_gateway::fhir::messages::accepted(
+                    &outcome.referral,
+                    &outcome.bundle_id,
+                    &outcome.source_endpoint,
+                ),
                 name,
             );
         }

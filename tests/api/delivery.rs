@@ -881,27 +881,16 @@ mod panics_on {
 
     #[async_trait::async_trait]
     impl Store for PanicsOn {
-        async fn finish_delivery(
-            &self,
-            id: &str,
-            owner: &str,
-            now: OffsetDateTime,
-            outcome: &DeliveryOutcome,
-            audit: &AuditRecord,
-        ) -> Result<bool, StoreError> {
-            if id == self.delivery && !matches!(outcome, DeliveryOutcome::WorkerFailed { .. }) {
-                panic!("the injected bug");
-            }
-            self.inner
-                .finish_delivery(id, owner, now, outcome, audit)
-                .await
-        }
         async fn migrate(&self) -> Result<(), StoreError> {
             self.inner.migrate().await
         }
         async fn ping(&self) -> Result<(), StoreError> {
             self.inner.ping().await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl ReferralStore for PanicsOn {
         async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
             self.inner.insert_referral(r).await
         }
@@ -934,6 +923,24 @@ mod panics_on {
         async fn deliveries_for(&self, referral_id: &str) -> Result<Vec<DeliveryRow>, StoreError> {
             self.inner.deliveries_for(referral_id).await
         }
+        async fn purge_settled(
+            &self,
+            cutoff: OffsetDateTime,
+            now: OffsetDateTime,
+            audit: &AuditRecord,
+        ) -> Result<u64, StoreError> {
+            self.inner.purge_settled(cutoff, now, audit).await
+        }
+        async fn count_referrals(&self) -> Result<i64, StoreError> {
+            self.inner.count_referrals().await
+        }
+        async fn seal_plaintext(&self) -> Result<u64, StoreError> {
+            self.inner.seal_plaintext().await
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl AuditStore for PanicsOn {
         async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError> {
             self.inner.append_audit(a).await
         }
@@ -980,6 +987,10 @@ mod panics_on {
         async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError> {
             self.inner.insert_checkpoint(c).await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl OutboxStore for PanicsOn {
         async fn claim_deliveries(
             &self,
             owner: &str,
@@ -989,6 +1000,21 @@ mod panics_on {
         ) -> Result<Vec<Claim>, StoreError> {
             self.inner
                 .claim_deliveries(owner, now, lease_until, limit)
+                .await
+        }
+        async fn finish_delivery(
+            &self,
+            id: &str,
+            owner: &str,
+            now: OffsetDateTime,
+            outcome: &DeliveryOutcome,
+            audit: &AuditRecord,
+        ) -> Result<bool, StoreError> {
+            if id == self.delivery && !matches!(outcome, DeliveryOutcome::WorkerFailed { .. }) {
+                panic!("the injected bug");
+            }
+            self.inner
+                .finish_delivery(id, owner, now, outcome, audit)
                 .await
         }
         async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
@@ -1020,14 +1046,13 @@ mod panics_on {
         ) -> Result<bool, StoreError> {
             self.inner.resolve_delivery(id, now, audit).await
         }
-        async fn purge_settled(
-            &self,
-            cutoff: OffsetDateTime,
-            now: OffsetDateTime,
-            audit: &AuditRecord,
-        ) -> Result<u64, StoreError> {
-            self.inner.purge_settled(cutoff, now, audit).await
+        async fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+            self.inner.delivery_counts().await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for PanicsOn {
         async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError> {
             self.inner.record_event(e).await
         }
@@ -1037,6 +1062,10 @@ mod panics_on {
         async fn event(&self, id: &str) -> Result<Option<EventRow>, StoreError> {
             self.inner.event(id).await
         }
+    }
+
+    #[async_trait::async_trait]
+    impl ReportStore for PanicsOn {
         async fn report_rows(
             &self,
             from: OffsetDateTime,
@@ -1044,15 +1073,6 @@ mod panics_on {
             identified: bool,
         ) -> Result<Vec<ReportRow>, StoreError> {
             self.inner.report_rows(from, to, identified).await
-        }
-        async fn count_referrals(&self) -> Result<i64, StoreError> {
-            self.inner.count_referrals().await
-        }
-        async fn seal_plaintext(&self) -> Result<u64, StoreError> {
-            self.inner.seal_plaintext().await
-        }
-        async fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-            self.inner.delivery_counts().await
         }
     }
 }

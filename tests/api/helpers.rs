@@ -208,7 +208,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: Arc<dyn Store>,
     /// The gateway's shared state, for tests that drive intake with a fixed clock.
-    pub gateway: thrive_gateway::intake::Gateway,
+    pub gateway: thrive_gateway::app::AppState,
     /// The outbox worker, when the test configured providers; tests drive it.
     pub deliverer: Option<thrive_gateway::delivery::Deliverer>,
     /// The database URL, for a second gateway on the same database.

@@ -1,0 +1,180 @@
+//! The operator API (`/operator/v1`, operator role): the delivery queue and its dead
+//! letters. Every call, allowed or refused, is audited.
+
+use crate::app::{AppState, AuditContext};
+use crate::auth::Role;
+use crate::operations::{self, DeadLetterAction};
+use crate::outcome::{Issue, IssueType, RecCode, Rejection};
+use crate::params::{self, Query};
+use actix_web::{HttpRequest, HttpResponse, get, post, web};
+
+/// Authenticates an operator; a refusal is recorded before it is returned.
+async fn operator_only(
+    gw: &AppState,
+    req: &HttpRequest,
+    action: &str,
+) -> Result<crate::auth::Principal, Rejection> {
+    crate::app::authenticate_role(
+        gw,
+        req,
+        action,
+        Role::Operator,
+        "only operators may manage deliveries",
+    )
+    .await
+}
+
+/// `?dead=true|false&limit=1..1000` (a larger limit lists 1000), read after the caller
+/// is authenticated so a bad one is refused and recorded like any other refusal.
+#[get("/operator/v1/deliveries")]
+async fn list_deliveries(
+    req: HttpRequest,
+    gw: web::Data<AppState>,
+) -> Result<HttpResponse, Rejection> {
+    let principal = operator_only(&gw, &req, "operator.deliveries.list").await?;
+    let ctx = AuditContext {
+        action: "operator.deliveries.list",
+        principal: Some(&principal),
+        ids: None,
+    };
+    let mut query = Query::parse(req.query_string(), &["dead", "limit"]);
+    let dead = query
+        .get("dead", "true or false", params::boolean)
+        .unwrap_or(false);
+    let limit = query
+        .get(
+            "limit",
+            "a whole number of at least 1 (at most 1000 are listed)",
+            params::page_size(1000),
+        )
+        .unwrap_or(100);
+    if let Err(r) = query.finish() {
+        gw.audit_rejection(&ctx, &r).await;
+        return Err(r);
+    }
+    let rows = operations::list(gw.store.as_ref(), dead, limit).await?;
+    let record = ctx.record(
+        "allowed",
+        200,
+        None,
+        serde_json::json!({"dead_only": dead, "count": rows.len()}),
+    );
+    gw.store.append_audit(&record).await?;
+    Ok(HttpResponse::Ok().json(rows))
+}
+
+/// What one dead-letter action is: its audit action, its answer and its verb.
+struct DeadLetterVerb {
+    /// Queue it again (replay) rather than mark it resolved.
+    replay: bool,
+    action: &'static str,
+    status: u16,
+    /// The refusal's "cannot be ..." for a letter already resolved.
+    refused: &'static str,
+}
+
+/// Replay and resolve over HTTP: one path for both, differing only in the store call
+/// and the answer.
+async fn dead_letter(
+    gw: &AppState,
+    req: &HttpRequest,
+    id: &str,
+    verb: DeadLetterVerb,
+    done: serde_json::Value,
+) -> Result<HttpResponse, Rejection> {
+    let principal = operator_only(gw, req, verb.action).await?;
+    let ctx = AuditContext {
+        action: verb.action,
+        principal: Some(&principal),
+        ids: None,
+    };
+    // No query parameters; the id is a delivery's (a UUID), or there is nothing there.
+    let mut issues = Query::none(req.query_string())
+        .err()
+        .map(|r| r.issues)
+        .unwrap_or_default();
+    if uuid::Uuid::parse_str(id).is_err() {
+        issues.extend(params::not_found("id", "no dead letter has this id").issues);
+    }
+    if let Some(r) = Rejection::from_issues(issues) {
+        gw.audit_rejection(&ctx, &r).await;
+        return Err(r);
+    }
+    let record = ctx.record(
+        "accepted",
+        verb.status,
+        None,
+        serde_json::json!({"delivery_id": id}),
+    );
+    let store = gw.store.as_ref();
+    let result = if verb.replay {
+        operations::replay(store, id, record).await
+    } else {
+        operations::resolve(store, id, record).await
+    };
+    match result? {
+        DeadLetterAction::Done => {
+            let status = actix_web::http::StatusCode::from_u16(verb.status)
+                .unwrap_or(actix_web::http::StatusCode::OK);
+            Ok(HttpResponse::build(status).json(done))
+        }
+        refused => {
+            let rejection = dead_letter_refusal(refused, verb.refused);
+            gw.audit_rejection(&ctx, &rejection).await;
+            Err(rejection)
+        }
+    }
+}
+
+#[post("/operator/v1/deliveries/{id}/replay")]
+async fn replay_delivery(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<AppState>,
+) -> Result<HttpResponse, Rejection> {
+    let verb = DeadLetterVerb {
+        replay: true,
+        action: "operator.deliveries.replay",
+        status: 202,
+        refused: "replayed",
+    };
+    let done = serde_json::json!({"delivery_id": id.as_str(), "state": "queued"});
+    dead_letter(&gw, &req, &id, verb, done).await
+}
+
+/// 404 for an id that is no dead letter; 409 for a dead letter already resolved.
+fn dead_letter_refusal(refused: DeadLetterAction, verb: &str) -> Rejection {
+    match refused {
+        DeadLetterAction::Resolved => Issue::new(
+            RecCode::Conflict,
+            IssueType::Conflict,
+            format!("this dead letter was resolved by an operator and cannot be {verb}"),
+        )
+        .at("id")
+        .into(),
+        _ => params::not_found("id", "no dead letter has this id"),
+    }
+}
+
+#[post("/operator/v1/deliveries/{id}/resolve")]
+async fn resolve_delivery(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<AppState>,
+) -> Result<HttpResponse, Rejection> {
+    let verb = DeadLetterVerb {
+        replay: false,
+        action: "operator.deliveries.resolve",
+        status: 200,
+        refused: "resolved again",
+    };
+    let done = serde_json::json!({"delivery_id": id.as_str(), "state": "dead", "resolved": true});
+    dead_letter(&gw, &req, &id, verb, done).await
+}
+
+/// Registers the operator routes.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(list_deliveries)
+        .service(replay_delivery)
+        .service(resolve_delivery);
+}

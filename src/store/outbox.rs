@@ -1,0 +1,61 @@
+//! The outbox: claiming deliveries, finishing them, and operating the queue and its dead letters.
+
+use super::{AuditRecord, Claim, DeliveryOutcome, DeliveryView, StoreError};
+use async_trait::async_trait;
+use fhir_sdk::time::OffsetDateTime;
+
+/// The outbox: claiming deliveries, finishing them, and operating the queue and its dead letters.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
+    /// Claims up to `limit` due deliveries for `owner` until `lease_until`. A
+    /// delivery is held by at most one owner at a time, across processes. One whose
+    /// row cannot be read with its referral is returned as [`Claim::Broken`] (and
+    /// logged), so it cannot stop the others; an error of the database itself (no
+    /// connection) fails the whole claim.
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        limit: i64,
+    ) -> Result<Vec<Claim>, StoreError>;
+    /// Records an attempt's outcome (and its audit record) only while `owner` still
+    /// holds the lease; `false` when the lease was lost and nothing was written.
+    async fn finish_delivery(
+        &self,
+        id: &str,
+        owner: &str,
+        now: OffsetDateTime,
+        outcome: &DeliveryOutcome,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
+    /// Gives back every lease `owner` holds (graceful shutdown).
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+    /// Deliveries for operators, newest first; dead letters only when `dead_only`.
+    async fn list_deliveries(
+        &self,
+        dead_only: bool,
+        limit: i64,
+    ) -> Result<Vec<DeliveryView>, StoreError>;
+    /// Puts a dead letter back in the queue with a fresh attempt budget; `false` when
+    /// it is not a dead letter, or an operator resolved it.
+    async fn replay_delivery(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
+    /// One delivery as operators see it.
+    async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError>;
+    /// Marks a dead letter resolved (with its audit record): it is never replayed and
+    /// no longer holds back the purge. `false` when it is not an unresolved dead letter.
+    async fn resolve_delivery(
+        &self,
+        id: &str,
+        now: OffsetDateTime,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
+    /// How many deliveries are in each state (`queued`, `delivered`, `dead`,
+    /// `cancelled`); states with none are left out. Read at every `/metrics` scrape.
+    async fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError>;
+}

@@ -1,0 +1,227 @@
+//! The outbox's SQL: claiming and finishing deliveries, and the operators' queue. Each statement is written once for both engines.
+
+use super::*;
+
+macro_rules! outbox_store {
+    ($store:ty, $db:ty, $migrations:literal, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
+        #[async_trait]
+        impl OutboxStore for $store {
+            async fn claim_deliveries(
+                &self,
+                owner: &str,
+                now: OffsetDateTime,
+                lease_until: OffsetDateTime,
+                limit: i64,
+            ) -> Result<Vec<Claim>, StoreError> {
+                let mut claimed = Vec::new();
+                for _ in 0..limit {
+                    let id: Option<(String,)> = sqlx::query_as(claim_one!($lock))
+                        .bind(owner)
+                        .bind(lease_until)
+                        .bind(now)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    let Some((id,)) = id else { break };
+                    let row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
+                        .bind(&id)
+                        .fetch_optional(&self.pool)
+                        .await;
+                    // A row that cannot be read must not stop the worker: it is
+                    // handed back broken, and the worker parks it if it stays so.
+                    let mut row = match row {
+                        Ok(Some(row)) => row,
+                        Ok(None) => {
+                            tracing::error!(delivery_id = %id, "claimed delivery has no referral");
+                            claimed.push(Claim::Broken {
+                                id,
+                                error: "the delivery's referral is missing".into(),
+                            });
+                            continue;
+                        }
+                        Err(e) => {
+                            let e = StoreError::from(e);
+                            if e.is_unreachable() {
+                                return Err(e);
+                            }
+                            tracing::error!(delivery_id = %id, error = %e, "claimed delivery could not be read");
+                            claimed.push(Claim::Broken {
+                                id,
+                                error: "the delivery could not be read from the database".into(),
+                            });
+                            continue;
+                        }
+                    };
+                    // An unreadable message must not stop the worker: the delivery
+                    // carries the reason and is dead-lettered.
+                    match open_column(&self.keys, Column::ReferralMessage, &row.referral_id, &row.message) {
+                        Ok(message) => row.message = message,
+                        Err(e) => {
+                            row.message = String::new();
+                            row.unreadable = Some(e.to_string());
+                        }
+                    }
+                    claimed.push(Claim::Ready(Box::new(row)));
+                }
+                Ok(claimed)
+            }
+            async fn finish_delivery(
+                &self,
+                id: &str,
+                owner: &str,
+                now: OffsetDateTime,
+                outcome: &DeliveryOutcome,
+                audit: &AuditRecord,
+            ) -> Result<bool, StoreError> {
+                let (state, next, status, error, receipt, delivered_at) = match outcome {
+                    DeliveryOutcome::Delivered { status, receipt } => {
+                        ("delivered", now, Some(i32::from(*status)), None, receipt.clone(), Some(now))
+                    }
+                    DeliveryOutcome::Retry { next_attempt_at, status, error } => {
+                        ("queued", *next_attempt_at, status.map(i32::from), Some(error.clone()), None, None)
+                    }
+                    DeliveryOutcome::Dead { status, error } => {
+                        ("dead", now, status.map(i32::from), Some(error.clone()), None, None)
+                    }
+                    DeliveryOutcome::Stopped { reason } => {
+                        ("cancelled", now, None, Some(reason.clone()), None, None)
+                    }
+                    DeliveryOutcome::WorkerFailed { next_attempt_at, parked, error, .. } => {
+                        let (state, next) = if *parked { ("dead", now) } else { ("queued", *next_attempt_at) };
+                        (state, next, None, Some(error.clone()), None, None)
+                    }
+                };
+                let attempted = i32::from(!matches!(
+                    outcome,
+                    DeliveryOutcome::Stopped { .. } | DeliveryOutcome::WorkerFailed { .. }
+                ));
+                // Counted in a row: any other outcome starts the count again.
+                let worker_failures = match outcome {
+                    DeliveryOutcome::WorkerFailed { failures, .. } => *failures,
+                    _ => 0,
+                };
+                let mut tx = self.pool.begin_with($begin).await?;
+                let changed = sqlx::query(
+                    "UPDATE deliveries SET state = $1, next_attempt_at = $2, last_status = $3, \
+                     last_error = $4, receipt = COALESCE($5, receipt), delivered_at = $6, \
+                     attempts = attempts + $7, lease_owner = NULL, lease_expires_at = NULL, \
+                     updated_at = $8, worker_failures = $11 \
+                     WHERE id = $9 AND lease_owner = $10 AND lease_expires_at > $8",
+                )
+                .bind(state)
+                .bind(next)
+                .bind(status)
+                .bind(error)
+                .bind(receipt)
+                .bind(delivered_at)
+                .bind(attempted)
+                .bind(now)
+                .bind(id)
+                .bind(owner)
+                .bind(worker_failures)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                self.commit_with_audit(tx, changed, audit).await
+            }
+            async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+                let n = sqlx::query(
+                    "UPDATE deliveries SET lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE lease_owner = $1",
+                )
+                .bind(owner)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+                Ok(n)
+            }
+            async fn list_deliveries(&self, dead_only: bool, limit: i64) -> Result<Vec<DeliveryView>, StoreError> {
+                let rows = sqlx::query_as::<_, DeliveryView>(
+                    concat!(
+                        delivery_view_columns!(),
+                        " WHERE ($1 = 0 OR state = 'dead') ORDER BY created_at DESC, id LIMIT $2"
+                    ),
+                )
+                .bind(i32::from(dead_only))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
+            async fn replay_delivery(
+                &self,
+                id: &str,
+                now: OffsetDateTime,
+                audit: &AuditRecord,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let changed = sqlx::query(
+                    "UPDATE deliveries SET state = 'queued', attempts = 0, worker_failures = 0, \
+                     next_attempt_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL \
+                     WHERE id = $2 AND state = 'dead' AND resolved_at IS NULL",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                self.commit_with_audit(tx, changed, audit).await
+            }
+            async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
+                let row = sqlx::query_as::<_, DeliveryView>(concat!(
+                    delivery_view_columns!(),
+                    " WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row)
+            }
+            async fn resolve_delivery(
+                &self,
+                id: &str,
+                now: OffsetDateTime,
+                audit: &AuditRecord,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                let changed = sqlx::query(
+                    "UPDATE deliveries SET resolved_at = $1 \
+                     WHERE id = $2 AND state = 'dead' AND resolved_at IS NULL",
+                )
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                self.commit_with_audit(tx, changed, audit).await
+            }
+            async fn delivery_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+                let rows: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT CASE WHEN state = 'dead' AND resolved_at IS NOT NULL THEN 'resolved' \
+                     ELSE state END AS s, COUNT(*) FROM deliveries GROUP BY s ORDER BY s",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
+        }
+    };
+}
+
+outbox_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    "src/store/migrations/sqlite",
+    "BEGIN IMMEDIATE",
+    "",
+    "strftime('%Y-%m-%dT%H:%M:%f', ",
+    ")"
+);
+outbox_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    "src/store/migrations/postgres",
+    "BEGIN ISOLATION LEVEL READ COMMITTED",
+    "FOR UPDATE SKIP LOCKED",
+    "",
+    ""
+);
