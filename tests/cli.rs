@@ -360,3 +360,65 @@ async fn audit_commands_verify_export_and_name_the_tampered_record() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Formats and groupings are typed: a value outside the list is refused before anything
+/// is opened, and the refusal lists what is accepted.
+#[test]
+fn an_unknown_format_or_grouping_is_refused_listing_the_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("gw.db");
+    for (args, choices) in [
+        (
+            vec![
+                "report",
+                "programme",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-02-01",
+                "--format",
+                "xml",
+            ],
+            "table, csv, json",
+        ),
+        (
+            vec![
+                "report",
+                "programme",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-02-01",
+                "--group-by",
+                "colour",
+            ],
+            "provider, locality, programme, month",
+        ),
+        (
+            vec![
+                "audit",
+                "export",
+                "--from",
+                "2026-01-01",
+                "--to",
+                "2026-02-01",
+                "--format",
+                "xml",
+            ],
+            "fhir, csv",
+        ),
+    ] {
+        let out = gateway()
+            .args(&args)
+            .env(
+                "THRIVE__DATABASE__URL",
+                format!("sqlite://{}", db.display()),
+            )
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(choices), "{args:?}: {stderr}");
+        assert!(!db.exists(), "{args:?} opened the database");
+    }
+}

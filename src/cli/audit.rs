@@ -158,7 +158,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
                     "--from and --to must be dates (YYYY-MM-DD) or RFC 3339 instants",
                 );
             };
-            let format_v: Format = match format.parse() {
+            let format_v: Format = match format.name().parse() {
                 Ok(f) => f,
                 Err(e) => return config_error(e),
             };
@@ -187,7 +187,7 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
             if let Err(code) = record(
                 store.as_ref(),
                 "audit.export",
-                serde_json::json!({"from": from, "to": to, "format": format, "count": n}),
+                serde_json::json!({"from": from, "to": to, "format": format.name(), "count": n}),
             )
             .await
             {
