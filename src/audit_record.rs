@@ -224,6 +224,6 @@ pub struct CheckpointRow {
     #[serde(with = "fhir_sdk::time::serde::rfc3339")]
     pub signed_at: OffsetDateTime,
     pub key_id: String,
-    /// Compact JWS (EdDSA) over [`Claims`].
+    /// Compact JWS (EdDSA) over the checkpoint claims (place and hash).
     pub signature: String,
 }

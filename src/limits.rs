@@ -105,8 +105,8 @@ pub async fn guard(
     });
     // (Handlers' and extractors' errors arrive as responses; an `Err` here would come
     // from a middleware inside this one, of which there is none.)
-    // (No clone of the request may be held here: routing needs it to itself.)
-    let path = req.path().to_owned();
+    // (No clone of the request may be held here: routing needs it to itself. The
+    // request's span, around this, names the route.)
     let res = match tokio::time::timeout(limits.handler_timeout, next.call(req)).await {
         Ok(res) => res?.map_into_boxed_body(),
         Err(_) => {
@@ -114,7 +114,6 @@ pub async fn guard(
             // nothing it did stands and the client may send again. The error is
             // answered by actix as the Rejection's own response.
             tracing::error!(
-                path,
                 limit_ms = limits.handler_timeout.as_millis(),
                 "request not answered within server.handler_timeout_ms; answering 503"
             );

@@ -424,9 +424,10 @@ impl ExportPlan {
             Tail,
             Done,
         }
+        let plan = std::sync::Arc::new(self);
         futures_util::stream::unfold(Step::Head, move |step| {
             let store = store.clone();
-            let plan = self.clone();
+            let plan = plan.clone();
             async move {
                 let (chunk, next) = match step {
                     Step::Done => return None,

@@ -10,7 +10,7 @@ pub trait AuditStore: Send + Sync {
     ///
     /// Every audit record, here and in the transactions that write one with their
     /// change, is written pending: durable with its change, and linked into the hash
-    /// chain by [`Store::seal_audit`], which the gateway runs every
+    /// chain by [`AuditStore::seal_audit`], which the gateway runs every
     /// `audit.seal_interval_ms` and reads of the trail run first.
     async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError>;
     /// Links every pending record into the hash chain, oldest first, in batches that

@@ -8,7 +8,7 @@
 //! Personal data held for delivery (the referral message and the NHS number) is sealed
 //! with the storage keys ([`crypto`]) on the way in and opened on the way out, here and
 //! nowhere else, so no caller can store it in the clear. Once a referral no longer
-//! needs it, [`Store::purge_settled`] replaces it by the empty marker.
+//! needs it, [`ReferralStore::purge_settled`] replaces it by the empty marker.
 
 mod audit;
 pub mod crypto;
@@ -189,7 +189,7 @@ pub struct NewReferralRecord {
 }
 
 impl NewReferralRecord {
-    /// The referral row [`Store::insert_referral`] writes, for answering the sender
+    /// The referral row [`ReferralStore::insert_referral`] writes, for answering the sender
     /// when reading it back fails after the commit.
     pub fn stored(&self) -> ReferralRow {
         ReferralRow {
@@ -517,27 +517,20 @@ pub async fn open_existing(
     settings: &DatabaseSettings,
     keys: Option<Arc<StorageKeys>>,
 ) -> Result<Arc<dyn Store>, OpenError> {
-    let url = settings.url.expose_secret();
-    let acquire_timeout = Duration::from_millis(settings.acquire_timeout_ms);
     let name = describe(settings);
     let backend = settings
         .backend()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let store: Arc<dyn Store> = match backend {
         Backend::Sqlite => {
-            use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions, SqliteSynchronous};
-            let options = SqliteConnectOptions::from_str(url)
+            // Not even WAL is set: a file that is not the gateway's is left as it was.
+            let options = sqlite_options(settings)
                 .map_err(StoreError::from)?
-                .create_if_missing(false)
-                .synchronous(SqliteSynchronous::Full)
-                .foreign_keys(true)
-                .busy_timeout(Duration::from_millis(settings.sqlite_busy_timeout_ms));
+                .create_if_missing(false);
             if !options.get_filename().is_file() {
                 return Err(OpenError::NotReady(format!("there is no {name}")));
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(settings.max_connections)
-                .acquire_timeout(acquire_timeout)
+            let pool = pool_options(settings)
                 .connect_with(options)
                 .await
                 .map_err(StoreError::from)?;
@@ -552,10 +545,8 @@ pub async fn open_existing(
             Arc::new(SqliteStore::new(pool, keys))
         }
         Backend::Postgres => {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(settings.max_connections)
-                .acquire_timeout(acquire_timeout)
-                .connect(url)
+            let pool = pool_options(settings)
+                .connect(settings.url.expose_secret())
                 .await
                 .map_err(|e| match &e {
                     sqlx::Error::Database(d) if d.code().as_deref() == Some("3D000") => {
@@ -646,27 +637,38 @@ pub async fn connect_with_keys(
     open(settings, Some(keys)).await
 }
 
+/// The SQLite connection options every command shares: synchronous FULL (a commit
+/// survives power loss, not only a process crash), foreign keys, and the busy timeout.
+fn sqlite_options(
+    settings: &DatabaseSettings,
+) -> Result<sqlx::sqlite::SqliteConnectOptions, sqlx::Error> {
+    Ok(
+        sqlx::sqlite::SqliteConnectOptions::from_str(settings.url.expose_secret())?
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_millis(settings.sqlite_busy_timeout_ms)),
+    )
+}
+
+/// The pool size and acquire timeout of `database.*`, for either engine.
+fn pool_options<DB: sqlx::Database>(settings: &DatabaseSettings) -> sqlx::pool::PoolOptions<DB> {
+    sqlx::pool::PoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(Duration::from_millis(settings.acquire_timeout_ms))
+}
+
 async fn open(
     settings: &DatabaseSettings,
     keys: Option<Arc<StorageKeys>>,
 ) -> Result<Arc<dyn Store>, StoreError> {
-    let url = settings.url.expose_secret();
-    let acquire_timeout = Duration::from_millis(settings.acquire_timeout_ms);
     let store: Arc<dyn Store> = match settings
         .backend()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?
     {
         Backend::Sqlite => {
-            use sqlx::sqlite::{
-                SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-            };
-            let options = SqliteConnectOptions::from_str(url)?
+            let options = sqlite_options(settings)?
                 .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                // FULL: a commit survives power loss, not only a process crash.
-                .synchronous(SqliteSynchronous::Full)
-                .foreign_keys(true)
-                .busy_timeout(Duration::from_millis(settings.sqlite_busy_timeout_ms));
+                .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
             if let Some(parent) = options.get_filename().parent()
                 && !parent.as_os_str().is_empty()
             {
@@ -674,18 +676,12 @@ async fn open(
                     StoreError::Corrupt(format!("cannot create database folder: {e}"))
                 })?;
             }
-            let pool = SqlitePoolOptions::new()
-                .max_connections(settings.max_connections)
-                .acquire_timeout(acquire_timeout)
-                .connect_with(options)
-                .await?;
+            let pool = pool_options(settings).connect_with(options).await?;
             Arc::new(SqliteStore::new(pool, keys))
         }
         Backend::Postgres => {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(settings.max_connections)
-                .acquire_timeout(acquire_timeout)
-                .connect(url)
+            let pool = pool_options(settings)
+                .connect(settings.url.expose_secret())
                 .await?;
             Arc::new(PostgresStore::new(pool, keys))
         }

@@ -137,6 +137,17 @@ fn assert_unavailable(reply: &Reply, took: Duration, what: &str) {
     }
 }
 
+/// Another process's write lock on the SQLite database, held until rolled back.
+async fn hold_write_lock(url: &str) -> sqlx::SqliteConnection {
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn
+}
+
 async fn ready(app: &TestApp) -> (u16, Option<String>, Value, Duration) {
     let started = Instant::now();
     let res = app
@@ -188,15 +199,7 @@ async fn the_database_going_away_is_answered_503_promptly_and_the_gateway_recove
     match db {
         Db::Postgres => proxy.as_mut().unwrap().stop().await,
         Db::Sqlite => {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
-                .await
-                .unwrap();
-            sqlx::query("BEGIN EXCLUSIVE")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            lock = Some(conn);
+            lock = Some(hold_write_lock(&app.database_url).await);
         }
     }
 
@@ -274,15 +277,7 @@ async fn a_database_that_stops_answering_is_cut_off_at_the_request_deadline(db: 
     match &proxy {
         Some(proxy) => proxy.silent.store(true, Ordering::SeqCst),
         None => {
-            use sqlx::Connection;
-            let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
-                .await
-                .unwrap();
-            sqlx::query("BEGIN EXCLUSIVE")
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            lock = Some(conn);
+            lock = Some(hold_write_lock(&app.database_url).await);
         }
     }
     let (reply, took) = timed(app.send("gp-a", &referral())).await;

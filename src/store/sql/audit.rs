@@ -166,21 +166,4 @@ macro_rules! audit_store {
     };
 }
 
-audit_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    "src/store/migrations/sqlite",
-    "BEGIN IMMEDIATE",
-    "",
-    "strftime('%Y-%m-%dT%H:%M:%f', ",
-    ")"
-);
-audit_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    "src/store/migrations/postgres",
-    "BEGIN ISOLATION LEVEL READ COMMITTED",
-    "FOR UPDATE SKIP LOCKED",
-    "",
-    ""
-);
+for_both_engines!(audit_store);

@@ -88,21 +88,4 @@ macro_rules! event_store {
     };
 }
 
-event_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    "src/store/migrations/sqlite",
-    "BEGIN IMMEDIATE",
-    "",
-    "strftime('%Y-%m-%dT%H:%M:%f', ",
-    ")"
-);
-event_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    "src/store/migrations/postgres",
-    "BEGIN ISOLATION LEVEL READ COMMITTED",
-    "FOR UPDATE SKIP LOCKED",
-    "",
-    ""
-);
+for_both_engines!(event_store);

@@ -472,7 +472,7 @@ macro_rules! sql_store {
             /// Writes `a` inside the caller's transaction, so it commits (or not) with
             /// the change it records, as a pending record: one row, without the chain
             /// head, so writers never wait for one another on its account. The sealer
-            /// links it into the hash chain afterwards ([`Store::seal_audit`]). A
+            /// links it into the hash chain afterwards ([`AuditStore::seal_audit`]). A
             /// record about a stored referral without a subject names the referral's.
             async fn write_audit(
                 &self,
@@ -679,24 +679,33 @@ macro_rules! sql_store {
 // which does not sort as time does (`…:00.5Z` < `…:00Z`): range filters compare them
 // normalised to fixed-width UTC text (to the millisecond). PostgreSQL compares
 // `timestamptz` values as they are.
-sql_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    "src/store/migrations/sqlite",
-    "BEGIN IMMEDIATE",
-    "",
-    "strftime('%Y-%m-%dT%H:%M:%f', ",
-    ")"
-);
-sql_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    "src/store/migrations/postgres",
-    "BEGIN ISOLATION LEVEL READ COMMITTED",
-    "FOR UPDATE SKIP LOCKED",
-    "",
-    ""
-);
+/// Stamps out `$stamp` for each engine with what differs between them (see above):
+/// the store, its database, its migrations, how a write transaction begins, the claim's
+/// row lock, and how a time column is wrapped for comparison.
+macro_rules! for_both_engines {
+    ($stamp:ident) => {
+        $stamp!(
+            SqliteStore,
+            sqlx::Sqlite,
+            "src/store/migrations/sqlite",
+            "BEGIN IMMEDIATE",
+            "",
+            "strftime('%Y-%m-%dT%H:%M:%f', ",
+            ")"
+        );
+        $stamp!(
+            PostgresStore,
+            sqlx::Postgres,
+            "src/store/migrations/postgres",
+            "BEGIN ISOLATION LEVEL READ COMMITTED",
+            "FOR UPDATE SKIP LOCKED",
+            "",
+            ""
+        );
+    };
+}
+
+for_both_engines!(sql_store);
 
 mod audit;
 mod events;

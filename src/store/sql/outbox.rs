@@ -207,21 +207,4 @@ macro_rules! outbox_store {
     };
 }
 
-outbox_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    "src/store/migrations/sqlite",
-    "BEGIN IMMEDIATE",
-    "",
-    "strftime('%Y-%m-%dT%H:%M:%f', ",
-    ")"
-);
-outbox_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    "src/store/migrations/postgres",
-    "BEGIN ISOLATION LEVEL READ COMMITTED",
-    "FOR UPDATE SKIP LOCKED",
-    "",
-    ""
-);
+for_both_engines!(outbox_store);

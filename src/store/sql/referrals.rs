@@ -210,21 +210,4 @@ macro_rules! referral_store {
     };
 }
 
-referral_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    "src/store/migrations/sqlite",
-    "BEGIN IMMEDIATE",
-    "",
-    "strftime('%Y-%m-%dT%H:%M:%f', ",
-    ")"
-);
-referral_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    "src/store/migrations/postgres",
-    "BEGIN ISOLATION LEVEL READ COMMITTED",
-    "FOR UPDATE SKIP LOCKED",
-    "",
-    ""
-);
+for_both_engines!(referral_store);

@@ -60,21 +60,4 @@ macro_rules! report_store {
     };
 }
 
-report_store!(
-    SqliteStore,
-    sqlx::Sqlite,
-    "src/store/migrations/sqlite",
-    "BEGIN IMMEDIATE",
-    "",
-    "strftime('%Y-%m-%dT%H:%M:%f', ",
-    ")"
-);
-report_store!(
-    PostgresStore,
-    sqlx::Postgres,
-    "src/store/migrations/postgres",
-    "BEGIN ISOLATION LEVEL READ COMMITTED",
-    "FOR UPDATE SKIP LOCKED",
-    "",
-    ""
-);
+for_both_engines!(report_store);
