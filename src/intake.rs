@@ -163,7 +163,7 @@ impl AppState {
                 }
                 Message::Update(update) => {
                     let referral = self.target_of(&update).await?;
-                    if !matches!(referral.status(), Ok(ReferralStatus::Active)) {
+                    if referral.status != ReferralStatus::Active {
                         return Err(not_active());
                     }
                     Ok(DryRun {
@@ -414,7 +414,7 @@ impl AppState {
                 let referral = match self.load(&referral.id).await {
                     Some(row) => row,
                     None => ReferralRow {
-                        status: new_status.as_str().to_owned(),
+                        status: new_status,
                         updated_at: now,
                         ..referral
                     },

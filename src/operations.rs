@@ -5,7 +5,7 @@
 //! will not be sent, so it is never replayed and no longer holds back the retention
 //! purge of the referral's personal data.
 
-use crate::store::{AuditRecord, DeliveryView, Store, StoreError};
+use crate::store::{AuditRecord, DeliveryState, DeliveryView, Store, StoreError};
 use fhir_sdk::time::OffsetDateTime;
 
 /// Lists deliveries, newest first (dead letters only when asked).
@@ -31,7 +31,9 @@ pub enum DeadLetterAction {
 /// Why `id` was not acted on: resolved already, or not a dead letter at all.
 async fn refusal(store: &dyn Store, id: &str) -> Result<DeadLetterAction, StoreError> {
     Ok(match store.delivery(id).await? {
-        Some(d) if d.state == "dead" && d.resolved_at.is_some() => DeadLetterAction::Resolved,
+        Some(d) if d.state == DeliveryState::Dead && d.resolved_at.is_some() => {
+            DeadLetterAction::Resolved
+        }
         _ => DeadLetterAction::NotDeadLetter,
     })
 }

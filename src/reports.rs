@@ -5,6 +5,7 @@
 //! `<5`, and every other count (totals included) is rounded to the nearest 5, so a
 //! suppressed cell cannot be worked out from the others. No row identifies a person.
 
+use crate::domain::Milestone;
 use crate::store::ReportRow;
 use fhir_sdk::time::OffsetDateTime;
 use serde::Serialize;
@@ -88,17 +89,17 @@ pub fn programme(rows: &[ReportRow], group_by: GroupBy) -> Vec<Row> {
             GroupBy::Programme => r.programme.clone(),
             GroupBy::Month => format!("{}-{:02}", r.created_at.year(), r.created_at.month() as u8),
         };
-        let has = |e: &str| r.events.iter().any(|x| x == e);
+        let has = |m: Milestone| r.events.contains(&m);
         let reached = [
             true,
-            has("accepted"),
-            has("declined"),
-            has("engaged"),
-            has("job-start"),
-            has("sustained-13-weeks"),
-            has("sustained-26-weeks"),
-            has("closed"),
-            has("action-plan-agreed"),
+            has(Milestone::Accepted),
+            has(Milestone::Declined),
+            has(Milestone::Engaged),
+            has(Milestone::JobStart),
+            has(Milestone::Sustained13Weeks),
+            has(Milestone::Sustained26Weeks),
+            has(Milestone::Closed),
+            has(Milestone::ActionPlanAgreed),
         ];
         for target in [group, "total".to_owned()] {
             let c = counts.entry(target).or_insert([0; MEASURES.len()]);
@@ -206,7 +207,12 @@ pub fn extract(
             locality: r.locality.clone(),
             programme: r.programme.clone(),
             month: format!("{}-{:02}", r.created_at.year(), r.created_at.month() as u8),
-            milestones: r.events.join(" "),
+            milestones: r
+                .events
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
         });
     }
     (kept, left_out)
@@ -260,7 +266,7 @@ mod tests {
             provider: provider.into(),
             locality: "x".into(),
             programme: "tiw".into(),
-            events: events.iter().map(|e| e.to_string()).collect(),
+            events: events.iter().filter_map(|e| e.parse().ok()).collect(),
         };
         // 11 at one provider, 2 at the other: 13 in all.
         let mut rows: Vec<ReportRow> = (0..11).map(|_| row("bchft", &["accepted"])).collect();

@@ -155,7 +155,7 @@ endpoint = "{p}"
     let mut done = false;
     for _ in 0..200 {
         let queued = store.list_deliveries(false, 1000).await.unwrap();
-        if queued.iter().all(|d| d.state == "delivered") {
+        if queued.iter().all(|d| d.state.as_str() == "delivered") {
             done = true;
             break;
         }

@@ -22,7 +22,10 @@ use crate::consent::ConsentRecord;
 use crate::domain::ProviderId;
 use crate::mapping::{Datasets, Pseudonymise};
 use crate::pseudonym::PseudonymKeys;
-use crate::store::{AuditRecord, Claim, ClaimedDelivery, DeliveryOutcome, Store, StoreError};
+use crate::store::{
+    AuditRecord, Claim, ClaimedDelivery, DeliveryKind, DeliveryOutcome, ReferralStatus, Store,
+    StoreError,
+};
 use fhir_sdk::time::{Duration, OffsetDateTime};
 use futures_util::FutureExt;
 use serde_json::json;
@@ -42,9 +45,6 @@ pub enum DeliverySetupError {
     #[error("gp_callbacks.{0}: {1}")]
     Callback(String, String),
 }
-
-/// The delivery kind that pushes one status event to the referring GP system.
-const MILESTONE: &str = "milestone";
 
 /// Everything one provider needs: where to send, what to send, how to pseudonymise.
 struct Recipient {
@@ -155,20 +155,16 @@ impl Deliverer {
         })
     }
 
-    /// The delivery's recipient and kind as metric labels: configured ids and known
-    /// kinds only, so a stray value in the database never becomes a label.
-    fn labels<'a>(&self, provider: &'a str, kind: &'a str) -> (&'a str, &'a str) {
-        let configured = if kind == MILESTONE {
+    /// The delivery's recipient and kind as metric labels: configured ids only, so a
+    /// stray value in the database never becomes a label.
+    fn labels<'a>(&self, provider: &'a str, kind: DeliveryKind) -> (&'a str, &'static str) {
+        let configured = if kind == DeliveryKind::Milestone {
             self.callbacks.contains_key(provider)
         } else {
             ProviderId::parse(provider).is_ok_and(|p| self.recipients.contains_key(&p))
         };
         let recipient = if configured { provider } else { "(unknown)" };
-        let kind = match kind {
-            k @ ("referral" | "cancellation" | "withdrawal" | MILESTONE) => k,
-            _ => "(other)",
-        };
-        (recipient, kind)
+        (recipient, kind.as_str())
     }
 
     /// Claims one batch of due deliveries and attempts them all; returns how many.
@@ -263,7 +259,7 @@ impl Deliverer {
         } else {
             "worker-error"
         };
-        let (recipient, kind) = self.labels(&d.provider, &d.kind);
+        let (recipient, kind) = self.labels(&d.provider, d.kind);
         self.metrics.delivery_attempt(recipient, kind, result);
         let audit = AuditRecord {
             at: now,
@@ -331,7 +327,7 @@ impl Deliverer {
             // Decided only by attempt_guarded, never by an attempt.
             DeliveryOutcome::WorkerFailed { .. } => ("worker-error", None),
         };
-        let (recipient, kind) = self.labels(&d.provider, &d.kind);
+        let (recipient, kind) = self.labels(&d.provider, d.kind);
         self.metrics.delivery_attempt(recipient, kind, result);
         let reason = match &outcome {
             DeliveryOutcome::Stopped { reason } => Some(reason.clone()),
@@ -357,7 +353,7 @@ impl Deliverer {
         if let Some(event) = &d.event {
             detail["event"] = json!(event);
         }
-        if d.kind == "referral" {
+        if d.kind == DeliveryKind::Referral {
             // The consent the disclosure rests on (dates and recipient, no identifiers).
             detail["consent"] = serde_json::from_str(&d.consent).unwrap_or(serde_json::Value::Null);
         }
@@ -406,7 +402,7 @@ impl Deliverer {
         now: OffsetDateTime,
     ) -> (DeliveryOutcome, Option<serde_json::Value>) {
         let age = now - d.created_at;
-        let prepared = if d.kind == MILESTONE {
+        let prepared = if d.kind == DeliveryKind::Milestone {
             self.prepare_milestone(d, now, age).await
         } else {
             self.prepare(d, now, age)
@@ -434,8 +430,8 @@ impl Deliverer {
         let Some(recipient) = self.recipients.get(&provider) else {
             return Err(dead(format!("provider {provider} is not configured")));
         };
-        if d.kind == "referral" {
-            if d.referral_status != "active" {
+        if d.kind == DeliveryKind::Referral {
+            if d.referral_status != ReferralStatus::Active {
                 return Err(stopped(
                     "the referral was cancelled or its consent withdrawn",
                 ));
@@ -528,10 +524,10 @@ impl Deliverer {
         let stamp = now
             .format(&fhir_sdk::time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        if d.kind != "referral" {
+        if d.kind != DeliveryKind::Referral {
             let body = match format {
                 ProviderFormat::Json => json!({"notice": d.kind, "referral": referral}),
-                ProviderFormat::Fhir => provider_message::notice(&ids, &d.kind, &stamp),
+                ProviderFormat::Fhir => provider_message::notice(&ids, d.kind.as_str(), &stamp),
             };
             return Ok((body, None));
         }
@@ -639,7 +635,7 @@ struct Failed {
     id: String,
     referral_id: String,
     provider: String,
-    kind: String,
+    kind: DeliveryKind,
     request_id: String,
     correlation_id: Option<String>,
     worker_failures: i32,
@@ -651,7 +647,7 @@ impl From<&ClaimedDelivery> for Failed {
             id: d.id.clone(),
             referral_id: d.referral_id.clone(),
             provider: d.provider.clone(),
-            kind: d.kind.clone(),
+            kind: d.kind,
             request_id: d.request_id.clone(),
             correlation_id: Some(d.correlation_id.clone()),
             worker_failures: d.worker_failures,

@@ -9,10 +9,12 @@
     deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)
 )]
 
+mod milestone;
 mod nhs_number;
 mod ods_code;
 mod reference;
 
+pub use milestone::{EVENTS, Milestone};
 pub use nhs_number::{NHS_NUMBER_SYSTEM, NhsNumber, NhsNumberError};
 pub use ods_code::{ODS_SYSTEM, ODS_SYSTEM_LOWER, OdsCode, OdsCodeError};
 pub use reference::ReferralReference;

@@ -3,7 +3,7 @@
 //! patient's details.
 
 use super::{BASE, MESSAGE_EVENTS, SNOMED, full_url, set};
-use crate::domain::ODS_SYSTEM;
+use crate::domain::{Milestone, ODS_SYSTEM};
 use crate::store::{EventRow, ReferralRow, ReferralStatus};
 use serde_json::{Value, json};
 
@@ -40,10 +40,10 @@ pub fn event_task(row: &ReferralRow, e: &EventRow) -> Value {
 /// One status event as a contained Task: `businessStatus` the milestone, `executionPeriod`
 /// when it happened; a decline carries its BaRS rejection reason.
 fn milestone_task(n: usize, e: &EventRow, based_on: &str) -> Value {
-    let status = match e.event.as_str() {
-        "declined" => "rejected",
-        "closed" | "sustained-26-weeks" => "completed",
-        "accepted" => "accepted",
+    let status = match e.event {
+        Milestone::Declined => "rejected",
+        Milestone::Closed | Milestone::Sustained26Weeks => "completed",
+        Milestone::Accepted => "accepted",
         _ => "in-progress",
     };
     let mut task = json!({
@@ -59,7 +59,7 @@ fn milestone_task(n: usize, e: &EventRow, based_on: &str) -> Value {
     });
     if let Some(reason) = &e.reason {
         let mut coding = vec![json!({"system": MILESTONE_SYSTEM, "code": reason})];
-        if e.event == "declined" {
+        if e.event == Milestone::Declined {
             coding.insert(
                 0,
                 json!({
@@ -89,9 +89,9 @@ fn milestone_task(n: usize, e: &EventRow, based_on: &str) -> Value {
 
 /// The gateway's ServiceRequest for a stored referral, with its milestones.
 pub fn service_request(row: &ReferralRow, events: &[EventRow]) -> Value {
-    let status = match row.status() {
-        Ok(ReferralStatus::Active) => "active",
-        _ => "revoked",
+    let status = match row.status {
+        ReferralStatus::Active => "active",
+        ReferralStatus::Cancelled | ReferralStatus::ConsentWithdrawn => "revoked",
     };
     let mut sr = json!({
         "resourceType": "ServiceRequest",
@@ -229,9 +229,9 @@ fn response_message(
 /// The `servicerequest-response` message for an accepted request: the request Bundle
 /// `bundle_id` sent from `source_endpoint`, and the referral as it now stands.
 pub fn accepted(row: &ReferralRow, bundle_id: &str, source_endpoint: &str) -> Value {
-    let status = match row.status() {
-        Ok(ReferralStatus::Active) => "planned",
-        _ => "cancelled",
+    let status = match row.status {
+        ReferralStatus::Active => "planned",
+        ReferralStatus::Cancelled | ReferralStatus::ConsentWithdrawn => "cancelled",
     };
     response_message(
         row,
@@ -250,7 +250,7 @@ pub fn accepted(row: &ReferralRow, bundle_id: &str, source_endpoint: &str) -> Va
 pub fn milestone(row: &ReferralRow, history: &[EventRow], event_id: &str) -> Option<Value> {
     let (n, event) = history.iter().enumerate().find(|(_, e)| e.id == event_id)?;
     let as_of = ReferralRow {
-        milestone: event.event.clone(),
+        milestone: event.event,
         ..row.clone()
     };
     let mut sr = service_request(&as_of, &[]);
@@ -259,13 +259,13 @@ pub fn milestone(row: &ReferralRow, history: &[EventRow], event_id: &str) -> Opt
         "contained",
         json!([milestone_task(n, event, CONTAINER)]),
     );
-    let (status, rejected) = match event.event.as_str() {
-        "declined" => (
+    let (status, rejected) = match event.event {
+        Milestone::Declined => (
             "cancelled",
             Some(bars_rejection(event.reason.as_deref().unwrap_or_default())),
         ),
-        "closed" => ("finished", None),
-        "accepted" => ("planned", None),
+        Milestone::Closed => ("finished", None),
+        Milestone::Accepted => ("planned", None),
         _ => ("in-progress", None),
     };
     Some(response_message(

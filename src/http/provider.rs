@@ -7,7 +7,10 @@ use crate::auth::{Principal, Role};
 use crate::events::{self, EventBody, Field, Milestone};
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
 use crate::params::Query;
-use crate::store::{EventRecord, EventRecorded, EventRow, MilestoneDelivery, ReferralRow};
+use crate::store::{
+    DeliveryKind, DeliveryState, EventRecord, EventRecorded, EventRow, MilestoneDelivery,
+    ReferralRow,
+};
 use actix_web::{HttpRequest, HttpResponse, get, http::StatusCode, post, web};
 use fhir_sdk::time::OffsetDateTime;
 use serde_json::Value;
@@ -507,7 +510,11 @@ async fn record(
         .deliveries_for(referral_id)
         .await?
         .into_iter()
-        .find(|d| d.kind == "referral" && d.state == "delivered" && d.provider == provider);
+        .find(|d| {
+            d.kind == DeliveryKind::Referral
+                && d.state == DeliveryState::Delivered
+                && d.provider == provider
+        });
     if referral.provider != provider || delivered.is_none() {
         return Err(Issue::new(
             RecCode::Forbidden,
@@ -538,7 +545,7 @@ async fn record(
             .map(|(field, p)| Issue::business(IssueType::Value, paths.of(field), p))
             .collect(),
     })?;
-    let from: Milestone = referral.milestone.parse().map_err(|_| server_error())?;
+    let from = referral.milestone;
     if let Some(why) = from.refuse(event.event) {
         return Err(Issue::new(RecCode::Conflict, IssueType::Conflict, why)
             .at(paths.event.clone())
@@ -548,15 +555,10 @@ async fn record(
     // the provider can correct and send again (409 is kept for the lifecycle).
     let timeline = events::Timeline {
         delivered_at: delivered.and_then(|d| d.delivered_at),
-        previous: existing.last().and_then(|e| {
-            e.event
-                .parse::<Milestone>()
-                .ok()
-                .map(|m| (m, e.occurred_at))
-        }),
+        previous: existing.last().map(|e| (e.event, e.occurred_at)),
         job_start: existing
             .iter()
-            .rfind(|e| e.event == Milestone::JobStart.as_str())
+            .rfind(|e| e.event == Milestone::JobStart)
             .map(|e| e.occurred_at),
     };
     let problems = events::refuse_date(&event, &timeline);
@@ -572,8 +574,8 @@ async fn record(
         id: uuid::Uuid::new_v4().to_string(),
         referral_id: referral_id.to_owned(),
         provider: provider.to_owned(),
-        from: from.as_str().to_owned(),
-        event: event.event.as_str().to_owned(),
+        from,
+        event: event.event,
         occurred_at: event.occurred_at,
         reason: event.reason.clone(),
         detail: event.detail.clone(),

@@ -17,6 +17,7 @@ mod outbox;
 mod referrals;
 mod reports;
 mod sql;
+mod states;
 
 use async_trait::async_trait;
 use fhir_sdk::time::OffsetDateTime;
@@ -24,6 +25,7 @@ use secrecy::ExposeSecret;
 use std::{str::FromStr, sync::Arc, time::Duration};
 
 use crate::config::{Backend, DatabaseSettings};
+use crate::domain::Milestone;
 use crypto::StorageKeys;
 
 pub use crate::audit_record::{AuditRecord, AuditRow, CheckpointRow};
@@ -34,6 +36,7 @@ pub use outbox::OutboxStore;
 pub use referrals::ReferralStore;
 pub use reports::ReportStore;
 pub use sql::{PostgresStore, SqliteStore};
+pub use states::{DeliveryKind, DeliveryState, ReferralStatus};
 
 /// The store's traits, for `use crate::store::prelude::*` where a `dyn Store` is called.
 pub mod prelude {
@@ -113,36 +116,6 @@ impl StoreError {
     }
 }
 
-/// Referral lifecycle as stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReferralStatus {
-    Active,
-    Cancelled,
-    ConsentWithdrawn,
-}
-
-impl ReferralStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReferralStatus::Active => "active",
-            ReferralStatus::Cancelled => "cancelled",
-            ReferralStatus::ConsentWithdrawn => "consent-withdrawn",
-        }
-    }
-}
-
-impl FromStr for ReferralStatus {
-    type Err = StoreError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "active" => Ok(Self::Active),
-            "cancelled" => Ok(Self::Cancelled),
-            "consent-withdrawn" => Ok(Self::ConsentWithdrawn),
-            other => Err(StoreError::Corrupt(format!("referral status `{other}`"))),
-        }
-    }
-}
-
 /// Which audit records an auditor asks for; every filter is optional.
 #[derive(Debug, Clone, Default)]
 pub struct AuditFilter {
@@ -197,7 +170,7 @@ impl NewReferralRecord {
             reference: self.reference.clone(),
             practice_ods: self.practice_ods.clone(),
             bundle_id: self.bundle_id.clone(),
-            status: ReferralStatus::Active.as_str().to_owned(),
+            status: ReferralStatus::Active,
             programme: self.programme.clone(),
             locality: self.locality.clone(),
             provider: self.provider.clone(),
@@ -210,7 +183,7 @@ impl NewReferralRecord {
             correlation_id: self.correlation_id.clone(),
             created_at: self.now,
             updated_at: self.now,
-            milestone: "none".to_owned(),
+            milestone: Milestone::None,
             purged_at: None,
         }
     }
@@ -234,7 +207,7 @@ pub struct ReferralRow {
     pub reference: String,
     pub practice_ods: String,
     pub bundle_id: String,
-    pub status: String,
+    pub status: ReferralStatus,
     pub programme: String,
     pub locality: String,
     pub provider: String,
@@ -247,16 +220,10 @@ pub struct ReferralRow {
     pub correlation_id: String,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
-    /// The latest status event from the provider (`none` before the first).
-    pub milestone: String,
+    /// The latest status event from the provider ([`Milestone::None`] before the first).
+    pub milestone: Milestone,
     /// When retention purged the personal data (`nhs_number` is then empty).
     pub purged_at: Option<OffsetDateTime>,
-}
-
-impl ReferralRow {
-    pub fn status(&self) -> Result<ReferralStatus, StoreError> {
-        self.status.parse()
-    }
 }
 
 /// A delivery as stored.
@@ -265,8 +232,8 @@ pub struct DeliveryRow {
     pub id: String,
     pub referral_id: String,
     pub provider: String,
-    pub kind: String,
-    pub state: String,
+    pub kind: DeliveryKind,
+    pub state: DeliveryState,
     pub request_id: String,
     pub attempts: i32,
     /// When the recipient took it (`None` until delivered).
@@ -279,9 +246,8 @@ pub struct ClaimedDelivery {
     pub id: String,
     pub referral_id: String,
     pub provider: String,
-    /// `referral`, `cancellation`, `withdrawal` or `milestone` (then `provider` is
-    /// the GP callback id).
-    pub kind: String,
+    /// For [`DeliveryKind::Milestone`], `provider` is the GP callback id.
+    pub kind: DeliveryKind,
     /// Stable across retries: the provider's de-duplication key.
     pub request_id: String,
     /// Attempts made before this one.
@@ -289,7 +255,7 @@ pub struct ClaimedDelivery {
     pub created_at: OffsetDateTime,
     pub reference: String,
     pub programme: String,
-    pub referral_status: String,
+    pub referral_status: ReferralStatus,
     /// JSON of the accepted consent, checked again before every attempt.
     pub consent: String,
     /// The referral message as received (empty once purged).
@@ -297,7 +263,7 @@ pub struct ClaimedDelivery {
     pub correlation_id: String,
     /// `milestone`: the status event it carries, and that event's name.
     pub event_id: Option<String>,
-    pub event: Option<String>,
+    pub event: Option<Milestone>,
     /// Set when the stored message could not be decrypted: why, naming the referral
     /// and key version, never the value. The worker dead-letters such a delivery.
     #[sqlx(skip)]
@@ -366,8 +332,8 @@ pub struct DeliveryView {
     pub id: String,
     pub referral_id: String,
     pub provider: String,
-    pub kind: String,
-    pub state: String,
+    pub kind: DeliveryKind,
+    pub state: DeliveryState,
     pub request_id: String,
     pub attempts: i32,
     /// Times in a row the worker itself failed on it (see
@@ -392,8 +358,8 @@ pub struct EventRecord {
     pub referral_id: String,
     pub provider: String,
     /// The milestone the event was checked against; recording fails if it moved.
-    pub from: String,
-    pub event: String,
+    pub from: Milestone,
+    pub event: Milestone,
     pub occurred_at: OffsetDateTime,
     pub reason: Option<String>,
     pub detail: serde_json::Value,
@@ -430,7 +396,7 @@ pub struct EventRow {
     pub id: String,
     pub referral_id: String,
     pub provider: String,
-    pub event: String,
+    pub event: Milestone,
     #[serde(with = "fhir_sdk::time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
     pub reason: Option<String>,
@@ -451,7 +417,7 @@ pub struct ReportRow {
     pub provider: String,
     pub locality: String,
     pub programme: String,
-    pub events: Vec<String>,
+    pub events: Vec<Milestone>,
 }
 
 /// A cancellation or consent withdrawal to apply.

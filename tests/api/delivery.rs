@@ -26,7 +26,7 @@ async fn state_of(app: &TestApp, referral: &str) -> Vec<(String, String)> {
         .await
         .unwrap()
         .into_iter()
-        .map(|d| (d.kind, d.state))
+        .map(|d| (d.kind.to_string(), d.state.to_string()))
         .collect()
 }
 
@@ -40,7 +40,7 @@ async fn a_referral_is_delivered_once_minimised_with_stable_ids(db: Db) {
     let seen = provider.seen();
     assert_eq!(seen.len(), 1);
     let delivery = &app.store.deliveries_for(&id).await.unwrap()[0];
-    assert_eq!(delivery.state, "delivered");
+    assert_eq!(delivery.state.as_str(), "delivered");
     assert_eq!(
         seen[0].request_id, delivery.request_id,
         "X-Request-Id is the delivery's"
@@ -132,7 +132,7 @@ async fn retry_after_is_honoured(db: Db) {
     let before = OffsetDateTime::now_utc();
     app.deliver().await;
     let view = &app.store.list_deliveries(false, 10).await.unwrap()[0];
-    assert_eq!(view.state, "queued");
+    assert_eq!(view.state.as_str(), "queued");
     assert_eq!(view.last_status, Some(429));
     assert!(
         view.next_attempt_at >= before + fhir_sdk::time::Duration::seconds(119),
@@ -187,7 +187,7 @@ async fn an_absurd_retry_after_is_capped_and_the_worker_keeps_delivering(db: Db)
         .into_iter()
         .find(|d| d.referral_id == first)
         .unwrap();
-    assert_eq!(view.state, "queued", "{view:?}");
+    assert_eq!(view.state.as_str(), "queued", "{view:?}");
     assert_eq!(view.last_status, Some(503));
     let cap = fhir_sdk::time::Duration::milliseconds(HOUR_MS as i64);
     assert!(
@@ -288,7 +288,7 @@ async fn an_unreachable_or_slow_provider_is_retried_then_parked(db: Db) {
     accept(&app, &referral()).await;
     app.deliver().await;
     let view = &app.store.list_deliveries(false, 10).await.unwrap()[0];
-    assert_eq!(view.state, "queued");
+    assert_eq!(view.state.as_str(), "queued");
     assert!(
         view.last_error
             .as_deref()
@@ -595,7 +595,7 @@ async fn a_provider_hanging_up_mid_answer_or_a_failing_token_endpoint_means_retr
     app.deliver().await;
     assert!(provider.seen().is_empty(), "{:?}", provider.seen());
     let view = &app.store.list_deliveries(false, 10).await.unwrap()[0];
-    assert_eq!(view.state, "queued");
+    assert_eq!(view.state.as_str(), "queued");
     assert!(
         view.last_error
             .as_deref()
@@ -639,7 +639,7 @@ async fn mutual_tls_to_providers_and_the_wrong_ca_is_refused(db: Db) {
     let (id, _) = accept(&app, &referral()).await;
     app.deliver().await;
     let view = app.store.list_deliveries(false, 1).await.unwrap();
-    assert_eq!(view[0].state, "delivered", "{view:?}");
+    assert_eq!(view[0].state.as_str(), "delivered", "{view:?}");
     assert_eq!(
         state_of(&app, &id).await,
         vec![("referral".into(), "delivered".into())]

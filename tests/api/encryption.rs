@@ -127,7 +127,9 @@ async fn a_copy_of_the_database_reveals_no_identifiers_and_delivery_still_works(
     );
     assert!(!seen[0].body.to_string().contains(NHS));
     assert_eq!(
-        app.store.deliveries_for(&id).await.unwrap()[0].state,
+        app.store.deliveries_for(&id).await.unwrap()[0]
+            .state
+            .as_str(),
         "delivered"
     );
 
@@ -182,7 +184,9 @@ async fn after_rotation_old_and_new_referrals_both_deliver(db: Db) {
     }
     for id in [&old, &new] {
         assert_eq!(
-            after.store.deliveries_for(id).await.unwrap()[0].state,
+            after.store.deliveries_for(id).await.unwrap()[0]
+                .state
+                .as_str(),
             "delivered"
         );
     }
@@ -225,11 +229,15 @@ async fn a_ciphertext_moved_to_another_row_dead_letters_without_patient_data(db:
     assert_eq!(app.deliver().await, 2, "both attempted, nothing panics");
     assert_eq!(app.deliver().await, 0, "nothing loops");
     assert_eq!(
-        app.store.deliveries_for(&donor).await.unwrap()[0].state,
+        app.store.deliveries_for(&donor).await.unwrap()[0]
+            .state
+            .as_str(),
         "delivered"
     );
     assert_eq!(
-        app.store.deliveries_for(&victim).await.unwrap()[0].state,
+        app.store.deliveries_for(&victim).await.unwrap()[0]
+            .state
+            .as_str(),
         "dead"
     );
     assert_eq!(provider.seen().len(), 1, "the moved copy was never sent");

@@ -841,7 +841,7 @@ async fn sustained_work_is_counted_from_the_job_start(db: Db) {
         .await
         .unwrap()
         .into_iter()
-        .map(|e| e.event)
+        .map(|e| e.event.to_string())
         .collect();
     assert_eq!(
         recorded,
@@ -1051,7 +1051,9 @@ async fn the_reporting_extract_is_pseudonymised_and_honours_the_opt_out(db: Db) 
     assert!(String::from_utf8_lossy(&out.stderr).contains("1 left out"));
     // Direct care is untouched: the opted-out person's referral was delivered.
     assert_eq!(
-        app.store.deliveries_for(&referrals[1]).await.unwrap()[0].state,
+        app.store.deliveries_for(&referrals[1]).await.unwrap()[0]
+            .state
+            .as_str(),
         "delivered"
     );
 }

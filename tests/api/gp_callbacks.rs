@@ -81,7 +81,14 @@ async fn deliveries(app: &TestApp, referral: &str) -> Vec<(String, String, Strin
         .await
         .unwrap()
         .into_iter()
-        .map(|d| (d.kind, d.provider, d.state, d.request_id))
+        .map(|d| {
+            (
+                d.kind.to_string(),
+                d.provider,
+                d.state.to_string(),
+                d.request_id,
+            )
+        })
         .collect()
 }
 
@@ -290,7 +297,7 @@ async fn a_busy_gp_system_is_retried_with_the_same_request_id(db: Db) {
         .await
         .unwrap()
         .into_iter()
-        .find(|d| d.kind == "milestone")
+        .find(|d| d.kind.as_str() == "milestone")
         .unwrap();
     assert_eq!((d.state.as_str(), d.attempts), ("delivered", 2));
 }

@@ -162,7 +162,11 @@ async fn only_settled_referrals_older_than_the_period_are_purged(db: Db) {
     assert!(replay.text.contains("resolved"), "{}", replay.text);
     app.deliver().await;
     let view = app.store.delivery(&letter).await.unwrap().unwrap();
-    assert_eq!(view.state, "dead", "a resolved letter is never sent");
+    assert_eq!(
+        view.state.as_str(),
+        "dead",
+        "a resolved letter is never sent"
+    );
     assert!(view.resolved_at.is_some() && view.last_error.is_some());
     let sent_for_dead = provider
         .seen()

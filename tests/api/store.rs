@@ -95,7 +95,7 @@ async fn inserts_are_all_or_nothing_and_duplicates_are_refused(db: Db) {
         "only the accepted insert left a record"
     );
     let row = store.referral(&first.id).await.unwrap().unwrap();
-    assert_eq!(row.status().unwrap(), ReferralStatus::Active);
+    assert_eq!(row.status, ReferralStatus::Active);
     let found = store
         .referral_by_sender_identifier("Y90001", "sys", "ref-1")
         .await
@@ -172,13 +172,7 @@ async fn updates_apply_once_and_queue_notices_for_delivered_referrals(db: Db) {
     assert!(kinds.contains(&("referral", "delivered")));
     assert!(kinds.contains(&("withdrawal", "queued")), "{kinds:?}");
     assert_eq!(
-        store
-            .referral(&delivered.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .status()
-            .unwrap(),
+        store.referral(&delivered.id).await.unwrap().unwrap().status,
         ReferralStatus::ConsentWithdrawn
     );
     assert_eq!(
@@ -235,7 +229,7 @@ async fn two_stores_taking_turns_on_one_database_keep_one_chain(db: Db) {
             .await
             .unwrap()
             .into_iter()
-            .map(|d| (d.kind, d.state, d.request_id))
+            .map(|d| (d.kind.to_string(), d.state.to_string(), d.request_id))
             .collect();
         assert_eq!(
             queued,

@@ -34,7 +34,8 @@ async fn a_cancellation_stops_delivery_and_a_second_one_conflicts(db: Db) {
     let deliveries = app.store.deliveries_for(&id).await.unwrap();
     assert_eq!(deliveries.len(), 1);
     assert_eq!(
-        deliveries[0].state, "cancelled",
+        deliveries[0].state.as_str(),
+        "cancelled",
         "the queued delivery never goes"
     );
 
@@ -57,9 +58,11 @@ async fn a_consent_withdrawal_stops_delivery(db: Db) {
     let reply = app.send("gp-a", &withdrawal(&original)).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let row = app.store.referral(&id).await.unwrap().unwrap();
-    assert_eq!(row.status, "consent-withdrawn");
+    assert_eq!(row.status.as_str(), "consent-withdrawn");
     assert_eq!(
-        app.store.deliveries_for(&id).await.unwrap()[0].state,
+        app.store.deliveries_for(&id).await.unwrap()[0]
+            .state
+            .as_str(),
         "cancelled"
     );
 }
@@ -83,7 +86,13 @@ async fn the_referral_can_be_named_by_the_gateway_id(db: Db) {
     let reply = app.send("gp-a", &cancel).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     assert_eq!(
-        app.store.referral(&id).await.unwrap().unwrap().status,
+        app.store
+            .referral(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
         "cancelled"
     );
 }

@@ -6,9 +6,10 @@
 
 use super::crypto::{Column, StorageKeys};
 use super::{
-    AuditFilter, AuditRecord, AuditRow, Claim, ClaimedDelivery, DeliveryOutcome, DeliveryRow,
-    DeliveryView, EventRecord, EventRecorded, EventRow, Inserted, NewReferralRecord, ReferralRow,
-    ReferralStatus, ReportRow, Store, StoreError, UpdateRecord, Updated,
+    AuditFilter, AuditRecord, AuditRow, Claim, ClaimedDelivery, DeliveryKind, DeliveryOutcome,
+    DeliveryRow, DeliveryState, DeliveryView, EventRecord, EventRecorded, EventRow, Inserted,
+    NewReferralRecord, ReferralRow, ReferralStatus, ReportRow, Store, StoreError, UpdateRecord,
+    Updated,
 };
 use super::{AuditStore, EventStore, OutboxStore, ReferralStore, ReportStore};
 use async_trait::async_trait;
@@ -601,8 +602,8 @@ macro_rules! sql_store {
                 .await?
                 .rows_affected();
                 let notice_kind = match u.new_status {
-                    ReferralStatus::ConsentWithdrawn => "withdrawal",
-                    _ => "cancellation",
+                    ReferralStatus::ConsentWithdrawn => DeliveryKind::Withdrawal,
+                    ReferralStatus::Active | ReferralStatus::Cancelled => DeliveryKind::Cancellation,
                 };
                 let delivered: Vec<(String,)> = sqlx::query_as(
                     "SELECT provider FROM deliveries \

@@ -74,19 +74,23 @@ macro_rules! outbox_store {
             ) -> Result<bool, StoreError> {
                 let (state, next, status, error, receipt, delivered_at) = match outcome {
                     DeliveryOutcome::Delivered { status, receipt } => {
-                        ("delivered", now, Some(i32::from(*status)), None, receipt.clone(), Some(now))
+                        (DeliveryState::Delivered, now, Some(i32::from(*status)), None, receipt.clone(), Some(now))
                     }
                     DeliveryOutcome::Retry { next_attempt_at, status, error } => {
-                        ("queued", *next_attempt_at, status.map(i32::from), Some(error.clone()), None, None)
+                        (DeliveryState::Queued, *next_attempt_at, status.map(i32::from), Some(error.clone()), None, None)
                     }
                     DeliveryOutcome::Dead { status, error } => {
-                        ("dead", now, status.map(i32::from), Some(error.clone()), None, None)
+                        (DeliveryState::Dead, now, status.map(i32::from), Some(error.clone()), None, None)
                     }
                     DeliveryOutcome::Stopped { reason } => {
-                        ("cancelled", now, None, Some(reason.clone()), None, None)
+                        (DeliveryState::Cancelled, now, None, Some(reason.clone()), None, None)
                     }
                     DeliveryOutcome::WorkerFailed { next_attempt_at, parked, error, .. } => {
-                        let (state, next) = if *parked { ("dead", now) } else { ("queued", *next_attempt_at) };
+                        let (state, next) = if *parked {
+                            (DeliveryState::Dead, now)
+                        } else {
+                            (DeliveryState::Queued, *next_attempt_at)
+                        };
                         (state, next, None, Some(error.clone()), None, None)
                     }
                 };

@@ -1,6 +1,7 @@
 //! What reports read. Each statement is written once for both engines.
 
 use super::*;
+use crate::domain::Milestone;
 
 macro_rules! report_store {
     ($store:ty, $db:ty, $migrations:literal, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
@@ -21,7 +22,7 @@ macro_rules! report_store {
                 .bind(to)
                 .fetch_all(&self.pool)
                 .await?;
-                let events: Vec<(String, String)> = sqlx::query_as(concat!(
+                let events: Vec<(String, Milestone)> = sqlx::query_as(concat!(
                     "SELECT e.referral_id, e.event FROM referral_events e \
                      JOIN referrals r ON r.id = e.referral_id \
                      WHERE ", $t0, "r.created_at", $t1, " >= ", $t0, "$1", $t1,
@@ -31,7 +32,7 @@ macro_rules! report_store {
                 .bind(to)
                 .fetch_all(&self.pool)
                 .await?;
-                let mut by_referral: std::collections::HashMap<String, Vec<String>> =
+                let mut by_referral: std::collections::HashMap<String, Vec<Milestone>> =
                     std::collections::HashMap::new();
                 for (referral, event) in events {
                     by_referral.entry(referral).or_default().push(event);
