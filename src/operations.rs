@@ -5,12 +5,12 @@
 //! will not be sent, so it is never replayed and no longer holds back the retention
 //! purge of the referral's personal data.
 
-use crate::store::{AuditRecord, DeliveryState, DeliveryView, Store, StoreError};
+use crate::store::{AuditRecord, DeliveryState, DeliveryView, OutboxStore, StoreError};
 use fhir_sdk::time::OffsetDateTime;
 
 /// Lists deliveries, newest first (dead letters only when asked).
 pub async fn list(
-    store: &dyn Store,
+    store: &dyn OutboxStore,
     dead_only: bool,
     limit: i64,
 ) -> Result<Vec<DeliveryView>, StoreError> {
@@ -29,7 +29,7 @@ pub enum DeadLetterAction {
 }
 
 /// Why `id` was not acted on: resolved already, or not a dead letter at all.
-async fn refusal(store: &dyn Store, id: &str) -> Result<DeadLetterAction, StoreError> {
+async fn refusal(store: &dyn OutboxStore, id: &str) -> Result<DeadLetterAction, StoreError> {
     Ok(match store.delivery(id).await? {
         Some(d) if d.state == DeliveryState::Dead && d.resolved_at.is_some() => {
             DeadLetterAction::Resolved
@@ -42,7 +42,7 @@ async fn refusal(store: &dyn Store, id: &str) -> Result<DeadLetterAction, StoreE
 /// again by the worker before it is sent. A resolved dead letter is not replayed.
 /// The record names the delivery's referral (and so its subject) and recipient.
 async fn about_delivery(
-    store: &dyn Store,
+    store: &dyn OutboxStore,
     id: &str,
     mut audit: AuditRecord,
 ) -> Result<AuditRecord, StoreError> {
@@ -54,7 +54,7 @@ async fn about_delivery(
 }
 
 pub async fn replay(
-    store: &dyn Store,
+    store: &dyn OutboxStore,
     id: &str,
     audit: AuditRecord,
 ) -> Result<DeadLetterAction, StoreError> {
@@ -71,7 +71,7 @@ pub async fn replay(
 
 /// Marks a dead letter resolved: never replayed, and no longer holding back the purge.
 pub async fn resolve(
-    store: &dyn Store,
+    store: &dyn OutboxStore,
     id: &str,
     audit: AuditRecord,
 ) -> Result<DeadLetterAction, StoreError> {

@@ -10,7 +10,7 @@
 //! `retention.interval_seconds` while `retention.enabled`.
 
 use crate::config::RetentionSettings;
-use crate::store::{AuditRecord, Store, StoreError};
+use crate::store::{AuditRecord, ReferralStore, StoreError};
 use fhir_sdk::time::{Duration, OffsetDateTime};
 use std::sync::Arc;
 
@@ -26,7 +26,7 @@ pub struct Purged {
 /// Runs one purge pass as `client` (`retention` for the periodic task,
 /// `command-line` for the command).
 pub async fn run_once(
-    store: &dyn Store,
+    store: &dyn ReferralStore,
     settings: &RetentionSettings,
     client: &str,
 ) -> Result<Purged, StoreError> {
@@ -53,7 +53,7 @@ pub async fn run_once(
 
 /// Purges once at start and then every `interval_seconds`, until `stop` turns true.
 pub async fn run(
-    store: Arc<dyn Store>,
+    store: Arc<dyn ReferralStore>,
     settings: RetentionSettings,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {

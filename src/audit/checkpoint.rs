@@ -6,7 +6,7 @@
 
 pub use crate::audit_record::CheckpointRow;
 use crate::config::CheckpointSettings;
-use crate::store::{Store, StoreError};
+use crate::store::{AuditStore, StoreError};
 use fhir_sdk::time::OffsetDateTime;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -123,7 +123,7 @@ impl Signer {
     /// Returns the new checkpoint, if one was written.
     pub async fn checkpoint(
         &self,
-        store: &dyn Store,
+        store: &dyn AuditStore,
     ) -> Result<Option<CheckpointRow>, CheckpointError> {
         // What is pending sealed first, so the checkpoint covers every record written;
         // if sealing fails, the head as it is is still worth signing.
@@ -164,7 +164,7 @@ impl Signer {
     /// Writes a checkpoint every `interval` until `stop` turns true.
     pub async fn run(
         self,
-        store: std::sync::Arc<dyn Store>,
+        store: std::sync::Arc<dyn AuditStore>,
         interval: std::time::Duration,
         stop: tokio::sync::watch::Receiver<bool>,
     ) {

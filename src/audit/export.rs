@@ -6,7 +6,7 @@
 
 use super::checkpoint::{CheckpointRow, VerifyingKeys};
 use super::{Tamper, Walker};
-use crate::store::{AuditFilter, AuditRow, Store, StoreError};
+use crate::store::{AuditFilter, AuditRow, AuditStore, StoreError};
 use base64::Engine;
 use fhir_sdk::time::{OffsetDateTime, format_description::well_known::Rfc3339};
 use serde_json::{Value, json};
@@ -343,7 +343,7 @@ impl ExportPlan {
     /// first, so there always is a checkpoint to run on to. The range is read a page at
     /// a time, keeping only its ends.
     pub async fn new(
-        store: &dyn Store,
+        store: &dyn AuditStore,
         signer: Option<&super::checkpoint::Signer>,
         from: OffsetDateTime,
         to: OffsetDateTime,
@@ -416,7 +416,7 @@ impl ExportPlan {
     /// inside it, or a CSV with a header row and one row per record.
     pub fn stream(
         self,
-        store: std::sync::Arc<dyn Store>,
+        store: std::sync::Arc<dyn AuditStore>,
     ) -> impl futures_util::Stream<Item = Result<Vec<u8>, StoreError>> + 'static {
         enum Step {
             Head,
@@ -476,7 +476,7 @@ impl ExportPlan {
     /// The page after `after`, and where the next one starts (`None` at the end).
     async fn page(
         &self,
-        store: &dyn Store,
+        store: &dyn AuditStore,
         after: i64,
     ) -> Result<(Vec<u8>, Option<i64>), StoreError> {
         let Some((first, last)) = self.span else {

@@ -15,7 +15,7 @@ pub mod export;
 pub mod identity;
 
 pub use crate::audit_record::{ChainEntry, GENESIS, chain_hash, truncate};
-use crate::store::{AuditRow, Store, StoreError};
+use crate::store::{AuditRow, AuditStore, StoreError};
 
 /// The first thing wrong with the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,7 +188,7 @@ pub(crate) async fn every<F, R>(
 /// the records stay pending, durable, for the next round (the
 /// `thrive_audit_pending_records` gauge shows them waiting).
 pub async fn seal_periodically(
-    store: std::sync::Arc<dyn Store>,
+    store: std::sync::Arc<dyn AuditStore>,
     interval: std::time::Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -211,7 +211,7 @@ const PAGE: i64 = 1_000;
 /// the head the writers keep, records outside the chain, and every checkpoint
 /// (against `keys` when given).
 pub async fn verify(
-    store: &dyn Store,
+    store: &dyn AuditStore,
     keys: Option<&checkpoint::VerifyingKeys>,
 ) -> Result<Verification, StoreError> {
     // What is pending sealed first, so the walk covers every record written. A seal
@@ -283,7 +283,7 @@ pub async fn verify(
 }
 
 /// How many records wait to be sealed.
-async fn pending(store: &dyn Store) -> Result<u64, StoreError> {
+async fn pending(store: &dyn AuditStore) -> Result<u64, StoreError> {
     Ok(u64::try_from(store.audit_pending().await?).unwrap_or(0))
 }
 
@@ -294,7 +294,7 @@ async fn pending(store: &dyn Store) -> Result<u64, StoreError> {
 /// is reported, and the look goes on past what was sealed meanwhile (a few times;
 /// a gateway still sealing after that leaves the rest to the next run).
 async fn beyond_the_walk(
-    store: &dyn Store,
+    store: &dyn AuditStore,
     walker: &Walker,
     head_seq: i64,
     head_hash: &str,

@@ -6,7 +6,7 @@ use super::AuditCommand;
 use crate::audit::checkpoint::{Signer, VerifyingKeys};
 use crate::audit::export::Format;
 use crate::config::Settings;
-use crate::store::{AuditRecord, Store};
+use crate::store::{AuditRecord, AuditStore};
 use std::process::ExitCode;
 
 fn config_error(e: impl std::fmt::Display) -> ExitCode {
@@ -20,7 +20,7 @@ fn failed(e: impl std::fmt::Display) -> ExitCode {
 }
 
 async fn record(
-    store: &dyn Store,
+    store: &dyn AuditStore,
     action: &str,
     detail: serde_json::Value,
 ) -> Result<(), ExitCode> {
@@ -30,7 +30,7 @@ async fn record(
 /// Seals what a command wrote into the chain at once, since no gateway may be running
 /// to seal it. If that fails its records stay pending (durable) for the next sealer,
 /// and the command goes on.
-pub async fn seal_what_was_written(store: &dyn Store) {
+pub async fn seal_what_was_written(store: &dyn AuditStore) {
     if let Err(e) = store.seal_audit().await {
         eprintln!("thrive-gateway: this command's audit record stays pending: {e}");
     }
@@ -39,7 +39,7 @@ pub async fn seal_what_was_written(store: &dyn Store) {
 /// Records a command-line action taken in `role`, sealed at once; a failure to record
 /// fails the command, so nothing is read from the command line without its record.
 pub async fn record_as(
-    store: &dyn Store,
+    store: &dyn AuditStore,
     role: &str,
     action: &str,
     detail: serde_json::Value,

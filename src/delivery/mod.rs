@@ -23,8 +23,8 @@ use crate::domain::ProviderId;
 use crate::mapping::{Datasets, Pseudonymise};
 use crate::pseudonym::PseudonymKeys;
 use crate::store::{
-    AuditRecord, Claim, ClaimedDelivery, DeliveryKind, DeliveryOutcome, ReferralStatus, Store,
-    StoreError,
+    AuditRecord, Claim, ClaimedDelivery, DeliveryKind, DeliveryOutcome, DeliveryStore,
+    ReferralStatus, StoreError,
 };
 use fhir_sdk::time::{Duration, OffsetDateTime};
 use futures_util::FutureExt;
@@ -57,7 +57,7 @@ struct Recipient {
 /// The outbox worker. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub struct Deliverer {
-    store: Arc<dyn Store>,
+    store: Arc<dyn DeliveryStore>,
     datasets: Arc<Datasets>,
     recipients: Arc<HashMap<ProviderId, Recipient>>,
     /// GP systems that take milestones back, by callback id.
@@ -94,7 +94,7 @@ impl Deliverer {
     /// where its dataset pseudonymises, keys; builds a client per GP callback.
     pub fn new(
         settings: &Settings,
-        store: Arc<dyn Store>,
+        store: Arc<dyn DeliveryStore>,
         routing: &crate::routing::Routing,
         datasets: Arc<Datasets>,
         metrics: Arc<crate::metrics::Metrics>,

@@ -40,8 +40,16 @@ pub use states::{DeliveryKind, DeliveryState, ReferralStatus};
 
 /// The store's traits, for `use crate::store::prelude::*` where a `dyn Store` is called.
 pub mod prelude {
-    pub use super::{AuditStore, EventStore, OutboxStore, ReferralStore, ReportStore, Store};
+    pub use super::{
+        AuditStore, DeliveryStore, EventStore, OutboxStore, ReferralStore, ReportStore, Store,
+    };
 }
+
+/// What the delivery worker reads and writes: the outbox, the referral and its status
+/// events a milestone push is built from, and the audit trail. Not reports.
+pub trait DeliveryStore: OutboxStore + ReferralStore + EventStore + AuditStore {}
+
+impl<T: OutboxStore + ReferralStore + EventStore + AuditStore + ?Sized> DeliveryStore for T {}
 
 /// Failures of the database itself. Never shown to callers: they get 503 when
 /// [`StoreError::is_unavailable`], a plain 500 otherwise.
@@ -447,9 +455,7 @@ pub enum Updated {
 /// The whole store: every aggregate's interface, each in its own file, and what the
 /// database as a whole answers. A consumer that needs one aggregate takes that trait.
 #[async_trait]
-pub trait Store:
-    ReferralStore + AuditStore + OutboxStore + EventStore + ReportStore + Send + Sync + std::fmt::Debug
-{
+pub trait Store: DeliveryStore + ReportStore + Send + Sync + std::fmt::Debug {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Cheap reachability check for `/health/ready`.
