@@ -14,7 +14,6 @@ use jsonwebtoken::{
     jwk::{AlgorithmParameters, Jwk, JwkSet},
 };
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use std::{collections::HashMap, str::FromStr, sync::Arc};
 
 /// Who is calling, after the token has been verified.
@@ -112,8 +111,6 @@ pub enum AuthSetupError {
         "THRIVE_ENV=production but issuer {0} trusts a published signing key (the development issuer's or the tests'): configure the production issuers"
     )]
     DevelopmentKeyInProduction(String),
-    #[error("THRIVE_ENV=production but dev.signing_key_file is set")]
-    DevSigningInProduction,
 }
 
 struct TrustedKey {
@@ -181,20 +178,6 @@ impl Authenticator {
             .iter()
             .map(|a| parse_algorithm(a))
             .collect::<Result<Vec<_>, _>>()?;
-        // The published issuers' keys, compared by fingerprint so that a production
-        // deployment cannot trust one by accident: their private keys are public.
-        // Only production refuses them, so only production works them out.
-        let published_fingerprints: Vec<String> = if production {
-            crate::config::published_keys::JWKS
-                .iter()
-                .filter_map(|(_, jwks)| serde_json::from_str::<JwkSet>(jwks).ok())
-                .flat_map(|set| set.keys)
-                .filter_map(|jwk| fingerprint(&jwk))
-                .collect()
-        } else {
-            Vec::new()
-        };
-
         let mut keys = HashMap::new();
         for (name, issuer) in &settings.issuers {
             let mut sets = Vec::new();
@@ -226,9 +209,8 @@ impl Authenticator {
                             kid: "(none)".into(),
                             message: "every key needs a kid".into(),
                         })?;
-                    if production
-                        && fingerprint(jwk).is_some_and(|f| published_fingerprints.contains(&f))
-                    {
+                    // Their private keys are public: production never trusts them.
+                    if production && crate::config::production::is_published_jwk(jwk) {
                         return Err(AuthSetupError::DevelopmentKeyInProduction(name.clone()));
                     }
                     let key = DecodingKey::from_jwk(jwk).map_err(|e| AuthSetupError::Key {
@@ -398,17 +380,6 @@ fn key_accepts(jwk: &Jwk, alg: Algorithm) -> bool {
         None => true,
     };
     family_ok && declared_ok
-}
-
-/// A stable fingerprint of a public key's material (not its kid).
-fn fingerprint(jwk: &Jwk) -> Option<String> {
-    let material = match &jwk.algorithm {
-        AlgorithmParameters::RSA(rsa) => format!("RSA:{}:{}", rsa.n, rsa.e),
-        AlgorithmParameters::EllipticCurve(ec) => format!("EC:{}:{}", ec.x, ec.y),
-        AlgorithmParameters::OctetKeyPair(okp) => format!("OKP:{}", okp.x),
-        _ => return None,
-    };
-    Some(hex::encode(Sha256::digest(material.as_bytes())))
 }
 
 async fn fetch_jwks(issuer: &str, url: &str) -> Result<String, AuthSetupError> {

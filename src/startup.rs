@@ -34,10 +34,6 @@ pub enum StartupError {
     Mappings(Vec<MappingError>),
     #[error(transparent)]
     Delivery(#[from] DeliverySetupError),
-    #[error(
-        "THRIVE_ENV=production but sandbox.enabled is set: sandbox receivers are for development"
-    )]
-    SandboxInProduction,
     #[error("sandbox.client_jwks_file: {0}")]
     Sandbox(String),
     #[error(transparent)]
@@ -87,13 +83,7 @@ impl Application {
     /// Loads the storage keys (refusing to start without them), connects the store
     /// (applying migrations), loads keys and mappings, and binds.
     pub async fn build(settings: &Settings, production: bool) -> Result<Self, StartupError> {
-        if production && settings.dev.signing_key_file.is_some() {
-            return Err(AuthSetupError::DevSigningInProduction.into());
-        }
         let auth = Authenticator::from_settings(&settings.auth, production).await?;
-        if production && settings.sandbox.enabled {
-            return Err(StartupError::SandboxInProduction);
-        }
         let storage_keys = Arc::new(StorageKeys::load(settings.keys.storage.as_ref())?);
         let routing = Routing::load(&settings.mappings.dir).map_err(StartupError::Mappings)?;
         let datasets = Arc::new(

@@ -420,3 +420,35 @@ fn production_refuses_published_keys_wherever_they_are_named() {
         Ok(())
     });
 }
+
+/// The development conveniences are refused with the published keys, at load, by
+/// every command: the signing key `dev-token` uses and the sandbox receivers. Outside
+/// production the same settings load.
+#[test]
+fn production_refuses_the_dev_signing_key_and_the_sandbox() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        jail.create_file(
+            "config/production.toml",
+            include_str!("../config/production.toml"),
+        )?;
+        jail.create_file("signing.toml", "[dev]\nsigning_key_file = \"mine.pem\"\n")?;
+        jail.create_file("sandbox.toml", "[sandbox]\nenabled = true\n")?;
+        for (file, setting) in [
+            ("signing.toml", "dev.signing_key_file"),
+            ("sandbox.toml", "sandbox.enabled"),
+        ] {
+            let err = Settings::load(&sources(Some("production"), &[file]))
+                .expect_err("refused in production");
+            assert!(matches!(err, ConfigError::Production(_)), "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains("THRIVE_ENV=production") && message.contains(setting),
+                "{message}"
+            );
+            Settings::load(&sources(None, &[file])).expect("loads outside production");
+        }
+        Ok(())
+    });
+}

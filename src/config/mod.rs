@@ -3,7 +3,7 @@
 //! environment variables. Later layers win; unknown keys stop the gateway at start.
 
 mod delivery;
-pub mod published_keys;
+pub mod production;
 
 pub use delivery::*;
 
@@ -500,7 +500,18 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Invalid(String),
     #[error("configuration: {0}")]
-    PublishedKey(#[from] crate::config::published_keys::PublishedKey),
+    PublishedKey(#[from] crate::config::production::PublishedKey),
+    #[error("configuration: {0}")]
+    Production(crate::config::production::Refusal),
+}
+
+impl From<crate::config::production::Refusal> for ConfigError {
+    fn from(r: crate::config::production::Refusal) -> Self {
+        match r {
+            crate::config::production::Refusal::PublishedKey(p) => ConfigError::PublishedKey(p),
+            other => ConfigError::Production(other),
+        }
+    }
 }
 
 /// Where the layers come from; `THRIVE_ENV` and `--config` in the binary.
@@ -557,7 +568,7 @@ impl Settings {
         }
         let settings = Self::from_figment(figment)?;
         if sources.is_production() {
-            crate::config::published_keys::refuse_published(&settings)?;
+            crate::config::production::refuse(&settings)?;
         }
         Ok(settings)
     }

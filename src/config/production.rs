@@ -1,4 +1,6 @@
-//! Key material this repository publishes, and the production check against it.
+//! What `THRIVE_ENV=production` refuses, all of it here: the development signing key
+//! (`dev.signing_key_file`), the sandbox receivers, and key material this repository
+//! publishes.
 //!
 //! The development keys in `config/dev/` and the test keys and certificates in
 //! `tests/fixtures/` are public: whoever has the repository has them. Used in
@@ -11,13 +13,69 @@
 //! never the key. A copy of a published file under another name, or the same hex key
 //! in an environment variable, is refused alike.
 //!
-//! The issuers' signing keys are checked by [`crate::auth`] (by JWK fingerprint, so
-//! keys fetched from a JWKS URL are covered too).
+//! The issuers' signing keys are checked as [`crate::auth`] loads them, by
+//! [`is_published_jwk`] (by JWK fingerprint, so keys fetched from a JWKS URL are
+//! covered too).
 
 use crate::config::Settings;
 use crate::pseudonym::KeySource;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use secrecy::{ExposeSecret, SecretBox};
+use sha2::{Digest, Sha256};
 use std::path::Path;
+
+/// A configuration production refuses, naming the setting (never a key).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    PublishedKey(#[from] PublishedKey),
+    #[error("THRIVE_ENV=production but dev.signing_key_file is set")]
+    DevSigningKey,
+    #[error(
+        "THRIVE_ENV=production but sandbox.enabled is set: sandbox receivers are for development"
+    )]
+    Sandbox,
+}
+
+/// Everything production refuses in `settings`, the first found: the development
+/// signing key, the sandbox, then published key material ([`refuse_published`]).
+pub fn refuse(settings: &Settings) -> Result<(), Refusal> {
+    if settings.dev.signing_key_file.is_some() {
+        return Err(Refusal::DevSigningKey);
+    }
+    if settings.sandbox.enabled {
+        return Err(Refusal::Sandbox);
+    }
+    refuse_published(settings)?;
+    Ok(())
+}
+
+/// A JWK's identity as key material: the same public key under any `kid` or `alg`
+/// has the same fingerprint.
+pub fn jwk_fingerprint(jwk: &Jwk) -> Option<String> {
+    let material = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => format!("RSA:{}:{}", rsa.n, rsa.e),
+        AlgorithmParameters::EllipticCurve(ec) => format!("EC:{}:{}", ec.x, ec.y),
+        AlgorithmParameters::OctetKeyPair(okp) => format!("OKP:{}", okp.x),
+        _ => return None,
+    };
+    Some(hex::encode(Sha256::digest(material.as_bytes())))
+}
+
+/// The published issuers' key fingerprints, worked out on first use.
+static PUBLISHED_JWKS: std::sync::LazyLock<Vec<String>> = std::sync::LazyLock::new(|| {
+    JWKS.iter()
+        .filter_map(|(_, jwks)| serde_json::from_str::<JwkSet>(jwks).ok())
+        .flat_map(|set| set.keys)
+        .filter_map(|jwk| jwk_fingerprint(&jwk))
+        .collect()
+});
+
+/// Whether an issuer's key is one whose private key this repository publishes (the
+/// development issuer's or the tests'), whatever its `kid`.
+pub fn is_published_jwk(jwk: &Jwk) -> bool {
+    jwk_fingerprint(jwk).is_some_and(|f| PUBLISHED_JWKS.contains(&f))
+}
 
 /// Published hex keys (storage and pseudonym keys), by file.
 const HEX_KEYS: &[(&str, &str)] = &[
@@ -144,9 +202,8 @@ const PEM_FILES: &[(&str, &str)] = &[
 ];
 
 /// The published issuers' public keys (JWKS): the development issuer's and the
-/// tests'. Their private keys are in the repository; [`crate::auth`] refuses an issuer
-/// trusting one of them in production, comparing JWK fingerprints.
-pub const JWKS: [(&str, &str); 2] = [
+/// tests'. Their private keys are in the repository; [`is_published_jwk`] finds them.
+const JWKS: [(&str, &str); 2] = [
     (
         "config/dev/jwks.json",
         include_str!("../../config/dev/jwks.json"),
