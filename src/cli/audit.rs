@@ -2,28 +2,13 @@
 //! check an export offline. Exit codes: 0 intact or done, 1 tampered or failed,
 //! 2 configuration problem.
 
-use super::AuditCommand;
+use super::{AuditCommand, Done, Failure};
 use crate::audit::checkpoint::{Signer, VerifyingKeys};
 use crate::audit::export::Format;
 use crate::config::Settings;
 use crate::store::{AuditRecord, AuditStore};
-use std::process::ExitCode;
 
-fn config_error(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("thrive-gateway audit: {e}");
-    ExitCode::from(2)
-}
-
-fn failed(e: impl std::fmt::Display) -> ExitCode {
-    eprintln!("thrive-gateway audit: {e}");
-    ExitCode::FAILURE
-}
-
-async fn record(
-    store: &dyn AuditStore,
-    action: &str,
-    detail: serde_json::Value,
-) -> Result<(), ExitCode> {
+async fn record(store: &dyn AuditStore, action: &str, detail: serde_json::Value) -> Done {
     record_as(store, "auditor", action, detail).await
 }
 
@@ -43,19 +28,19 @@ pub async fn record_as(
     role: &str,
     action: &str,
     detail: serde_json::Value,
-) -> Result<(), ExitCode> {
+) -> Done {
     let record = AuditRecord {
         client_id: Some("command-line".into()),
         role: Some(role.into()),
         detail,
         ..AuditRecord::new(action, "allowed")
     };
-    store.append_audit(&record).await.map_err(failed)?;
+    store.append_audit(&record).await?;
     seal_what_was_written(store).await;
     Ok(())
 }
 
-pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
+pub(super) async fn run(settings: &Settings, command: AuditCommand) -> Done {
     if let AuditCommand::VerifyExport {
         file,
         public_key,
@@ -64,87 +49,71 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
     {
         return verify_export(settings, file, public_key.as_deref(), key_id.as_deref());
     }
-    let store = match super::open_for("audit", settings, None).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let store = super::open_for("audit", settings, None).await?;
     match command {
         AuditCommand::Verify => {
-            let keys = match settings
+            let keys = settings
                 .audit
                 .checkpoint
                 .as_ref()
                 .map(VerifyingKeys::from_settings)
-            {
-                Some(Err(e)) => return config_error(e),
-                Some(Ok(k)) => Some(k),
-                None => None,
-            };
-            let v = match crate::audit::verify(store.as_ref(), keys.as_ref()).await {
-                Ok(v) => v,
-                Err(e) => return failed(e),
-            };
-            if let Err(code) = record(
+                .transpose()
+                .map_err(Failure::usage)?;
+            let v = crate::audit::verify(store.as_ref(), keys.as_ref()).await?;
+            record(
                 store.as_ref(),
                 "audit.verify",
                 serde_json::json!({"intact": v.intact(), "records": v.records}),
             )
-            .await
-            {
-                return code;
-            }
-            if let Some(why) = &v.sealing {
-                eprintln!(
+            .await?;
+            let sealing = v.sealing.as_ref().map(|why| {
+                format!(
                     "audit records could not be sealed into the chain: {why} ({} waiting)",
                     v.pending
+                )
+            });
+            if let Some(problem) = &v.problem {
+                let broken = format!(
+                    "audit chain BROKEN: {problem} ({} records verified before it)",
+                    v.records
                 );
+                return Err(Failure::failed(match sealing {
+                    Some(sealing) => format!("{broken}; {sealing}"),
+                    None => broken,
+                }));
             }
-            match v.problem {
-                None if v.sealing.is_some() => ExitCode::FAILURE,
-                None => {
-                    println!(
-                        "audit chain intact: {} records, {} checkpoints verified{}",
-                        v.records,
-                        v.checkpoints,
-                        if v.legacy > 0 {
-                            format!(
-                                ", {} older records written before the chain began",
-                                v.legacy
-                            )
-                        } else {
-                            String::new()
-                        }
-                    );
-                    ExitCode::SUCCESS
-                }
-                Some(problem) => {
-                    eprintln!(
-                        "audit chain BROKEN: {problem} ({} records verified before it)",
-                        v.records
-                    );
-                    ExitCode::FAILURE
-                }
+            if let Some(sealing) = sealing {
+                return Err(Failure::failed(sealing));
             }
+            println!(
+                "audit chain intact: {} records, {} checkpoints verified{}",
+                v.records,
+                v.checkpoints,
+                if v.legacy > 0 {
+                    format!(
+                        ", {} older records written before the chain began",
+                        v.legacy
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            Ok(())
         }
         AuditCommand::Checkpoint => {
             let Some(c) = &settings.audit.checkpoint else {
-                return config_error("audit.checkpoint is not configured");
+                return Err(Failure::usage("audit.checkpoint is not configured"));
             };
-            let signer = match Signer::from_settings(c) {
-                Ok(s) => s,
-                Err(e) => return config_error(e),
-            };
-            match signer.checkpoint(store.as_ref()).await {
-                Ok(Some(c)) => {
-                    println!("checkpoint signed at record {} ({})", c.seq, c.hash);
-                    ExitCode::SUCCESS
-                }
-                Ok(None) => {
-                    println!("the latest checkpoint already covers the chain head");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => failed(e),
+            let signer = Signer::from_settings(c).map_err(Failure::usage)?;
+            match signer
+                .checkpoint(store.as_ref())
+                .await
+                .map_err(Failure::failed)?
+            {
+                Some(c) => println!("checkpoint signed at record {} ({})", c.seq, c.hash),
+                None => println!("the latest checkpoint already covers the chain head"),
             }
+            Ok(())
         }
         AuditCommand::Export {
             from,
@@ -154,24 +123,20 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
         } => {
             let (Ok(from_t), Ok(to_t)) = (crate::reports::bound(&from), crate::reports::bound(&to))
             else {
-                return config_error(
+                return Err(Failure::usage(
                     "--from and --to must be dates (YYYY-MM-DD) or RFC 3339 instants",
-                );
+                ));
             };
-            let format_v: Format = match format.name().parse() {
-                Ok(f) => f,
-                Err(e) => return config_error(e),
-            };
+            let format_v: Format = format.name().parse().map_err(Failure::usage)?;
             // With the private key at hand the head is signed first, so the export is
             // covered by a checkpoint to its end.
             let signer = match settings.audit.checkpoint.as_ref() {
-                Some(c) if c.private_key_file.is_some() => match Signer::from_settings(c) {
-                    Ok(s) => Some(s),
-                    Err(e) => return config_error(e),
-                },
+                Some(c) if c.private_key_file.is_some() => {
+                    Some(Signer::from_settings(c).map_err(Failure::usage)?)
+                }
                 _ => None,
             };
-            let plan = match crate::audit::export::ExportPlan::new(
+            let plan = crate::audit::export::ExportPlan::new(
                 store.as_ref(),
                 signer.as_ref(),
                 from_t,
@@ -179,39 +144,27 @@ pub async fn run(settings: &Settings, command: AuditCommand) -> ExitCode {
                 format_v,
             )
             .await
-            {
-                Ok(p) => p,
-                Err(e) => return failed(e),
-            };
+            .map_err(Failure::failed)?;
             let n = plan.records();
-            if let Err(code) = record(
+            record(
                 store.as_ref(),
                 "audit.export",
                 serde_json::json!({"from": from, "to": to, "format": format.name(), "count": n}),
             )
-            .await
-            {
-                return code;
-            }
-            let written = match &output {
-                Some(path) => match std::fs::File::create(path) {
-                    Ok(file) => {
-                        write_export(plan, store.clone(), std::io::BufWriter::new(file)).await
-                    }
-                    Err(e) => Err(format!("cannot write {}: {e}", path.display())),
-                },
-                None => write_export(plan, store.clone(), std::io::stdout().lock()).await,
-            };
-            match (written, output) {
-                (Err(e), _) => failed(e),
-                (Ok(()), Some(path)) => {
+            .await?;
+            match &output {
+                Some(path) => {
+                    let file = std::fs::File::create(path).map_err(|e| {
+                        Failure::failed(format!("cannot write {}: {e}", path.display()))
+                    })?;
+                    write_export(plan, store.clone(), std::io::BufWriter::new(file)).await?;
                     eprintln!("{n} records written to {}", path.display());
-                    ExitCode::SUCCESS
                 }
-                (Ok(()), None) => ExitCode::SUCCESS,
+                None => write_export(plan, store.clone(), std::io::stdout().lock()).await?,
             }
+            Ok(())
         }
-        AuditCommand::VerifyExport { .. } => ExitCode::SUCCESS,
+        AuditCommand::VerifyExport { .. } => Ok(()),
     }
 }
 
@@ -220,17 +173,16 @@ async fn write_export(
     plan: crate::audit::export::ExportPlan,
     store: std::sync::Arc<dyn crate::store::Store>,
     mut out: impl std::io::Write,
-) -> Result<(), String> {
+) -> Done {
     use futures_util::StreamExt;
+    let cannot = |e: std::io::Error| Failure::failed(format!("cannot write the export: {e}"));
     let mut chunks = std::pin::pin!(plan.stream(store));
     while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(|e| e.to_string())?;
-        out.write_all(&chunk)
-            .map_err(|e| format!("cannot write the export: {e}"))?;
+        out.write_all(&chunk?).map_err(cannot)?;
     }
     out.write_all(b"\n")
         .and_then(|()| out.flush())
-        .map_err(|e| format!("cannot write the export: {e}"))
+        .map_err(cannot)
 }
 
 fn verify_export(
@@ -238,7 +190,7 @@ fn verify_export(
     file: &std::path::Path,
     public_key: Option<&std::path::Path>,
     key_id: Option<&str>,
-) -> ExitCode {
+) -> Done {
     let keys = match (public_key, &settings.audit.checkpoint) {
         (Some(pem), c) => {
             let kid = key_id
@@ -248,42 +200,35 @@ fn verify_export(
             VerifyingKeys::load(&kid, pem)
         }
         (None, Some(c)) => VerifyingKeys::from_settings(c),
-        (None, None) => return config_error("give --public-key, or configure audit.checkpoint"),
-    };
-    let keys = match keys {
-        Ok(k) => k,
-        Err(e) => return config_error(e),
-    };
-    let text = match std::fs::read_to_string(file) {
-        Ok(t) => t,
-        Err(e) => return config_error(format!("cannot read {}: {e}", file.display())),
-    };
+        (None, None) => {
+            return Err(Failure::usage(
+                "give --public-key, or configure audit.checkpoint",
+            ));
+        }
+    }
+    .map_err(Failure::usage)?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::usage(format!("cannot read {}: {e}", file.display())))?;
     let Ok(bundle) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return failed("the file is not JSON (only the FHIR export can be verified offline)");
+        return Err(Failure::failed(
+            "the file is not JSON (only the FHIR export can be verified offline)",
+        ));
     };
-    match crate::audit::export::verify_bundle(&bundle, &keys) {
-        Err(e) => failed(e),
-        Ok(v) => match v.problem {
-            None if v.records > 0 && v.covered == v.records => {
-                println!(
-                    "export intact: {} records linked and signed by {} checkpoints",
-                    v.records, v.checkpoints
-                );
-                ExitCode::SUCCESS
-            }
-            None => {
-                // Linked but not signed: a rewritten chain would look the same.
-                eprintln!(
-                    "export NOT PROVEN: {} of {} records are covered by a signed checkpoint; \
-                     export again with the checkpoint key configured, or after `audit checkpoint`",
-                    v.covered, v.records
-                );
-                ExitCode::FAILURE
-            }
-            Some(p) => {
-                eprintln!("export BROKEN: {p}");
-                ExitCode::FAILURE
-            }
-        },
+    let v = crate::audit::export::verify_bundle(&bundle, &keys).map_err(Failure::failed)?;
+    match v.problem {
+        None if v.records > 0 && v.covered == v.records => {
+            println!(
+                "export intact: {} records linked and signed by {} checkpoints",
+                v.records, v.checkpoints
+            );
+            Ok(())
+        }
+        // Linked but not signed: a rewritten chain would look the same.
+        None => Err(Failure::failed(format!(
+            "export NOT PROVEN: {} of {} records are covered by a signed checkpoint; \
+             export again with the checkpoint key configured, or after `audit checkpoint`",
+            v.covered, v.records
+        ))),
+        Some(p) => Err(Failure::failed(format!("export BROKEN: {p}"))),
     }
 }

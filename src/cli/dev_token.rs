@@ -2,47 +2,38 @@
 
 use super::*;
 
-pub(super) fn dev_token(settings: &Settings, sources: &Sources, client: &str) -> ExitCode {
+pub(super) fn dev_token(settings: &Settings, sources: &Sources, client: &str) -> Done {
     if sources.is_production() {
-        eprintln!("dev-token is refused when THRIVE_ENV=production");
-        return ExitCode::FAILURE;
+        return Err(Failure::failed(
+            "dev-token is refused when THRIVE_ENV=production",
+        ));
     }
     let (Some(key_file), Some(kid), Some(issuer)) = (
         &settings.dev.signing_key_file,
         &settings.dev.key_id,
         &settings.dev.issuer,
     ) else {
-        eprintln!(
-            "dev-token needs dev.signing_key_file, dev.key_id and dev.issuer (THRIVE_ENV=development sets them)"
-        );
-        return ExitCode::FAILURE;
+        return Err(Failure::failed(
+            "dev-token needs dev.signing_key_file, dev.key_id and dev.issuer (THRIVE_ENV=development sets them)",
+        ));
     };
     if !settings.auth.clients.contains_key(client) {
-        eprintln!("no client `{client}` in auth.clients");
-        return ExitCode::FAILURE;
+        return Err(Failure::failed(format!(
+            "no client `{client}` in auth.clients"
+        )));
     }
-    let pem = match std::fs::read(key_file) {
-        Ok(p) => secrecy::SecretBox::new(Box::new(p)),
-        Err(e) => {
-            eprintln!("cannot read {}: {e}", key_file.display());
-            return ExitCode::FAILURE;
-        }
-    };
-    match crate::auth::mint_token(
+    let pem = std::fs::read(key_file)
+        .map(|p| secrecy::SecretBox::new(Box::new(p)))
+        .map_err(|e| Failure::failed(format!("cannot read {}: {e}", key_file.display())))?;
+    let token = crate::auth::mint_token(
         pem.expose_secret(),
         kid,
         issuer,
         &settings.auth.audience,
         client,
         settings.dev.token_ttl_seconds,
-    ) {
-        Ok(token) => {
-            println!("{token}");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("cannot sign a token: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    )
+    .map_err(|e| Failure::failed(format!("cannot sign a token: {e}")))?;
+    println!("{token}");
+    Ok(())
 }

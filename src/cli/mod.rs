@@ -2,7 +2,7 @@
 //! file of its own (`audit`, `deliveries`, `dev_token`, `migrate`, `report`,
 //! `retention`). Only `serve` and `migrate` create or migrate a database.
 
-pub mod audit;
+mod audit;
 mod deliveries;
 mod dev_token;
 mod migrate;
@@ -209,36 +209,98 @@ pub enum MappingsCommand {
     Check,
 }
 
+/// Why a command did not do its work. Every command returns it and [`run`] turns it
+/// into the exit code, in one place: 2 when what was given cannot be used as given
+/// (the configuration, an argument, a database missing or not at this gateway's
+/// migration), 1 when the work failed or found a problem (a tampered chain, an
+/// unreachable database).
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Usage(String),
+    Failed(String),
+}
+
+impl Failure {
+    pub(crate) fn usage(why: impl std::fmt::Display) -> Self {
+        Failure::Usage(why.to_string())
+    }
+
+    pub(crate) fn failed(why: impl std::fmt::Display) -> Self {
+        Failure::Failed(why.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        Failure::failed(e)
+    }
+}
+
+/// What a command returns: done, or why not.
+pub(crate) type Done = Result<(), Failure>;
+
+impl Command {
+    /// The command as typed, naming it in its messages.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Serve => "serve",
+            Command::Migrate => "migrate",
+            Command::DevToken { .. } => "dev-token",
+            Command::Mappings { .. } => "mappings check",
+            Command::Deliveries { command } => match command {
+                DeliveriesCommand::List { .. } => "deliveries list",
+                DeliveriesCommand::Replay { .. } => "deliveries replay",
+                DeliveriesCommand::Resolve { .. } => "deliveries resolve",
+            },
+            Command::Audit { command } => match command {
+                AuditCommand::Verify => "audit verify",
+                AuditCommand::Checkpoint => "audit checkpoint",
+                AuditCommand::Export { .. } => "audit export",
+                AuditCommand::VerifyExport { .. } => "audit verify-export",
+            },
+            Command::Report { command } => match command {
+                ReportCommand::Programme { .. } => "report programme",
+                ReportCommand::Extract { .. } => "report extract",
+            },
+            Command::Retention { .. } => "retention run",
+        }
+    }
+}
+
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
-    let sources = Sources::from_process(cli.config.clone());
-    let settings = match Settings::load(&sources) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
+    let name = cli.command.name();
+    match execute(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let (why, code) = match failure {
+                Failure::Usage(why) => (why, ExitCode::from(2)),
+                Failure::Failed(why) => (why, ExitCode::FAILURE),
+            };
+            eprintln!("thrive-gateway {name}: {why}");
+            code
         }
-    };
+    }
+}
+
+async fn execute(cli: Cli) -> Done {
+    let sources = Sources::from_process(cli.config.clone());
+    let settings = Settings::load(&sources).map_err(Failure::usage)?;
     match cli.command {
         Command::Serve => {
             crate::telemetry::init(&settings.telemetry);
             crate::supervisor::install_panic_hook();
-            let app = match Application::build(&settings, sources.is_production()).await {
-                Ok(app) => app,
-                Err(e) => {
+            let app = Application::build(&settings, sources.is_production())
+                .await
+                .map_err(|e| {
                     tracing::error!(error = %e, "gateway did not start");
-                    eprintln!("thrive-gateway: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
+                    Failure::failed(e)
+                })?;
             tracing::info!(address = %app.address(), environment = sources.environment.as_deref().unwrap_or("(none)"), "thrive-gateway listening");
-            match app.run().await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "server stopped with an error");
-                    ExitCode::FAILURE
-                }
-            }
+            app.run().await.map_err(|e| {
+                tracing::error!(error = %e, "server stopped with an error");
+                Failure::failed(e)
+            })
         }
         Command::Migrate => migrate::migrate(&settings).await,
         Command::DevToken { client } => dev_token::dev_token(&settings, &sources, &client),
@@ -255,55 +317,52 @@ pub async fn run(cli: Cli) -> ExitCode {
                     group_by,
                     format,
                 },
-        } => report::report(&settings, &from, &to, group_by.name(), format.name()).await,
+        } => report::report(&settings, &from, &to, group_by, format).await,
         Command::Report {
             command: ReportCommand::Extract { from, to, format },
-        } => report::extract(&settings, &from, &to, format.name()).await,
+        } => report::extract(&settings, &from, &to, format).await,
         Command::Mappings {
             command: MappingsCommand::Check,
-        } => match Routing::load(&settings.mappings.dir)
-            .and_then(|r| crate::mapping::Datasets::load(&settings.mappings.dir, &r).map(|_| r))
-        {
-            Ok(r) => {
-                println!(
-                    "mappings ok: routing version {}, {} providers, each with a dataset",
-                    r.version(),
-                    r.providers().count()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(errors) => {
-                for e in errors {
-                    eprintln!("{e}");
-                }
-                ExitCode::FAILURE
-            }
-        },
+        } => {
+            let r = Routing::load(&settings.mappings.dir)
+                .and_then(|r| crate::mapping::Datasets::load(&settings.mappings.dir, &r).map(|_| r))
+                .map_err(|errors| {
+                    Failure::failed(
+                        errors
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("\n"),
+                    )
+                })?;
+            println!(
+                "mappings ok: routing version {}, {} providers, each with a dataset",
+                r.version(),
+                r.providers().count()
+            );
+            Ok(())
+        }
     }
 }
 
 /// Opens the database for a command that reads or tends it (all but `serve` and
 /// `migrate`), never creating or migrating it, and names it on standard error. A
-/// database that is missing or not at this gateway's migration is exit 2; one that
-/// cannot be reached, exit 1.
+/// database that is missing or not at this gateway's migration is a usage failure
+/// (exit 2); one that cannot be reached, a failure (exit 1).
 pub(crate) async fn open_for(
     command: &str,
     settings: &Settings,
     keys: Option<std::sync::Arc<crate::store::crypto::StorageKeys>>,
-) -> Result<std::sync::Arc<dyn crate::store::Store>, ExitCode> {
+) -> Result<std::sync::Arc<dyn crate::store::Store>, Failure> {
     let name = crate::store::describe(&settings.database);
     match crate::store::open_existing(&settings.database, keys).await {
         Ok(store) => {
             eprintln!("thrive-gateway {command}: {name}");
             Ok(store)
         }
-        Err(crate::store::OpenError::NotReady(why)) => {
-            eprintln!("thrive-gateway {command}: {why}; nothing was created or changed");
-            Err(ExitCode::from(2))
-        }
-        Err(crate::store::OpenError::Store(e)) => {
-            eprintln!("thrive-gateway {command}: {name}: {e}");
-            Err(ExitCode::FAILURE)
-        }
+        Err(crate::store::OpenError::NotReady(why)) => Err(Failure::usage(format!(
+            "{why}; nothing was created or changed"
+        ))),
+        Err(crate::store::OpenError::Store(e)) => Err(Failure::failed(format!("{name}: {e}"))),
     }
 }

@@ -2,26 +2,16 @@
 
 use super::*;
 
-pub(super) async fn retention(settings: &Settings) -> ExitCode {
+pub(super) async fn retention(settings: &Settings) -> Done {
     // Purging needs no keys: it only ever clears.
-    let store = match open_for("retention run", settings, None).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let store = open_for("retention run", settings, None).await?;
     let purged =
         crate::retention::run_once(store.as_ref(), &settings.retention, "command-line").await;
     audit::seal_what_was_written(store.as_ref()).await;
-    match purged {
-        Ok(p) => {
-            println!(
-                "retention: purged the personal data of {} referrals settled more than {} days ago",
-                p.referrals, p.after_days
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("thrive-gateway retention run: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let p = purged?;
+    println!(
+        "retention: purged the personal data of {} referrals settled more than {} days ago",
+        p.referrals, p.after_days
+    );
+    Ok(())
 }

@@ -203,3 +203,59 @@ async fn a_command_names_the_postgres_database_without_its_password() {
 }
 
 on_both_databases!(read_commands_refuse_a_database_that_is_missing_or_not_migrated);
+
+/// Every command fails the same way: exit 2 for what was given wrong, exit 1 for work
+/// that failed, each as one line naming the command, and nothing on standard output.
+async fn failures_exit_by_kind_in_one_line_naming_the_command(db: Db) {
+    let (url, _database) = fresh_database(db).await;
+    let migrate = run(&url, &["migrate"]);
+    assert!(migrate.status.success());
+    let cases: [(&[&str], i32, &str); 5] = [
+        (
+            &[
+                "report",
+                "extract",
+                "--from",
+                "someday",
+                "--to",
+                "2100-01-01",
+            ],
+            2,
+            "thrive-gateway report extract: ",
+        ),
+        (
+            &["audit", "export", "--from", "2000-01-01", "--to", "later"],
+            2,
+            "thrive-gateway audit export: --from and --to must be dates",
+        ),
+        (
+            &["deliveries", "replay", "no-such-delivery"],
+            1,
+            "thrive-gateway deliveries replay: no dead letter has id no-such-delivery",
+        ),
+        (
+            &["deliveries", "resolve", "no-such-delivery"],
+            1,
+            "thrive-gateway deliveries resolve: no dead letter has id no-such-delivery",
+        ),
+        (
+            &["audit", "verify-export", "/nonexistent/export.json"],
+            2,
+            "thrive-gateway audit verify-export: cannot read /nonexistent/export.json",
+        ),
+    ];
+    for (args, code, line) in cases {
+        let out = run(&url, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        let failure: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("thrive-gateway ") && !l.contains(" database "))
+            .collect();
+        assert_eq!(failure.len(), 1, "{args:?}: {stderr}");
+        assert!(failure[0].starts_with(line), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} printed a result");
+    }
+}
+
+on_both_databases!(failures_exit_by_kind_in_one_line_naming_the_command);
