@@ -509,11 +509,7 @@ pub async fn open_existing(
             let applied = sqlx::query_scalar::<_, i64>(APPLIED_MIGRATIONS)
                 .fetch_all(&pool)
                 .await;
-            at_latest(
-                &name,
-                applied,
-                &sqlx::migrate!("src/store/migrations/sqlite"),
-            )?;
+            at_latest(&name, applied, &sql::SQLITE_MIGRATOR)?;
             Arc::new(SqliteStore::new(pool, keys))
         }
         Backend::Postgres => {
@@ -529,11 +525,7 @@ pub async fn open_existing(
             let applied = sqlx::query_scalar::<_, i64>(APPLIED_MIGRATIONS)
                 .fetch_all(&pool)
                 .await;
-            at_latest(
-                &name,
-                applied,
-                &sqlx::migrate!("src/store/migrations/postgres"),
-            )?;
+            at_latest(&name, applied, &sql::POSTGRES_MIGRATOR)?;
             Arc::new(PostgresStore::new(pool, keys))
         }
     };

@@ -45,6 +45,12 @@ impl PostgresStore {
     }
 }
 
+/// This gateway's SQLite schema, from its migrations.
+pub static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("src/store/migrations/sqlite");
+/// This gateway's PostgreSQL schema, from its migrations.
+pub static POSTGRES_MIGRATOR: sqlx::migrate::Migrator =
+    sqlx::migrate!("src/store/migrations/postgres");
+
 /// A record's columns as they are bound.
 struct Prepared {
     at: OffsetDateTime,
@@ -468,7 +474,7 @@ macro_rules! claim_one {
 }
 
 macro_rules! sql_store {
-    ($store:ty, $db:ty, $migrations:literal, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
+    ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
         impl $store {
             /// Writes `a` inside the caller's transaction, so it commits (or not) with
             /// the change it records, as a pending record: one row, without the chain
@@ -657,7 +663,7 @@ macro_rules! sql_store {
         #[async_trait]
         impl Store for $store {
             async fn migrate(&self) -> Result<(), StoreError> {
-                sqlx::migrate!($migrations).run(&self.pool).await?;
+                $migrator.run(&self.pool).await?;
                 self.check_chain_guards().await
             }
 
@@ -688,7 +694,7 @@ macro_rules! for_both_engines {
         $stamp!(
             SqliteStore,
             sqlx::Sqlite,
-            "src/store/migrations/sqlite",
+            SQLITE_MIGRATOR,
             "BEGIN IMMEDIATE",
             "",
             "strftime('%Y-%m-%dT%H:%M:%f', ",
@@ -697,7 +703,7 @@ macro_rules! for_both_engines {
         $stamp!(
             PostgresStore,
             sqlx::Postgres,
-            "src/store/migrations/postgres",
+            POSTGRES_MIGRATOR,
             "BEGIN ISOLATION LEVEL READ COMMITTED",
             "FOR UPDATE SKIP LOCKED",
             "",

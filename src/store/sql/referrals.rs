@@ -3,7 +3,7 @@
 use super::*;
 
 macro_rules! referral_store {
-    ($store:ty, $db:ty, $migrations:literal, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
+    ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
         #[async_trait]
         impl ReferralStore for $store {
             async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
