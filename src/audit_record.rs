@@ -78,12 +78,15 @@ impl AuditRecord {
     }
 }
 
-/// A stored audit record.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// A stored audit record. Its fields are the columns, spelled here once: exports write
+/// and read it by these names, and a test holds the store's SQL and the CSV header to
+/// them.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize)]
 pub struct AuditRow {
     pub id: i64,
     /// Place in the hash chain (`None`: written before the chain existed).
     pub seq: Option<i64>,
+    #[serde(with = "fhir_sdk::time::serde::rfc3339")]
     pub recorded_at: OffsetDateTime,
     pub action: String,
     pub outcome: String,
@@ -226,4 +229,34 @@ pub struct CheckpointRow {
     pub key_id: String,
     /// Compact JWS (EdDSA) over the checkpoint claims (place and hash).
     pub signature: String,
+}
+
+/// The names of [`AuditRow`]'s columns, in its order, as its fields spell them.
+#[cfg(test)]
+pub(crate) fn row_columns() -> Vec<String> {
+    let row = AuditRow {
+        id: 1,
+        seq: None,
+        recorded_at: OffsetDateTime::UNIX_EPOCH,
+        action: String::new(),
+        outcome: String::new(),
+        http_status: None,
+        client_id: None,
+        role: None,
+        actor_identity: None,
+        referral_id: None,
+        subject: None,
+        recipient: None,
+        request_id: None,
+        correlation_id: None,
+        mapping_version: None,
+        key_version: None,
+        detail: String::new(),
+        prev_hash: None,
+        hash: None,
+    };
+    match serde_json::to_value(row) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
 }

@@ -42,57 +42,14 @@ fn instant(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// The stored record as a JSON object (every column), as exports carry it.
+/// The stored record as a JSON object (every column, by its name), as exports carry it.
 pub fn record_json(r: &AuditRow) -> Value {
-    json!({
-        "id": r.id,
-        "seq": r.seq,
-        "recorded_at": instant(r.recorded_at),
-        "action": r.action,
-        "outcome": r.outcome,
-        "http_status": r.http_status,
-        "client_id": r.client_id,
-        "role": r.role,
-        "actor_identity": r.actor_identity,
-        "referral_id": r.referral_id,
-        "subject": r.subject,
-        "recipient": r.recipient,
-        "request_id": r.request_id,
-        "correlation_id": r.correlation_id,
-        "mapping_version": r.mapping_version,
-        "key_version": r.key_version,
-        "detail": r.detail,
-        "prev_hash": r.prev_hash,
-        "hash": r.hash,
-    })
+    serde_json::to_value(r).unwrap_or_default()
 }
 
 /// Reads back what [`record_json`] wrote.
 pub fn record_from_json(v: &Value) -> Option<AuditRow> {
-    let s = |k: &str| v[k].as_str().map(str::to_owned);
-    Some(AuditRow {
-        id: v["id"].as_i64()?,
-        seq: v["seq"].as_i64(),
-        recorded_at: OffsetDateTime::parse(v["recorded_at"].as_str()?, &Rfc3339).ok()?,
-        action: s("action")?,
-        outcome: s("outcome")?,
-        http_status: v["http_status"]
-            .as_i64()
-            .and_then(|n| i32::try_from(n).ok()),
-        client_id: s("client_id"),
-        role: s("role"),
-        actor_identity: s("actor_identity"),
-        referral_id: s("referral_id"),
-        subject: s("subject"),
-        recipient: s("recipient"),
-        request_id: s("request_id"),
-        correlation_id: s("correlation_id"),
-        mapping_version: s("mapping_version"),
-        key_version: s("key_version"),
-        detail: s("detail")?,
-        prev_hash: s("prev_hash"),
-        hash: s("hash"),
-    })
+    serde::Deserialize::deserialize(v).ok()
 }
 
 /// BALP profiles the records claim.
@@ -283,29 +240,14 @@ pub const CSV_COLUMNS: [&str; 19] = [
     "hash",
 ];
 
+/// A record's CSV fields, in [`CSV_COLUMNS`] order, taken by name from its JSON.
 fn csv_row(r: &AuditRow) -> [String; 19] {
-    let o = |v: &Option<String>| v.clone().unwrap_or_default();
-    [
-        r.seq.map(|s| s.to_string()).unwrap_or_default(),
-        r.id.to_string(),
-        instant(r.recorded_at),
-        r.action.clone(),
-        r.outcome.clone(),
-        r.http_status.map(|s| s.to_string()).unwrap_or_default(),
-        o(&r.client_id),
-        o(&r.role),
-        o(&r.actor_identity),
-        o(&r.referral_id),
-        o(&r.subject),
-        o(&r.recipient),
-        o(&r.request_id),
-        o(&r.correlation_id),
-        o(&r.mapping_version),
-        o(&r.key_version),
-        r.detail.clone(),
-        o(&r.prev_hash),
-        o(&r.hash),
-    ]
+    let v = record_json(r);
+    CSV_COLUMNS.map(|column| match &v[column] {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
 }
 
 /// CSV lines for `rows`, with the header row first when `header` is set.
@@ -651,4 +593,19 @@ pub fn verify_bundle(bundle: &Value, keys: &VerifyingKeys) -> Result<ExportVerif
         }
     }
     Ok(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CSV header is every column of the record, each once.
+    #[test]
+    fn the_csv_header_is_the_records_columns() {
+        let mut csv: Vec<String> = CSV_COLUMNS.iter().map(|c| (*c).to_owned()).collect();
+        let mut fields = crate::audit_record::row_columns();
+        csv.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(csv, fields);
+    }
 }

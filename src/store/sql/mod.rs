@@ -721,3 +721,30 @@ mod postgres;
 mod referrals;
 mod reports;
 mod sqlite;
+
+#[cfg(test)]
+mod tests {
+    /// The SQL names the record's columns as its fields do: a column added to one and
+    /// not the other fails here, not in an auditor's export.
+    #[test]
+    fn audit_sql_columns_are_the_records_fields() {
+        let select = audit_columns!();
+        let listed = select
+            .trim_start_matches("SELECT ")
+            .split(" FROM ")
+            .next()
+            .unwrap_or_default();
+        let mut sql: Vec<&str> = listed.split(',').map(str::trim).collect();
+        let mut fields = crate::audit_record::row_columns();
+        sql.sort_unstable();
+        fields.sort_unstable();
+        assert_eq!(sql, fields);
+        let content: Vec<&str> = audit_content_columns!().split(',').map(str::trim).collect();
+        assert!(content.iter().all(|c| fields.iter().any(|f| f == c)));
+        assert_eq!(
+            content.len(),
+            fields.len() - 4,
+            "all but id, seq and the two hashes"
+        );
+    }
+}
