@@ -17,7 +17,7 @@ use crate::metrics::ReferralOutcome;
 use crate::outcome::{Issue, IssueType, RecCode, Rejection, server_error};
 use crate::routing::{RouteDecision, RouteError};
 use crate::store::{
-    Inserted, NewReferralRecord, ReferralRow, ReferralStatus, UpdateRecord, Updated,
+    Inserted, NewReferralRecord, ReferralId, ReferralRow, ReferralStatus, UpdateRecord, Updated,
 };
 use crate::validation::{self, Context, Message, NewReferral, UpdateAction, UpdateRequest};
 use fhir_sdk::time::OffsetDateTime;
@@ -227,7 +227,7 @@ impl AppState {
         let consent_json = serde_json::to_string(&consent).map_err(|_| server_error())?;
         let message = serde_json::to_string(&referral.bundle).map_err(|_| server_error())?;
 
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = ReferralId::generate();
         let subject = self
             .audit_keys
             .pseudonym(referral.nhs_number.expose())

@@ -47,7 +47,7 @@ async fn about_delivery(
     mut audit: AuditRecord,
 ) -> Result<AuditRecord, StoreError> {
     if let Some(d) = store.delivery(id).await? {
-        audit.referral_id = Some(d.referral_id.clone());
+        audit.referral_id = Some(d.referral_id.to_string());
         audit.recipient = Some(d.provider.clone());
     }
     Ok(audit)

@@ -23,7 +23,7 @@ use crate::domain::ProviderId;
 use crate::mapping::{Datasets, Pseudonymise};
 use crate::pseudonym::PseudonymKeys;
 use crate::store::{
-    AuditRecord, Claim, ClaimedDelivery, DeliveryKind, DeliveryOutcome, DeliveryStore,
+    AuditRecord, Claim, ClaimedDelivery, DeliveryKind, DeliveryOutcome, DeliveryStore, ReferralId,
     ReferralStatus, StoreError,
 };
 use fhir_sdk::time::{Duration, OffsetDateTime};
@@ -263,7 +263,7 @@ impl Deliverer {
         self.metrics.delivery_attempt(recipient, kind, result);
         let audit = AuditRecord {
             at: now,
-            referral_id: Some(d.referral_id.clone()),
+            referral_id: Some(d.referral_id.to_string()),
             request_id: Some(d.request_id.clone()),
             correlation_id: d.correlation_id.clone(),
             recipient: Some(d.provider.clone()),
@@ -360,7 +360,7 @@ impl Deliverer {
         let audit = AuditRecord {
             at: now,
             http_status: status,
-            referral_id: Some(d.referral_id.clone()),
+            referral_id: Some(d.referral_id.to_string()),
             request_id: Some(d.request_id.clone()),
             correlation_id: Some(d.correlation_id.clone()),
             recipient: Some(d.provider.clone()),
@@ -633,7 +633,7 @@ impl Deliverer {
 /// What the worker records about a delivery it failed on.
 struct Failed {
     id: String,
-    referral_id: String,
+    referral_id: ReferralId,
     provider: String,
     kind: DeliveryKind,
     request_id: String,

@@ -572,7 +572,7 @@ async fn record(
     }
     let record = EventRecord {
         id: uuid::Uuid::new_v4().to_string(),
-        referral_id: referral_id.to_owned(),
+        referral_id: referral.id.clone(),
         provider: provider.to_owned(),
         from,
         event: event.event,

@@ -36,7 +36,7 @@ pub use outbox::OutboxStore;
 pub use referrals::ReferralStore;
 pub use reports::ReportStore;
 pub use sql::{PostgresStore, SqliteStore};
-pub use states::{DeliveryKind, DeliveryState, ReferralStatus};
+pub use states::{DeliveryKind, DeliveryState, ReferralId, ReferralStatus};
 
 /// The store's traits, for `use crate::store::prelude::*` where a `dyn Store` is called.
 pub mod prelude {
@@ -140,7 +140,7 @@ pub struct AuditFilter {
 /// Everything written when a referral is accepted.
 #[derive(Debug, Clone)]
 pub struct NewReferralRecord {
-    pub id: String,
+    pub id: ReferralId,
     pub reference: String,
     pub practice_ods: String,
     pub bundle_id: String,
@@ -211,7 +211,7 @@ pub enum Inserted {
 /// A stored referral as the gateway reads it back.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReferralRow {
-    pub id: String,
+    pub id: ReferralId,
     pub reference: String,
     pub practice_ods: String,
     pub bundle_id: String,
@@ -238,7 +238,7 @@ pub struct ReferralRow {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeliveryRow {
     pub id: String,
-    pub referral_id: String,
+    pub referral_id: ReferralId,
     pub provider: String,
     pub kind: DeliveryKind,
     pub state: DeliveryState,
@@ -252,7 +252,7 @@ pub struct DeliveryRow {
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedDelivery {
     pub id: String,
-    pub referral_id: String,
+    pub referral_id: ReferralId,
     pub provider: String,
     /// For [`DeliveryKind::Milestone`], `provider` is the GP callback id.
     pub kind: DeliveryKind,
@@ -338,7 +338,7 @@ pub enum DeliveryOutcome {
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct DeliveryView {
     pub id: String,
-    pub referral_id: String,
+    pub referral_id: ReferralId,
     pub provider: String,
     pub kind: DeliveryKind,
     pub state: DeliveryState,
@@ -363,7 +363,7 @@ pub struct DeliveryView {
 #[derive(Debug, Clone)]
 pub struct EventRecord {
     pub id: String,
-    pub referral_id: String,
+    pub referral_id: ReferralId,
     pub provider: String,
     /// The milestone the event was checked against; recording fails if it moved.
     pub from: Milestone,
@@ -402,7 +402,7 @@ pub enum EventRecorded {
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct EventRow {
     pub id: String,
-    pub referral_id: String,
+    pub referral_id: ReferralId,
     pub provider: String,
     pub event: Milestone,
     #[serde(with = "fhir_sdk::time::serde::rfc3339")]
@@ -431,7 +431,7 @@ pub struct ReportRow {
 /// A cancellation or consent withdrawal to apply.
 #[derive(Debug, Clone)]
 pub struct UpdateRecord {
-    pub referral_id: String,
+    pub referral_id: ReferralId,
     pub new_status: ReferralStatus,
     pub request_id: String,
     pub message_header_id: Option<String>,

@@ -31,13 +31,13 @@ macro_rules! text_column {
 
         impl<'q, DB: sqlx::Database> sqlx::Encode<'q, DB> for $name
         where
-            &'static str: sqlx::Encode<'q, DB>,
+            for<'a> &'a str: sqlx::Encode<'q, DB>,
         {
             fn encode_by_ref(
                 &self,
                 buf: &mut DB::ArgumentBuffer,
             ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-                <&'static str as sqlx::Encode<'q, DB>>::encode(self.as_str(), buf)
+                <&str as sqlx::Encode<'q, DB>>::encode(self.as_str(), buf)
             }
         }
     };
@@ -121,6 +121,78 @@ stored_words! {
         Cancelled => "cancelled",
     }
 }
+
+/// A referral's gateway id, named by its deliveries, status events and audit records.
+/// [`ReferralId::generate`] makes a new one (a UUID). Read back, it is taken as stored,
+/// so a row pointing at a lost referral can still be shown to operators and parked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReferralId(String);
+
+impl ReferralId {
+    /// A fresh id for a referral being accepted.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::new_v4().to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::str::FromStr for ReferralId {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            return Err(StoreError::Corrupt("an empty referral id".into()));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl std::ops::Deref for ReferralId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for ReferralId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for ReferralId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl serde::Serialize for ReferralId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for ReferralId {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for ReferralId {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for ReferralId {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+text_column!(ReferralId);
 
 #[cfg(test)]
 mod tests {

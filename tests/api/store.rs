@@ -7,7 +7,7 @@ use std::sync::Arc;
 use thrive_gateway::config::{DatabaseSettings, Settings};
 use thrive_gateway::store::crypto::StorageKeys;
 use thrive_gateway::store::{
-    Inserted, NewReferralRecord, ReferralStatus, Store, UpdateRecord, Updated,
+    Inserted, NewReferralRecord, ReferralId, ReferralStatus, Store, UpdateRecord, Updated,
 };
 
 async fn open(db: Db) -> (Arc<dyn Store>, String, TestDatabase) {
@@ -25,7 +25,7 @@ async fn connect(url: &str) -> Result<Arc<dyn Store>, thrive_gateway::store::Sto
 
 fn record(n: u32) -> NewReferralRecord {
     NewReferralRecord {
-        id: uuid::Uuid::new_v4().to_string(),
+        id: ReferralId::generate(),
         reference: format!("TIW-AAAA-{n:04}"),
         practice_ods: "Y90001".into(),
         bundle_id: uuid::Uuid::new_v4().to_string(),
@@ -128,7 +128,7 @@ async fn updates_apply_once_and_queue_notices_for_delivered_referrals(db: Db) {
     .await;
 
     let update = |id: &str, status| UpdateRecord {
-        referral_id: id.to_owned(),
+        referral_id: id.parse().unwrap(),
         new_status: status,
         request_id: uuid::Uuid::new_v4().to_string(),
         message_header_id: Some(uuid::Uuid::new_v4().to_string()),
@@ -243,7 +243,7 @@ async fn two_stores_taking_turns_on_one_database_keep_one_chain(db: Db) {
         assert_eq!(
             [&second, &first][n as usize % 2]
                 .insert_referral(&NewReferralRecord {
-                    id: uuid::Uuid::new_v4().to_string(),
+                    id: ReferralId::generate(),
                     reference: format!("TIW-BBBB-{n:04}"),
                     ..r
                 })
@@ -287,7 +287,7 @@ async fn concurrent_appends_about_a_referral_all_land(db: Db) {
     assert_eq!(store.insert_referral(&r).await.unwrap(), Inserted::Accepted);
     let writers = (0..6).map(|_| {
         let store = store.clone();
-        let id = r.id.clone();
+        let id = r.id.to_string();
         tokio::spawn(async move {
             for _ in 0..8 {
                 let mut a = audit_record("referral.read");
