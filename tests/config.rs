@@ -273,6 +273,17 @@ fn gp_callbacks_need_their_own_source_endpoint_and_id() {
     });
 }
 
+/// The shipped default and production layers, in the jail's `config/`.
+fn production_layers(jail: &mut Jail) -> figment::error::Result<()> {
+    jail.create_dir("config")?;
+    jail.create_file("config/default.toml", DEFAULT)?;
+    jail.create_file(
+        "config/production.toml",
+        include_str!("../config/production.toml"),
+    )?;
+    Ok(())
+}
+
 /// With `THRIVE_ENV=production`, key material this repository publishes is refused
 /// wherever the settings name it, by content: under its own path, copied under
 /// another name, re-cased, or in an environment variable. The error names the setting
@@ -282,12 +293,7 @@ fn production_refuses_published_keys_wherever_they_are_named() {
     const ROOT: &str = env!("CARGO_MANIFEST_DIR");
     let published = |file: &str| std::fs::read_to_string(format!("{ROOT}/{file}")).unwrap();
     Jail::expect_with(|jail| {
-        jail.create_dir("config")?;
-        jail.create_file("config/default.toml", DEFAULT)?;
-        jail.create_file(
-            "config/production.toml",
-            include_str!("../config/production.toml"),
-        )?;
+        production_layers(jail)?;
         // A deployment's own keys.
         jail.create_file("storage.key", &"5e".repeat(32))?;
         jail.create_file("audit.key", &"a7".repeat(32))?;
@@ -427,12 +433,7 @@ fn production_refuses_published_keys_wherever_they_are_named() {
 #[test]
 fn production_refuses_the_dev_signing_key_and_the_sandbox() {
     Jail::expect_with(|jail| {
-        jail.create_dir("config")?;
-        jail.create_file("config/default.toml", DEFAULT)?;
-        jail.create_file(
-            "config/production.toml",
-            include_str!("../config/production.toml"),
-        )?;
+        production_layers(jail)?;
         jail.create_file("signing.toml", "[dev]\nsigning_key_file = \"mine.pem\"\n")?;
         jail.create_file("sandbox.toml", "[sandbox]\nenabled = true\n")?;
         for (file, setting) in [
