@@ -14,6 +14,7 @@ use jsonwebtoken::{
     jwk::{AlgorithmParameters, Jwk, JwkSet},
 };
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use std::{collections::HashMap, str::FromStr, sync::Arc};
 
 /// Who is calling, after the token has been verified.
@@ -132,7 +133,16 @@ pub struct Authenticator {
     /// token expires (in this process).
     single_use: Arc<std::collections::HashSet<String>>,
     seen_jti: Arc<std::sync::Mutex<HashMap<(String, String), i64>>>,
+    /// Tokens whose signature and claims were verified, by the SHA-256 of the whole
+    /// token, until they expire. A GP system sends the same access token with every
+    /// request of its lifetime, and checking its RSA signature is most of what
+    /// authentication costs. A changed byte anywhere is another key, so nothing but
+    /// the very token verified is taken from here.
+    verified: Arc<std::sync::Mutex<HashMap<[u8; 32], Claims>>>,
 }
+
+/// Verified tokens remembered at most; past it the expired go, then all.
+const VERIFIED_CAPACITY: usize = 10_000;
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -143,7 +153,7 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 struct Claims {
     sub: String,
     exp: i64,
@@ -261,6 +271,7 @@ impl Authenticator {
             max_lifetime: i64::try_from(settings.max_token_lifetime_seconds).unwrap_or(i64::MAX),
             single_use: Arc::new(settings.single_use_token_clients.iter().cloned().collect()),
             seen_jti: Arc::default(),
+            verified: Arc::default(),
         })
     }
 
@@ -272,6 +283,10 @@ impl Authenticator {
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or(AuthError::Missing)?
             .trim();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(claims) = self.still_verified(&digest) {
+            return self.admit(claims);
+        }
         let jwt_header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         if has_critical_header(token) {
             return Err(AuthError::Critical);
@@ -301,18 +316,63 @@ impl Authenticator {
                 _ => AuthError::Invalid,
             }
         })?;
+        if !self.clients.contains_key(&data.claims.sub) {
+            return Err(AuthError::UnknownClient);
+        }
+        self.check_times(&data.claims)?;
+        self.remember(digest, &data.claims);
+        self.admit(data.claims)
+    }
+
+    /// A verified token's client, once its `jti` is spent where tokens are single-use.
+    fn admit(&self, claims: Claims) -> Result<Principal, AuthError> {
         let role = self
             .clients
-            .get(&data.claims.sub)
+            .get(&claims.sub)
             .ok_or(AuthError::UnknownClient)?;
-        self.check_times(&data.claims)?;
-        if self.single_use.contains(&data.claims.sub) {
-            self.use_once(&data.claims)?;
+        if self.single_use.contains(&claims.sub) {
+            self.use_once(&claims)?;
         }
         Ok(Principal {
-            client_id: data.claims.sub,
+            client_id: claims.sub,
             role: role.clone(),
         })
+    }
+
+    /// The claims of a token verified before, while it has not expired (as
+    /// verification would judge it, leeway included).
+    fn still_verified(&self, digest: &[u8; 32]) -> Option<Claims> {
+        let now = fhir_sdk::time::OffsetDateTime::now_utc().unix_timestamp();
+        let leeway = i64::try_from(self.leeway).unwrap_or(i64::MAX);
+        let mut verified = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match verified.get(digest) {
+            Some(c) if c.exp.saturating_add(leeway) >= now => Some(c.clone()),
+            Some(_) => {
+                // Expired: verified afresh, the sender hears why.
+                verified.remove(digest);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remember(&self, digest: [u8; 32], claims: &Claims) {
+        let now = fhir_sdk::time::OffsetDateTime::now_utc().unix_timestamp();
+        let leeway = i64::try_from(self.leeway).unwrap_or(i64::MAX);
+        let mut verified = self
+            .verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.retain(|_, c| c.exp.saturating_add(leeway) >= now);
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+        }
+        verified.insert(digest, claims.clone());
     }
 }
 

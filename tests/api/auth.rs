@@ -305,3 +305,39 @@ on_both_databases!(
     a_gp_system_refers_only_for_its_own_practices,
     tokens_are_held_to_nhs_practice,
 );
+
+/// A token verified once is remembered by its whole text, never past its expiry: the
+/// same token keeps working until it expires and is then refused as expired, and a
+/// copy with one byte of its signature changed is refused while the original works.
+async fn a_remembered_token_still_expires_and_is_never_mistaken(db: Db) {
+    let app = TestApp::spawn_with(db, "[auth]\nleeway_seconds = 0\n").await;
+    let now = fhir_sdk::time::OffsetDateTime::now_utc().unix_timestamp();
+    let token = sign(
+        &Claims {
+            exp: now + 2,
+            ..Claims::for_client("gp-a")
+        },
+        "test-issuer.pem",
+        "test-1",
+        Algorithm::RS256,
+    );
+    for _ in 0..2 {
+        let reply = post_with(&app, Some(format!("Bearer {token}"))).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
+    let (head, signature) = token.rsplit_once('.').unwrap();
+    let mut changed: Vec<u8> = signature.bytes().collect();
+    changed[10] = if changed[10] == b'A' { b'B' } else { b'A' };
+    let forged = format!("{head}.{}", String::from_utf8(changed).unwrap());
+    let reply = post_with(&app, Some(format!("Bearer {forged}"))).await;
+    reply.assert_issue(401, "REC_UNAUTHORIZED", "");
+
+    while fhir_sdk::time::OffsetDateTime::now_utc().unix_timestamp() <= now + 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let reply = post_with(&app, Some(format!("Bearer {token}"))).await;
+    reply.assert_issue(401, "REC_UNAUTHORIZED", "");
+    assert!(reply.text.contains("expired"), "{}", reply.text);
+}
+
+on_both_databases!(a_remembered_token_still_expires_and_is_never_mistaken);
