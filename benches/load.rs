@@ -3,6 +3,10 @@
 //! process, its idle and peak RSS, and its RSS after each of two rounds, so growth that
 //! levels off (allocator and cache warm-up) is told apart from a leak.
 //!
+//! In the same run the same senders drive the floor: a minimal durable pipeline written
+//! here (HTTP, JSON parse, an HMAC, three SQLite rows in one WAL transaction with
+//! synchronous FULL, the answer), and each gateway round is printed as a ratio of it.
+//!
 //! `cargo bench --bench load`; `THRIVE_LOAD_REFERRALS` (per round, default 20,000) and
 //! `THRIVE_LOAD_SENDERS` (default 16); `THRIVE_BENCH_POSTGRES` adds a run on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
@@ -118,6 +122,95 @@ fn cpu(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// The floor: the least a durable accept must do, with nothing of the gateway's.
+mod floor {
+    use actix_web::{App, HttpResponse, HttpServer, web};
+    use hmac::{Hmac, KeyInit, Mac};
+    use sqlx::sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+    };
+
+    type HmacSha256 = Hmac<sha2::Sha256>;
+
+    async fn accept(pool: web::Data<sqlx::SqlitePool>, body: web::Bytes) -> HttpResponse {
+        let Ok(message) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return HttpResponse::BadRequest().finish();
+        };
+        let Ok(mut mac) = HmacSha256::new_from_slice(b"floor-pseudonym-key") else {
+            return HttpResponse::InternalServerError().finish();
+        };
+        mac.update(message["id"].as_str().unwrap_or_default().as_bytes());
+        let subject = hex::encode(mac.finalize().into_bytes());
+        let id = uuid::Uuid::new_v4().to_string();
+        let stored = async {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO referrals (id, subject, message) VALUES ($1, $2, $3)")
+                .bind(&id)
+                .bind(&subject)
+                .bind(&body[..])
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO deliveries (id, referral_id) VALUES ($1, $2)")
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO audit (referral_id, subject) VALUES ($1, $2)")
+                .bind(&id)
+                .bind(&subject)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
+        };
+        match stored.await {
+            Ok(()) => HttpResponse::Ok().json(serde_json::json!({"id": id})),
+            Err(_) => HttpResponse::ServiceUnavailable().finish(),
+        }
+    }
+
+    /// Serves the floor on `port` from its own thread until the process ends.
+    pub fn start(path: std::path::PathBuf, port: u16) {
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let options = SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full);
+                // One writer at a time, as SQLite has it, without busy waits.
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await
+                    .expect("floor database");
+                for table in [
+                    "CREATE TABLE referrals (id TEXT PRIMARY KEY, subject TEXT, message BLOB)",
+                    "CREATE TABLE deliveries (id TEXT PRIMARY KEY, referral_id TEXT)",
+                    "CREATE TABLE audit (seq INTEGER PRIMARY KEY, referral_id TEXT, subject TEXT)",
+                ] {
+                    sqlx::query(table)
+                        .execute(&pool)
+                        .await
+                        .expect("floor table");
+                }
+                let pool = web::Data::new(pool);
+                HttpServer::new(move || {
+                    App::new()
+                        .app_data(pool.clone())
+                        .app_data(web::PayloadConfig::new(1 << 20))
+                        .route("/fhir/r4/$process-message", web::post().to(accept))
+                })
+                .workers(2)
+                .bind(("127.0.0.1", port))
+                .expect("floor port")
+                .run()
+                .await
+                .expect("floor server");
+            });
+        });
+    }
+}
+
 struct Round {
     per_second: f64,
     p50: Duration,
@@ -127,14 +220,13 @@ struct Round {
 
 /// Sends `n` unique referrals from `senders` concurrent senders; every one must be
 /// accepted.
-async fn round(gw: &Gateway, n: usize, senders: usize) -> Round {
+async fn round(base: &str, pid: u32, n: usize, senders: usize) -> Round {
     let bearer = format!("Bearer {}", token("gp-a"));
     let bodies: Vec<Vec<u8>> = (0..n)
         .map(|_| serde_json::to_vec(&referral()).unwrap())
         .collect();
     let work = Arc::new(std::sync::Mutex::new(bodies));
-    let url = format!("{}/fhir/r4/$process-message", gw.base);
-    let pid = gw.child.id();
+    let url = format!("{base}/fhir/r4/$process-message");
     let cpu_before = cpu(pid);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -184,7 +276,27 @@ async fn round(gw: &Gateway, n: usize, senders: usize) -> Round {
     }
 }
 
-async fn run(db: Db, n: usize, senders: usize) {
+/// The floor's referrals/s under the same load, on a fresh file.
+async fn floor_round(n: usize, senders: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    floor::start(dir.path().join("floor.db"), port);
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    while client.get(&base).send().await.is_err() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = round(&base, std::process::id(), n, senders).await;
+    println!(
+        "floor: {n} referrals, {senders} senders: {:.0} referrals/s, p50 {:.1} ms, p99 {:.1} ms",
+        r.per_second,
+        r.p50.as_secs_f64() * 1000.0,
+        r.p99.as_secs_f64() * 1000.0,
+    );
+    r.per_second
+}
+
+async fn run(db: Db, n: usize, senders: usize, floor: f64) {
     let (url, _database) = fresh_database(db).await;
     let gw = start(&url).await;
     let pid = gw.child.id();
@@ -195,18 +307,19 @@ async fn run(db: Db, n: usize, senders: usize) {
         gw.started.as_secs_f64() * 1000.0
     );
     for k in 1..=2 {
-        let r = round(&gw, n, senders).await;
+        let r = round(&gw.base, pid, n, senders).await;
         let (rss, peak) = memory(pid);
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (settled, _) = memory(pid);
         println!(
             "{db:?} round {k}: {n} referrals, {senders} senders: {:.0} referrals/s, p50 {:.1} ms, \
              p99 {:.1} ms, CPU {:.0} µs/referral; RSS {rss:.1} MB (peak {peak:.1}), \
-             {settled:.1} MB after 5 s idle",
+             {settled:.1} MB after 5 s idle; {:.2}x the floor",
             r.per_second,
             r.p50.as_secs_f64() * 1000.0,
             r.p99.as_secs_f64() * 1000.0,
             r.cpu_per_referral.as_secs_f64() * 1e6,
+            r.per_second / floor,
         );
     }
 }
@@ -216,10 +329,11 @@ fn main() {
     let senders = env_number("THRIVE_LOAD_SENDERS", 16).max(1);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        run(Db::Sqlite, n, senders).await;
+        let floor = floor_round(n, senders).await;
+        run(Db::Sqlite, n, senders, floor).await;
         // The database is made (and dropped) on the server this names.
         if std::env::var("THRIVE_BENCH_POSTGRES").is_ok() {
-            run(Db::Postgres, n, senders).await;
+            run(Db::Postgres, n, senders, floor).await;
         }
     });
 }
