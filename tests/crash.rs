@@ -92,14 +92,15 @@ endpoint = "{p}"
     let mut gateway = start(&config, port);
     wait_ready(&base).await;
 
-    // Send referrals from several tasks; kill the gateway while they are in flight.
+    // Send referrals from several tasks, in bursts of six so that SQLite's writer
+    // commits several in one group; kill the gateway while they are in flight.
     let client = reqwest::Client::new();
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..60 {
         let (client, base, answered) = (client.clone(), base.clone(), answered.clone());
         tasks.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(i * 20)).await;
+            tokio::time::sleep(Duration::from_millis(i / 6 * 120)).await;
             let msg = referral();
             let res = client
                 .post(format!("{base}/fhir/r4/$process-message"))

@@ -357,10 +357,18 @@ pub struct DatabaseSettings {
     /// made) before it is answered 503: a database that is away fails fast.
     #[serde(default = "default_acquire_timeout")]
     pub acquire_timeout_ms: u64,
+    /// SQLite: how many accepts may wait for the group-commit writer; past it an
+    /// accept is answered 503 at once, so the wait never grows without bound.
+    #[serde(default = "default_max_waiting_accepts")]
+    pub max_waiting_accepts: usize,
 }
 
 fn default_acquire_timeout() -> u64 {
     1_000
+}
+
+fn default_max_waiting_accepts() -> usize {
+    256
 }
 
 impl DatabaseSettings {

@@ -64,6 +64,15 @@ pub enum StoreError {
     /// Sealing failed, or the store was opened without the storage keys.
     #[error("storage encryption: {0}")]
     Encryption(String),
+    /// More accepts wait for SQLite's writer than `database.max_waiting_accepts`.
+    #[error("too many accepts are waiting for the database")]
+    Overloaded,
+    /// SQLite's accept writer stopped before answering: nothing was stored.
+    #[error("the accept writer stopped before committing")]
+    WriterGone,
+    /// One failure shared by every accept of a group commit.
+    #[error(transparent)]
+    Shared(Arc<StoreError>),
 }
 
 impl StoreError {
@@ -71,6 +80,9 @@ impl StoreError {
     /// broken one, a full pool), as opposed to a query it answered with an error or
     /// a row that does not decode: nothing to blame on the data being handled.
     pub fn is_unreachable(&self) -> bool {
+        if let StoreError::Shared(e) = self {
+            return e.is_unreachable();
+        }
         self.is_unavailable()
             || matches!(
                 self,
@@ -85,6 +97,9 @@ impl StoreError {
             StoreError::Database(_) | StoreError::Migrate(_) => "a database error",
             StoreError::Corrupt(_) => "stored data not in the expected form",
             StoreError::Encryption(_) => "a storage encryption error",
+            StoreError::Overloaded => "the database's queue full",
+            StoreError::WriterGone => "the accept writer stopped",
+            StoreError::Shared(e) => e.kind(),
         }
     }
 
@@ -93,8 +108,11 @@ impl StoreError {
     /// condition, so the caller should send the request again later. Anything else
     /// (a constraint, corrupt data, a bug) is not.
     pub fn is_unavailable(&self) -> bool {
-        let StoreError::Database(e) = self else {
-            return false;
+        let e = match self {
+            StoreError::Database(e) => e,
+            StoreError::Overloaded => return true,
+            StoreError::Shared(e) => return e.is_unavailable(),
+            _ => return false,
         };
         match e {
             sqlx::Error::PoolTimedOut
@@ -510,7 +528,7 @@ pub async fn open_existing(
                 .fetch_all(&pool)
                 .await;
             at_latest(&name, applied, &sql::SQLITE_MIGRATOR)?;
-            Arc::new(SqliteStore::new(pool, keys))
+            Arc::new(SqliteStore::new(pool, keys, settings.max_waiting_accepts))
         }
         Backend::Postgres => {
             let pool = pool_options(settings)
@@ -641,7 +659,7 @@ async fn open(
                 })?;
             }
             let pool = pool_options(settings).connect_with(options).await?;
-            Arc::new(SqliteStore::new(pool, keys))
+            Arc::new(SqliteStore::new(pool, keys, settings.max_waiting_accepts))
         }
         Backend::Postgres => {
             let pool = pool_options(settings)

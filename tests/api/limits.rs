@@ -644,3 +644,69 @@ on_both_databases!(
     idle_and_surplus_connections_are_bounded,
     actix_s_own_refusals_are_operation_outcomes_quoting_nothing,
 );
+
+/// SQLite's accepts wait for one group-commit writer; past `max_waiting_accepts` a
+/// sender is answered 503 at once instead of joining an ever longer wait. Those that
+/// waited are stored when the lock frees; a refused one sent again is accepted, and an
+/// accepted one sent again is a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepts_past_the_writer_s_bound_are_refused_at_once_and_lose_nothing() {
+    let app = Arc::new(
+        TestApp::spawn_with(
+            Db::Sqlite,
+            "[database]\nmax_waiting_accepts = 2\nsqlite_busy_timeout_ms = 20000\n",
+        )
+        .await,
+    );
+    let mut lock = hold_write_lock(&app.database_url).await;
+    let send = |ids: Ids| {
+        let app = app.clone();
+        let message = referral();
+        tokio::spawn(async move {
+            let reply = app.send_with("gp-a", &message, &ids).await;
+            (reply, message, ids)
+        })
+    };
+    // One accept held by the writer (waiting for the lock), two waiting behind it.
+    let mut waiting = vec![send(Ids::fresh())];
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    waiting.push(send(Ids::fresh()));
+    waiting.push(send(Ids::fresh()));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut refused = Vec::new();
+    for _ in 0..3 {
+        let (reply, took) = timed(send(Ids::fresh())).await;
+        let (reply, message, ids) = reply.unwrap();
+        assert_unavailable(&reply, took, "an accept past the writer's bound");
+        refused.push((message, ids));
+    }
+    assert_eq!(
+        app.referral_count().await,
+        0,
+        "nothing is stored under the lock"
+    );
+
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    let mut accepted = Vec::new();
+    for task in waiting {
+        let (reply, message, ids) = task.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        accepted.push((message, ids));
+    }
+    assert_eq!(app.referral_count().await, 3);
+
+    for (message, ids) in &refused {
+        let reply = app.send_with("gp-a", message, ids).await;
+        assert_eq!(
+            reply.status, 200,
+            "a refused accept sent again: {}",
+            reply.text
+        );
+    }
+    let (message, ids) = &accepted[0];
+    app.send_with("gp-a", message, ids)
+        .await
+        .assert_issue(409, "REC_CONFLICT", "");
+    assert_eq!(app.referral_count().await, 6, "each stored once");
+}

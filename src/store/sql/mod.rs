@@ -16,11 +16,14 @@ use async_trait::async_trait;
 use fhir_sdk::time::OffsetDateTime;
 use std::sync::Arc;
 
-/// Embedded SQLite (WAL, synchronous FULL).
+/// Embedded SQLite (WAL, synchronous FULL). Accepts go through one writer that
+/// commits them in groups ([`sqlite::GroupCommit`]).
 #[derive(Debug)]
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
     keys: Option<Arc<StorageKeys>>,
+    /// `None` in the writer's own copy, which stores each group directly.
+    accepts: Option<sqlite::GroupCommit>,
 }
 
 /// PostgreSQL, shared by several gateway processes. Writers never touch the chain
@@ -32,9 +35,24 @@ pub struct PostgresStore {
 }
 
 impl SqliteStore {
-    /// Without `keys`, personal data can be neither written nor read.
-    pub fn new(pool: sqlx::SqlitePool, keys: Option<Arc<StorageKeys>>) -> Self {
-        Self { pool, keys }
+    /// Without `keys`, personal data can be neither written nor read. At most
+    /// `max_waiting_accepts` accepts wait for the group-commit writer; more are refused
+    /// as [`StoreError::Overloaded`]. Starts the writer: call within a Tokio runtime.
+    pub fn new(
+        pool: sqlx::SqlitePool,
+        keys: Option<Arc<StorageKeys>>,
+        max_waiting_accepts: usize,
+    ) -> Self {
+        let writer = Self {
+            pool: pool.clone(),
+            keys: keys.clone(),
+            accepts: None,
+        };
+        Self {
+            pool,
+            keys,
+            accepts: Some(sqlite::GroupCommit::start(writer, max_waiting_accepts)),
+        }
     }
 }
 
@@ -473,9 +491,34 @@ macro_rules! claim_one {
     };
 }
 
+/// What an insert that failed on a unique constraint means for the sender, or the
+/// error itself.
+fn inserted_or(e: sqlx::Error) -> Result<Inserted, StoreError> {
+    match unique_violation(&e) {
+        Some(Conflict::Reference) => Ok(Inserted::ReferenceTaken),
+        Some(Conflict::Other) => Ok(Inserted::Duplicate),
+        None => Err(e.into()),
+    }
+}
+
 macro_rules! sql_store {
     ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
         impl $store {
+            /// Stores one sealed accept in a transaction of its own.
+            async fn insert_alone(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                match self.insert_referral_tx(&mut tx, r).await {
+                    Ok(()) => {
+                        tx.commit().await?;
+                        Ok(Inserted::Accepted)
+                    }
+                    Err(e) => {
+                        tx.rollback().await?;
+                        inserted_or(e)
+                    }
+                }
+            }
+
             /// Writes `a` inside the caller's transaction, so it commits (or not) with
             /// the change it records, as a pending record: one row, without the chain
             /// head, so writers never wait for one another on its account. The sealer

@@ -4,6 +4,12 @@
 use super::*;
 
 impl PostgresStore {
+    /// Each accept commits on its own connection: PostgreSQL's own group commit
+    /// (`commit_delay`) is the server's to tune.
+    pub(super) async fn insert_sealed(&self, r: NewReferralRecord) -> Result<Inserted, StoreError> {
+        self.insert_alone(&r).await
+    }
+
     /// PostgreSQL has no triggers to check.
     pub(super) async fn check_chain_guards(&self) -> Result<(), StoreError> {
         Ok(())

@@ -8,21 +8,7 @@ macro_rules! referral_store {
         impl ReferralStore for $store {
             async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
                 let sealed = seal_record(&self.keys, r)?;
-                let mut tx = self.pool.begin_with($begin).await?;
-                match self.insert_referral_tx(&mut tx, &sealed).await {
-                    Ok(()) => {
-                        tx.commit().await?;
-                        Ok(Inserted::Accepted)
-                    }
-                    Err(e) => {
-                        tx.rollback().await?;
-                        match unique_violation(&e) {
-                            Some(Conflict::Reference) => Ok(Inserted::ReferenceTaken),
-                            Some(Conflict::Other) => Ok(Inserted::Duplicate),
-                            None => Err(e.into()),
-                        }
-                    }
-                }
+                self.insert_sealed(sealed).await
             }
             async fn referral(&self, id: &str) -> Result<Option<ReferralRow>, StoreError> {
                 let row = sqlx::query_as::<_, ReferralRow>(concat!(

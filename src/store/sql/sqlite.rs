@@ -1,7 +1,148 @@
-//! What only SQLite does: checking the chain's triggers, queueing an accept, and
-//! sealing under its single write lock.
+//! What only SQLite does: checking the chain's triggers, committing accepts in
+//! groups, queueing an accept, and sealing under its single write lock.
 
 use super::*;
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+
+/// The most accepts one commit holds.
+const MAX_GROUP: usize = 64;
+
+/// An accept waiting for the writer, and where its outcome goes.
+struct Waiting {
+    record: NewReferralRecord,
+    reply: oneshot::Sender<Result<Inserted, StoreError>>,
+}
+
+/// One writer for accepts. SQLite has one write lock and each commit costs an fsync
+/// (synchronous FULL): rather than each accept waiting its turn for the lock and
+/// paying its own fsync, the writer takes every accept waiting, stores each in a
+/// savepoint of one transaction, commits once, and only then answers each. An
+/// accept is acknowledged only after the commit that holds it; a failed commit
+/// fails every accept in it, none of which was stored.
+#[derive(Debug, Clone)]
+pub(super) struct GroupCommit {
+    waiting: mpsc::Sender<Waiting>,
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiting")
+            .field("id", &self.record.id)
+            .finish()
+    }
+}
+
+impl GroupCommit {
+    /// Starts the writer on `store` (a copy without a writer of its own); it ends when
+    /// the last handle is dropped.
+    pub(super) fn start(store: SqliteStore, max_waiting: usize) -> Self {
+        let (waiting, queue) = mpsc::channel(max_waiting.max(1));
+        tokio::spawn(store.write_groups(queue));
+        Self { waiting }
+    }
+}
+
+impl SqliteStore {
+    /// Hands a sealed accept to the writer and waits for the commit that holds it.
+    /// Refused at once, without waiting, when the writer's queue is full.
+    pub(super) async fn insert_sealed(&self, r: NewReferralRecord) -> Result<Inserted, StoreError> {
+        let Some(group) = &self.accepts else {
+            return self.insert_alone(&r).await;
+        };
+        let (reply, outcome) = oneshot::channel();
+        group
+            .waiting
+            .try_send(Waiting { record: r, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => StoreError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => StoreError::WriterGone,
+            })?;
+        outcome.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// The writer's loop: each turn takes every accept waiting (up to [`MAX_GROUP`])
+    /// and commits them together. A panic fails that group's accepts, not the writer.
+    async fn write_groups(self, mut queue: mpsc::Receiver<Waiting>) {
+        while let Some(first) = queue.recv().await {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            let outcomes = std::panic::AssertUnwindSafe(self.commit_group(&group))
+                .catch_unwind()
+                .await;
+            match outcomes {
+                Ok(outcomes) => {
+                    for (w, outcome) in group.into_iter().zip(outcomes) {
+                        // A sender that gave up waiting is answered by nothing.
+                        let _ = w.reply.send(outcome);
+                    }
+                }
+                Err(_) => {
+                    tracing::error!(
+                        accepts = group.len(),
+                        "the accept writer panicked; the group was not stored"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stores the group in one IMMEDIATE transaction, each accept in a savepoint so
+    /// that a duplicate undoes only its own rows, and commits once. One outcome per
+    /// accept. An accept whose request was given up (its deadline passed) before the
+    /// write lock was had is left out: that sender was told to send again.
+    async fn commit_group(&self, group: &[Waiting]) -> Vec<Result<Inserted, StoreError>> {
+        let failed = |e: sqlx::Error| {
+            let e = Arc::new(StoreError::from(e));
+            group
+                .iter()
+                .map(|_| Err(StoreError::Shared(e.clone())))
+                .collect()
+        };
+        let mut tx = match self.pool.begin_with("BEGIN IMMEDIATE").await {
+            Ok(tx) => tx,
+            Err(e) => return failed(e),
+        };
+        let mut outcomes = Vec::with_capacity(group.len());
+        for Waiting { record: r, reply } in group {
+            if reply.is_closed() {
+                outcomes.push(Err(StoreError::WriterGone));
+                continue;
+            }
+            if let Err(e) = sqlx::query("SAVEPOINT accept").execute(&mut *tx).await {
+                return failed(e);
+            }
+            let outcome = match self.insert_referral_tx(&mut tx, r).await {
+                Ok(()) => Ok(Inserted::Accepted),
+                Err(e) => {
+                    if let Err(e) = sqlx::query("ROLLBACK TO SAVEPOINT accept")
+                        .execute(&mut *tx)
+                        .await
+                    {
+                        return failed(e);
+                    }
+                    inserted_or(e)
+                }
+            };
+            if let Err(e) = sqlx::query("RELEASE SAVEPOINT accept")
+                .execute(&mut *tx)
+                .await
+            {
+                return failed(e);
+            }
+            outcomes.push(outcome);
+        }
+        match tx.commit().await {
+            Ok(()) => outcomes,
+            Err(e) => failed(e),
+        }
+    }
+}
 
 impl SqliteStore {
     /// Without its triggers the head would no longer move and sealing would fail or
