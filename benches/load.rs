@@ -5,7 +5,8 @@
 //!
 //! In the same run the same senders drive the floor: a minimal durable pipeline written
 //! here (HTTP, JSON parse, an HMAC, three SQLite rows in one WAL transaction with
-//! synchronous FULL, the answer), and each gateway round is printed as a ratio of it.
+//! synchronous FULL, the answer; one transaction per referral, on the HTTP worker),
+//! and each gateway round is printed as a ratio of it.
 //!
 //! `cargo bench --bench load`; `THRIVE_LOAD_REFERRALS` (per round, default 20,000) and
 //! `THRIVE_LOAD_SENDERS` (default 16); `THRIVE_BENCH_POSTGRES` adds a run on PostgreSQL.
@@ -122,17 +123,40 @@ fn cpu(pid: u32) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
-/// The floor: the least a durable accept must do, with nothing of the gateway's.
+/// The floor: the least a durable accept must do, with nothing of the gateway's. Each
+/// accept is its own transaction on one SQLite connection, run on the HTTP worker
+/// itself (no hand-off to another thread).
 mod floor {
     use actix_web::{App, HttpResponse, HttpServer, web};
     use hmac::{Hmac, KeyInit, Mac};
-    use sqlx::sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-    };
+    use std::sync::Mutex;
 
     type HmacSha256 = Hmac<sha2::Sha256>;
 
-    async fn accept(pool: web::Data<sqlx::SqlitePool>, body: web::Bytes) -> HttpResponse {
+    fn store(
+        db: &Mutex<rusqlite::Connection>,
+        id: &str,
+        subject: &str,
+        body: &[u8],
+    ) -> rusqlite::Result<()> {
+        let mut conn = db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO referrals (id, subject, message) VALUES (?1, ?2, ?3)",
+            (id, subject, body),
+        )?;
+        tx.execute(
+            "INSERT INTO deliveries (id, referral_id) VALUES (?1, ?2)",
+            (uuid::Uuid::new_v4().to_string(), id),
+        )?;
+        tx.execute(
+            "INSERT INTO audit (referral_id, subject) VALUES (?1, ?2)",
+            (id, subject),
+        )?;
+        tx.commit()
+    }
+
+    async fn accept(db: web::Data<Mutex<rusqlite::Connection>>, body: web::Bytes) -> HttpResponse {
         let Ok(message) = serde_json::from_slice::<serde_json::Value>(&body) else {
             return HttpResponse::BadRequest().finish();
         };
@@ -142,27 +166,7 @@ mod floor {
         mac.update(message["id"].as_str().unwrap_or_default().as_bytes());
         let subject = hex::encode(mac.finalize().into_bytes());
         let id = uuid::Uuid::new_v4().to_string();
-        let stored = async {
-            let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO referrals (id, subject, message) VALUES ($1, $2, $3)")
-                .bind(&id)
-                .bind(&subject)
-                .bind(&body[..])
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("INSERT INTO deliveries (id, referral_id) VALUES ($1, $2)")
-                .bind(uuid::Uuid::new_v4().to_string())
-                .bind(&id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("INSERT INTO audit (referral_id, subject) VALUES ($1, $2)")
-                .bind(&id)
-                .bind(&subject)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await
-        };
-        match stored.await {
+        match store(&db, &id, &subject, &body) {
             Ok(()) => HttpResponse::Ok().json(serde_json::json!({"id": id})),
             Err(_) => HttpResponse::ServiceUnavailable().finish(),
         }
@@ -170,33 +174,20 @@ mod floor {
 
     /// Serves the floor on `port` from its own thread until the process ends.
     pub fn start(path: std::path::PathBuf, port: u16) {
+        let conn = rusqlite::Connection::open(path).expect("floor database");
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+             CREATE TABLE referrals (id TEXT PRIMARY KEY, subject TEXT, message BLOB); \
+             CREATE TABLE deliveries (id TEXT PRIMARY KEY, referral_id TEXT); \
+             CREATE TABLE audit (seq INTEGER PRIMARY KEY, referral_id TEXT, subject TEXT);",
+        )
+        .expect("floor tables");
+        let db = web::Data::new(Mutex::new(conn));
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let options = SqliteConnectOptions::new()
-                    .filename(&path)
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Full);
-                // One writer at a time, as SQLite has it, without busy waits.
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .connect_with(options)
-                    .await
-                    .expect("floor database");
-                for table in [
-                    "CREATE TABLE referrals (id TEXT PRIMARY KEY, subject TEXT, message BLOB)",
-                    "CREATE TABLE deliveries (id TEXT PRIMARY KEY, referral_id TEXT)",
-                    "CREATE TABLE audit (seq INTEGER PRIMARY KEY, referral_id TEXT, subject TEXT)",
-                ] {
-                    sqlx::query(table)
-                        .execute(&pool)
-                        .await
-                        .expect("floor table");
-                }
-                let pool = web::Data::new(pool);
                 HttpServer::new(move || {
                     App::new()
-                        .app_data(pool.clone())
+                        .app_data(db.clone())
                         .app_data(web::PayloadConfig::new(1 << 20))
                         .route("/fhir/r4/$process-message", web::post().to(accept))
                 })
