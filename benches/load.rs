@@ -9,7 +9,8 @@
 //! and each gateway round is printed as a ratio of it.
 //!
 //! `cargo bench --bench load`; `THRIVE_LOAD_REFERRALS` (per round, default 20,000) and
-//! `THRIVE_LOAD_SENDERS` (default 16); `THRIVE_BENCH_POSTGRES` adds a run on PostgreSQL.
+//! `THRIVE_LOAD_SENDERS` (default 16); `THRIVE_BENCH_POSTGRES` adds a run on PostgreSQL,
+//! and one of two gateway processes sharing its database.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 #[path = "../tests/api/helpers.rs"]
@@ -211,19 +212,26 @@ struct Round {
 
 /// Sends `n` unique referrals from `senders` concurrent senders; every one must be
 /// accepted.
-async fn round(base: &str, pid: u32, n: usize, senders: usize) -> Round {
+/// Sends `n` unique referrals from `senders` concurrent senders, spread over the
+/// `targets` (base URL and process id); every one must be accepted. CPU is the sum over
+/// the targets' processes.
+async fn round(targets: &[(&str, u32)], n: usize, senders: usize) -> Round {
     let bearer = format!("Bearer {}", token("gp-a"));
     let bodies: Vec<Vec<u8>> = (0..n)
         .map(|_| serde_json::to_vec(&referral()).unwrap())
         .collect();
     let work = Arc::new(std::sync::Mutex::new(bodies));
-    let url = format!("{base}/fhir/r4/$process-message");
-    let cpu_before = cpu(pid);
+    let urls: Vec<String> = targets
+        .iter()
+        .map(|(base, _)| format!("{base}/fhir/r4/$process-message"))
+        .collect();
+    let total_cpu = || targets.iter().map(|(_, pid)| cpu(*pid)).sum::<Duration>();
+    let cpu_before = total_cpu();
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..senders {
+    for k in 0..senders {
         let work = work.clone();
-        let url = url.clone();
+        let url = urls[k % urls.len()].clone();
         let bearer = bearer.clone();
         tasks.spawn(async move {
             let client = reqwest::Client::new();
@@ -256,7 +264,7 @@ async fn round(base: &str, pid: u32, n: usize, senders: usize) -> Round {
         latencies.extend(done.unwrap());
     }
     let took = started.elapsed();
-    let cpu_used = cpu(pid).saturating_sub(cpu_before);
+    let cpu_used = total_cpu().saturating_sub(cpu_before);
     latencies.sort_unstable();
     let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Round {
@@ -277,7 +285,7 @@ async fn floor_round(n: usize, senders: usize) -> f64 {
     while client.get(&base).send().await.is_err() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let r = round(&base, std::process::id(), n, senders).await;
+    let r = round(&[(&base, std::process::id())], n, senders).await;
     println!(
         "floor: {n} referrals, {senders} senders: {:.0} referrals/s, p50 {:.1} ms, p99 {:.1} ms",
         r.per_second,
@@ -298,7 +306,7 @@ async fn run(db: Db, n: usize, senders: usize, floor: f64) {
         gw.started.as_secs_f64() * 1000.0
     );
     for k in 1..=2 {
-        let r = round(&gw.base, pid, n, senders).await;
+        let r = round(&[(&gw.base, pid)], n, senders).await;
         let (rss, peak) = memory(pid);
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (settled, _) = memory(pid);
@@ -315,6 +323,29 @@ async fn run(db: Db, n: usize, senders: usize, floor: f64) {
     }
 }
 
+/// Two gateway processes on one PostgreSQL database, the senders split between them:
+/// their aggregate, to compare with one gateway's (contention on shared rows would show
+/// as less).
+async fn two_gateways(n: usize, senders: usize, floor: f64) {
+    let (url, _database) = fresh_database(Db::Postgres).await;
+    let (a, b) = (start(&url).await, start(&url).await);
+    let r = round(
+        &[(&a.base, a.child.id()), (&b.base, b.child.id())],
+        n,
+        senders,
+    )
+    .await;
+    println!(
+        "Postgres, two gateways on one database: {n} referrals, {senders} senders: {:.0} \
+         referrals/s together, p50 {:.1} ms, p99 {:.1} ms, CPU {:.0} µs/referral; {:.2}x the floor",
+        r.per_second,
+        r.p50.as_secs_f64() * 1000.0,
+        r.p99.as_secs_f64() * 1000.0,
+        r.cpu_per_referral.as_secs_f64() * 1e6,
+        r.per_second / floor,
+    );
+}
+
 fn main() {
     let n = env_number("THRIVE_LOAD_REFERRALS", 20_000);
     let senders = env_number("THRIVE_LOAD_SENDERS", 16).max(1);
@@ -325,6 +356,7 @@ fn main() {
         // The database is made (and dropped) on the server this names.
         if std::env::var("THRIVE_BENCH_POSTGRES").is_ok() {
             run(Db::Postgres, n, senders, floor).await;
+            two_gateways(n, senders, floor).await;
         }
     });
 }
