@@ -339,17 +339,26 @@ impl Authenticator {
         })
     }
 
-    /// The claims of a token verified before, while it has not expired (as
-    /// verification would judge it, leeway included).
-    fn still_verified(&self, digest: &[u8; 32]) -> Option<Claims> {
+    /// The remembered tokens.
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Claims>> {
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether claims are unexpired as verification would judge them now (leeway
+    /// included).
+    fn unexpired(&self) -> impl Fn(&Claims) -> bool + use<> {
         let now = fhir_sdk::time::OffsetDateTime::now_utc().unix_timestamp();
         let leeway = i64::try_from(self.leeway).unwrap_or(i64::MAX);
-        let mut verified = self
-            .verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        move |c: &Claims| c.exp.saturating_add(leeway) >= now
+    }
+
+    /// The claims of a token verified before, while it has not expired.
+    fn still_verified(&self, digest: &[u8; 32]) -> Option<Claims> {
+        let (mut verified, unexpired) = (self.remembered(), self.unexpired());
         match verified.get(digest) {
-            Some(c) if c.exp.saturating_add(leeway) >= now => Some(c.clone()),
+            Some(c) if unexpired(c) => Some(c.clone()),
             Some(_) => {
                 // Expired: verified afresh, the sender hears why.
                 verified.remove(digest);
@@ -360,14 +369,9 @@ impl Authenticator {
     }
 
     fn remember(&self, digest: [u8; 32], claims: &Claims) {
-        let now = fhir_sdk::time::OffsetDateTime::now_utc().unix_timestamp();
-        let leeway = i64::try_from(self.leeway).unwrap_or(i64::MAX);
-        let mut verified = self
-            .verified
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (mut verified, unexpired) = (self.remembered(), self.unexpired());
         if verified.len() >= VERIFIED_CAPACITY {
-            verified.retain(|_, c| c.exp.saturating_add(leeway) >= now);
+            verified.retain(|_, c| unexpired(c));
             if verified.len() >= VERIFIED_CAPACITY {
                 verified.clear();
             }
