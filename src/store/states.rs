@@ -156,12 +156,6 @@ impl std::ops::Deref for ReferralId {
     }
 }
 
-impl AsRef<str> for ReferralId {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
 impl std::fmt::Display for ReferralId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
@@ -171,18 +165,6 @@ impl std::fmt::Display for ReferralId {
 impl serde::Serialize for ReferralId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.0)
-    }
-}
-
-impl PartialEq<str> for ReferralId {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for ReferralId {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
     }
 }
 

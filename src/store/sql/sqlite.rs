@@ -25,14 +25,6 @@ pub(super) struct GroupCommit {
     waiting: mpsc::Sender<Waiting>,
 }
 
-impl std::fmt::Debug for Waiting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Waiting")
-            .field("id", &self.record.id)
-            .finish()
-    }
-}
-
 impl GroupCommit {
     /// Starts the writer on `store` (a copy without a writer of its own); it ends when
     /// the last handle is dropped.
