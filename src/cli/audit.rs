@@ -40,7 +40,7 @@ pub async fn record_as(
     Ok(())
 }
 
-pub(super) async fn run(settings: &Settings, command: AuditCommand) -> Done {
+pub(super) async fn run(settings: &Settings, name: &str, command: AuditCommand) -> Done {
     if let AuditCommand::VerifyExport {
         file,
         public_key,
@@ -49,7 +49,7 @@ pub(super) async fn run(settings: &Settings, command: AuditCommand) -> Done {
     {
         return verify_export(settings, file, public_key.as_deref(), key_id.as_deref());
     }
-    let store = super::open_for("audit", settings, None).await?;
+    let store = super::open_for(name, settings, None).await?;
     match command {
         AuditCommand::Verify => {
             let keys = settings

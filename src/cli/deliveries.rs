@@ -3,8 +3,12 @@
 use super::*;
 use crate::operations::DeadLetterAction;
 
-pub(super) async fn deliveries(settings: &Settings, command: DeliveriesCommand) -> Done {
-    let store = open_for("deliveries", settings, None).await?;
+pub(super) async fn deliveries(
+    settings: &Settings,
+    name: &str,
+    command: DeliveriesCommand,
+) -> Done {
+    let store = open_for(name, settings, None).await?;
     match command {
         DeliveriesCommand::List { dead, limit, json } => {
             let rows = crate::operations::list(store.as_ref(), dead, limit).await?;

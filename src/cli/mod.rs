@@ -270,7 +270,7 @@ impl Command {
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     let name = cli.command.name();
-    match execute(cli).await {
+    match execute(cli, name).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             let (why, code) = match failure {
@@ -283,7 +283,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
-async fn execute(cli: Cli) -> Done {
+async fn execute(cli: Cli, name: &str) -> Done {
     let sources = Sources::from_process(cli.config.clone());
     let settings = Settings::load(&sources).map_err(Failure::usage)?;
     match cli.command {
@@ -304,8 +304,8 @@ async fn execute(cli: Cli) -> Done {
         }
         Command::Migrate => migrate::migrate(&settings).await,
         Command::DevToken { client } => dev_token::dev_token(&settings, &sources, &client),
-        Command::Deliveries { command } => deliveries::deliveries(&settings, command).await,
-        Command::Audit { command } => audit::run(&settings, command).await,
+        Command::Deliveries { command } => deliveries::deliveries(&settings, name, command).await,
+        Command::Audit { command } => audit::run(&settings, name, command).await,
         Command::Retention {
             command: RetentionCommand::Run,
         } => retention::retention(&settings).await,
