@@ -35,6 +35,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Per-client and per-address request limits.
     pub limits: Arc<crate::rate_limit::RateLimits>,
+    /// The providers and GP callbacks an operator may name.
+    pub recipients: Arc<crate::operations::Recipients>,
     /// How long `/health/ready` waits for the database (`server.ready_timeout_ms`).
     pub ready_timeout: std::time::Duration,
 }

@@ -117,9 +117,12 @@ impl Metrics {
         let delivery_attempts = IntCounterVec::new(
             Opts::new(
                 "thrive_delivery_attempts_total",
-                "Delivery attempts, by recipient (provider or GP callback id), kind and result.",
+                "Delivery attempts, by recipient (provider or GP callback id), kind, result \
+                 and reason class (none, http-4xx, http-429, http-5xx, timeout, \
+                 connection-refused, connect, tls, token-endpoint, read, stopped, \
+                 undeliverable, worker-error, other).",
             ),
-            &["recipient", "kind", "result"],
+            &["recipient", "kind", "result", "reason"],
         )?;
         let task_up = IntGaugeVec::new(
             Opts::new(
@@ -180,10 +183,10 @@ impl Metrics {
 
     /// One delivery attempt. `recipient` and `kind` must be bounded values (configured
     /// ids, known kinds): the caller maps anything else to a placeholder.
-    pub fn delivery_attempt(&self, recipient: &str, kind: &str, result: &str) {
+    pub fn delivery_attempt(&self, recipient: &str, kind: &str, result: &str, reason: &str) {
         if let Ok(c) = self
             .delivery_attempts
-            .get_metric_with_label_values(&[recipient, kind, result])
+            .get_metric_with_label_values(&[recipient, kind, result, reason])
         {
             c.inc();
         }
@@ -329,7 +332,7 @@ mod tests {
         m.request("/fhir/r4/ServiceRequest/{id}", "GET", 404, 0.003);
         m.request(UNMATCHED, "BREW", 404, 0.001);
         m.referral(ReferralOutcome::Accepted);
-        m.delivery_attempt("bchft", "referral", "delivered");
+        m.delivery_attempt("bchft", "referral", "delivered", "none");
         m.background_task("delivery", true);
         m.background_task("retention", true);
         m.background_task("retention", false);
@@ -340,7 +343,7 @@ mod tests {
             r#"thrive_http_requests_total{method="OTHER",route="(unmatched)",status="404"} 1"#,
             r#"thrive_http_request_duration_seconds_count{route="/fhir/r4/ServiceRequest/{id}"} 1"#,
             r#"thrive_referrals_total{outcome="accepted"} 1"#,
-            r#"thrive_delivery_attempts_total{kind="referral",recipient="bchft",result="delivered"} 1"#,
+            r#"thrive_delivery_attempts_total{kind="referral",reason="none",recipient="bchft",result="delivered"} 1"#,
             r#"thrive_delivery_queue_depth{state="queued"} 2"#,
             r#"thrive_delivery_queue_depth{state="dead"} 0"#,
             "thrive_dead_letters 0",

@@ -5,16 +5,130 @@
 //! will not be sent, so it is never replayed and no longer holds back the retention
 //! purge of the referral's personal data.
 
-use crate::store::{AuditRecord, DeliveryState, DeliveryView, OutboxStore, StoreError};
+use crate::config::Settings;
+use crate::store::AuditRecord;
+use crate::store::{
+    AuditFilter, AuditRow, AuditStore, DeliveryFilter, DeliveryState, DeliveryView, OutboxStore,
+    StoreError,
+};
 use fhir_sdk::time::OffsetDateTime;
+use serde::Serialize;
+use std::collections::BTreeSet;
 
-/// Lists deliveries, newest first (dead letters only when asked).
+/// Lists deliveries, newest first, as `filter` narrows them.
 pub async fn list(
     store: &dyn OutboxStore,
-    dead_only: bool,
+    filter: &DeliveryFilter,
     limit: i64,
 ) -> Result<Vec<DeliveryView>, StoreError> {
-    store.list_deliveries(dead_only, limit).await
+    store.list_deliveries(filter, limit).await
+}
+
+/// The providers and GP callbacks deliveries go to: the only recipient ids an
+/// operator may name.
+#[derive(Debug, Clone, Default)]
+pub struct Recipients(BTreeSet<String>);
+
+impl Recipients {
+    pub fn of(settings: &Settings) -> Self {
+        Self(
+            settings
+                .providers
+                .keys()
+                .chain(settings.gp_callbacks.keys())
+                .cloned()
+                .collect(),
+        )
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.contains(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(String::as_str)
+    }
+
+    /// `a, b, c`, for a refusal that names what would have been accepted.
+    pub fn listed(&self) -> String {
+        self.0.iter().cloned().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// One attempt at a delivery, from its audit record: metadata, never a payload.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptView {
+    /// The audit record's place in the hash chain.
+    pub seq: Option<i64>,
+    #[serde(with = "fhir_sdk::time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `delivered`, `retry`, `dead-letter`, `stopped`, `worker-error` (`; lease lost`
+    /// when its outcome could not be kept).
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub duration_ms: Option<u64>,
+    /// The `reason` label of `thrive_delivery_attempts_total`.
+    pub reason_class: Option<String>,
+    pub reason: Option<String>,
+    /// `host:port` it went to.
+    pub target: Option<String>,
+}
+
+impl AttemptView {
+    fn of(row: &AuditRow) -> Self {
+        let detail: serde_json::Value = serde_json::from_str(&row.detail).unwrap_or_default();
+        let text = |k: &str| detail[k].as_str().map(str::to_owned);
+        Self {
+            seq: row.seq,
+            at: row.recorded_at,
+            outcome: row.outcome.clone(),
+            http_status: row.http_status,
+            duration_ms: detail["duration_ms"].as_u64(),
+            reason_class: text("reason_class"),
+            reason: text("reason"),
+            target: text("target"),
+        }
+    }
+}
+
+/// A delivery with every attempt at it, oldest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub delivery: DeliveryView,
+    pub attempts: Vec<AttemptView>,
+}
+
+/// The attempts at one delivery are the audit records of its referral that carry
+/// its request id: the trail is the one account of what was sent.
+pub async fn show<S: OutboxStore + AuditStore + ?Sized>(
+    store: &S,
+    id: &str,
+) -> Result<Option<DeliveryDetail>, StoreError> {
+    let Some(delivery) = store.delivery(id).await? else {
+        return Ok(None);
+    };
+    let filter = AuditFilter {
+        referral_id: Some(delivery.referral_id.to_string()),
+        ..AuditFilter::default()
+    };
+    let mut attempts = Vec::new();
+    let mut after = 0;
+    loop {
+        let rows = store.audit_query(&filter, after, 1000).await?;
+        let Some(last) = rows.last() else { break };
+        after = last.seq.unwrap_or(i64::MAX);
+        attempts.extend(
+            rows.iter()
+                .filter(|r| r.action.starts_with("delivery."))
+                .filter(|r| r.request_id.as_deref() == Some(delivery.request_id.as_str()))
+                .map(AttemptView::of),
+        );
+        if rows.len() < 1000 {
+            break;
+        }
+    }
+    Ok(Some(DeliveryDetail { delivery, attempts }))
 }
 
 /// What became of a replay or resolve request.

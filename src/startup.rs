@@ -137,6 +137,7 @@ impl Application {
             limits: Arc::new(crate::rate_limit::RateLimits::from_settings(
                 &settings.rate_limit,
             )),
+            recipients: Arc::new(crate::operations::Recipients::of(settings)),
             ready_timeout: std::time::Duration::from_millis(settings.server.ready_timeout_ms),
         };
         let listener = std::net::TcpListener::bind(&settings.server.bind).map_err(|source| {

@@ -16,6 +16,7 @@ use provider::FakeProvider;
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use thrive_gateway::store::DeliveryFilter;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -155,7 +156,10 @@ endpoint = "{p}"
         .unwrap();
     let mut done = false;
     for _ in 0..200 {
-        let queued = store.list_deliveries(false, 1000).await.unwrap();
+        let queued = store
+            .list_deliveries(&DeliveryFilter::default(), 1000)
+            .await
+            .unwrap();
         if queued.iter().all(|d| d.state.as_str() == "delivered") {
             done = true;
             break;
@@ -191,7 +195,10 @@ endpoint = "{p}"
         assert!(keys.contains(&deliveries[0].request_id));
     }
     // Nothing stored is half-stored: each referral has its delivery and its message.
-    let all = store.list_deliveries(false, 1000).await.unwrap();
+    let all = store
+        .list_deliveries(&DeliveryFilter::default(), 1000)
+        .await
+        .unwrap();
     assert_eq!(all.len() as i64, store.count_referrals().await.unwrap());
     assert_eq!(
         request_ids_by_referral.len(),

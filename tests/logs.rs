@@ -23,19 +23,28 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Every test's log lines, as JSON: the subscriber is global, so installed once.
+fn captured() -> &'static Captured {
+    static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    CAPTURED.get_or_init(|| {
+        use tracing_subscriber::prelude::*;
+        let captured = Captured::default();
+        let writer = captured.clone();
+        tracing_subscriber::registry()
+            .with(tracing_subscriber::EnvFilter::new("debug"))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(move || writer.clone()),
+            )
+            .init();
+        captured
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_patient_data_reaches_the_logs() {
-    use tracing_subscriber::prelude::*;
-    let captured = Captured::default();
-    let writer = captured.clone();
-    tracing_subscriber::registry()
-        .with(tracing_subscriber::EnvFilter::new("debug"))
-        .with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_writer(move || writer.clone()),
-        )
-        .init();
+    let captured = captured();
 
     let app = TestApp::spawn(Db::Sqlite).await;
     let ok = referral();
@@ -65,5 +74,56 @@ async fn no_patient_data_reaches_the_logs() {
         .chain(["9990000019", "Oldbury", "B69 4AA"].iter())
     {
         assert!(!logs.contains(secret), "a log line holds patient data");
+    }
+}
+
+/// A provider that is down: each failed attempt is a WARN line naming the recipient,
+/// the host it went to and why, and the dead letter it ends as is one too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failed_attempt_is_a_warning_with_recipient_host_and_reason() {
+    let captured = captured();
+    let down = "http://127.0.0.1:1/referrals";
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        &format!(
+            "[providers.bchft]\nendpoint = \"{down}\"\n[providers.prospects]\nendpoint = \"{down}\"\n\
+             [delivery]\nenabled = false\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\nmax_attempts = 2\n"
+        ),
+    )
+    .await;
+    let reply = app.send("gp-a", &referral()).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let id = reply.json()["entry"][1]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let recipient = app.store.referral(&id).await.unwrap().unwrap().provider;
+    app.deliver().await;
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    app.deliver().await;
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["level"] == "WARN" && l["fields"]["target_host"] == "127.0.0.1:1")
+        .collect();
+    let messages: Vec<&str> = warnings
+        .iter()
+        .map(|w| w["fields"]["message"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        messages,
+        [
+            "delivery attempt failed; it will be retried",
+            "delivery parked as a dead letter"
+        ],
+        "{logs}"
+    );
+    for w in &warnings {
+        assert_eq!(w["fields"]["recipient"], recipient.as_str(), "{w}");
+        assert_eq!(w["fields"]["reason_class"], "connection-refused", "{w}");
+        let reason = w["fields"]["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("127.0.0.1:1: connection refused"), "{w}");
     }
 }

@@ -100,6 +100,10 @@ choice!(
     ExtractFormat { Csv => "csv", Json => "json" }
 );
 choice!(
+    /// A delivery state, as `deliveries list --state` takes it.
+    StateChoice { Queued => "queued", Delivered => "delivered", Dead => "dead", Cancelled => "cancelled", Resolved => "resolved" }
+);
+choice!(
     /// The form of an audit export.
     ExportFormat { Fhir => "fhir", Csv => "csv" }
 );
@@ -178,15 +182,33 @@ pub enum AuditCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DeliveriesCommand {
-    /// List deliveries, newest first.
+    /// List deliveries, newest first: id, referral reference, recipient, kind, state,
+    /// attempts, age, next attempt and last error.
     List {
-        /// Dead letters only.
+        /// Dead letters only (resolved ones included).
         #[arg(long)]
         dead: bool,
+        /// Only those to this provider or GP callback id.
+        #[arg(long)]
+        recipient: Option<String>,
+        /// Only those in this state.
+        #[arg(long, value_enum)]
+        state: Option<StateChoice>,
+        /// Only those queued at or after this date (YYYY-MM-DD) or RFC 3339 instant.
+        #[arg(long)]
+        since: Option<String>,
         /// How many at most.
         #[arg(long, default_value_t = 100)]
         limit: i64,
         /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One delivery and every attempt at it: time, duration, outcome and reason.
+    Show {
+        /// The delivery id, as `deliveries list` shows it.
+        id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -249,6 +271,7 @@ impl Command {
             Command::Mappings { .. } => "mappings check",
             Command::Deliveries { command } => match command {
                 DeliveriesCommand::List { .. } => "deliveries list",
+                DeliveriesCommand::Show { .. } => "deliveries show",
                 DeliveriesCommand::Replay { .. } => "deliveries replay",
                 DeliveriesCommand::Resolve { .. } => "deliveries resolve",
             },

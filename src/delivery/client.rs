@@ -22,8 +22,40 @@ pub enum Answer {
         excerpt: String,
     },
     /// No answer: timeout, refused or reset connection, TLS failure, token endpoint
-    /// failure.
-    Failed(String),
+    /// failure. `error` names the host that failed.
+    Failed { class: FailureClass, error: String },
+}
+
+/// Why an attempt got no answer, in a word fit for a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    Timeout,
+    /// Nothing listens at the address.
+    Refused,
+    /// Any other failure to connect (no route, DNS, reset).
+    Connect,
+    /// The TLS handshake failed: certificate not trusted, expired, wrong name.
+    Tls,
+    /// The token endpoint failed or refused the client assertion.
+    Token,
+    /// The connection broke while the answer was read.
+    Read,
+    /// The gateway could not build or send the request (its own fault).
+    Other,
+}
+
+impl FailureClass {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Refused => "connection-refused",
+            Self::Connect => "connect",
+            Self::Tls => "tls",
+            Self::Token => "token-endpoint",
+            Self::Read => "read",
+            Self::Other => "other",
+        }
+    }
 }
 
 /// One provider's endpoint and HTTP client.
@@ -31,6 +63,8 @@ pub enum Answer {
 pub struct ProviderClient {
     http: reqwest::Client,
     endpoint: String,
+    /// `host:port` of the endpoint, named in logs and errors.
+    host: String,
     format: ProviderFormat,
     oauth: Option<Arc<OAuth>>,
 }
@@ -47,6 +81,8 @@ impl std::fmt::Debug for ProviderClient {
 /// it expires.
 struct OAuth {
     settings: OAuthSettings,
+    /// `host:port` of the token endpoint.
+    host: String,
     key: EncodingKey,
     cached: Mutex<Option<(String, Instant)>>,
 }
@@ -100,6 +136,7 @@ impl ProviderClient {
                     format!("{} is not an RSA private key (PEM)", o.key_file.display())
                 })?;
                 Some(Arc::new(OAuth {
+                    host: host_of(&o.token_url)?,
                     settings: o.clone(),
                     key,
                     cached: Mutex::new(None),
@@ -108,10 +145,16 @@ impl ProviderClient {
         };
         Ok(Self {
             http,
+            host: host_of(&settings.endpoint)?,
             endpoint: settings.endpoint.clone(),
             format: settings.format,
             oauth,
         })
+    }
+
+    /// `host:port` deliveries go to.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The body format this provider takes.
@@ -140,12 +183,17 @@ impl ProviderClient {
         if let Some(oauth) = &self.oauth {
             match oauth.token(&self.http).await {
                 Ok(token) => request = request.bearer_auth(token),
-                Err(e) => return Answer::Failed(e),
+                Err(error) => {
+                    return Answer::Failed {
+                        class: FailureClass::Token,
+                        error,
+                    };
+                }
             }
         }
         let response = match request.send().await {
             Ok(r) => r,
-            Err(e) => return Answer::Failed(describe(&e)),
+            Err(e) => return failed(&self.host, &e),
         };
         let status = response.status().as_u16();
         if status == 401
@@ -167,7 +215,7 @@ impl ProviderClient {
                 .filter(|c| !c.is_control())
                 .take(EXCERPT_CHARS)
                 .collect(),
-            Err(e) => return Answer::Failed(describe(&e)),
+            Err(e) => return failed(&self.host, &e),
         };
         Answer::Status {
             status,
@@ -197,10 +245,11 @@ impl OAuth {
             .body(form)
             .send()
             .await
-            .map_err(|e| format!("token endpoint: {}", describe(&e)))?;
+            .map_err(|e| format!("token endpoint {}: {}", self.host, describe(&e).1))?;
         if !response.status().is_success() {
             return Err(format!(
-                "token endpoint answered {}",
+                "token endpoint {} answered {}",
+                self.host,
                 response.status().as_u16()
             ));
         }
@@ -210,10 +259,12 @@ impl OAuth {
             #[serde(default)]
             expires_in: Option<u64>,
         }
-        let token: TokenResponse = response
-            .json()
-            .await
-            .map_err(|_| "token endpoint: the answer is not a token response".to_owned())?;
+        let token: TokenResponse = response.json().await.map_err(|_| {
+            format!(
+                "token endpoint {}: the answer is not a token response",
+                self.host
+            )
+        })?;
         let lifetime = std::time::Duration::from_secs(token.expires_in.unwrap_or(300));
         // Checked: an `expires_in` past what the clock can hold must not panic the
         // worker; such a token is kept for a day at most.
@@ -255,15 +306,62 @@ impl OAuth {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// `host:port` of a configured URL, checked at start.
+fn host_of(url: &str) -> Result<String, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url} is not a URL: {e}"))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| format!("{url} names no host"))?;
+    Ok(match parsed.port_or_known_default() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
+}
+
+fn failed(host: &str, e: &reqwest::Error) -> Answer {
+    let (class, what) = describe(e);
+    Answer::Failed {
+        class,
+        error: format!("{host}: {what}"),
+    }
+}
+
+/// What went wrong, from the error and its causes: the I/O error kind and any TLS
+/// error underneath (rustls says which certificate check failed; no message content).
+fn describe(e: &reqwest::Error) -> (FailureClass, String) {
     tracing::debug!(error = %e, "provider request failed");
-    if e.is_timeout() {
-        "timed out".into()
+    let mut refused = false;
+    let mut tls: Option<String> = None;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            // io::Error's source() skips the error it wraps: look inside.
+            if let Some(inner) = io.get_ref()
+                && let Some(t) = inner.downcast_ref::<rustls::Error>()
+            {
+                tls = Some(t.to_string());
+            }
+        }
+        if let Some(t) = c.downcast_ref::<rustls::Error>() {
+            tls = Some(t.to_string());
+        }
+        cause = c.source();
+    }
+    if let Some(why) = tls {
+        (FailureClass::Tls, format!("TLS failure: {why}"))
+    } else if e.is_timeout() {
+        (FailureClass::Timeout, "timed out".into())
+    } else if refused {
+        (FailureClass::Refused, "connection refused".into())
     } else if e.is_connect() {
-        "could not connect".into()
+        (FailureClass::Connect, "could not connect".into())
     } else if e.is_body() || e.is_decode() {
-        "the connection failed while reading the answer".into()
+        (
+            FailureClass::Read,
+            "the connection failed while reading the answer".into(),
+        )
     } else {
-        "the request failed".into()
+        (FailureClass::Other, "the request failed".into())
     }
 }

@@ -12,7 +12,7 @@
 mod client;
 pub mod gp_callbacks;
 
-pub use client::{Answer, ProviderClient};
+pub use client::{Answer, FailureClass, ProviderClient};
 pub use gp_callbacks::GpCallbacks;
 
 use crate::fhir::provider as provider_message;
@@ -260,7 +260,8 @@ impl Deliverer {
             "worker-error"
         };
         let (recipient, kind) = self.labels(&d.provider, d.kind);
-        self.metrics.delivery_attempt(recipient, kind, result);
+        self.metrics
+            .delivery_attempt(recipient, kind, result, "worker-error");
         let audit = AuditRecord {
             at: now,
             referral_id: Some(d.referral_id.to_string()),
@@ -317,8 +318,11 @@ impl Deliverer {
 
     async fn attempt(&self, d: &ClaimedDelivery) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
+        let started = std::time::Instant::now();
         let attempt = d.attempts.saturating_add(1);
-        let (outcome, receipt) = self.decide(d, now).await;
+        let (outcome, receipt, why) = self.decide(d, now).await;
+        let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let target = self.client_for(d).map_or("-", ProviderClient::host);
         let (result, status) = match &outcome {
             DeliveryOutcome::Delivered { status, .. } => ("delivered", Some(*status)),
             DeliveryOutcome::Retry { status, .. } => ("retry", *status),
@@ -328,12 +332,8 @@ impl Deliverer {
             DeliveryOutcome::WorkerFailed { .. } => ("worker-error", None),
         };
         let (recipient, kind) = self.labels(&d.provider, d.kind);
-        self.metrics.delivery_attempt(recipient, kind, result);
-        let reason = match &outcome {
-            DeliveryOutcome::Stopped { reason } => Some(reason.clone()),
-            DeliveryOutcome::Dead { error, .. } if status.is_none() => Some(error.clone()),
-            _ => None,
-        };
+        self.metrics
+            .delivery_attempt(recipient, kind, result, why.class);
         let mapping = receipt.as_ref().and_then(|r| {
             Some(format!(
                 "{}@{}",
@@ -347,7 +347,10 @@ impl Deliverer {
         let mut detail = json!({
             "recipient": d.provider,
             "attempt": attempt,
-            "reason": reason,
+            "reason": why.reason,
+            "reason_class": why.class,
+            "target": target,
+            "duration_ms": duration_ms,
             "receipt": receipt,
         });
         if let Some(event) = &d.event {
@@ -380,7 +383,20 @@ impl Deliverer {
             )
             .await?;
         if held {
-            tracing::info!(delivery_id = %d.id, referral_id = %d.referral_id, provider = %d.provider, kind = %d.kind, attempt, result, status, "delivery attempt");
+            let reason = why.reason.as_deref().unwrap_or("-");
+            match &outcome {
+                DeliveryOutcome::Retry {
+                    next_attempt_at, ..
+                } => {
+                    tracing::warn!(delivery_id = %d.id, recipient = %d.provider, kind = %d.kind, target_host = target, attempt, reason_class = why.class, reason, next_attempt_at = %next_attempt_at, "delivery attempt failed; it will be retried");
+                }
+                DeliveryOutcome::Dead { .. } => {
+                    tracing::warn!(delivery_id = %d.id, recipient = %d.provider, kind = %d.kind, target_host = target, attempt, reason_class = why.class, reason, "delivery parked as a dead letter");
+                }
+                _ => {
+                    tracing::info!(delivery_id = %d.id, referral_id = %d.referral_id, recipient = %d.provider, kind = %d.kind, target_host = target, attempt, result, status, duration_ms, "delivery attempt");
+                }
+            }
         } else {
             tracing::warn!(delivery_id = %d.id, "delivery lease expired before the outcome was recorded; another worker will retry");
             // The attempt happened (the data may have gone out) even though its outcome
@@ -394,13 +410,23 @@ impl Deliverer {
         Ok(())
     }
 
-    /// Decides and, where allowed, sends. Returns the outcome and the minimisation
-    /// receipt of what was disclosed.
+    /// The client a delivery goes through, when its recipient is configured.
+    fn client_for(&self, d: &ClaimedDelivery) -> Option<&ProviderClient> {
+        if d.kind == DeliveryKind::Milestone {
+            self.callbacks.get(&d.provider)
+        } else {
+            let provider = ProviderId::parse(&d.provider).ok()?;
+            self.recipients.get(&provider).map(|r| &r.client)
+        }
+    }
+
+    /// Decides and, where allowed, sends. Returns the outcome, the minimisation
+    /// receipt of what was disclosed, and why it ended so.
     async fn decide(
         &self,
         d: &ClaimedDelivery,
         now: OffsetDateTime,
-    ) -> (DeliveryOutcome, Option<serde_json::Value>) {
+    ) -> (DeliveryOutcome, Option<serde_json::Value>, Why) {
         let age = now - d.created_at;
         let prepared = if d.kind == DeliveryKind::Milestone {
             self.prepare_milestone(d, now, age).await
@@ -409,12 +435,18 @@ impl Deliverer {
         };
         let (client, body, receipt) = match prepared {
             Ok(p) => p,
-            Err(outcome) => return (outcome, None),
+            Err((outcome, why)) => return (outcome, None, why),
         };
         let answer = client.send(&d.request_id, &d.correlation_id, &body).await;
-        let outcome = self.classify(answer, d.attempts.saturating_add(1), now, age);
+        let (outcome, why) = self.classify(
+            answer,
+            client.host(),
+            d.attempts.saturating_add(1),
+            now,
+            age,
+        );
         // The body went out: whatever the answer, what it held is recorded.
-        (outcome, receipt)
+        (outcome, receipt, why)
     }
 
     /// A delivery to a provider: who gets it and what, or why nothing is sent.
@@ -423,7 +455,7 @@ impl Deliverer {
         d: &ClaimedDelivery,
         now: OffsetDateTime,
         age: Duration,
-    ) -> Result<Prepared<'_>, DeliveryOutcome> {
+    ) -> Result<Prepared<'_>, (DeliveryOutcome, Why)> {
         let Ok(provider) = ProviderId::parse(&d.provider) else {
             return Err(dead("the delivery names an unknown provider".into()));
         };
@@ -454,7 +486,7 @@ impl Deliverer {
         d: &ClaimedDelivery,
         now: OffsetDateTime,
         age: Duration,
-    ) -> Result<Prepared<'_>, DeliveryOutcome> {
+    ) -> Result<Prepared<'_>, (DeliveryOutcome, Why)> {
         let Some(client) = self.callbacks.get(&d.provider) else {
             return Err(dead(format!(
                 "GP callback {} is not configured",
@@ -467,8 +499,17 @@ impl Deliverer {
             Ok(None) => Err(dead("the milestone to push is not stored".into())),
             Err(e) => {
                 tracing::error!(error = %e, delivery_id = %d.id, "milestone push: database error");
-                let failed = Answer::Failed("the milestone could not be read".into());
-                Err(self.classify(failed, d.attempts.saturating_add(1), now, age))
+                let failed = Answer::Failed {
+                    class: FailureClass::Other,
+                    error: "the milestone could not be read from the database".into(),
+                };
+                Err(self.classify(
+                    failed,
+                    client.host(),
+                    d.attempts.saturating_add(1),
+                    now,
+                    age,
+                ))
             }
         }
     }
@@ -492,7 +533,7 @@ impl Deliverer {
     }
 
     /// A dead letter once a delivery is older than `delivery.max_age_seconds`.
-    fn young_enough(&self, age: Duration) -> Result<(), DeliveryOutcome> {
+    fn young_enough(&self, age: Duration) -> Result<(), (DeliveryOutcome, Why)> {
         if age > seconds(self.settings.max_age_seconds) {
             return Err(dead(
                 "the delivery is older than delivery.max_age_seconds".into(),
@@ -574,42 +615,59 @@ impl Deliverer {
         Ok((body, receipt))
     }
 
+    /// The outcome of an answer (or of none), and why: the reason names the host and
+    /// the status or failure; only the stored error adds the start of the answer.
     fn classify(
         &self,
         answer: Answer,
+        host: &str,
         attempt: i32,
         now: OffsetDateTime,
         age: Duration,
-    ) -> DeliveryOutcome {
-        let (status, retry_after, error) = match answer {
+    ) -> (DeliveryOutcome, Why) {
+        let (status, retry_after, class, reason, excerpt) = match answer {
             Answer::Status {
                 status,
                 retry_after,
                 excerpt,
             } => {
                 if (200..300).contains(&status) || status == 409 {
-                    return DeliveryOutcome::Delivered {
+                    let outcome = DeliveryOutcome::Delivered {
                         status,
                         receipt: None,
                     };
+                    return (outcome, Why::fine());
                 }
+                let class = match status {
+                    429 => "http-429",
+                    400..=499 => "http-4xx",
+                    500..=599 => "http-5xx",
+                    _ => "http-other",
+                };
+                let reason = format!("{host} answered {status}");
                 let transient = matches!(status, 408 | 425 | 429) || status >= 500;
-                let error = format!("the recipient answered {status}: {excerpt}");
                 if !transient {
-                    return DeliveryOutcome::Dead {
+                    let outcome = DeliveryOutcome::Dead {
                         status: Some(status),
-                        error,
+                        error: format!("{reason}: {excerpt}"),
                     };
+                    return (outcome, Why::new(class, reason));
                 }
-                (Some(status), retry_after, error)
+                (Some(status), retry_after, class, reason, Some(excerpt))
             }
-            Answer::Failed(error) => (None, None, error),
+            Answer::Failed { class, error } => (None, None, class.label(), error, None),
+        };
+        let with_excerpt = |reason: &str| match &excerpt {
+            Some(e) => format!("{reason}: {e}"),
+            None => reason.to_owned(),
         };
         if attempt >= self.settings.max_attempts {
-            return DeliveryOutcome::Dead {
+            let reason = format!("gave up after {attempt} attempts; last: {reason}");
+            let outcome = DeliveryOutcome::Dead {
                 status,
-                error: format!("gave up after {attempt} attempts; last: {error}"),
+                error: with_excerpt(&reason),
             };
+            return (outcome, Why::new(class, reason));
         }
         // Saturating: whatever a provider or the configuration says, the worker never
         // panics on the arithmetic (a panic would stop every delivery, and the same
@@ -617,16 +675,19 @@ impl Deliverer {
         let wait = backoff(&self.settings, attempt, retry_after);
         let next = now.saturating_add(wait);
         if age.saturating_add(wait) > seconds(self.settings.max_age_seconds) {
-            return DeliveryOutcome::Dead {
+            let reason = format!("would pass delivery.max_age_seconds; last: {reason}");
+            let outcome = DeliveryOutcome::Dead {
                 status,
-                error: format!("would pass delivery.max_age_seconds; last: {error}"),
+                error: with_excerpt(&reason),
             };
+            return (outcome, Why::new(class, reason));
         }
-        DeliveryOutcome::Retry {
+        let outcome = DeliveryOutcome::Retry {
             next_attempt_at: next,
             status,
-            error,
-        }
+            error: with_excerpt(&reason),
+        };
+        (outcome, Why::new(class, reason))
     }
 }
 
@@ -663,17 +724,47 @@ type Prepared<'a> = (
     Option<serde_json::Value>,
 );
 
-fn stopped(reason: &str) -> DeliveryOutcome {
-    DeliveryOutcome::Stopped {
-        reason: reason.to_owned(),
+/// Why an attempt ended as it did, for the log, the audit record and the metrics.
+#[derive(Debug, Clone)]
+struct Why {
+    /// A fixed word, the metrics' `reason` label: `none`, `http-5xx`, `timeout`, ...
+    class: &'static str,
+    /// In the gateway's words, naming the host: never a payload.
+    reason: Option<String>,
+}
+
+impl Why {
+    fn new(class: &'static str, reason: String) -> Self {
+        Self {
+            class,
+            reason: Some(reason),
+        }
+    }
+
+    /// Delivered: nothing to explain.
+    fn fine() -> Self {
+        Self {
+            class: "none",
+            reason: None,
+        }
     }
 }
 
-fn dead(error: String) -> DeliveryOutcome {
-    DeliveryOutcome::Dead {
+fn stopped(reason: &str) -> (DeliveryOutcome, Why) {
+    let outcome = DeliveryOutcome::Stopped {
+        reason: reason.to_owned(),
+    };
+    (outcome, Why::new("stopped", reason.to_owned()))
+}
+
+/// Not sendable at all: the gateway's configuration or the stored delivery is wrong.
+fn dead(error: String) -> (DeliveryOutcome, Why) {
+    let why = Why::new("undeliverable", error.clone());
+    let outcome = DeliveryOutcome::Dead {
         status: None,
         error,
-    }
+    };
+    (outcome, why)
 }
 
 /// A whole number of seconds from the configuration as a [`Duration`], saturating

@@ -6,6 +6,7 @@ use crate::auth::Role;
 use crate::operations::{self, DeadLetterAction};
 use crate::outcome::{Issue, IssueType, RecCode, Rejection};
 use crate::params::{self, Query};
+use crate::store::{DeliveryFilter, ShownState};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 
 /// Authenticates an operator; a refusal is recorded before it is returned.
@@ -24,8 +25,9 @@ async fn operator_only(
     .await
 }
 
-/// `?dead=true|false&limit=1..1000` (a larger limit lists 1000), read after the caller
-/// is authenticated so a bad one is refused and recorded like any other refusal.
+/// `?dead=true|false&recipient=ID&state=queued|delivered|dead|cancelled|resolved&since=
+/// DATE&limit=1..1000` (a larger limit lists 1000), read after the caller is
+/// authenticated so a bad one is refused and recorded like any other refusal.
 #[get("/operator/v1/deliveries")]
 async fn list_deliveries(
     req: HttpRequest,
@@ -37,10 +39,25 @@ async fn list_deliveries(
         principal: Some(&principal),
         ids: None,
     };
-    let mut query = Query::parse(req.query_string(), &["dead", "limit"]);
+    let mut query = Query::parse(
+        req.query_string(),
+        &["dead", "recipient", "state", "since", "limit"],
+    );
     let dead = query
         .get("dead", "true or false", params::boolean)
         .unwrap_or(false);
+    let known = format!("a provider or GP callback id: {}", gw.recipients.listed());
+    let recipient = query.get("recipient", &known, |r| {
+        gw.recipients.contains(r).then(|| r.to_owned())
+    });
+    let state = query.get(
+        "state",
+        "queued, delivered, dead, cancelled or resolved",
+        ShownState::parse,
+    );
+    let since = query.get("since", "a date (YYYY-MM-DD) or RFC 3339 date-time", |s| {
+        crate::reports::bound(s).ok()
+    });
     let limit = query
         .get(
             "limit",
@@ -52,15 +69,72 @@ async fn list_deliveries(
         gw.audit_rejection(&ctx, &r).await;
         return Err(r);
     }
-    let rows = operations::list(gw.store.as_ref(), dead, limit).await?;
+    let filter = DeliveryFilter {
+        dead_only: dead,
+        recipient,
+        state,
+        since,
+    };
+    let rows = operations::list(gw.store.as_ref(), &filter, limit).await?;
     let record = ctx.record(
         "allowed",
         200,
         None,
-        serde_json::json!({"dead_only": dead, "count": rows.len()}),
+        serde_json::json!({
+            "dead_only": dead,
+            "recipient": filter.recipient,
+            "state": filter.state.map(ShownState::as_str),
+            "count": rows.len(),
+        }),
     );
     gw.store.append_audit(&record).await?;
     Ok(HttpResponse::Ok().json(rows))
+}
+
+/// One delivery and every attempt at it (time, duration, outcome, reason, target, and
+/// the audit record's `seq`); 404 for an id that is no delivery.
+#[get("/operator/v1/deliveries/{id}")]
+async fn show_delivery(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<AppState>,
+) -> Result<HttpResponse, Rejection> {
+    let action = "operator.deliveries.show";
+    let principal = operator_only(&gw, &req, action).await?;
+    let ctx = AuditContext {
+        action,
+        principal: Some(&principal),
+        ids: None,
+    };
+    let mut issues = Query::none(req.query_string())
+        .err()
+        .map(|r| r.issues)
+        .unwrap_or_default();
+    let detail = if uuid::Uuid::parse_str(&id).is_ok() {
+        operations::show(gw.store.as_ref(), &id).await?
+    } else {
+        None
+    };
+    if issues.is_empty() && detail.is_none() {
+        issues.extend(params::not_found("id", "no delivery has this id").issues);
+    }
+    if let Some(r) = Rejection::from_issues(issues) {
+        gw.audit_rejection(&ctx, &r).await;
+        return Err(r);
+    }
+    let Some(detail) = detail else {
+        return Err(params::not_found("id", "no delivery has this id"));
+    };
+    let mut record = ctx.record(
+        "allowed",
+        200,
+        None,
+        serde_json::json!({"delivery_id": id.as_str()}),
+    );
+    record.referral_id = Some(detail.delivery.referral_id.to_string());
+    record.recipient = Some(detail.delivery.provider.clone());
+    gw.store.append_audit(&record).await?;
+    Ok(HttpResponse::Ok().json(detail))
 }
 
 /// What one dead-letter action is: its audit action, its answer and its verb.
@@ -175,6 +249,7 @@ async fn resolve_delivery(
 /// Registers the operator routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(list_deliveries)
+        .service(show_delivery)
         .service(replay_delivery)
         .service(resolve_delivery);
 }

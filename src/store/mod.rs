@@ -32,7 +32,7 @@ pub use crate::audit_record::{AuditRecord, AuditRow, CheckpointRow};
 
 pub use audit::AuditStore;
 pub use events::EventStore;
-pub use outbox::OutboxStore;
+pub use outbox::{DeliveryFilter, OutboxStore, ShownState};
 pub use referrals::ReferralStore;
 pub use reports::ReportStore;
 pub use sql::{PostgresStore, SqliteStore};
@@ -357,6 +357,8 @@ pub enum DeliveryOutcome {
 pub struct DeliveryView {
     pub id: String,
     pub referral_id: ReferralId,
+    /// The referral's reference (`TIW-…`); `None` when the referral is missing.
+    pub reference: Option<String>,
     pub provider: String,
     pub kind: DeliveryKind,
     pub state: DeliveryState,

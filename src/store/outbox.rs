@@ -1,8 +1,77 @@
 //! The outbox: claiming deliveries, finishing them, and operating the queue and its dead letters.
 
-use super::{AuditRecord, Claim, DeliveryOutcome, DeliveryView, StoreError};
+use super::{AuditRecord, Claim, DeliveryOutcome, DeliveryState, DeliveryView, StoreError};
 use async_trait::async_trait;
 use fhir_sdk::time::OffsetDateTime;
+
+/// A delivery's state as operators see it: a dead letter an operator resolved is
+/// `resolved`, one still waiting for them `dead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShownState {
+    Queued,
+    Delivered,
+    Dead,
+    Cancelled,
+    Resolved,
+}
+
+impl ShownState {
+    pub const ALL: &'static [ShownState] = &[
+        Self::Queued,
+        Self::Delivered,
+        Self::Dead,
+        Self::Cancelled,
+        Self::Resolved,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Delivered => "delivered",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+            Self::Resolved => "resolved",
+        }
+    }
+
+    /// An operator's word for a state; `None` for anything else.
+    pub fn parse(word: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|s| s.as_str() == word)
+    }
+
+    /// How a stored delivery is shown.
+    pub fn of(state: DeliveryState, resolved: bool) -> Self {
+        match state {
+            DeliveryState::Queued => Self::Queued,
+            DeliveryState::Delivered => Self::Delivered,
+            DeliveryState::Dead if resolved => Self::Resolved,
+            DeliveryState::Dead => Self::Dead,
+            DeliveryState::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// Which deliveries an operator lists; every part left out matches all.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryFilter {
+    /// Dead letters only, resolved or not.
+    pub dead_only: bool,
+    /// A provider or GP callback id.
+    pub recipient: Option<String>,
+    pub state: Option<ShownState>,
+    /// Queued at or after this time.
+    pub since: Option<OffsetDateTime>,
+}
+
+impl DeliveryFilter {
+    /// Every dead letter, resolved or not.
+    pub fn dead() -> Self {
+        Self {
+            dead_only: true,
+            ..Self::default()
+        }
+    }
+}
 
 /// The outbox: claiming deliveries, finishing them, and operating the queue and its dead letters.
 #[async_trait]
@@ -31,10 +100,10 @@ pub trait OutboxStore: Send + Sync {
     ) -> Result<bool, StoreError>;
     /// Gives back every lease `owner` holds (graceful shutdown).
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
-    /// Deliveries for operators, newest first; dead letters only when `dead_only`.
+    /// Deliveries for operators, newest first, as `filter` narrows them.
     async fn list_deliveries(
         &self,
-        dead_only: bool,
+        filter: &DeliveryFilter,
         limit: i64,
     ) -> Result<Vec<DeliveryView>, StoreError>;
     /// Puts a dead letter back in the queue with a fresh attempt budget; `false` when

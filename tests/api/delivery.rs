@@ -5,6 +5,7 @@ use crate::helpers::*;
 use crate::on_both_databases;
 use crate::provider::{FAST_RETRIES, FakeProvider, Step, TLS, start_hanging_up};
 use fhir_sdk::time::OffsetDateTime;
+use thrive_gateway::store::DeliveryFilter;
 use thrive_gateway::store::Store;
 
 async fn accept(app: &TestApp, msg: &serde_json::Value) -> (String, Ids) {
@@ -131,7 +132,11 @@ async fn retry_after_is_honoured(db: Db) {
     accept(&app, &referral()).await;
     let before = OffsetDateTime::now_utc();
     app.deliver().await;
-    let view = &app.store.list_deliveries(false, 10).await.unwrap()[0];
+    let view = &app
+        .store
+        .list_deliveries(&DeliveryFilter::default(), 10)
+        .await
+        .unwrap()[0];
     assert_eq!(view.state.as_str(), "queued");
     assert_eq!(view.last_status, Some(429));
     assert!(
@@ -181,7 +186,7 @@ async fn an_absurd_retry_after_is_capped_and_the_worker_keeps_delivering(db: Db)
     let after = OffsetDateTime::now_utc();
     let view = app
         .store
-        .list_deliveries(false, 10)
+        .list_deliveries(&DeliveryFilter::default(), 10)
         .await
         .unwrap()
         .into_iter()
@@ -214,7 +219,11 @@ async fn a_refusal_is_a_dead_letter_that_an_operator_can_replay(db: Db) {
     let app = TestApp::spawn_with(db, &provider.config(FAST_RETRIES)).await;
     let (id, _) = accept(&app, &referral()).await;
     app.deliver().await;
-    let dead = app.store.list_deliveries(true, 10).await.unwrap();
+    let dead = app
+        .store
+        .list_deliveries(&DeliveryFilter::dead(), 10)
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].last_status, Some(400));
     assert!(
@@ -267,7 +276,11 @@ async fn an_unreachable_or_slow_provider_is_retried_then_parked(db: Db) {
         app.deliver().await;
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let d = &app.store.list_deliveries(true, 10).await.unwrap();
+    let d = &app
+        .store
+        .list_deliveries(&DeliveryFilter::dead(), 10)
+        .await
+        .unwrap();
     assert_eq!(d.len(), 1, "parked after max_attempts");
     assert_eq!(d[0].attempts, 3);
     assert!(
@@ -287,7 +300,11 @@ async fn an_unreachable_or_slow_provider_is_retried_then_parked(db: Db) {
     let app = TestApp::spawn_with(db, &slow.config(FAST_RETRIES)).await;
     accept(&app, &referral()).await;
     app.deliver().await;
-    let view = &app.store.list_deliveries(false, 10).await.unwrap()[0];
+    let view = &app
+        .store
+        .list_deliveries(&DeliveryFilter::default(), 10)
+        .await
+        .unwrap()[0];
     assert_eq!(view.state.as_str(), "queued");
     assert!(
         view.last_error
@@ -594,13 +611,23 @@ async fn a_provider_hanging_up_mid_answer_or_a_failing_token_endpoint_means_retr
     let (id, _) = accept(&app, &referral()).await;
     app.deliver().await;
     assert!(provider.seen().is_empty(), "{:?}", provider.seen());
-    let view = &app.store.list_deliveries(false, 10).await.unwrap()[0];
+    let view = &app
+        .store
+        .list_deliveries(&DeliveryFilter::default(), 10)
+        .await
+        .unwrap()[0];
     assert_eq!(view.state.as_str(), "queued");
     assert!(
         view.last_error
             .as_deref()
             .unwrap_or_default()
-            .contains("token endpoint"),
+            .contains(&format!(
+                "token endpoint {} answered 500",
+                provider
+                    .url
+                    .trim_start_matches("http://")
+                    .trim_end_matches("/referrals")
+            )),
         "{view:?}"
     );
     // Once it recovers, the delivery goes.
@@ -638,7 +665,11 @@ async fn mutual_tls_to_providers_and_the_wrong_ca_is_refused(db: Db) {
     let app = TestApp::spawn_with(db, &tls_config(&provider.url, "ca", Some("client"))).await;
     let (id, _) = accept(&app, &referral()).await;
     app.deliver().await;
-    let view = app.store.list_deliveries(false, 1).await.unwrap();
+    let view = app
+        .store
+        .list_deliveries(&DeliveryFilter::default(), 1)
+        .await
+        .unwrap();
     assert_eq!(view[0].state.as_str(), "delivered", "{view:?}");
     assert_eq!(
         state_of(&app, &id).await,
@@ -812,7 +843,11 @@ async fn a_delivery_the_worker_keeps_failing_on_is_parked_and_the_rest_delivered
         );
     }
     assert_eq!(provider.seen().len(), 2);
-    let dead = app.store.list_deliveries(true, 10).await.unwrap();
+    let dead = app
+        .store
+        .list_deliveries(&DeliveryFilter::dead(), 10)
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].id, delivery);
     assert_eq!((dead[0].worker_failures, dead[0].attempts), (3, 0));
@@ -1022,10 +1057,10 @@ mod panics_on {
         }
         async fn list_deliveries(
             &self,
-            dead_only: bool,
+            filter: &DeliveryFilter,
             limit: i64,
         ) -> Result<Vec<DeliveryView>, StoreError> {
-            self.inner.list_deliveries(dead_only, limit).await
+            self.inner.list_deliveries(filter, limit).await
         }
         async fn replay_delivery(
             &self,

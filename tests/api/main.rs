@@ -19,6 +19,7 @@ mod hostile;
 mod intake;
 mod limits;
 mod metrics;
+mod operating;
 mod provider;
 mod retention;
 mod search;

@@ -6,6 +6,7 @@ use crate::helpers::*;
 use crate::on_both_databases;
 use crate::provider::{FAST_RETRIES, FakeProvider, Step};
 use serde_json::json;
+use thrive_gateway::store::DeliveryFilter;
 
 /// One scrape, read whole, with its samples.
 pub struct Scrape {
@@ -236,7 +237,8 @@ async fn requests_referrals_and_deliveries_are_counted_by_route_pattern(db: Db) 
             &[
                 ("recipient", recipient.as_str()),
                 ("kind", "referral"),
-                ("result", "delivered")
+                ("result", "delivered"),
+                ("reason", "none")
             ]
         ),
         1.0
@@ -278,7 +280,8 @@ async fn a_refusal_by_the_provider_shows_as_a_dead_letter(db: Db) {
             &[
                 ("recipient", recipient.as_str()),
                 ("kind", "referral"),
-                ("result", "dead-letter")
+                ("result", "dead-letter"),
+                ("reason", "http-4xx")
             ]
         ),
         1.0
@@ -295,7 +298,11 @@ async fn a_refusal_by_the_provider_shows_as_a_dead_letter(db: Db) {
     dead.assert_nothing_identifying(&[&id]);
 
     // An operator replays it: it leaves the dead letters and waits in the queue again.
-    let delivery = &app.store.list_deliveries(true, 10).await.unwrap()[0];
+    let delivery = &app
+        .store
+        .list_deliveries(&DeliveryFilter::dead(), 10)
+        .await
+        .unwrap()[0];
     let replay = app
         .client
         .post(app.url(&format!("/operator/v1/deliveries/{}/replay", delivery.id)))

@@ -6,10 +6,10 @@
 
 use super::crypto::{Column, StorageKeys};
 use super::{
-    AuditFilter, AuditRecord, AuditRow, Claim, ClaimedDelivery, DeliveryKind, DeliveryOutcome,
-    DeliveryRow, DeliveryState, DeliveryView, EventRecord, EventRecorded, EventRow, Inserted,
-    NewReferralRecord, ReferralRow, ReferralStatus, ReportRow, Store, StoreError, UpdateRecord,
-    Updated,
+    AuditFilter, AuditRecord, AuditRow, Claim, ClaimedDelivery, DeliveryFilter, DeliveryKind,
+    DeliveryOutcome, DeliveryRow, DeliveryState, DeliveryView, EventRecord, EventRecorded,
+    EventRow, Inserted, NewReferralRecord, ReferralRow, ReferralStatus, ReportRow, ShownState,
+    Store, StoreError, UpdateRecord, Updated,
 };
 use super::{AuditStore, EventStore, OutboxStore, ReferralStore, ReportStore};
 use async_trait::async_trait;
@@ -455,8 +455,9 @@ macro_rules! claimed_columns {
 /// Columns of [`DeliveryView`].
 macro_rules! delivery_view_columns {
     () => {
-        "SELECT id, referral_id, provider, kind, state, request_id, attempts, worker_failures, \
-         last_status, last_error, next_attempt_at, created_at, resolved_at FROM deliveries"
+        "SELECT d.id, d.referral_id, r.reference, d.provider, d.kind, d.state, d.request_id, \
+         d.attempts, d.worker_failures, d.last_status, d.last_error, d.next_attempt_at, \
+         d.created_at, d.resolved_at FROM deliveries d LEFT JOIN referrals r ON r.id = d.referral_id"
     };
 }
 

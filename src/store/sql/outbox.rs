@@ -138,14 +138,21 @@ macro_rules! outbox_store {
                 .rows_affected();
                 Ok(n)
             }
-            async fn list_deliveries(&self, dead_only: bool, limit: i64) -> Result<Vec<DeliveryView>, StoreError> {
+            async fn list_deliveries(&self, filter: &DeliveryFilter, limit: i64) -> Result<Vec<DeliveryView>, StoreError> {
                 let rows = sqlx::query_as::<_, DeliveryView>(
                     concat!(
                         delivery_view_columns!(),
-                        " WHERE ($1 = 0 OR state = 'dead') ORDER BY created_at DESC, id LIMIT $2"
+                        " WHERE ($1 = 0 OR d.state = 'dead') AND ($2 IS NULL OR d.provider = $2) ",
+                        "AND ($3 IS NULL OR (CASE WHEN d.state = 'dead' AND d.resolved_at IS NOT NULL ",
+                        "THEN 'resolved' ELSE d.state END) = $3) ",
+                        "AND ($4 IS NULL OR ", $t0, "d.created_at", $t1, " >= ", $t0, "$4", $t1, ") ",
+                        "ORDER BY d.created_at DESC, d.id LIMIT $5"
                     ),
                 )
-                .bind(i32::from(dead_only))
+                .bind(i32::from(filter.dead_only))
+                .bind(filter.recipient.as_deref())
+                .bind(filter.state.map(ShownState::as_str))
+                .bind(filter.since)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?;
@@ -173,7 +180,7 @@ macro_rules! outbox_store {
             async fn delivery(&self, id: &str) -> Result<Option<DeliveryView>, StoreError> {
                 let row = sqlx::query_as::<_, DeliveryView>(concat!(
                     delivery_view_columns!(),
-                    " WHERE id = $1"
+                    " WHERE d.id = $1"
                 ))
                 .bind(id)
                 .fetch_optional(&self.pool)
