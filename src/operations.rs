@@ -199,3 +199,72 @@ pub async fn resolve(
         refusal(store, id).await
     }
 }
+
+/// One recipient as operators see it: paused or not, and its queue.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecipientView {
+    pub recipient: String,
+    pub paused: bool,
+    #[serde(with = "fhir_sdk::time::serde::rfc3339::option")]
+    pub paused_at: Option<OffsetDateTime>,
+    pub paused_by: Option<String>,
+    pub queued: i64,
+    /// Seconds the oldest queued delivery has waited.
+    pub oldest_queued_seconds: Option<i64>,
+}
+
+/// Every configured recipient with its pause and queue.
+pub async fn recipients(
+    store: &dyn OutboxStore,
+    known: &Recipients,
+    now: OffsetDateTime,
+) -> Result<Vec<RecipientView>, StoreError> {
+    let controls = store.recipient_controls().await?;
+    let queues = store.queue_by_recipient().await?;
+    Ok(known
+        .iter()
+        .map(|id| {
+            let control = controls.iter().find(|c| c.recipient == id);
+            let queue = queues.iter().find(|q| q.recipient == id);
+            RecipientView {
+                recipient: id.to_owned(),
+                paused: control.is_some_and(|c| c.paused_at.is_some()),
+                paused_at: control.and_then(|c| c.paused_at),
+                paused_by: control.and_then(|c| c.paused_by.clone()),
+                queued: queue.map_or(0, |q| q.queued),
+                oldest_queued_seconds: queue
+                    .and_then(|q| q.oldest)
+                    .map(|t| (now - t).whole_seconds().max(0)),
+            }
+        })
+        .collect())
+}
+
+/// Pauses or resumes a configured recipient: while paused, referrals are still
+/// accepted and queued, and nothing is sent to it. `None` for a recipient that is not
+/// configured; otherwise whether it changed (pausing twice is no error).
+pub async fn pause(
+    store: &dyn OutboxStore,
+    known: &Recipients,
+    recipient: &str,
+    paused: bool,
+    mut audit: AuditRecord,
+) -> Result<Option<bool>, StoreError> {
+    if !known.contains(recipient) {
+        return Ok(None);
+    }
+    audit.recipient = Some(recipient.to_owned());
+    let by = audit.client_id.clone().unwrap_or_default();
+    let changed = store
+        .set_paused(recipient, paused, OffsetDateTime::now_utc(), &by, &audit)
+        .await?;
+    if changed {
+        let verb = if paused { "paused" } else { "resumed" };
+        tracing::warn!(
+            recipient,
+            by,
+            "deliveries to {recipient} {verb} by an operator"
+        );
+    }
+    Ok(Some(changed))
+}

@@ -453,3 +453,59 @@ fn production_refuses_the_dev_signing_key_and_the_sandbox() {
         Ok(())
     });
 }
+
+#[test]
+fn recipient_limits_and_quiet_hours_are_checked_at_start_naming_the_key() {
+    Jail::expect_with(|jail| {
+        jail.create_dir("config")?;
+        jail.create_file("config/default.toml", DEFAULT)?;
+        let provider = |extra: &str| {
+            format!("[providers.bchft]\nendpoint = \"https://bchft.example/referrals\"\n{extra}\n")
+        };
+        jail.create_file(
+            "good.toml",
+            &provider("max_per_second = 2.5\nmax_in_flight = 4\nquiet_hours = [\"22:00-06:00\", \"12:00-12:30\"]"),
+        )?;
+        let s = Settings::load(&sources(None, &["good.toml"])).unwrap();
+        let pace = s.providers["bchft"].pace();
+        assert_eq!(
+            (
+                pace.max_per_second,
+                pace.max_in_flight,
+                pace.quiet_hours.len()
+            ),
+            (Some(2.5), Some(4), 2)
+        );
+        for (extra, key, why) in [
+            ("quiet_hours = [\"22:00-6\"]", "quiet_hours", "22:00-6"),
+            (
+                "quiet_hours = [\"25:00-06:00\"]",
+                "quiet_hours",
+                "25:00-06:00",
+            ),
+            (
+                "max_per_second = -1",
+                "providers.bchft.max_per_second",
+                "above 0",
+            ),
+            (
+                "max_per_second = 0",
+                "providers.bchft.max_per_second",
+                "above 0",
+            ),
+            ("max_in_flight = -2", "max_in_flight", "-2"),
+            (
+                "max_in_flight = 0",
+                "providers.bchft.max_in_flight",
+                "at least 1",
+            ),
+        ] {
+            jail.create_file("bad.toml", &provider(extra))?;
+            let err = Settings::load(&sources(None, &["bad.toml"]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key) && err.contains(why), "{extra}: {err}");
+        }
+        Ok(())
+    });
+}

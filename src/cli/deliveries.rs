@@ -56,6 +56,16 @@ pub(super) async fn deliveries(
             if json {
                 return print_json(&rows);
             }
+            let paused: Vec<String> = store
+                .recipient_controls()
+                .await?
+                .into_iter()
+                .filter(|c| c.paused_at.is_some())
+                .map(|c| c.recipient)
+                .collect();
+            if !paused.is_empty() {
+                println!("paused (nothing is sent to them): {}", paused.join(", "));
+            }
             print_table(&rows, OffsetDateTime::now_utc());
             Ok(())
         }
@@ -83,6 +93,40 @@ pub(super) async fn deliveries(
             print_detail(&detail, OffsetDateTime::now_utc());
             Ok(())
         }
+        DeliveriesCommand::Pause { recipient } => pause(settings, store, &recipient, true).await,
+        DeliveriesCommand::Resume { recipient } => pause(settings, store, &recipient, false).await,
+        DeliveriesCommand::Recipients { json } => {
+            let known = Recipients::of(settings);
+            let rows =
+                crate::operations::recipients(store.as_ref(), &known, OffsetDateTime::now_utc())
+                    .await?;
+            audit::record_as(
+                store.as_ref(),
+                "operator",
+                "operator.recipients.list",
+                serde_json::json!({"count": rows.len()}),
+            )
+            .await?;
+            if json {
+                return print_json(&rows);
+            }
+            println!(
+                "{:<16}  {:<8}  {:>7}  {:>6}  paused by",
+                "recipient", "state", "queued", "oldest"
+            );
+            for r in rows {
+                println!(
+                    "{:<16}  {:<8}  {:>7}  {:>6}  {}",
+                    r.recipient,
+                    if r.paused { "paused" } else { "sending" },
+                    r.queued,
+                    r.oldest_queued_seconds
+                        .map_or_else(|| "-".into(), |s| span(Duration::seconds(s))),
+                    r.paused_by.as_deref().unwrap_or("-"),
+                );
+            }
+            Ok(())
+        }
         DeliveriesCommand::Replay { id } => {
             let audit = operator_audit("operator.deliveries.replay", &id);
             let done = crate::operations::replay(store.as_ref(), &id, audit).await?;
@@ -92,6 +136,44 @@ pub(super) async fn deliveries(
             let audit = operator_audit("operator.deliveries.resolve", &id);
             let done = crate::operations::resolve(store.as_ref(), &id, audit).await?;
             dead_letter_result(done, &id, "resolved: it will not be replayed")
+        }
+    }
+}
+
+async fn pause(
+    settings: &Settings,
+    store: std::sync::Arc<dyn crate::store::Store>,
+    recipient: &str,
+    paused: bool,
+) -> Done {
+    let known = Recipients::of(settings);
+    let action = if paused {
+        "operator.recipients.pause"
+    } else {
+        "operator.recipients.resume"
+    };
+    let audit = crate::store::AuditRecord {
+        client_id: Some("command-line".into()),
+        role: Some("operator".into()),
+        detail: serde_json::json!({"recipient": recipient}),
+        ..crate::store::AuditRecord::new(action, "accepted")
+    };
+    let changed =
+        crate::operations::pause(store.as_ref(), &known, recipient, paused, audit).await?;
+    audit::seal_what_was_written(store.as_ref()).await;
+    let verb = if paused { "paused" } else { "sending" };
+    match changed {
+        None => Err(Failure::usage(format!(
+            "no provider or GP callback is called {recipient} (configured: {})",
+            known.listed()
+        ))),
+        Some(true) => {
+            println!("{recipient}: {verb}");
+            Ok(())
+        }
+        Some(false) => {
+            println!("{recipient}: {verb} already");
+            Ok(())
         }
     }
 }

@@ -212,6 +212,23 @@ pub enum DeliveriesCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop sending to a provider or GP callback: referrals are still accepted and
+    /// queued, and go once it is resumed. Survives restarts; every gateway obeys it.
+    Pause {
+        /// The provider or GP callback id.
+        recipient: String,
+    },
+    /// Send to a paused provider or GP callback again.
+    Resume {
+        /// The provider or GP callback id.
+        recipient: String,
+    },
+    /// Each provider and GP callback: paused or not, queued deliveries, oldest age.
+    Recipients {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Put a dead letter back in the queue (consent is checked again before sending).
     Replay {
         /// The delivery id, as `deliveries list` shows it.
@@ -272,6 +289,9 @@ impl Command {
             Command::Deliveries { command } => match command {
                 DeliveriesCommand::List { .. } => "deliveries list",
                 DeliveriesCommand::Show { .. } => "deliveries show",
+                DeliveriesCommand::Pause { .. } => "deliveries pause",
+                DeliveriesCommand::Resume { .. } => "deliveries resume",
+                DeliveriesCommand::Recipients { .. } => "deliveries recipients",
                 DeliveriesCommand::Replay { .. } => "deliveries replay",
                 DeliveriesCommand::Resolve { .. } => "deliveries resolve",
             },

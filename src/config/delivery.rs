@@ -26,6 +26,26 @@ pub struct ProviderSettings {
     /// Per-request timeout, in milliseconds.
     #[serde(default = "default_provider_timeout")]
     pub timeout_ms: u64,
+    /// Deliveries started per second at most, across every gateway on the database.
+    #[serde(default)]
+    pub max_per_second: Option<f64>,
+    /// Deliveries in flight at once at most, across every gateway on the database.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Windows of UK local time (`"22:00-06:00"`) when nothing is sent: deliveries
+    /// wait in the queue and go after.
+    #[serde(default)]
+    pub quiet_hours: Vec<crate::delivery::pace::QuietWindow>,
+}
+
+impl ProviderSettings {
+    pub fn pace(&self) -> crate::delivery::pace::Pace {
+        crate::delivery::pace::Pace {
+            max_per_second: self.max_per_second,
+            max_in_flight: self.max_in_flight,
+            quiet_hours: self.quiet_hours.clone(),
+        }
+    }
 }
 
 fn default_provider_timeout() -> u64 {
@@ -51,6 +71,16 @@ pub struct GpCallbackSettings {
     pub tls: Option<ProviderTlsSettings>,
     #[serde(default = "default_provider_timeout")]
     pub timeout_ms: u64,
+    /// Deliveries started per second at most, across every gateway on the database.
+    #[serde(default)]
+    pub max_per_second: Option<f64>,
+    /// Deliveries in flight at once at most, across every gateway on the database.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
+    /// Windows of UK local time (`"22:00-06:00"`) when nothing is sent: deliveries
+    /// wait in the queue and go after.
+    #[serde(default)]
+    pub quiet_hours: Vec<crate::delivery::pace::QuietWindow>,
 }
 
 impl GpCallbackSettings {
@@ -64,6 +94,9 @@ impl GpCallbackSettings {
             oauth: self.oauth.clone(),
             tls: self.tls.clone(),
             timeout_ms: self.timeout_ms,
+            max_per_second: self.max_per_second,
+            max_in_flight: self.max_in_flight,
+            quiet_hours: self.quiet_hours.clone(),
         }
     }
 }

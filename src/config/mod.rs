@@ -730,6 +730,18 @@ fn check_client(at: &str, client: &ProviderSettings) -> Result<(), ConfigError> 
             "{at}.tls: client_cert_file and client_key_file go together"
         )));
     }
+    if let Some(rate) = client.max_per_second
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "{at}.max_per_second must be a number above 0 (leave it out for no limit)"
+        )));
+    }
+    if client.max_in_flight == Some(0) {
+        return Err(ConfigError::Invalid(format!(
+            "{at}.max_in_flight must be at least 1 (leave it out for no limit)"
+        )));
+    }
     if client.auth == ProviderAuth::SignedJwt && client.oauth.is_none() {
         return Err(ConfigError::Invalid(format!(
             "{at}: auth = \"signed-jwt\" needs a [{at}.oauth] table"

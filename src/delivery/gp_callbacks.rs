@@ -47,6 +47,9 @@ mod tests {
             oauth: None,
             tls: None,
             timeout_ms: 1000,
+            max_per_second: None,
+            max_in_flight: None,
+            quiet_hours: Vec::new(),
         }
     }
 

@@ -11,6 +11,7 @@
 
 mod client;
 pub mod gp_callbacks;
+pub mod pace;
 
 pub use client::{Answer, FailureClass, ProviderClient};
 pub use gp_callbacks::GpCallbacks;
@@ -23,12 +24,14 @@ use crate::domain::ProviderId;
 use crate::mapping::{Datasets, Pseudonymise};
 use crate::pseudonym::PseudonymKeys;
 use crate::store::{
-    AuditRecord, Claim, ClaimedDelivery, DeliveryKind, DeliveryOutcome, DeliveryStore, ReferralId,
-    ReferralStatus, StoreError,
+    AuditRecord, Claim, ClaimedDelivery, DeliveryKind, DeliveryOutcome, DeliveryStore,
+    RecipientClaim, ReferralId, ReferralStatus, StoreError,
 };
 use fhir_sdk::time::{Duration, OffsetDateTime};
 use futures_util::FutureExt;
+use pace::Pace;
 use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::{collections::HashMap, sync::Arc};
 
 /// A problem with the delivery configuration, found at start.
@@ -67,7 +70,17 @@ pub struct Deliverer {
     owner: String,
     /// Counts attempts for `GET /metrics`.
     metrics: Arc<crate::metrics::Metrics>,
+    /// Every configured recipient (providers routing can choose, GP callbacks) with
+    /// its limits, in a fixed order the worker starts from a different place in each
+    /// pass, so that no recipient's queue keeps the others waiting.
+    paces: Arc<Vec<(String, Pace)>>,
+    turn: Arc<AtomicUsize>,
+    /// The time quiet hours are read against; tests move it.
+    clock: Clock,
 }
+
+/// A source of the current time.
+pub type Clock = Arc<dyn Fn() -> OffsetDateTime + Send + Sync>;
 
 impl std::fmt::Debug for Deliverer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,11 +152,22 @@ impl Deliverer {
             );
         }
         let mut callbacks = HashMap::new();
+        let mut paces: Vec<(String, Pace)> = Vec::new();
         for (id, callback) in &settings.gp_callbacks {
-            let client = ProviderClient::new(&callback.client())
+            let config = callback.client();
+            let client = ProviderClient::new(&config)
                 .map_err(|e| DeliverySetupError::Callback(id.clone(), e))?;
             callbacks.insert(id.clone(), client);
+            paces.push((id.clone(), config.pace()));
         }
+        for id in recipients.keys() {
+            let id = id.to_string();
+            if let Some(config) = settings.providers.get(&id) {
+                paces.push((id, config.pace()));
+            }
+        }
+        paces.sort_by(|a, b| a.0.cmp(&b.0));
+        paces.dedup_by(|a, b| a.0 == b.0);
         Ok(Self {
             store,
             datasets,
@@ -152,7 +176,16 @@ impl Deliverer {
             settings: settings.delivery.clone(),
             owner: format!("worker-{}", uuid::Uuid::new_v4()),
             metrics,
+            paces: Arc::new(paces),
+            turn: Arc::new(AtomicUsize::new(0)),
+            clock: Arc::new(OffsetDateTime::now_utc),
         })
+    }
+
+    /// The same worker, reading quiet hours against `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The delivery's recipient and kind as metric labels: configured ids only, so a
@@ -171,10 +204,40 @@ impl Deliverer {
     pub async fn run_once(&self) -> Result<usize, StoreError> {
         let now = OffsetDateTime::now_utc();
         let lease_until = now.saturating_add(seconds(self.settings.lease_seconds));
-        let claimed = self
-            .store
-            .claim_deliveries(&self.owner, now, lease_until, self.settings.batch_size)
-            .await?;
+        let batch = self.settings.batch_size;
+        let local_now = (self.clock)();
+        let mut claimed = Vec::new();
+        let first = self.turn.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.paces.len() {
+            let room = batch.saturating_sub(i64::try_from(claimed.len()).unwrap_or(i64::MAX));
+            if room <= 0 {
+                break;
+            }
+            let (recipient, pace) = &self.paces[(first + i) % self.paces.len()];
+            // In quiet hours nothing is claimed, but the recipient is still marked as
+            // controlled, so the claim for recipients no gateway has leaves it alone.
+            let quiet = pace::is_quiet(&pace.quiet_hours, local_now);
+            let claim = RecipientClaim {
+                recipient,
+                max_in_flight: pace.max_in_flight,
+                interval: pace.interval(),
+                limit: if quiet { 0 } else { room },
+            };
+            claimed.extend(
+                self.store
+                    .claim_for_recipient(&self.owner, now, lease_until, claim)
+                    .await?,
+            );
+        }
+        let room = batch.saturating_sub(i64::try_from(claimed.len()).unwrap_or(i64::MAX));
+        if room > 0 {
+            // Deliveries to recipients no gateway configures, to be dead-lettered.
+            claimed.extend(
+                self.store
+                    .claim_deliveries(&self.owner, now, lease_until, room)
+                    .await?,
+            );
+        }
         let n = claimed.len();
         let attempts = claimed.into_iter().map(|c| self.attempt_guarded(c));
         for result in futures_util::future::join_all(attempts).await {
@@ -317,6 +380,13 @@ impl Deliverer {
     }
 
     async fn attempt(&self, d: &ClaimedDelivery) -> Result<(), StoreError> {
+        // Under a rate limit, each delivery starts at its slot.
+        if let Some(slot) = d.not_before {
+            let wait = slot - OffsetDateTime::now_utc();
+            if wait > Duration::ZERO {
+                tokio::time::sleep(wait.unsigned_abs()).await;
+            }
+        }
         let now = OffsetDateTime::now_utc();
         let started = std::time::Instant::now();
         let attempt = d.attempts.saturating_add(1);

@@ -246,10 +246,114 @@ async fn resolve_delivery(
     dead_letter(&gw, &req, &id, verb, done).await
 }
 
+/// Each provider and GP callback: paused or not, queued deliveries, oldest age.
+#[get("/operator/v1/recipients")]
+async fn list_recipients(
+    req: HttpRequest,
+    gw: web::Data<AppState>,
+) -> Result<HttpResponse, Rejection> {
+    let action = "operator.recipients.list";
+    let principal = operator_only(&gw, &req, action).await?;
+    let ctx = AuditContext {
+        action,
+        principal: Some(&principal),
+        ids: None,
+    };
+    if let Err(r) = Query::none(req.query_string()) {
+        gw.audit_rejection(&ctx, &r).await;
+        return Err(r);
+    }
+    let rows = operations::recipients(
+        gw.store.as_ref(),
+        &gw.recipients,
+        fhir_sdk::time::OffsetDateTime::now_utc(),
+    )
+    .await?;
+    let record = ctx.record(
+        "allowed",
+        200,
+        None,
+        serde_json::json!({"count": rows.len()}),
+    );
+    gw.store.append_audit(&record).await?;
+    Ok(HttpResponse::Ok().json(rows))
+}
+
+/// Pause or resume: 200 with `changed` false when it already was so; 404 for a
+/// recipient that is not configured.
+async fn pause_recipient(
+    gw: &AppState,
+    req: &HttpRequest,
+    recipient: &str,
+    paused: bool,
+) -> Result<HttpResponse, Rejection> {
+    let action = if paused {
+        "operator.recipients.pause"
+    } else {
+        "operator.recipients.resume"
+    };
+    let principal = operator_only(gw, req, action).await?;
+    let ctx = AuditContext {
+        action,
+        principal: Some(&principal),
+        ids: None,
+    };
+    let mut issues = Query::none(req.query_string())
+        .err()
+        .map(|r| r.issues)
+        .unwrap_or_default();
+    if !gw.recipients.contains(recipient) {
+        let known = format!(
+            "no provider or GP callback has this id (configured: {})",
+            gw.recipients.listed()
+        );
+        issues.extend(params::not_found("recipient", &known).issues);
+    }
+    if let Some(r) = Rejection::from_issues(issues) {
+        gw.audit_rejection(&ctx, &r).await;
+        return Err(r);
+    }
+    let record = ctx.record(
+        "accepted",
+        200,
+        None,
+        serde_json::json!({"recipient": recipient}),
+    );
+    let changed = operations::pause(gw.store.as_ref(), &gw.recipients, recipient, paused, record)
+        .await?
+        .unwrap_or(false);
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "recipient": recipient,
+        "paused": paused,
+        "changed": changed,
+    })))
+}
+
+#[post("/operator/v1/recipients/{id}/pause")]
+async fn pause(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<AppState>,
+) -> Result<HttpResponse, Rejection> {
+    pause_recipient(&gw, &req, &id, true).await
+}
+
+#[post("/operator/v1/recipients/{id}/resume")]
+async fn resume(
+    req: HttpRequest,
+    id: web::Path<String>,
+    gw: web::Data<AppState>,
+) -> Result<HttpResponse, Rejection> {
+    pause_recipient(&gw, &req, &id, false).await
+}
+
 /// Registers the operator routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(list_deliveries)
         .service(show_delivery)
+        .service(list_recipients)
+        .service(pause)
+        .service(resume)
         .service(replay_delivery)
         .service(resolve_delivery);
 }

@@ -32,7 +32,9 @@ pub use crate::audit_record::{AuditRecord, AuditRow, CheckpointRow};
 
 pub use audit::AuditStore;
 pub use events::EventStore;
-pub use outbox::{DeliveryFilter, OutboxStore, ShownState};
+pub use outbox::{
+    DeliveryFilter, OutboxStore, RecipientClaim, RecipientControl, RecipientQueue, ShownState,
+};
 pub use referrals::ReferralStore;
 pub use reports::ReportStore;
 pub use sql::{PostgresStore, SqliteStore};
@@ -294,6 +296,9 @@ pub struct ClaimedDelivery {
     /// and key version, never the value. The worker dead-letters such a delivery.
     #[sqlx(skip)]
     pub unreadable: Option<String>,
+    /// Under a recipient's rate limit, the slot it may start at.
+    #[sqlx(skip)]
+    pub not_before: Option<OffsetDateTime>,
     /// Times in a row the worker itself failed on this delivery (a panic, or an
     /// error of its own rather than a recipient's answer).
     pub worker_failures: i32,

@@ -2,7 +2,39 @@
 
 use super::{AuditRecord, Claim, DeliveryOutcome, DeliveryState, DeliveryView, StoreError};
 use async_trait::async_trait;
-use fhir_sdk::time::OffsetDateTime;
+use fhir_sdk::time::{Duration, OffsetDateTime};
+
+/// What one worker may claim for one recipient now, under its limits.
+#[derive(Debug, Clone, Copy)]
+pub struct RecipientClaim<'a> {
+    pub recipient: &'a str,
+    /// Leased deliveries to the recipient, across gateways, at most.
+    pub max_in_flight: Option<u32>,
+    /// The least time between two deliveries' starts (the rate limit).
+    pub interval: Option<Duration>,
+    /// Claimed at most.
+    pub limit: i64,
+}
+
+/// An operator's control of one recipient, as stored.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct RecipientControl {
+    pub recipient: String,
+    /// Set while paused: nothing is sent to it, and what is accepted waits.
+    #[serde(with = "fhir_sdk::time::serde::rfc3339::option")]
+    pub paused_at: Option<OffsetDateTime>,
+    /// Who paused it (client id).
+    pub paused_by: Option<String>,
+}
+
+/// One recipient's queue, read for the metrics and the operators' overview.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RecipientQueue {
+    pub recipient: String,
+    pub queued: i64,
+    /// When the oldest queued delivery was queued.
+    pub oldest: Option<OffsetDateTime>,
+}
 
 /// A delivery's state as operators see it: a dead letter an operator resolved is
 /// `resolved`, one still waiting for them `dead`.
@@ -76,7 +108,9 @@ impl DeliveryFilter {
 /// The outbox: claiming deliveries, finishing them, and operating the queue and its dead letters.
 #[async_trait]
 pub trait OutboxStore: Send + Sync {
-    /// Claims up to `limit` due deliveries for `owner` until `lease_until`. A
+    /// Claims up to `limit` due deliveries for `owner` until `lease_until`, to
+    /// recipients no gateway controls (see [`OutboxStore::claim_for_recipient`]): a
+    /// recipient no longer configured, whose deliveries are then dead-lettered. A
     /// delivery is held by at most one owner at a time, across processes. One whose
     /// row cannot be read with its referral is returned as [`Claim::Broken`] (and
     /// logged), so it cannot stop the others; an error of the database itself (no
@@ -88,6 +122,32 @@ pub trait OutboxStore: Send + Sync {
         lease_until: OffsetDateTime,
         limit: i64,
     ) -> Result<Vec<Claim>, StoreError>;
+    /// Claims up to `claim.limit` due deliveries to one recipient, holding its control
+    /// row while it does (so gateways take turns): none while it is paused; no more
+    /// than `max_in_flight` leased at once; under a rate limit, each claimed delivery
+    /// carries the slot it may start at (`not_before`), spaced `interval` apart from the
+    /// last slot any gateway took, and only slots within a second are handed out.
+    async fn claim_for_recipient(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+        claim: RecipientClaim<'_>,
+    ) -> Result<Vec<Claim>, StoreError>;
+    /// Pauses (`paused`) or resumes a recipient, with its audit record; `false` when it
+    /// already was so (the record then says `unchanged`).
+    async fn set_paused(
+        &self,
+        recipient: &str,
+        paused: bool,
+        now: OffsetDateTime,
+        by: &str,
+        audit: &AuditRecord,
+    ) -> Result<bool, StoreError>;
+    /// Every recipient a gateway has controlled, paused or not.
+    async fn recipient_controls(&self) -> Result<Vec<RecipientControl>, StoreError>;
+    /// Queued deliveries and the oldest one's time, per recipient with any queued.
+    async fn queue_by_recipient(&self) -> Result<Vec<RecipientQueue>, StoreError>;
     /// Records an attempt's outcome (and its audit record) only while `owner` still
     /// holds the lease; `false` when the lease was lost and nothing was written.
     async fn finish_delivery(

@@ -1037,6 +1037,35 @@ mod panics_on {
                 .claim_deliveries(owner, now, lease_until, limit)
                 .await
         }
+        async fn claim_for_recipient(
+            &self,
+            owner: &str,
+            now: OffsetDateTime,
+            lease_until: OffsetDateTime,
+            claim: RecipientClaim<'_>,
+        ) -> Result<Vec<Claim>, StoreError> {
+            self.inner
+                .claim_for_recipient(owner, now, lease_until, claim)
+                .await
+        }
+        async fn set_paused(
+            &self,
+            recipient: &str,
+            paused: bool,
+            now: OffsetDateTime,
+            by: &str,
+            audit: &AuditRecord,
+        ) -> Result<bool, StoreError> {
+            self.inner
+                .set_paused(recipient, paused, now, by, audit)
+                .await
+        }
+        async fn recipient_controls(&self) -> Result<Vec<RecipientControl>, StoreError> {
+            self.inner.recipient_controls().await
+        }
+        async fn queue_by_recipient(&self) -> Result<Vec<RecipientQueue>, StoreError> {
+            self.inner.queue_by_recipient().await
+        }
         async fn finish_delivery(
             &self,
             id: &str,

@@ -3,7 +3,9 @@
 
 use crate::helpers::*;
 use crate::on_both_databases;
-use crate::provider::FAST_RETRIES;
+use crate::provider::{FAST_RETRIES, FakeProvider, Step};
+use fhir_sdk::time::{OffsetDateTime, macros::datetime};
+use std::sync::Arc;
 
 /// A port nothing listens on: every connection is refused at once.
 const DOWN: &str = "http://127.0.0.1:1/referrals";
@@ -199,3 +201,249 @@ async fn a_provider_down_is_explained_in_the_list_and_in_each_attempt(db: Db) {
 }
 
 on_both_databases!(a_provider_down_is_explained_in_the_list_and_in_each_attempt);
+
+fn operator_post(app: &TestApp, client: &str, path: &str) -> reqwest::RequestBuilder {
+    app.client.post(app.url(path)).bearer_auth(token(client))
+}
+
+async fn a_paused_recipient_queues_until_resumed_then_gets_each_referral_once(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let config = provider.config(FAST_RETRIES);
+    let app = TestApp::spawn_with(db, &config).await;
+    let referral_id = accept(&app).await;
+    let recipient = app
+        .store
+        .referral(&referral_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .provider;
+    let pause = format!("/operator/v1/recipients/{recipient}/pause");
+
+    // Only operators pause, and only recipients the gateway has.
+    let refused = operator_post(&app, "gp-a", &pause).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    let unknown = Reply::from(
+        operator_post(&app, "operator", "/operator/v1/recipients/nobody/pause")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    unknown.assert_issue(404, "REC_NOT_FOUND", "recipient");
+    for changed in [true, false] {
+        let paused = Reply::from(
+            operator_post(&app, "operator", &pause)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(paused.status, 200, "{}", paused.text);
+        assert_eq!(
+            paused.json()["changed"],
+            changed,
+            "pausing twice is no error"
+        );
+    }
+
+    // Paused: still accepted and queued, nothing sent, by this gateway or another.
+    let second_id = accept(&app).await;
+    assert_eq!(app.deliver().await, 0);
+    let other = app.second(&config).await;
+    assert_eq!(
+        other.deliver().await,
+        0,
+        "the pause holds for every gateway"
+    );
+    assert!(provider.seen().is_empty());
+    let recipients = app.get("operator", "/operator/v1/recipients").await;
+    assert_eq!(recipients.status, 200, "{}", recipients.text);
+    let row = recipients
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["recipient"] == recipient.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (row["paused"].clone(), row["queued"].clone()),
+        (true.into(), 2.into()),
+        "{row}"
+    );
+    assert_eq!(row["paused_by"], "operator");
+    let (code, out, err) = command(&app, &["deliveries", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines()
+            .next()
+            .unwrap()
+            .contains(&format!("paused (nothing is sent to them): {recipient}")),
+        "{out}"
+    );
+    let (code, _, err) = command(&app, &["deliveries", "pause", "nobody"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("deliveries pause: no provider or GP callback is called nobody"),
+        "{err}"
+    );
+
+    // Resumed from the command line: each referral goes, once.
+    let (code, out, err) = command(&app, &["deliveries", "resume", &recipient]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), format!("{recipient}: sending"));
+    assert_eq!(app.deliver().await, 2);
+    assert_eq!(other.deliver().await, 0);
+    assert_eq!(app.deliver().await, 0);
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 2);
+    for id in [&referral_id, &second_id] {
+        let delivered = app.store.deliveries_for(id).await.unwrap();
+        assert_eq!(delivered[0].state.as_str(), "delivered");
+    }
+
+    let audit = app.audit().await;
+    let pauses: Vec<(&str, &str, Option<&str>)> = audit
+        .iter()
+        .filter(|a| {
+            a.action.starts_with("operator.recipients.p")
+                || a.action == "operator.recipients.resume"
+        })
+        .map(|a| {
+            (
+                a.action.as_str(),
+                a.outcome.as_str(),
+                a.client_id.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        pauses,
+        [
+            ("operator.recipients.pause", "rejected", Some("gp-a")),
+            ("operator.recipients.pause", "rejected", Some("operator")),
+            ("operator.recipients.pause", "accepted", Some("operator")),
+            ("operator.recipients.pause", "unchanged", Some("operator")),
+            (
+                "operator.recipients.resume",
+                "accepted",
+                Some("command-line")
+            ),
+        ],
+        "every pause and resume is audited, refused or not"
+    );
+}
+
+on_both_databases!(a_paused_recipient_queues_until_resumed_then_gets_each_referral_once);
+
+async fn quiet_hours_hold_deliveries_until_they_end_in_uk_local_time(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let quiet = "quiet_hours = [\"22:00-06:00\"]";
+    let config = format!(
+        "[providers.bchft]\nendpoint = \"{url}\"\n{quiet}\n[providers.prospects]\nendpoint = \"{url}\"\n{quiet}\n{FAST_RETRIES}",
+        url = provider.url
+    );
+    let app = TestApp::spawn_with(db, &config).await;
+    let worker = app.deliverer.clone().unwrap();
+    let at = |t: OffsetDateTime| worker.clone().with_clock(Arc::new(move || t));
+    accept(&app).await;
+
+    // 21:30 UTC on a summer evening is 22:30 BST: quiet.
+    assert_eq!(
+        at(datetime!(2026-07-01 21:30 UTC))
+            .run_once()
+            .await
+            .unwrap(),
+        0
+    );
+    // The same time of day in winter is 21:30 GMT: not yet quiet...
+    // ...but 05:59 GMT is, and 06:00 is not.
+    assert_eq!(
+        at(datetime!(2026-12-02 05:59 UTC))
+            .run_once()
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(provider.seen().is_empty());
+    assert_eq!(
+        at(datetime!(2026-12-02 06:00 UTC))
+            .run_once()
+            .await
+            .unwrap(),
+        1
+    );
+    accept(&app).await;
+    assert_eq!(
+        at(datetime!(2026-12-01 21:30 UTC))
+            .run_once()
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(provider.seen().len(), 2);
+}
+
+on_both_databases!(quiet_hours_hold_deliveries_until_they_end_in_uk_local_time);
+
+/// Two gateways on one database send to one provider: together they keep to its
+/// rate and to how many it takes at once.
+async fn rate_and_concurrency_limits_hold_across_two_gateways(db: Db) {
+    let provider = FakeProvider::start(vec![
+        Step {
+            delay_ms: 150,
+            ..Step::status(201)
+        };
+        8
+    ])
+    .await;
+    let limits = "max_per_second = 10\nmax_in_flight = 2";
+    let config = format!(
+        "[providers.bchft]\nendpoint = \"{url}\"\n{limits}\n[providers.prospects]\nendpoint = \"{url}\"\n{limits}\n{FAST_RETRIES}",
+        url = provider.url
+    );
+    let app = TestApp::spawn_with(db, &config).await;
+    let other = app.second(&config).await;
+    for _ in 0..8 {
+        accept(&app).await;
+    }
+    let drain = |gw: &TestApp| {
+        let worker = gw.deliverer.clone().unwrap();
+        async move {
+            for _ in 0..200 {
+                worker.run_once().await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    };
+    let until_sent = async {
+        while provider.seen().len() < 8 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = futures_util::future::join(drain(&app), drain(&other)) => {}
+        _ = until_sent => {}
+    }
+    let seen = provider.seen();
+    assert_eq!(seen.len(), 8, "every referral is sent");
+    assert!(
+        provider.most_in_flight() <= 2,
+        "at most 2 at once: {}",
+        provider.most_in_flight()
+    );
+    // 10 a second: any two starts five apart are at least half a second apart (less
+    // a little for the network).
+    let mut at: Vec<_> = seen.iter().map(|s| s.at).collect();
+    at.sort();
+    for pair in at.windows(6) {
+        let gap = pair[5] - pair[0];
+        assert!(
+            gap >= std::time::Duration::from_millis(470),
+            "{gap:?} for five intervals"
+        );
+    }
+}
+
+on_both_databases!(rate_and_concurrency_limits_hold_across_two_gateways);

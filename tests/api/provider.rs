@@ -29,6 +29,8 @@ pub struct Seen {
     pub correlation_id: String,
     pub authorization: String,
     pub body: serde_json::Value,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -39,6 +41,9 @@ struct State {
     seen: Vec<Seen>,
     /// Form bodies posted to `/token`.
     token_requests: Vec<String>,
+    /// Deliveries being answered now, and the most there ever were at once.
+    in_flight: usize,
+    most_in_flight: usize,
 }
 
 pub struct FakeProvider {
@@ -77,12 +82,16 @@ async fn answer(
             correlation_id: header("x-correlation-id"),
             authorization: header("authorization"),
             body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            at: std::time::Instant::now(),
         });
+        s.in_flight += 1;
+        s.most_in_flight = s.most_in_flight.max(s.in_flight);
         s.script.pop_front().unwrap_or(Step::status(201))
     };
     if step.delay_ms > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(step.delay_ms)).await;
     }
+    state.lock().unwrap().in_flight -= 1;
     let mut res = HttpResponse::build(actix_web::http::StatusCode::from_u16(step.status).unwrap());
     if let Some(s) = step.retry_after {
         res.insert_header(("Retry-After", s.to_string()));
@@ -141,6 +150,11 @@ impl FakeProvider {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.state.lock().unwrap().seen.clone()
+    }
+
+    /// The most deliveries it was ever answering at once.
+    pub fn most_in_flight(&self) -> usize {
+        self.state.lock().unwrap().most_in_flight
     }
 
     /// Makes the token endpoint fail (true) or work (false).

@@ -8,12 +8,12 @@ use super::crypto::{Column, StorageKeys};
 use super::{
     AuditFilter, AuditRecord, AuditRow, Claim, ClaimedDelivery, DeliveryFilter, DeliveryKind,
     DeliveryOutcome, DeliveryRow, DeliveryState, DeliveryView, EventRecord, EventRecorded,
-    EventRow, Inserted, NewReferralRecord, ReferralRow, ReferralStatus, ReportRow, ShownState,
-    Store, StoreError, UpdateRecord, Updated,
+    EventRow, Inserted, NewReferralRecord, RecipientClaim, RecipientControl, RecipientQueue,
+    ReferralRow, ReferralStatus, ReportRow, ShownState, Store, StoreError, UpdateRecord, Updated,
 };
 use super::{AuditStore, EventStore, OutboxStore, ReferralStore, ReportStore};
 use async_trait::async_trait;
-use fhir_sdk::time::OffsetDateTime;
+use fhir_sdk::time::{Duration, OffsetDateTime};
 use std::sync::Arc;
 
 /// Embedded SQLite (WAL, synchronous FULL). Accepts go through one writer that
@@ -473,14 +473,16 @@ macro_rules! settled {
 /// PostgreSQL skips rows another transaction has locked; SQLite has one writer at a
 /// time, so the statement alone is atomic. The lease condition is repeated outside the
 /// subquery so that a row claimed concurrently is re-checked, not claimed twice.
+/// `$whose` narrows it to one recipient (`$4`), or to recipients no gateway controls.
 /// Milestones reach a GP system in the order they happened: one waits while an older
 /// milestone of the same referral to the same recipient is still queued (a dead
 /// letter no longer holds the rest back).
 macro_rules! claim_one {
-    ($lock:literal) => {
+    ($lock:literal, $whose:literal) => {
         concat!(
             "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 WHERE id = (",
             "SELECT d.id FROM deliveries d WHERE d.state = 'queued' AND d.next_attempt_at <= $3 ",
+            $whose,
             "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $3) ",
             "AND NOT (d.kind = 'milestone' AND EXISTS (SELECT 1 FROM deliveries o ",
             "WHERE o.referral_id = d.referral_id AND o.provider = d.provider ",

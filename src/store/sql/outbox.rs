@@ -13,56 +13,148 @@ macro_rules! outbox_store {
                 lease_until: OffsetDateTime,
                 limit: i64,
             ) -> Result<Vec<Claim>, StoreError> {
-                let mut claimed = Vec::new();
+                let mut ids = Vec::new();
                 for _ in 0..limit {
-                    let id: Option<(String,)> = sqlx::query_as(claim_one!($lock))
+                    let id: Option<(String,)> = sqlx::query_as(claim_one!(
+                        $lock,
+                        "AND NOT EXISTS (SELECT 1 FROM recipient_controls c WHERE c.recipient = d.provider) "
+                    ))
+                    .bind(owner)
+                    .bind(lease_until)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                    let Some((id,)) = id else { break };
+                    ids.push((id, None));
+                }
+                self.read_claimed(ids).await
+            }
+            async fn claim_for_recipient(
+                &self,
+                owner: &str,
+                now: OffsetDateTime,
+                lease_until: OffsetDateTime,
+                claim: RecipientClaim<'_>,
+            ) -> Result<Vec<Claim>, StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                sqlx::query("INSERT INTO recipient_controls (recipient) VALUES ($1) ON CONFLICT (recipient) DO NOTHING")
+                    .bind(claim.recipient)
+                    .execute(&mut *tx)
+                    .await?;
+                // Skipped, not waited for, while another gateway claims for it.
+                let control: Option<(Option<OffsetDateTime>, Option<OffsetDateTime>)> = sqlx::query_as(concat!(
+                    "SELECT paused_at, next_send_at FROM recipient_controls WHERE recipient = $1 ",
+                    $lock
+                ))
+                .bind(claim.recipient)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some((None, next_send_at)) = control else {
+                    tx.rollback().await?;
+                    return Ok(Vec::new());
+                };
+                let mut room = claim.limit.max(0);
+                if let Some(max) = claim.max_in_flight {
+                    let (leased,): (i64,) = sqlx::query_as(
+                        "SELECT COUNT(*) FROM deliveries WHERE provider = $1 AND state = 'queued' \
+                         AND lease_expires_at > $2",
+                    )
+                    .bind(claim.recipient)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    room = room.min(i64::from(max).saturating_sub(leased).max(0));
+                }
+                let mut slot = next_send_at.map_or(now, |n| n.max(now));
+                let horizon = now.saturating_add(Duration::SECOND);
+                let mut ids = Vec::new();
+                while i64::try_from(ids.len()).unwrap_or(i64::MAX) < room {
+                    if claim.interval.is_some() && slot > horizon {
+                        break;
+                    }
+                    let id: Option<(String,)> = sqlx::query_as(claim_one!($lock, "AND d.provider = $4 "))
                         .bind(owner)
                         .bind(lease_until)
                         .bind(now)
-                        .fetch_optional(&self.pool)
+                        .bind(claim.recipient)
+                        .fetch_optional(&mut *tx)
                         .await?;
                     let Some((id,)) = id else { break };
-                    let row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
-                        .bind(&id)
-                        .fetch_optional(&self.pool)
-                        .await;
-                    // A row that cannot be read must not stop the worker: it is
-                    // handed back broken, and the worker parks it if it stays so.
-                    let mut row = match row {
-                        Ok(Some(row)) => row,
-                        Ok(None) => {
-                            tracing::error!(delivery_id = %id, "claimed delivery has no referral");
-                            claimed.push(Claim::Broken {
-                                id,
-                                error: "the delivery's referral is missing".into(),
-                            });
-                            continue;
+                    match claim.interval {
+                        Some(interval) => {
+                            ids.push((id, Some(slot)));
+                            slot = slot.saturating_add(interval);
                         }
-                        Err(e) => {
-                            let e = StoreError::from(e);
-                            if e.is_unreachable() {
-                                return Err(e);
-                            }
-                            tracing::error!(delivery_id = %id, error = %e, "claimed delivery could not be read");
-                            claimed.push(Claim::Broken {
-                                id,
-                                error: "the delivery could not be read from the database".into(),
-                            });
-                            continue;
-                        }
-                    };
-                    // An unreadable message must not stop the worker: the delivery
-                    // carries the reason and is dead-lettered.
-                    match open_column(&self.keys, Column::ReferralMessage, &row.referral_id, &row.message) {
-                        Ok(message) => row.message = message,
-                        Err(e) => {
-                            row.message = String::new();
-                            row.unreadable = Some(e.to_string());
-                        }
+                        None => ids.push((id, None)),
                     }
-                    claimed.push(Claim::Ready(Box::new(row)));
                 }
-                Ok(claimed)
+                if claim.interval.is_some() && !ids.is_empty() {
+                    sqlx::query("UPDATE recipient_controls SET next_send_at = $1 WHERE recipient = $2")
+                        .bind(slot)
+                        .bind(claim.recipient)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                self.read_claimed(ids).await
+            }
+            async fn set_paused(
+                &self,
+                recipient: &str,
+                paused: bool,
+                now: OffsetDateTime,
+                by: &str,
+                audit: &AuditRecord,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin_with($begin).await?;
+                sqlx::query("INSERT INTO recipient_controls (recipient) VALUES ($1) ON CONFLICT (recipient) DO NOTHING")
+                    .bind(recipient)
+                    .execute(&mut *tx)
+                    .await?;
+                let changed = if paused {
+                    sqlx::query(
+                        "UPDATE recipient_controls SET paused_at = $1, paused_by = $2 \
+                         WHERE recipient = $3 AND paused_at IS NULL",
+                    )
+                    .bind(now)
+                    .bind(by)
+                    .bind(recipient)
+                    .execute(&mut *tx)
+                    .await?
+                } else {
+                    sqlx::query(
+                        "UPDATE recipient_controls SET paused_at = NULL, paused_by = NULL \
+                         WHERE recipient = $1 AND paused_at IS NOT NULL",
+                    )
+                    .bind(recipient)
+                    .execute(&mut *tx)
+                    .await?
+                }
+                .rows_affected()
+                    > 0;
+                let record = if changed {
+                    audit.clone()
+                } else {
+                    AuditRecord { outcome: "unchanged".into(), ..audit.clone() }
+                };
+                self.write_audit(&mut *tx, &record).await?;
+                tx.commit().await?;
+                Ok(changed)
+            }
+            async fn recipient_controls(&self) -> Result<Vec<RecipientControl>, StoreError> {
+                Ok(sqlx::query_as::<_, RecipientControl>(
+                    "SELECT recipient, paused_at, paused_by FROM recipient_controls ORDER BY recipient",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+            async fn queue_by_recipient(&self) -> Result<Vec<RecipientQueue>, StoreError> {
+                Ok(sqlx::query_as::<_, RecipientQueue>(
+                    "SELECT provider AS recipient, COUNT(*) AS queued, MIN(created_at) AS oldest \
+                     FROM deliveries WHERE state = 'queued' GROUP BY provider ORDER BY provider",
+                )
+                .fetch_all(&self.pool)
+                .await?)
             }
             async fn finish_delivery(
                 &self,
@@ -213,6 +305,59 @@ macro_rules! outbox_store {
                 .fetch_all(&self.pool)
                 .await?;
                 Ok(rows)
+            }
+        }
+
+        impl $store {
+            /// Reads what was claimed, each with its referral. A row that cannot be
+            /// read must not stop the worker: it is handed back broken, and the worker
+            /// parks it if it stays so; only an unreachable database fails the claim.
+            async fn read_claimed(
+                &self,
+                ids: Vec<(String, Option<OffsetDateTime>)>,
+            ) -> Result<Vec<Claim>, StoreError> {
+                let mut claimed = Vec::with_capacity(ids.len());
+                for (id, not_before) in ids {
+                    let row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
+                        .bind(&id)
+                        .fetch_optional(&self.pool)
+                        .await;
+                    let mut row = match row {
+                        Ok(Some(row)) => row,
+                        Ok(None) => {
+                            tracing::error!(delivery_id = %id, "claimed delivery has no referral");
+                            claimed.push(Claim::Broken {
+                                id,
+                                error: "the delivery's referral is missing".into(),
+                            });
+                            continue;
+                        }
+                        Err(e) => {
+                            let e = StoreError::from(e);
+                            if e.is_unreachable() {
+                                return Err(e);
+                            }
+                            tracing::error!(delivery_id = %id, error = %e, "claimed delivery could not be read");
+                            claimed.push(Claim::Broken {
+                                id,
+                                error: "the delivery could not be read from the database".into(),
+                            });
+                            continue;
+                        }
+                    };
+                    row.not_before = not_before;
+                    // An unreadable message must not stop the worker: the delivery
+                    // carries the reason and is dead-lettered.
+                    match open_column(&self.keys, Column::ReferralMessage, &row.referral_id, &row.message) {
+                        Ok(message) => row.message = message,
+                        Err(e) => {
+                            row.message = String::new();
+                            row.unreadable = Some(e.to_string());
+                        }
+                    }
+                    claimed.push(Claim::Ready(Box::new(row)));
+                }
+                Ok(claimed)
             }
         }
     };
