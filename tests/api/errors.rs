@@ -43,12 +43,12 @@ async fn operator_parameters_are_refused_by_name_and_recorded(db: Db) {
     let reply = app
         .get(
             "operator",
-            "/operator/v1/deliveries?limit=lots&dead=perhaps&since=2026-01-01",
+            "/operator/v1/deliveries?limit=lots&dead=perhaps&after=2026-01-01",
         )
         .await;
     assert_eq!(
         refused_at(&reply, 400, &["lots", "perhaps", "2026-01-01"]),
-        ["since", "dead", "limit"]
+        ["after", "dead", "limit"]
     );
     let (outcome, status, issues) = last_record(&app, "operator.deliveries.list").await;
     assert_eq!((outcome.as_str(), status), ("rejected", Some(400)));
