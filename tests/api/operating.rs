@@ -398,7 +398,7 @@ async fn rate_and_concurrency_limits_hold_across_two_gateways(db: Db) {
         8
     ])
     .await;
-    let limits = "max_per_second = 10\nmax_in_flight = 2";
+    let limits = "max_per_second = 4\nmax_in_flight = 2";
     let config = format!(
         "[providers.bchft]\nendpoint = \"{url}\"\n{limits}\n[providers.prospects]\nendpoint = \"{url}\"\n{limits}\n{FAST_RETRIES}",
         url = provider.url
@@ -411,7 +411,7 @@ async fn rate_and_concurrency_limits_hold_across_two_gateways(db: Db) {
     let drain = |gw: &TestApp| {
         let worker = gw.deliverer.clone().unwrap();
         async move {
-            for _ in 0..200 {
+            for _ in 0..400 {
                 worker.run_once().await.unwrap();
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
@@ -433,15 +433,15 @@ async fn rate_and_concurrency_limits_hold_across_two_gateways(db: Db) {
         "at most 2 at once: {}",
         provider.most_in_flight()
     );
-    // 10 a second: any two starts five apart are at least half a second apart (less
-    // a little for the network).
+    // 4 a second: starts are slotted 250 ms apart, so no second holds more than five
+    // of them, however late a busy machine sends each after its slot.
     let mut at: Vec<_> = seen.iter().map(|s| s.at).collect();
     at.sort();
-    for pair in at.windows(6) {
-        let gap = pair[5] - pair[0];
+    for six in at.windows(6) {
+        let span = six[5] - six[0];
         assert!(
-            gap >= std::time::Duration::from_millis(470),
-            "{gap:?} for five intervals"
+            span > std::time::Duration::from_secs(1),
+            "six starts within {span:?}"
         );
     }
 }
