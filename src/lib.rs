@@ -33,6 +33,7 @@ pub mod retention;
 pub mod routing;
 pub mod startup;
 pub mod store;
+pub mod summary;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tls;

@@ -53,6 +53,8 @@ pub enum StartupError {
 
 /// A gateway bound to its address, ready to run.
 pub struct Application {
+    /// As resolved: `sandbox:` endpoints at the address bound.
+    settings: Settings,
     address: SocketAddr,
     server: Server,
     gateway: AppState,
@@ -89,6 +91,18 @@ impl Application {
         let datasets = Arc::new(
             Datasets::load(&settings.mappings.dir, &routing).map_err(StartupError::Mappings)?,
         );
+        // Bound first: `sandbox:<id>` endpoints resolve against the address bound.
+        let listener = std::net::TcpListener::bind(&settings.server.bind).map_err(|source| {
+            StartupError::Bind {
+                bind: settings.server.bind.clone(),
+                source,
+            }
+        })?;
+        let address = listener.local_addr().map_err(|source| StartupError::Bind {
+            bind: settings.server.bind.clone(),
+            source,
+        })?;
+        let settings = &own_sandbox(settings, address);
         let store = store::connect_with_keys(&settings.database, storage_keys).await?;
         let metrics = Arc::new(Metrics::new(settings.telemetry.metrics_token.as_ref())?);
         // Built whenever providers are configured (tests drive it by hand); run in the
@@ -140,16 +154,6 @@ impl Application {
             recipients: Arc::new(crate::operations::Recipients::of(settings)),
             ready_timeout: std::time::Duration::from_millis(settings.server.ready_timeout_ms),
         };
-        let listener = std::net::TcpListener::bind(&settings.server.bind).map_err(|source| {
-            StartupError::Bind {
-                bind: settings.server.bind.clone(),
-                source,
-            }
-        })?;
-        let address = listener.local_addr().map_err(|source| StartupError::Bind {
-            bind: settings.server.bind.clone(),
-            source,
-        })?;
         let data = web::Data::new(gateway.clone());
         let tasks = web::Data::new(supervisor.clone());
         let limits = web::Data::new(crate::limits::Limits::from_settings(&settings.server));
@@ -216,6 +220,7 @@ impl Application {
         })?
         .run();
         Ok(Self {
+            settings: settings.clone(),
             address,
             server,
             gateway,
@@ -233,6 +238,22 @@ impl Application {
 
     pub fn address(&self) -> SocketAddr {
         self.address
+    }
+
+    /// The start-up summary (see [`crate::summary`]), with the recipients paused now.
+    pub async fn summary(&self, environment: Option<&str>, layers: &[String]) -> String {
+        let paused: Vec<String> = match self.gateway.store.recipient_controls().await {
+            Ok(controls) => controls
+                .into_iter()
+                .filter(|c| c.paused_at.is_some())
+                .map(|c| c.recipient)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read which recipients are paused");
+                Vec::new()
+            }
+        };
+        crate::summary::render(&self.settings, environment, layers, self.address, &paused)
     }
 
     /// The shared state, for tests and tools that inspect the store directly.
@@ -300,6 +321,31 @@ impl Application {
         }
         result
     }
+}
+
+/// `settings` with `sandbox:<id>` endpoints resolved to this gateway's receivers at
+/// `address`, warning of sandbox URLs written out with another port.
+fn own_sandbox(settings: &Settings, address: SocketAddr) -> Settings {
+    let scheme = if settings.server.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let host = if address.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        address.ip()
+    };
+    let base = format!("{scheme}://{}", SocketAddr::new(host, address.port()));
+    for key in settings.sandbox_port_mismatches(address.port()) {
+        tracing::warn!(
+            key,
+            bound = %address,
+            "{key} points at a sandbox receiver on a port this gateway did not bind; \
+             write it as sandbox:<provider> to follow server.bind"
+        );
+    }
+    settings.with_sandbox_at(&base)
 }
 
 fn ms(millis: u64) -> std::time::Duration {

@@ -1,6 +1,10 @@
 //! The command line as an operator uses it.
 #![allow(clippy::unwrap_used)]
 
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
 use figment::providers::Format;
 use std::process::Command;
 use thrive_gateway::auth::{AuthSetupError, Authenticator};
@@ -421,4 +425,131 @@ fn an_unknown_format_or_grouping_is_refused_listing_the_choices() {
         assert!(stderr.contains(choices), "{args:?}: {stderr}");
         assert!(!db.exists(), "{args:?} opened the database");
     }
+}
+
+/// The development configuration on another port, changing only `server.bind`: the
+/// start-up summary says where everything goes, and a referral reaches the sandbox.
+/// A sandbox URL written out with the old port is named in a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn development_delivers_to_its_sandbox_with_only_the_port_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = gateway()
+        .args(["serve"])
+        .env("THRIVE_ENV", "development")
+        .env("THRIVE__SERVER__BIND", format!("127.0.0.1:{port}"))
+        .env(
+            "THRIVE__DATABASE__URL",
+            format!("sqlite://{}", dir.path().join("gw.db").display()),
+        )
+        .env("THRIVE__TELEMETRY__FORMAT", "json")
+        .env("THRIVE__DELIVERY__POLL_INTERVAL_MS", "50")
+        // Written out, as the shipped file once had it: a port this gateway does not use.
+        .env(
+            "THRIVE__GP_CALLBACKS__EXAMPLE-GP__SOURCE_ENDPOINT",
+            "https://gp.example/fhir",
+        )
+        .env(
+            "THRIVE__GP_CALLBACKS__EXAMPLE-GP__ENDPOINT",
+            "http://127.0.0.1:8080/sandbox/example-gp/referrals",
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let token = gateway()
+        .args(["dev-token", "--client", "example-gp"])
+        .env("THRIVE_ENV", "development")
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    let mut delivered = serde_json::Value::Null;
+    let mut answer = String::new();
+    if ready {
+        let sent = client
+            .post(format!("{base}/fhir/r4/$process-message"))
+            .bearer_auth(&token)
+            .header("Content-Type", "application/fhir+json")
+            .header("X-Request-Id", uuid::Uuid::new_v4().to_string())
+            .header("X-Correlation-Id", uuid::Uuid::new_v4().to_string())
+            .body(helpers::referral().to_string())
+            .send()
+            .await
+            .unwrap();
+        answer = format!("{} {}", sent.status(), sent.text().await.unwrap());
+        for _ in 0..100 {
+            let mut all = Vec::new();
+            for provider in ["bchft", "prospects"] {
+                let got: serde_json::Value = client
+                    .get(format!("{base}/sandbox/{provider}/received"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                all.extend(got.as_array().cloned().unwrap_or_default());
+            }
+            if !all.is_empty() {
+                delivered = serde_json::Value::Array(all);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let logs =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(ready, "the gateway did not become ready: {logs}");
+    assert!(answer.starts_with("200"), "{answer}");
+    assert_eq!(delivered.as_array().map(Vec::len), Some(1), "{logs}");
+
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let summary = lines
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .find(|m| m.starts_with("thrive-gateway starting"))
+        .unwrap_or_else(|| panic!("no start-up summary in {logs}"));
+    for expected in [
+        "development (configuration: config/default.toml, config/development.toml, THRIVE__",
+        "SQLite database ",
+        &format!("127.0.0.1:{port}, TLS off"),
+        &format!("provider bchft -> 127.0.0.1:{port} (json, signed-jwt, http)"),
+        &format!("provider prospects -> 127.0.0.1:{port} (fhir, signed-jwt, http)"),
+        "gp callback example-gp -> 127.0.0.1:8080 (fhir, no auth, http)",
+        "sandbox       on",
+        "delivery worker on, retention on (after 30 days), audit sealer every 250 ms",
+    ] {
+        assert!(summary.contains(expected), "{expected}: {summary}");
+    }
+    for secret in ["BEGIN", "PRIVATE", "sqlite://"] {
+        assert!(!summary.contains(secret), "{summary}");
+    }
+    let warning = lines
+        .iter()
+        .find(|l| l["level"] == "WARN" && l["fields"]["key"] == "gp_callbacks.example-gp.endpoint");
+    assert!(
+        warning.is_some(),
+        "no warning of the stale sandbox port: {logs}"
+    );
 }

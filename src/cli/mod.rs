@@ -339,6 +339,10 @@ async fn execute(cli: Cli, name: &str) -> Done {
                     tracing::error!(error = %e, "gateway did not start");
                     Failure::failed(e)
                 })?;
+            let summary = app
+                .summary(sources.environment.as_deref(), &sources.layers())
+                .await;
+            tracing::info!("{summary}");
             tracing::info!(address = %app.address(), environment = sources.environment.as_deref().unwrap_or("(none)"), "thrive-gateway listening");
             app.run().await.map_err(|e| {
                 tracing::error!(error = %e, "server stopped with an error");

@@ -101,6 +101,20 @@ impl GpCallbackSettings {
     }
 }
 
+/// How a provider endpoint names the gateway's own sandbox receiver: `sandbox:<id>`,
+/// resolved against the address the gateway actually bound.
+pub const SANDBOX_SCHEME: &str = "sandbox:";
+
+/// `endpoint` with a `sandbox:<id>` name resolved to the receiver under `base`
+/// (`http://127.0.0.1:8080`): `path` is `referrals` for an endpoint and `token` for a
+/// token URL. Any other endpoint is returned as it is.
+pub fn resolve_sandbox(endpoint: &str, base: &str, path: &str) -> String {
+    match endpoint.strip_prefix(SANDBOX_SCHEME) {
+        Some(id) => format!("{base}/sandbox/{id}/{path}"),
+        None => endpoint.to_owned(),
+    }
+}
+
 /// A source endpoint as compared: without one trailing `/`.
 pub fn normalise_endpoint(endpoint: &str) -> &str {
     endpoint.strip_suffix('/').unwrap_or(endpoint)

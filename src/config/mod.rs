@@ -546,6 +546,28 @@ impl Sources {
         }
     }
 
+    /// The layers that exist, in the order applied: files, then the names (never the
+    /// values) of the `THRIVE__` variables set.
+    pub fn layers(&self) -> Vec<String> {
+        let mut layers = vec![self.config_dir.join("default.toml").display().to_string()];
+        if let Some(env) = &self.environment {
+            let file = self.config_dir.join(format!("{env}.toml"));
+            if file.exists() {
+                layers.push(file.display().to_string());
+            }
+        }
+        layers.extend(self.files.iter().map(|f| f.display().to_string()));
+        if self.use_environment {
+            let mut names: Vec<String> = std::env::vars_os()
+                .filter_map(|(k, _)| k.into_string().ok())
+                .filter(|k| k.starts_with("THRIVE__"))
+                .collect();
+            names.sort();
+            layers.extend(names);
+        }
+        layers
+    }
+
     pub fn is_production(&self) -> bool {
         self.environment.as_deref() == Some("production")
     }
@@ -579,6 +601,56 @@ impl Settings {
             crate::config::production::refuse(&settings)?;
         }
         Ok(settings)
+    }
+
+    /// The same settings with every `sandbox:<id>` endpoint and token URL resolved to
+    /// the gateway's own receivers at `base` (`http://host:port`, as bound).
+    pub fn with_sandbox_at(&self, base: &str) -> Self {
+        let mut resolved = self.clone();
+        for p in resolved.providers.values_mut() {
+            p.endpoint = resolve_sandbox(&p.endpoint, base, "referrals");
+            if let Some(o) = &mut p.oauth {
+                o.token_url = resolve_sandbox(&o.token_url, base, "token");
+            }
+        }
+        for c in resolved.gp_callbacks.values_mut() {
+            c.endpoint = resolve_sandbox(&c.endpoint, base, "referrals");
+            if let Some(o) = &mut c.oauth {
+                o.token_url = resolve_sandbox(&o.token_url, base, "token");
+            }
+        }
+        resolved
+    }
+
+    /// Endpoints written out as this machine's sandbox receivers on a port other
+    /// than the one bound: likely a port changed in one place and not the other.
+    pub fn sandbox_port_mismatches(&self, bound_port: u16) -> Vec<String> {
+        let urls = self
+            .providers
+            .iter()
+            .map(|(id, p)| (format!("providers.{id}"), &p.endpoint, &p.oauth))
+            .chain(
+                self.gp_callbacks
+                    .iter()
+                    .map(|(id, c)| (format!("gp_callbacks.{id}"), &c.endpoint, &c.oauth)),
+            );
+        let mut found = Vec::new();
+        for (at, endpoint, oauth) in urls {
+            let token = oauth.as_ref().map(|o| &o.token_url);
+            for (key, url) in [("endpoint", Some(endpoint)), ("oauth.token_url", token)] {
+                let Some(parsed) = url.and_then(|u| reqwest::Url::parse(u).ok()) else {
+                    continue;
+                };
+                let local = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                if local
+                    && parsed.path().starts_with("/sandbox/")
+                    && parsed.port_or_known_default() != Some(bound_port)
+                {
+                    found.push(format!("{at}.{key}"));
+                }
+            }
+        }
+        found
     }
 
     /// Extracts settings from an already-built figment (tests layer their own values).
@@ -638,7 +710,7 @@ impl Settings {
         for (id, provider) in &self.providers {
             ProviderId::parse(id)
                 .map_err(|e| ConfigError::Invalid(format!("providers.{id}: {e}")))?;
-            check_client(&format!("providers.{id}"), provider)?;
+            check_client(&format!("providers.{id}"), provider, self.sandbox.enabled)?;
         }
         let mut sources: BTreeMap<&str, &str> = BTreeMap::new();
         for (id, callback) in &self.gp_callbacks {
@@ -649,7 +721,7 @@ impl Settings {
                     "{at}: `{id}` is also a provider id; GP callbacks and providers need different ids"
                 )));
             }
-            check_client(&at, &callback.client())?;
+            check_client(&at, &callback.client(), self.sandbox.enabled)?;
             let source = normalise_endpoint(&callback.source_endpoint);
             if source.is_empty() {
                 return Err(ConfigError::Invalid(format!(
@@ -717,10 +789,21 @@ impl Settings {
 
 /// What every outbound client needs: an http(s) endpoint, a client certificate with
 /// its key, and an oauth table for signed-JWT authentication. `at` names the table.
-fn check_client(at: &str, client: &ProviderSettings) -> Result<(), ConfigError> {
-    if !(client.endpoint.starts_with("https://") || client.endpoint.starts_with("http://")) {
+fn check_client(at: &str, client: &ProviderSettings, sandbox: bool) -> Result<(), ConfigError> {
+    if let Some(id) = client.endpoint.strip_prefix(SANDBOX_SCHEME) {
+        if !sandbox {
+            return Err(ConfigError::Invalid(format!(
+                "{at}.endpoint names the gateway's sandbox, but sandbox.enabled is false"
+            )));
+        }
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(ConfigError::Invalid(format!(
+                "{at}.endpoint: `sandbox:` must be followed by a provider id, as in sandbox:bchft"
+            )));
+        }
+    } else if !(client.endpoint.starts_with("https://") || client.endpoint.starts_with("http://")) {
         return Err(ConfigError::Invalid(format!(
-            "{at}.endpoint must be an http(s) URL"
+            "{at}.endpoint must be an http(s) URL or sandbox:<provider>"
         )));
     }
     if let Some(tls) = &client.tls
