@@ -74,6 +74,8 @@ pub struct Metrics {
     http_duration: HistogramVec,
     referrals: IntCounterVec,
     delivery_attempts: IntCounterVec,
+    /// Attempts in a row that did not deliver, per recipient, in this process.
+    recipient_failures: IntGaugeVec,
     /// 1 while a supervised background task runs, 0 while it waits to be restarted.
     task_up: IntGaugeVec,
     task_restarts: IntCounterVec,
@@ -124,6 +126,14 @@ impl Metrics {
             ),
             &["recipient", "kind", "result", "reason"],
         )?;
+        let recipient_failures = IntGaugeVec::new(
+            Opts::new(
+                "thrive_recipient_consecutive_failures",
+                "Delivery attempts in a row to a recipient that did not deliver (retried or \
+                 dead-lettered), counted by this gateway process; 0 after a delivery.",
+            ),
+            &["recipient"],
+        )?;
         let task_up = IntGaugeVec::new(
             Opts::new(
                 "thrive_background_task_up",
@@ -145,7 +155,12 @@ impl Metrics {
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(referrals.clone()))?;
         registry.register(Box::new(delivery_attempts.clone()))?;
+        registry.register(Box::new(recipient_failures.clone()))?;
+        // Listed from the start at 0, so that "no referral accepted today" is a value
+        // an alert can see, not a series that is missing.
+        let _ = referrals.get_metric_with_label_values(&[ReferralOutcome::Accepted.label()]);
         Ok(Self {
+            recipient_failures,
             registry,
             http_requests,
             http_duration,
@@ -189,6 +204,20 @@ impl Metrics {
             .get_metric_with_label_values(&[recipient, kind, result, reason])
         {
             c.inc();
+        }
+    }
+
+    /// An attempt to `recipient` (a configured id) delivered or failed.
+    pub fn recipient_attempt(&self, recipient: &str, delivered: bool) {
+        if let Ok(g) = self
+            .recipient_failures
+            .get_metric_with_label_values(&[recipient])
+        {
+            if delivered {
+                g.set(0);
+            } else {
+                g.inc();
+            }
         }
     }
 
@@ -237,11 +266,15 @@ impl Metrics {
         &self,
         queue: Option<&[(String, i64)]>,
         audit_pending: Option<i64>,
+        recipients: Option<&[crate::operations::RecipientView]>,
     ) -> Result<String, prometheus::Error> {
         use prometheus::core::Collector;
         let mut families = self.registry.gather();
         if let Some(queue) = queue {
             families.extend(queue_gauges(queue)?);
+        }
+        if let Some(recipients) = recipients.filter(|r| !r.is_empty()) {
+            families.extend(recipient_gauges(recipients)?);
         }
         if let Some(pending) = audit_pending {
             let gauge = IntGauge::new(
@@ -257,6 +290,42 @@ impl Metrics {
         TextEncoder::new().encode_utf8(&families, &mut text)?;
         Ok(text)
     }
+}
+
+/// Per configured recipient, from the database at scrape time: queued deliveries, the
+/// oldest one's age, and whether an operator paused it.
+fn recipient_gauges(
+    recipients: &[crate::operations::RecipientView],
+) -> Result<Vec<MetricFamily>, prometheus::Error> {
+    use prometheus::core::Collector;
+    let gauge = |name: &str, help: &str| IntGaugeVec::new(Opts::new(name, help), &["recipient"]);
+    let queued = gauge(
+        "thrive_recipient_queued",
+        "Deliveries waiting for a recipient (retries included), from the database at scrape time.",
+    )?;
+    let oldest = gauge(
+        "thrive_recipient_oldest_queued_seconds",
+        "Age of the oldest delivery waiting for a recipient (0 when none waits), from the \
+         database at scrape time.",
+    )?;
+    let paused = gauge(
+        "thrive_recipient_paused",
+        "1 while an operator has paused deliveries to a recipient.",
+    )?;
+    for r in recipients {
+        let id = r.recipient.as_str();
+        queued.get_metric_with_label_values(&[id])?.set(r.queued);
+        oldest
+            .get_metric_with_label_values(&[id])?
+            .set(r.oldest_queued_seconds.unwrap_or(0));
+        paused
+            .get_metric_with_label_values(&[id])?
+            .set(i64::from(r.paused));
+    }
+    let mut families = queued.collect();
+    families.extend(oldest.collect());
+    families.extend(paused.collect());
+    Ok(families)
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -322,6 +391,7 @@ mod tests {
         m.render(
             Some(&[("queued".into(), 2), ("delivered".into(), 5)]),
             Some(3),
+            None,
         )
         .expect("renders")
     }
@@ -366,7 +436,7 @@ mod tests {
     fn without_the_database_the_gauges_are_missing_not_stale() {
         let m = Metrics::new(None).expect("registry");
         assert!(scrape(&m).contains("thrive_dead_letters 0"));
-        let text = m.render(None, None).expect("renders");
+        let text = m.render(None, None, None).expect("renders");
         assert!(!text.contains("thrive_dead_letters"), "{text}");
         assert!(!text.contains("thrive_audit_pending_records"), "{text}");
         assert!(!text.contains("thrive_delivery_queue_depth"), "{text}");

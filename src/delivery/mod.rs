@@ -404,6 +404,13 @@ impl Deliverer {
         let (recipient, kind) = self.labels(&d.provider, d.kind);
         self.metrics
             .delivery_attempt(recipient, kind, result, why.class);
+        match &outcome {
+            DeliveryOutcome::Delivered { .. } => self.metrics.recipient_attempt(recipient, true),
+            DeliveryOutcome::Retry { .. } | DeliveryOutcome::Dead { .. } => {
+                self.metrics.recipient_attempt(recipient, false);
+            }
+            _ => {}
+        }
         let mapping = receipt.as_ref().and_then(|r| {
             Some(format!(
                 "{}@{}",

@@ -21,7 +21,19 @@ async fn metrics(req: HttpRequest, gw: web::Data<AppState>) -> Result<HttpRespon
         return Err(unauthorised());
     }
     // Side by side, so a database that is away costs the scrape one acquire timeout.
-    let (queue, audit_pending) = tokio::join!(gw.store.delivery_counts(), gw.store.audit_pending());
+    let now = fhir_sdk::time::OffsetDateTime::now_utc();
+    let (queue, audit_pending, recipients) = tokio::join!(
+        gw.store.delivery_counts(),
+        gw.store.audit_pending(),
+        crate::operations::recipients(gw.store.as_ref(), &gw.recipients, now)
+    );
+    let recipients = match recipients {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: the recipients' queues could not be read");
+            None
+        }
+    };
     let queue = match queue {
         Ok(counts) => Some(counts),
         Err(e) => {
@@ -36,7 +48,10 @@ async fn metrics(req: HttpRequest, gw: web::Data<AppState>) -> Result<HttpRespon
             None
         }
     };
-    match gw.metrics.render(queue.as_deref(), audit_pending) {
+    match gw
+        .metrics
+        .render(queue.as_deref(), audit_pending, recipients.as_deref())
+    {
         Ok(text) => Ok(HttpResponse::Ok()
             .content_type(TextEncoder::new().format_type())
             .body(text)),

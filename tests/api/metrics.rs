@@ -435,3 +435,64 @@ on_both_databases!(
     every_kind_of_referral_message_is_counted_by_outcome,
     the_metrics_token_is_required_when_configured,
 );
+
+/// The shipped alert rules pass their own tests in `promtool`, and every series they
+/// name is one a running gateway exposes.
+async fn the_shipped_alert_rules_test_clean_against_the_series_exposed(db: Db) {
+    let root = env!("CARGO_MANIFEST_DIR");
+    for args in [
+        vec!["check", "rules", "config/prometheus/alerts.yml"],
+        vec!["test", "rules", "tests/prometheus/alerts_test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .current_dir(root)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("promtool ({e}): install Debian's prometheus package, as .ci/run does")
+            });
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // A gateway whose provider is down, with a delivery waiting: every series is there.
+    let config = "[providers.bchft]\nendpoint = \"http://127.0.0.1:1/r\"\n\
+                  [providers.prospects]\nendpoint = \"http://127.0.0.1:1/r\"\n";
+    let app = TestApp::spawn_with(db, &format!("{config}{FAST_RETRIES}")).await;
+    assert_eq!(app.send("gp-a", &referral()).await.status, 200);
+    app.deliver().await;
+    let text = scrape(&app).await.text;
+    let rules = std::fs::read_to_string(format!("{root}/config/prometheus/alerts.yml")).unwrap();
+    let mut names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("thrive_"))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 6, "{names:?}");
+    for name in names {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "the rules use {name}, which the gateway does not expose:\n{text}"
+        );
+    }
+    for line in [
+        r#"thrive_recipient_queued{recipient="bchft"}"#,
+        r#"thrive_recipient_paused{recipient="prospects"} 0"#,
+        r#"thrive_referrals_total{outcome="accepted"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line}:\n{text}");
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("thrive_recipient_consecutive_failures{") && l.ends_with(" 1")),
+        "{text}"
+    );
+}
+
+on_both_databases!(the_shipped_alert_rules_test_clean_against_the_series_exposed);
