@@ -9,7 +9,7 @@ use crate::config::Settings;
 use crate::store::AuditRecord;
 use crate::store::{
     AuditFilter, AuditRow, AuditStore, DeliveryFilter, DeliveryState, DeliveryView, OutboxStore,
-    StoreError,
+    ReferralStore, ReferralSummary, StoreError,
 };
 use fhir_sdk::time::OffsetDateTime;
 use serde::Serialize;
@@ -267,4 +267,117 @@ pub async fn pause(
         );
     }
     Ok(Some(changed))
+}
+
+/// One step of a referral's story: one audit record, as metadata.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// The audit record's place in the hash chain.
+    pub seq: Option<i64>,
+    #[serde(with = "fhir_sdk::time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// `referral.new`, `referral.cancel`, `delivery.referral`, `referral.event`,
+    /// `delivery.milestone`, `retention.purge`, `operator.deliveries.replay`, ...
+    pub action: String,
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    /// Who acted: the client id (a GP system, provider, operator or the gateway).
+    pub actor: Option<String>,
+    pub recipient: Option<String>,
+    /// What the step decided and why, from the record: the route and its rule, the new
+    /// status, the milestone, an attempt's reason, target and duration. Never a payload.
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// What of an audit record's detail a timeline shows: decisions and reasons only.
+const STEP_DETAIL: [&str; 11] = [
+    "route",
+    "new_status",
+    "event",
+    "reason",
+    "reason_class",
+    "attempt",
+    "target",
+    "duration_ms",
+    "delivery_id",
+    "referrals",
+    "after_days",
+];
+
+impl Step {
+    fn of(row: &AuditRow) -> Self {
+        let detail: serde_json::Value = serde_json::from_str(&row.detail).unwrap_or_default();
+        let detail = STEP_DETAIL
+            .iter()
+            .filter_map(|k| {
+                let v = detail.get(*k)?;
+                (!v.is_null()).then(|| ((*k).to_owned(), v.clone()))
+            })
+            .collect();
+        Self {
+            seq: row.seq,
+            at: row.recorded_at,
+            action: row.action.clone(),
+            outcome: row.outcome.clone(),
+            http_status: row.http_status,
+            actor: row.client_id.clone(),
+            recipient: row.recipient.clone(),
+            detail,
+        }
+    }
+}
+
+/// A referral with its whole story, oldest step first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timeline {
+    #[serde(flatten)]
+    pub referral: ReferralSummary,
+    pub timeline: Vec<Step>,
+}
+
+/// Every referral `key` names (id, reference, correlation id or a sender's
+/// identifier), each with its timeline; empty when none. Never picks one of several.
+pub async fn timelines<S: ReferralStore + AuditStore + ?Sized>(
+    store: &S,
+    referrals: Vec<ReferralSummary>,
+) -> Result<Vec<Timeline>, StoreError> {
+    let mut found = Vec::with_capacity(referrals.len());
+    for referral in referrals {
+        let filter = AuditFilter {
+            referral_id: Some(referral.id.to_string()),
+            ..AuditFilter::default()
+        };
+        let mut timeline = Vec::new();
+        let mut after = 0;
+        loop {
+            let rows = store.audit_query(&filter, after, 1000).await?;
+            let Some(last) = rows.last() else { break };
+            after = last.seq.unwrap_or(i64::MAX);
+            timeline.extend(rows.iter().map(Step::of));
+            if rows.len() < 1000 {
+                break;
+            }
+        }
+        // A purge is recorded once for all the referrals it purged, at the instant it
+        // set on each of them: that record is this referral's retention step.
+        if let Some(purged) = referral.purged_at {
+            let margin = fhir_sdk::time::Duration::MILLISECOND;
+            let filter = AuditFilter {
+                action: Some("retention.purge".into()),
+                from: Some(purged - margin),
+                to: Some(purged + margin),
+                ..AuditFilter::default()
+            };
+            let purges = store.audit_query(&filter, 0, 10).await?;
+            if let Some(purge) = purges
+                .iter()
+                .min_by_key(|r| (r.recorded_at - purged).unsigned_abs())
+            {
+                timeline.push(Step::of(purge));
+            }
+        }
+        timeline.sort_by_key(|s| s.seq);
+        found.push(Timeline { referral, timeline });
+    }
+    Ok(found)
 }

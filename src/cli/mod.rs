@@ -6,6 +6,7 @@ mod audit;
 mod deliveries;
 mod dev_token;
 mod migrate;
+mod referrals;
 mod report;
 mod retention;
 
@@ -49,6 +50,11 @@ pub enum Command {
     Deliveries {
         #[command(subcommand)]
         command: DeliveriesCommand,
+    },
+    /// Follow one referral.
+    Referrals {
+        #[command(subcommand)]
+        command: ReferralsCommand,
     },
     /// The information-governance audit trail: verify, checkpoint, export.
     Audit {
@@ -243,6 +249,18 @@ pub enum DeliveriesCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ReferralsCommand {
+    /// A referral's whole story, each step with its audit record's seq: KEY is its
+    /// reference (TIW-…), gateway id, correlation id or the sender's identifier.
+    Show {
+        key: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum MappingsCommand {
     /// Validate every mapping file; exit non-zero naming file and line on a problem.
     Check,
@@ -286,6 +304,9 @@ impl Command {
             Command::Migrate => "migrate",
             Command::DevToken { .. } => "dev-token",
             Command::Mappings { .. } => "mappings check",
+            Command::Referrals {
+                command: ReferralsCommand::Show { .. },
+            } => "referrals show",
             Command::Deliveries { command } => match command {
                 DeliveriesCommand::List { .. } => "deliveries list",
                 DeliveriesCommand::Show { .. } => "deliveries show",
@@ -352,6 +373,9 @@ async fn execute(cli: Cli, name: &str) -> Done {
         Command::Migrate => migrate::migrate(&settings).await,
         Command::DevToken { client } => dev_token::dev_token(&settings, &sources, &client),
         Command::Deliveries { command } => deliveries::deliveries(&settings, name, command).await,
+        Command::Referrals {
+            command: ReferralsCommand::Show { key, json },
+        } => referrals::show(&settings, name, &key, json).await,
         Command::Audit { command } => audit::run(&settings, name, command).await,
         Command::Retention {
             command: RetentionCommand::Run,

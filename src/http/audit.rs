@@ -238,6 +238,54 @@ async fn subjects(
     refused(&gw, &req, &principal, "audit.subjects", result).await
 }
 
+/// Every referral about one person, each with its whole story, for an auditor who
+/// knows the NHS number (sent in the body, never in the URL): found through the
+/// subject's audit pseudonym, so the number itself is neither stored nor logged.
+#[post("/audit/v1/referrals")]
+async fn subject_referrals(
+    req: HttpRequest,
+    body: web::Bytes,
+    gw: web::Data<AppState>,
+) -> Result<HttpResponse, Rejection> {
+    let action = "audit.referrals";
+    let principal = auditor(&gw, &req, action).await?;
+    let result = async {
+        Query::none(req.query_string())?;
+        let mut body =
+            params::JsonFields::parse(&body, &["nhs_number"], "{\"nhs_number\": \"<10 digits>\"}")?;
+        let nhs_number = body.string("nhs_number", true, "a string of 10 digits");
+        body.finish()?;
+        let nhs = NhsNumber::parse(nhs_number.as_deref().unwrap_or_default()).map_err(|_| {
+            Rejection::one(
+                Issue::new(
+                    RecCode::UnprocessableEntity,
+                    IssueType::Value,
+                    "nhs_number is not a valid NHS number (10 digits passing the Modulus 11 check)",
+                )
+                .at("nhs_number"),
+            )
+        })?;
+        let found = gw
+            .store
+            .referrals_about(&gw.audit_keys.all_pseudonyms(nhs.expose()))
+            .await?;
+        let active = gw.audit_keys.pseudonym(nhs.expose()).into_string();
+        record_call(
+            &gw,
+            &req,
+            &principal,
+            action,
+            Some(active),
+            json!({"count": found.len()}),
+        )
+        .await?;
+        let timelines = crate::operations::timelines(gw.store.as_ref(), found).await?;
+        Ok(HttpResponse::Ok().json(json!({"count": timelines.len(), "referrals": timelines})))
+    }
+    .await;
+    refused(&gw, &req, &principal, action, result).await
+}
+
 async fn subject_records(
     gw: &AppState,
     req: &HttpRequest,
@@ -416,6 +464,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(list)
         .service(one)
         .service(subjects)
+        .service(subject_referrals)
         .service(export_records)
         .service(verify);
 }

@@ -347,11 +347,68 @@ async fn resume(
     pause_recipient(&gw, &req, &id, false).await
 }
 
+/// One referral's whole story, by a business key: its reference (`TIW-…`), gateway
+/// id, correlation id or the sender's ServiceRequest identifier value. Every referral
+/// the key names is listed (it never picks one); 404 when it names none. Metadata only.
+#[get("/operator/v1/referrals/{key}")]
+async fn referral_timeline(
+    req: HttpRequest,
+    key: web::Path<String>,
+    gw: web::Data<AppState>,
+) -> Result<HttpResponse, Rejection> {
+    let action = "operator.referrals.show";
+    let principal = operator_only(&gw, &req, action).await?;
+    let ctx = AuditContext {
+        action,
+        principal: Some(&principal),
+        ids: None,
+    };
+    let mut issues = Query::none(req.query_string())
+        .err()
+        .map(|r| r.issues)
+        .unwrap_or_default();
+    let found = if issues.is_empty() {
+        gw.store.find_referrals(key.trim()).await?
+    } else {
+        Vec::new()
+    };
+    if issues.is_empty() && found.is_empty() {
+        issues.extend(
+            params::not_found(
+                "key",
+                "no referral has this reference, id, correlation id or sender identifier",
+            )
+            .issues,
+        );
+    }
+    if let Some(r) = Rejection::from_issues(issues) {
+        gw.audit_rejection(&ctx, &r).await;
+        return Err(r);
+    }
+    let ids: Vec<String> = found.iter().map(|r| r.id.to_string()).collect();
+    let mut record = ctx.record(
+        "allowed",
+        200,
+        None,
+        serde_json::json!({"count": ids.len(), "referrals": ids}),
+    );
+    if let [only] = ids.as_slice() {
+        record.referral_id = Some(only.clone());
+    }
+    gw.store.append_audit(&record).await?;
+    let timelines = operations::timelines(gw.store.as_ref(), found).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "count": timelines.len(),
+        "referrals": timelines,
+    })))
+}
+
 /// Registers the operator routes.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(list_deliveries)
         .service(show_delivery)
         .service(list_recipients)
+        .service(referral_timeline)
         .service(pause)
         .service(resume)
         .service(replay_delivery)

@@ -35,7 +35,7 @@ pub use events::EventStore;
 pub use outbox::{
     DeliveryFilter, OutboxStore, RecipientClaim, RecipientControl, RecipientQueue, ShownState,
 };
-pub use referrals::ReferralStore;
+pub use referrals::{ReferralStore, ReferralSummary};
 pub use reports::ReportStore;
 pub use sql::{PostgresStore, SqliteStore};
 pub use states::{DeliveryKind, DeliveryState, ReferralId, ReferralStatus};

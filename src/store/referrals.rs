@@ -7,6 +7,26 @@ use super::{
 use async_trait::async_trait;
 use fhir_sdk::time::OffsetDateTime;
 
+/// A referral as operators see it: where it stands, never whom it is about.
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub struct ReferralSummary {
+    pub id: super::ReferralId,
+    pub reference: String,
+    pub practice_ods: String,
+    pub programme: String,
+    pub provider: String,
+    pub status: super::ReferralStatus,
+    pub milestone: crate::domain::Milestone,
+    pub correlation_id: String,
+    #[serde(with = "fhir_sdk::time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "fhir_sdk::time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// When retention purged its personal data.
+    #[serde(with = "fhir_sdk::time::serde::rfc3339::option")]
+    pub purged_at: Option<OffsetDateTime>,
+}
+
 /// Referrals: accepting, reading, updating and purging them, and their deliveries.
 #[async_trait]
 pub trait ReferralStore: Send + Sync {
@@ -45,6 +65,15 @@ pub trait ReferralStore: Send + Sync {
         now: OffsetDateTime,
         audit: &AuditRecord,
     ) -> Result<u64, StoreError>;
+    /// Referrals an operator names by a business key: the gateway id, the reference,
+    /// the correlation id, or a sender's ServiceRequest identifier value. Metadata
+    /// only; every match, oldest first (at most 100).
+    async fn find_referrals(&self, key: &str) -> Result<Vec<ReferralSummary>, StoreError>;
+    /// Referrals about the subject with any of these audit pseudonyms.
+    async fn referrals_about(
+        &self,
+        subjects: &[String],
+    ) -> Result<Vec<ReferralSummary>, StoreError>;
     /// How many referrals are stored (all states).
     async fn count_referrals(&self) -> Result<i64, StoreError>;
     /// Seals personal data still held in the clear, written before encryption at rest

@@ -926,6 +926,15 @@ mod panics_on {
 
     #[async_trait::async_trait]
     impl ReferralStore for PanicsOn {
+        async fn find_referrals(&self, key: &str) -> Result<Vec<ReferralSummary>, StoreError> {
+            self.inner.find_referrals(key).await
+        }
+        async fn referrals_about(
+            &self,
+            subjects: &[String],
+        ) -> Result<Vec<ReferralSummary>, StoreError> {
+            self.inner.referrals_about(subjects).await
+        }
         async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
             self.inner.insert_referral(r).await
         }

@@ -447,3 +447,169 @@ async fn rate_and_concurrency_limits_hold_across_two_gateways(db: Db) {
 }
 
 on_both_databases!(rate_and_concurrency_limits_hold_across_two_gateways);
+
+/// One referral's whole story by any of its business keys: accepted, delivered, a
+/// status event, cancelled and the notice sent, then purged; each step with its seq.
+async fn a_referral_s_timeline_is_found_by_any_of_its_keys(db: Db) {
+    let provider = FakeProvider::start(vec![]).await;
+    let app = TestApp::spawn_with(db, &provider.config(FAST_RETRIES)).await;
+    let original = referral();
+    let ids = Ids::fresh();
+    let reply = app.send_with("gp-a", &original, &ids).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let id = reply.json()["entry"][1]["resource"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stored = app.store.referral(&id).await.unwrap().unwrap();
+    app.deliver().await;
+    let event = serde_json::json!({"event": "accepted", "occurred_at": just_now()});
+    let posted = crate::events::post(
+        &app,
+        &stored.provider,
+        &id,
+        &uuid::Uuid::new_v4().to_string(),
+        &event,
+    )
+    .await;
+    assert_eq!(posted.status, 201, "{}", posted.text);
+    assert_eq!(app.send("gp-a", &cancellation(&original)).await.status, 200);
+    app.deliver().await;
+    crate::retention::age(db, &app, &id).await;
+    assert_eq!(crate::retention::purge(&app).await, 1);
+
+    let sender_identifier = original["entry"][1]["resource"]["identifier"][0]["value"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let by_reference = app
+        .get(
+            "operator",
+            &format!("/operator/v1/referrals/{}", stored.reference),
+        )
+        .await;
+    assert_eq!(by_reference.status, 200, "{}", by_reference.text);
+    let found = by_reference.json();
+    assert_eq!(found["count"], 1);
+    let story = &found["referrals"][0];
+    assert_eq!(story["id"], id.as_str());
+    assert_eq!(story["status"], "cancelled");
+    assert_eq!(story["milestone"], "accepted");
+    let steps: Vec<(String, String)> = story["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["action"].as_str().unwrap().to_owned(),
+                s["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .filter(|(action, _)| !action.starts_with("operator.") && action != "referral.read")
+        .collect();
+    let expected = [
+        ("referral.new", "accepted"),
+        ("delivery.referral", "delivered"),
+        ("referral.event", "accepted"),
+        ("referral.cancel", "accepted"),
+        ("delivery.cancellation", "delivered"),
+        ("retention.purge", "purged"),
+    ];
+    assert_eq!(
+        steps,
+        expected.map(|(a, o)| (a.to_owned(), o.to_owned())),
+        "{story}"
+    );
+    let seqs: Vec<i64> = story["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["seq"].as_i64().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    let first = &story["timeline"][0];
+    assert_eq!(
+        first["detail"]["route"]["provider"],
+        stored.provider.as_str()
+    );
+    assert_eq!(first["actor"], "gp-a");
+    let delivered = &story["timeline"][1];
+    assert!(
+        delivered["detail"]["target"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+
+    // The same story by the gateway id, the correlation id and the sender's identifier.
+    for key in [id.clone(), ids.correlation.to_string(), sender_identifier] {
+        let again = app
+            .get("operator", &format!("/operator/v1/referrals/{key}"))
+            .await;
+        assert_eq!(again.status, 200, "{key}: {}", again.text);
+        assert_eq!(again.json()["referrals"][0]["id"], id.as_str(), "{key}");
+    }
+    // A key two referrals share lists both; one that names none is 404.
+    let shared = Ids {
+        request: uuid::Uuid::new_v4(),
+        ..ids
+    };
+    assert_eq!(
+        app.send_with("gp-a", &referral(), &shared).await.status,
+        200
+    );
+    let both = app
+        .get(
+            "operator",
+            &format!("/operator/v1/referrals/{}", ids.correlation),
+        )
+        .await;
+    assert_eq!(both.json()["count"], 2, "{}", both.text);
+    app.get("operator", "/operator/v1/referrals/TIW-NOSUCH")
+        .await
+        .assert_issue(404, "REC_NOT_FOUND", "key");
+    assert_eq!(
+        app.get(
+            "auditor",
+            &format!("/operator/v1/referrals/{}", stored.reference)
+        )
+        .await
+        .status,
+        403
+    );
+
+    // Auditors reach every referral about the person by NHS number, sent in the body.
+    let nhs_number = original["entry"][2]["resource"]["identifier"][0]["value"].clone();
+    let by_person = |client: &str| {
+        app.client
+            .post(app.url("/audit/v1/referrals"))
+            .bearer_auth(token(client))
+            .json(&serde_json::json!({ "nhs_number": nhs_number }))
+            .send()
+    };
+    assert_eq!(by_person("operator").await.unwrap().status(), 403);
+    let person = Reply::from(by_person("auditor").await.unwrap()).await;
+    assert_eq!(person.status, 200, "{}", person.text);
+    assert_eq!(person.json()["count"], 2);
+
+    // The command line tells the same story.
+    let (code, out, err) = command(&app, &["referrals", "show", &stored.reference]);
+    assert_eq!(code, 0, "{err}");
+    for (action, _) in expected {
+        assert!(out.contains(action), "{action}: {out}");
+    }
+    assert!(out.contains(&stored.reference));
+    let (code, out, _) = command(&app, &["referrals", "show", &ids.correlation.to_string()]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("2 referrals match"), "{out}");
+    let (code, _, err) = command(&app, &["referrals", "show", "TIW-NOSUCH"]);
+    assert_eq!(code, 1, "{err}");
+
+    for shown in [&by_reference.text, &person.text, &out] {
+        for never in FIXTURE_PATIENT_DATA {
+            assert!(!shown.contains(never), "a timeline holds patient data");
+        }
+    }
+}
+
+on_both_databases!(a_referral_s_timeline_is_found_by_any_of_its_keys);

@@ -19,7 +19,7 @@ async fn accept(app: &TestApp, msg: &Value) -> String {
 }
 
 /// Makes a referral and its deliveries look last changed long ago, as a clock would.
-async fn age(db: Db, app: &TestApp, id: &str) {
+pub async fn age(db: Db, app: &TestApp, id: &str) {
     for table in ["referrals", "deliveries"] {
         let key = if table == "referrals" {
             "id"
@@ -66,7 +66,7 @@ async fn assert_purged(db: Db, app: &TestApp, id: &str) {
     assert_eq!((message.as_str(), nhs.as_str()), ("", ""), "nothing left");
 }
 
-async fn purge(app: &TestApp) -> u64 {
+pub async fn purge(app: &TestApp) -> u64 {
     let settings = RetentionSettings {
         enabled: true,
         after_days: 30,

@@ -1,6 +1,15 @@
 //! The referral aggregate's SQL: accepting, reading, updating and purging referrals. Each statement is written once for both engines.
 
 use super::*;
+use crate::store::ReferralSummary;
+
+/// Columns of [`ReferralSummary`].
+macro_rules! summary_columns {
+    () => {
+        "SELECT id, reference, practice_ods, programme, provider, status, milestone, \
+         correlation_id, created_at, updated_at, purged_at FROM referrals"
+    };
+}
 
 macro_rules! referral_store {
     ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
@@ -39,6 +48,33 @@ macro_rules! referral_store {
                 .fetch_optional(&self.pool)
                 .await?;
                 open_referral(&self.keys, row)
+            }
+            async fn find_referrals(&self, key: &str) -> Result<Vec<ReferralSummary>, StoreError> {
+                Ok(sqlx::query_as::<_, ReferralSummary>(concat!(
+                    summary_columns!(),
+                    " WHERE id = $1 OR reference = $1 OR correlation_id = $1 \
+                     OR id IN (SELECT referral_id FROM referral_identifiers WHERE value = $1) \
+                     ORDER BY created_at, id LIMIT 100"
+                ))
+                .bind(key)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+            async fn referrals_about(&self, subjects: &[String]) -> Result<Vec<ReferralSummary>, StoreError> {
+                let mut found = Vec::new();
+                for subject in subjects {
+                    let rows = sqlx::query_as::<_, ReferralSummary>(concat!(
+                        summary_columns!(),
+                        " WHERE subject = $1 ORDER BY created_at, id"
+                    ))
+                    .bind(subject)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    found.extend(rows);
+                }
+                found.sort_by_key(|r| r.created_at);
+                found.dedup_by(|a, b| a.id == b.id);
+                Ok(found)
             }
             async fn referrals_by_identifier(
                 &self,
