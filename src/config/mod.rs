@@ -3,6 +3,7 @@
 //! environment variables. Later layers win; unknown keys stop the gateway at start.
 
 mod delivery;
+pub mod pace;
 pub mod production;
 
 pub use delivery::*;
@@ -603,56 +604,6 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The same settings with every `sandbox:<id>` endpoint and token URL resolved to
-    /// the gateway's own receivers at `base` (`http://host:port`, as bound).
-    pub fn with_sandbox_at(&self, base: &str) -> Self {
-        let mut resolved = self.clone();
-        for p in resolved.providers.values_mut() {
-            p.endpoint = resolve_sandbox(&p.endpoint, base, "referrals");
-            if let Some(o) = &mut p.oauth {
-                o.token_url = resolve_sandbox(&o.token_url, base, "token");
-            }
-        }
-        for c in resolved.gp_callbacks.values_mut() {
-            c.endpoint = resolve_sandbox(&c.endpoint, base, "referrals");
-            if let Some(o) = &mut c.oauth {
-                o.token_url = resolve_sandbox(&o.token_url, base, "token");
-            }
-        }
-        resolved
-    }
-
-    /// Endpoints written out as this machine's sandbox receivers on a port other
-    /// than the one bound: likely a port changed in one place and not the other.
-    pub fn sandbox_port_mismatches(&self, bound_port: u16) -> Vec<String> {
-        let urls = self
-            .providers
-            .iter()
-            .map(|(id, p)| (format!("providers.{id}"), &p.endpoint, &p.oauth))
-            .chain(
-                self.gp_callbacks
-                    .iter()
-                    .map(|(id, c)| (format!("gp_callbacks.{id}"), &c.endpoint, &c.oauth)),
-            );
-        let mut found = Vec::new();
-        for (at, endpoint, oauth) in urls {
-            let token = oauth.as_ref().map(|o| &o.token_url);
-            for (key, url) in [("endpoint", Some(endpoint)), ("oauth.token_url", token)] {
-                let Some(parsed) = url.and_then(|u| reqwest::Url::parse(u).ok()) else {
-                    continue;
-                };
-                let local = matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"));
-                if local
-                    && parsed.path().starts_with("/sandbox/")
-                    && parsed.port_or_known_default() != Some(bound_port)
-                {
-                    found.push(format!("{at}.{key}"));
-                }
-            }
-        }
-        found
-    }
-
     /// Extracts settings from an already-built figment (tests layer their own values).
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let settings: Settings = figment.extract().map_err(Box::new)?;
@@ -785,52 +736,6 @@ impl Settings {
         }
         Ok(())
     }
-}
-
-/// What every outbound client needs: an http(s) endpoint, a client certificate with
-/// its key, and an oauth table for signed-JWT authentication. `at` names the table.
-fn check_client(at: &str, client: &ProviderSettings, sandbox: bool) -> Result<(), ConfigError> {
-    if let Some(id) = client.endpoint.strip_prefix(SANDBOX_SCHEME) {
-        if !sandbox {
-            return Err(ConfigError::Invalid(format!(
-                "{at}.endpoint names the gateway's sandbox, but sandbox.enabled is false"
-            )));
-        }
-        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(ConfigError::Invalid(format!(
-                "{at}.endpoint: `sandbox:` must be followed by a provider id, as in sandbox:bchft"
-            )));
-        }
-    } else if !(client.endpoint.starts_with("https://") || client.endpoint.starts_with("http://")) {
-        return Err(ConfigError::Invalid(format!(
-            "{at}.endpoint must be an http(s) URL or sandbox:<provider>"
-        )));
-    }
-    if let Some(tls) = &client.tls
-        && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
-    {
-        return Err(ConfigError::Invalid(format!(
-            "{at}.tls: client_cert_file and client_key_file go together"
-        )));
-    }
-    if let Some(rate) = client.max_per_second
-        && !(rate.is_finite() && rate > 0.0)
-    {
-        return Err(ConfigError::Invalid(format!(
-            "{at}.max_per_second must be a number above 0 (leave it out for no limit)"
-        )));
-    }
-    if client.max_in_flight == Some(0) {
-        return Err(ConfigError::Invalid(format!(
-            "{at}.max_in_flight must be at least 1 (leave it out for no limit)"
-        )));
-    }
-    if client.auth == ProviderAuth::SignedJwt && client.oauth.is_none() {
-        return Err(ConfigError::Invalid(format!(
-            "{at}: auth = \"signed-jwt\" needs a [{at}.oauth] table"
-        )));
-    }
-    Ok(())
 }
 
 /// Loads the shipped defaults only, from a given config folder: a starting point for
