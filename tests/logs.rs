@@ -81,10 +81,17 @@ async fn no_patient_data_reaches_the_logs() {
 /// the host it went to and why, and the dead letter it ends as is one too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_failed_attempt_is_a_warning_with_recipient_host_and_reason() {
+    for db in [Db::Sqlite, Db::Postgres] {
+        failed_attempts_are_warnings(db).await;
+    }
+}
+
+async fn failed_attempts_are_warnings(db: Db) {
     let captured = captured();
+    let before = captured.0.lock().unwrap().len();
     let down = "http://127.0.0.1:1/referrals";
     let app = TestApp::spawn_with(
-        Db::Sqlite,
+        db,
         &format!(
             "[providers.bchft]\nendpoint = \"{down}\"\n[providers.prospects]\nendpoint = \"{down}\"\n\
              [delivery]\nenabled = false\ninitial_backoff_ms = 1\nmax_backoff_ms = 2\nmax_attempts = 2\n"
@@ -102,7 +109,7 @@ async fn every_failed_attempt_is_a_warning_with_recipient_host_and_reason() {
     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     app.deliver().await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = String::from_utf8(captured.0.lock().unwrap()[before..].to_vec()).unwrap();
     let warnings: Vec<serde_json::Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())

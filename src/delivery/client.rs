@@ -334,17 +334,16 @@ fn describe(e: &reqwest::Error) -> (FailureClass, String) {
     let mut tls: Option<String> = None;
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
-            // io::Error's source() skips the error it wraps: look inside.
-            if let Some(inner) = io.get_ref()
-                && let Some(t) = inner.downcast_ref::<rustls::Error>()
-            {
-                tls = Some(t.to_string());
-            }
-        }
         if let Some(t) = c.downcast_ref::<rustls::Error>() {
             tls = Some(t.to_string());
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+            // io::Error's source() skips the error it wraps: step into it instead.
+            if let Some(inner) = io.get_ref() {
+                cause = Some(inner as &(dyn std::error::Error + 'static));
+                continue;
+            }
         }
         cause = c.source();
     }

@@ -687,6 +687,21 @@ async fn mutual_tls_to_providers_and_the_wrong_ca_is_refused(db: Db) {
         state_of(&app, &id).await,
         vec![("referral".into(), "queued".into())]
     );
+    // The operator is told why: a TLS failure naming the host and the check.
+    let view = &app
+        .store
+        .list_deliveries(&DeliveryFilter::default(), 1)
+        .await
+        .unwrap()[0];
+    let error = view.last_error.as_deref().unwrap_or_default();
+    let host = impostor
+        .url
+        .trim_start_matches("https://")
+        .trim_end_matches("/referrals");
+    assert!(
+        error.starts_with(&format!("{host}: TLS failure: ")) && error.contains("certificate"),
+        "{error}"
+    );
 
     // Without the client certificate the provider refuses the connection.
     let app = TestApp::spawn_with(db, &tls_config(&provider.url, "ca", None)).await;
