@@ -22,6 +22,7 @@ pub mod http;
 pub mod intake;
 pub mod limits;
 pub mod mapping;
+pub mod mesh;
 pub mod metrics;
 pub mod operations;
 pub mod outcome;

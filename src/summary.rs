@@ -61,6 +61,9 @@ pub fn render(
     for (who, how) in recipients {
         line("deliveries", format!("{who} -> {how}"));
     }
+    if let Some(mesh) = &settings.mesh {
+        line("mesh", format!("mailbox {} at {}", mesh.mailbox, mesh.url));
+    }
     line(
         "sandbox",
         if settings.sandbox.enabled {
@@ -114,10 +117,15 @@ fn client(p: &ProviderSettings, paused: bool) -> String {
         ProviderAuth::None => "no auth",
         ProviderAuth::SignedJwt => "signed-jwt",
     };
-    let transport = match (p.endpoint.starts_with("https://"), &p.tls) {
-        (false, _) => "http",
-        (true, Some(t)) if t.client_cert_file.is_some() => "https with mutual TLS",
-        (true, _) => "https",
+    let transport = match (&p.mesh, p.endpoint.starts_with("https://"), &p.tls) {
+        (Some(_), _, _) if p.transport == crate::config::mesh::Transport::Mesh => "mesh",
+        (_, false, _) => "http",
+        (_, true, Some(t)) if t.client_cert_file.is_some() => "https with mutual TLS",
+        (_, true, _) => "https",
+    };
+    let host = match (&p.mesh, transport) {
+        (Some(route), "mesh") => format!("MESH mailbox {} ({})", route.to, route.workflow_id),
+        _ => host,
     };
     let mut parts = vec![format.to_owned(), auth.to_owned(), transport.to_owned()];
     if let Some(r) = p.max_per_second {

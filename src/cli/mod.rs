@@ -51,6 +51,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DeliveriesCommand,
     },
+    /// The gateway's MESH mailbox.
+    Mesh {
+        #[command(subcommand)]
+        command: MeshCommand,
+    },
     /// Follow one referral.
     Referrals {
         #[command(subcommand)]
@@ -249,6 +254,12 @@ pub enum DeliveriesCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Handshake with the configured mailbox and print how many messages wait in it.
+    Check,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum ReferralsCommand {
     /// A referral's whole story, each step with its audit record's seq: KEY is its
     /// reference (TIW-…), gateway id, correlation id or the sender's identifier.
@@ -307,6 +318,9 @@ impl Command {
             Command::Referrals {
                 command: ReferralsCommand::Show { .. },
             } => "referrals show",
+            Command::Mesh {
+                command: MeshCommand::Check,
+            } => "mesh check",
             Command::Deliveries { command } => match command {
                 DeliveriesCommand::List { .. } => "deliveries list",
                 DeliveriesCommand::Show { .. } => "deliveries show",
@@ -347,6 +361,27 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// `mesh check`: the handshake, then the inbox count; names the mailbox, never a secret.
+async fn mesh_check(settings: &Settings) -> Done {
+    let Some(mesh) = &settings.mesh else {
+        return Err(Failure::usage("no [mesh] table is configured"));
+    };
+    let client = crate::mesh::MeshClient::new(mesh).map_err(Failure::usage)?;
+    client
+        .handshake()
+        .await
+        .map_err(|e| Failure::failed(format!("handshake of mailbox {}: {e}", mesh.mailbox)))?;
+    let count = client
+        .inbox_count()
+        .await
+        .map_err(|e| Failure::failed(format!("inbox of mailbox {}: {e}", mesh.mailbox)))?;
+    println!(
+        "mailbox {} at {}: handshake ok, {count} messages waiting",
+        mesh.mailbox, mesh.url
+    );
+    Ok(())
+}
+
 async fn execute(cli: Cli, name: &str) -> Done {
     let sources = Sources::from_process(cli.config.clone());
     let settings = Settings::load(&sources).map_err(Failure::usage)?;
@@ -364,6 +399,19 @@ async fn execute(cli: Cli, name: &str) -> Done {
                 .summary(sources.environment.as_deref(), &sources.layers())
                 .await;
             tracing::info!("{summary}");
+            if let Some(mesh) = &settings.mesh {
+                // MESH may be away for a while: deliveries wait and retry, so a failed
+                // handshake is a warning, not a reason to stay down.
+                match crate::mesh::MeshClient::new(mesh) {
+                    Ok(client) => match client.handshake().await {
+                        Ok(()) => tracing::info!(mailbox = %mesh.mailbox, "MESH handshake ok"),
+                        Err(e) => {
+                            tracing::warn!(mailbox = %mesh.mailbox, error = %e, "MESH handshake failed")
+                        }
+                    },
+                    Err(e) => tracing::warn!(error = %e, "MESH is not usable"),
+                }
+            }
             tracing::info!(address = %app.address(), environment = sources.environment.as_deref().unwrap_or("(none)"), "thrive-gateway listening");
             app.run().await.map_err(|e| {
                 tracing::error!(error = %e, "server stopped with an error");
@@ -376,6 +424,9 @@ async fn execute(cli: Cli, name: &str) -> Done {
         Command::Referrals {
             command: ReferralsCommand::Show { key, json },
         } => referrals::show(&settings, name, &key, json).await,
+        Command::Mesh {
+            command: MeshCommand::Check,
+        } => mesh_check(&settings).await,
         Command::Audit { command } => audit::run(&settings, name, command).await,
         Command::Retention {
             command: RetentionCommand::Run,

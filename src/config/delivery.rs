@@ -8,7 +8,8 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderSettings {
-    /// The URL deliveries are POSTed to.
+    /// The URL deliveries are POSTed to (not used with `transport = "mesh"`).
+    #[serde(default)]
     pub endpoint: String,
     /// `json`: the mapped dataset as a JSON document.
     #[serde(default)]
@@ -27,6 +28,12 @@ pub struct ProviderSettings {
     /// Per-request timeout, in milliseconds.
     #[serde(default = "default_provider_timeout")]
     pub timeout_ms: u64,
+    /// `https` (POST to `endpoint`) or `mesh` (to the mailbox `mesh.to`).
+    #[serde(default)]
+    pub transport: super::mesh::Transport,
+    /// For `transport = "mesh"`: the recipient's mailbox and workflow.
+    #[serde(default)]
+    pub mesh: Option<super::mesh::MeshRoute>,
     /// Deliveries started per second at most, across every gateway on the database.
     #[serde(default)]
     pub max_per_second: Option<f64>,
@@ -62,7 +69,8 @@ pub struct GpCallbackSettings {
     /// The GP system's `MessageHeader.source.endpoint`, matched exactly (one
     /// trailing `/` ignored).
     pub source_endpoint: String,
-    /// The URL milestones are POSTed to.
+    /// The URL milestones are POSTed to (not used with `transport = "mesh"`).
+    #[serde(default)]
     pub endpoint: String,
     #[serde(default)]
     pub auth: ProviderAuth,
@@ -72,6 +80,12 @@ pub struct GpCallbackSettings {
     pub tls: Option<ProviderTlsSettings>,
     #[serde(default = "default_provider_timeout")]
     pub timeout_ms: u64,
+    /// `https` (POST to `endpoint`) or `mesh` (to the mailbox `mesh.to`).
+    #[serde(default)]
+    pub transport: super::mesh::Transport,
+    /// For `transport = "mesh"`: the recipient's mailbox and workflow.
+    #[serde(default)]
+    pub mesh: Option<super::mesh::MeshRoute>,
     /// Deliveries started per second at most, across every gateway on the database.
     #[serde(default)]
     pub max_per_second: Option<f64>,
@@ -95,6 +109,8 @@ impl GpCallbackSettings {
             oauth: self.oauth.clone(),
             tls: self.tls.clone(),
             timeout_ms: self.timeout_ms,
+            transport: self.transport,
+            mesh: self.mesh.clone(),
             max_per_second: self.max_per_second,
             max_in_flight: self.max_in_flight,
             quiet_hours: self.quiet_hours.clone(),
@@ -260,8 +276,22 @@ impl super::Settings {
 pub(super) fn check_client(
     at: &str,
     client: &ProviderSettings,
-    sandbox: bool,
+    settings: &super::Settings,
 ) -> Result<(), ConfigError> {
+    let sandbox = settings.sandbox.enabled;
+    if client.transport == super::mesh::Transport::Mesh {
+        if client.mesh.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "{at}: transport = \"mesh\" needs a [{at}.mesh] table with `to` and `workflow_id`"
+            )));
+        }
+        if settings.mesh.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "{at}: transport = \"mesh\" needs the gateway's mailbox in a [mesh] table"
+            )));
+        }
+        return Ok(());
+    }
     if let Some(id) = client.endpoint.strip_prefix(SANDBOX_SCHEME) {
         if !sandbox {
             return Err(ConfigError::Invalid(format!(

@@ -3,6 +3,7 @@
 //! environment variables. Later layers win; unknown keys stop the gateway at start.
 
 mod delivery;
+pub mod mesh;
 pub mod pace;
 pub mod production;
 
@@ -63,6 +64,9 @@ pub struct Settings {
     /// Per-client and per-address request limits.
     #[serde(default)]
     pub rate_limit: RateLimitSettings,
+    /// The gateway's MESH mailbox, for recipients with `transport = "mesh"`.
+    #[serde(default)]
+    pub mesh: Option<mesh::MeshSettings>,
 }
 
 /// Rate limits, per process (see `limits`). A zero turns that limit off.
@@ -661,7 +665,7 @@ impl Settings {
         for (id, provider) in &self.providers {
             ProviderId::parse(id)
                 .map_err(|e| ConfigError::Invalid(format!("providers.{id}: {e}")))?;
-            check_client(&format!("providers.{id}"), provider, self.sandbox.enabled)?;
+            check_client(&format!("providers.{id}"), provider, self)?;
         }
         let mut sources: BTreeMap<&str, &str> = BTreeMap::new();
         for (id, callback) in &self.gp_callbacks {
@@ -672,7 +676,7 @@ impl Settings {
                     "{at}: `{id}` is also a provider id; GP callbacks and providers need different ids"
                 )));
             }
-            check_client(&at, &callback.client(), self.sandbox.enabled)?;
+            check_client(&at, &callback.client(), self)?;
             let source = normalise_endpoint(&callback.source_endpoint);
             if source.is_empty() {
                 return Err(ConfigError::Invalid(format!(

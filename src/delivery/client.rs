@@ -1,7 +1,9 @@
 //! Provider clients: HTTPS (rustls) POSTs of one delivery, with the headers the
 //! provider de-duplicates and correlates on, and the provider's chosen authentication.
 
+use crate::config::mesh::{MeshRoute, Transport};
 use crate::config::{OAuthSettings, ProviderAuth, ProviderFormat, ProviderSettings};
+use crate::mesh::{MeshClient, MeshError, Outgoing};
 use fhir_sdk::time::Duration;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use std::sync::Arc;
@@ -20,6 +22,8 @@ pub enum Answer {
         /// The start of the provider's answer, printable characters only, kept with
         /// a dead letter so an operator can see why.
         excerpt: String,
+        /// The transport's own id for what was sent (MESH's message id).
+        reference: Option<String>,
     },
     /// No answer: timeout, refused or reset connection, TLS failure, token endpoint
     /// failure. `error` names the host that failed.
@@ -67,6 +71,8 @@ pub struct ProviderClient {
     host: String,
     format: ProviderFormat,
     oauth: Option<Arc<OAuth>>,
+    /// With `transport = "mesh"`: the gateway's mailbox and the recipient's route.
+    mesh: Option<(Arc<MeshClient>, MeshRoute)>,
 }
 
 impl std::fmt::Debug for ProviderClient {
@@ -94,7 +100,18 @@ const TOKEN_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 const MAX_TOKEN_CACHE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl ProviderClient {
-    pub fn new(settings: &ProviderSettings) -> Result<Self, String> {
+    /// A client for one recipient; `mesh` is the gateway's mailbox, when configured.
+    pub fn new(
+        settings: &ProviderSettings,
+        mesh: Option<&Arc<MeshClient>>,
+    ) -> Result<Self, String> {
+        let mesh = match (settings.transport, &settings.mesh, mesh) {
+            (Transport::Https, _, _) => None,
+            (Transport::Mesh, Some(route), Some(client)) => Some((client.clone(), route.clone())),
+            (Transport::Mesh, _, _) => {
+                return Err("transport = \"mesh\" needs [mesh] and a mesh table".into());
+            }
+        };
         let mut builder = reqwest::Client::builder()
             .timeout(std::time::Duration::from_millis(settings.timeout_ms))
             .connect_timeout(std::time::Duration::from_millis(
@@ -143,9 +160,14 @@ impl ProviderClient {
                 }))
             }
         };
+        let host = match &mesh {
+            Some((_, route)) => format!("mesh:{}", route.to),
+            None => host_of(&settings.endpoint)?,
+        };
         Ok(Self {
             http,
-            host: host_of(&settings.endpoint)?,
+            host,
+            mesh,
             endpoint: settings.endpoint.clone(),
             format: settings.format,
             oauth,
@@ -163,12 +185,20 @@ impl ProviderClient {
     }
 
     /// POSTs one delivery. `request_id` is the delivery's, the same on every retry.
+    /// `earlier_attempts` says whether this delivery was tried before: over MESH, a
+    /// message MESH may already hold is looked up (by `mex-LocalID`) before sending.
     pub async fn send(
         &self,
         request_id: &str,
         correlation_id: &str,
         body: &serde_json::Value,
+        earlier_attempts: bool,
     ) -> Answer {
+        if let Some((mesh, route)) = &self.mesh {
+            return self
+                .send_mesh(mesh, route, request_id, body, earlier_attempts)
+                .await;
+        }
         let content_type = match self.format {
             ProviderFormat::Json => "application/json",
             ProviderFormat::Fhir => "application/fhir+json",
@@ -221,6 +251,60 @@ impl ProviderClient {
             status,
             retry_after,
             excerpt,
+            reference: None,
+        }
+    }
+}
+
+impl ProviderClient {
+    async fn send_mesh(
+        &self,
+        mesh: &MeshClient,
+        route: &MeshRoute,
+        local_id: &str,
+        body: &serde_json::Value,
+        earlier_attempts: bool,
+    ) -> Answer {
+        let sent = |id: String| Answer::Status {
+            status: 202,
+            retry_after: None,
+            excerpt: String::new(),
+            reference: Some(id),
+        };
+        if earlier_attempts {
+            // An earlier attempt may have reached MESH without its answer reaching us.
+            match mesh.track(local_id).await {
+                Ok(Some(id)) => return sent(id),
+                Ok(None) => {}
+                Err(e) => return self.mesh_failure(e),
+            }
+        }
+        let payload = body.to_string();
+        let outgoing = Outgoing {
+            to: &route.to,
+            workflow_id: &route.workflow_id,
+            local_id,
+            subject: "thrive-gateway delivery",
+            body: payload.as_bytes(),
+        };
+        match mesh.send_message(outgoing).await {
+            Ok(id) => sent(id),
+            Err(e) => self.mesh_failure(e),
+        }
+    }
+
+    fn mesh_failure(&self, e: MeshError) -> Answer {
+        match e {
+            MeshError::Status { status, excerpt } => Answer::Status {
+                status,
+                retry_after: None,
+                excerpt,
+                reference: None,
+            },
+            MeshError::Failed(why) => Answer::Failed {
+                class: FailureClass::Connect,
+                error: format!("{}: {why}", self.host),
+            },
         }
     }
 }

@@ -47,6 +47,8 @@ mod tests {
             oauth: None,
             tls: None,
             timeout_ms: 1000,
+            transport: Default::default(),
+            mesh: None,
             max_per_second: None,
             max_in_flight: None,
             quiet_hours: Vec::new(),

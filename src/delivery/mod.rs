@@ -50,6 +50,8 @@ pub enum DeliverySetupError {
     Client(String, String),
     #[error("gp_callbacks.{0}: {1}")]
     Callback(String, String),
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::MeshSetupError),
 }
 
 /// Everything one provider needs: where to send, what to send, how to pseudonymise.
@@ -115,6 +117,12 @@ impl Deliverer {
         datasets: Arc<Datasets>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Self, DeliverySetupError> {
+        let mesh = settings
+            .mesh
+            .as_ref()
+            .map(crate::mesh::MeshClient::new)
+            .transpose()?
+            .map(Arc::new);
         let mut recipients = HashMap::new();
         for provider in routing.providers() {
             let id = provider.id.to_string();
@@ -138,7 +146,7 @@ impl Deliverer {
                 }
                 None => None,
             };
-            let client = ProviderClient::new(config)
+            let client = ProviderClient::new(config, mesh.as_ref())
                 .map_err(|e| DeliverySetupError::Client(id.clone(), e))?;
             let receiver = provider_message::Receiver {
                 endpoint: config.endpoint.clone(),
@@ -158,7 +166,7 @@ impl Deliverer {
         let mut paces: Vec<(String, Pace)> = Vec::new();
         for (id, callback) in &settings.gp_callbacks {
             let config = callback.client();
-            let client = ProviderClient::new(&config)
+            let client = ProviderClient::new(&config, mesh.as_ref())
                 .map_err(|e| DeliverySetupError::Callback(id.clone(), e))?;
             callbacks.insert(id.clone(), client);
             paces.push((id.clone(), config.pace()));
@@ -436,6 +444,9 @@ impl Deliverer {
         if let Some(event) = &d.event {
             detail["event"] = json!(event);
         }
+        if let Some(id) = &why.reference {
+            detail["mesh_message_id"] = json!(id);
+        }
         if d.kind == DeliveryKind::Referral {
             // The consent the disclosure rests on (dates and recipient, no identifiers).
             detail["consent"] = serde_json::from_str(&d.consent).unwrap_or(serde_json::Value::Null);
@@ -517,7 +528,9 @@ impl Deliverer {
             Ok(p) => p,
             Err((outcome, why)) => return (outcome, None, why),
         };
-        let answer = client.send(&d.request_id, &d.correlation_id, &body).await;
+        let answer = client
+            .send(&d.request_id, &d.correlation_id, &body, d.attempts > 0)
+            .await;
         let (outcome, why) = self.classify(
             answer,
             client.host(),

@@ -22,13 +22,20 @@ impl Deliverer {
                 status,
                 retry_after,
                 excerpt,
+                reference,
             } => {
                 if (200..300).contains(&status) || status == 409 {
                     let outcome = DeliveryOutcome::Delivered {
                         status,
                         receipt: None,
                     };
-                    return (outcome, Why::fine());
+                    return (
+                        outcome,
+                        Why {
+                            reference,
+                            ..Why::fine()
+                        },
+                    );
                 }
                 let class = match status {
                     429 => "http-429",
@@ -90,6 +97,8 @@ pub(super) struct Why {
     pub(super) class: &'static str,
     /// In the gateway's words, naming the host: never a payload.
     pub(super) reason: Option<String>,
+    /// The transport's id for what was sent (MESH's message id), kept with the attempt.
+    pub(super) reference: Option<String>,
 }
 
 impl Why {
@@ -97,6 +106,7 @@ impl Why {
         Self {
             class,
             reason: Some(reason),
+            reference: None,
         }
     }
 
@@ -105,6 +115,7 @@ impl Why {
         Self {
             class: "none",
             reason: None,
+            reference: None,
         }
     }
 }

@@ -18,6 +18,7 @@ mod gp_callbacks;
 mod hostile;
 mod intake;
 mod limits;
+mod mesh;
 mod metrics;
 mod operating;
 mod provider;
