@@ -18,22 +18,12 @@ pub struct MeshSettings {
     /// Mutual TLS to the MESH server.
     #[serde(default)]
     pub tls: Option<super::ProviderTlsSettings>,
-    /// How often the inbox is read, in milliseconds.
-    #[serde(default = "default_poll_interval")]
-    pub poll_interval_ms: u64,
-    /// The workflow of status events from providers.
-    #[serde(default)]
-    pub status_workflow_id: Option<String>,
     /// Compressed payloads larger than this are sent in chunks of this size.
     #[serde(default = "default_chunk_bytes")]
     pub max_chunk_bytes: usize,
     /// Per-request timeout, in milliseconds.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
-}
-
-fn default_poll_interval() -> u64 {
-    30_000
 }
 
 fn default_chunk_bytes() -> usize {
