@@ -238,6 +238,25 @@ async fn subjects(
     refused(&gw, &req, &principal, "audit.subjects", result).await
 }
 
+/// The NHS number of a subject search's body, `{"nhs_number": "<10 digits>"}`: 400
+/// for another shape, 422 for a number failing the Modulus 11 check.
+fn nhs_number_in(body: &[u8]) -> Result<NhsNumber, Rejection> {
+    let mut body =
+        params::JsonFields::parse(body, &["nhs_number"], "{\"nhs_number\": \"<10 digits>\"}")?;
+    let nhs_number = body.string("nhs_number", true, "a string of 10 digits");
+    body.finish()?;
+    NhsNumber::parse(nhs_number.as_deref().unwrap_or_default()).map_err(|_| {
+        Rejection::one(
+            Issue::new(
+                RecCode::UnprocessableEntity,
+                IssueType::Value,
+                "nhs_number is not a valid NHS number (10 digits passing the Modulus 11 check)",
+            )
+            .at("nhs_number"),
+        )
+    })
+}
+
 /// Every referral about one person, each with its whole story, for an auditor who
 /// knows the NHS number (sent in the body, never in the URL): found through the
 /// subject's audit pseudonym, so the number itself is neither stored nor logged.
@@ -251,20 +270,7 @@ async fn subject_referrals(
     let principal = auditor(&gw, &req, action).await?;
     let result = async {
         Query::none(req.query_string())?;
-        let mut body =
-            params::JsonFields::parse(&body, &["nhs_number"], "{\"nhs_number\": \"<10 digits>\"}")?;
-        let nhs_number = body.string("nhs_number", true, "a string of 10 digits");
-        body.finish()?;
-        let nhs = NhsNumber::parse(nhs_number.as_deref().unwrap_or_default()).map_err(|_| {
-            Rejection::one(
-                Issue::new(
-                    RecCode::UnprocessableEntity,
-                    IssueType::Value,
-                    "nhs_number is not a valid NHS number (10 digits passing the Modulus 11 check)",
-                )
-                .at("nhs_number"),
-            )
-        })?;
+        let nhs = nhs_number_in(&body)?;
         let found = gw
             .store
             .referrals_about(&gw.audit_keys.all_pseudonyms(nhs.expose()))
@@ -297,20 +303,7 @@ async fn subject_records(
     let mut q = Query::parse(req.query_string(), &["after", "limit"]);
     let (after, limit) = page(&mut q);
     q.finish()?;
-    let mut body =
-        params::JsonFields::parse(body, &["nhs_number"], "{\"nhs_number\": \"<10 digits>\"}")?;
-    let nhs_number = body.string("nhs_number", true, "a string of 10 digits");
-    body.finish()?;
-    let nhs = NhsNumber::parse(nhs_number.as_deref().unwrap_or_default()).map_err(|_| {
-        Rejection::one(
-            Issue::new(
-                RecCode::UnprocessableEntity,
-                IssueType::Value,
-                "nhs_number is not a valid NHS number (10 digits passing the Modulus 11 check)",
-            )
-            .at("nhs_number"),
-        )
-    })?;
+    let nhs = nhs_number_in(body)?;
     let pseudonyms = gw.audit_keys.all_pseudonyms(nhs.expose());
     let active = gw.audit_keys.pseudonym(nhs.expose()).into_string();
     let filter = AuditFilter {

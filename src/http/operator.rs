@@ -9,6 +9,29 @@ use crate::params::{self, Query};
 use crate::store::{DeliveryFilter, ShownState};
 use actix_web::{HttpRequest, HttpResponse, get, post, web};
 
+/// The problems of a request that takes no query parameters: each one it has.
+fn no_query(req: &HttpRequest) -> Vec<Issue> {
+    Query::none(req.query_string())
+        .err()
+        .map(|r| r.issues)
+        .unwrap_or_default()
+}
+
+/// Refuses with every problem found, recorded first; passes when there is none.
+async fn refuse_any(
+    gw: &AppState,
+    ctx: &AuditContext<'_>,
+    issues: Vec<Issue>,
+) -> Result<(), Rejection> {
+    match Rejection::from_issues(issues) {
+        Some(r) => {
+            gw.audit_rejection(ctx, &r).await;
+            Err(r)
+        }
+        None => Ok(()),
+    }
+}
+
 /// Authenticates an operator; a refusal is recorded before it is returned.
 async fn operator_only(
     gw: &AppState,
@@ -106,10 +129,7 @@ async fn show_delivery(
         principal: Some(&principal),
         ids: None,
     };
-    let mut issues = Query::none(req.query_string())
-        .err()
-        .map(|r| r.issues)
-        .unwrap_or_default();
+    let mut issues = no_query(&req);
     let detail = if uuid::Uuid::parse_str(&id).is_ok() {
         operations::show(gw.store.as_ref(), &id).await?
     } else {
@@ -118,10 +138,7 @@ async fn show_delivery(
     if issues.is_empty() && detail.is_none() {
         issues.extend(params::not_found("id", "no delivery has this id").issues);
     }
-    if let Some(r) = Rejection::from_issues(issues) {
-        gw.audit_rejection(&ctx, &r).await;
-        return Err(r);
-    }
+    refuse_any(&gw, &ctx, issues).await?;
     let Some(detail) = detail else {
         return Err(params::not_found("id", "no delivery has this id"));
     };
@@ -163,17 +180,11 @@ async fn dead_letter(
         ids: None,
     };
     // No query parameters; the id is a delivery's (a UUID), or there is nothing there.
-    let mut issues = Query::none(req.query_string())
-        .err()
-        .map(|r| r.issues)
-        .unwrap_or_default();
+    let mut issues = no_query(req);
     if uuid::Uuid::parse_str(id).is_err() {
         issues.extend(params::not_found("id", "no dead letter has this id").issues);
     }
-    if let Some(r) = Rejection::from_issues(issues) {
-        gw.audit_rejection(&ctx, &r).await;
-        return Err(r);
-    }
+    refuse_any(gw, &ctx, issues).await?;
     let record = ctx.record(
         "accepted",
         verb.status,
@@ -298,10 +309,7 @@ async fn pause_recipient(
         principal: Some(&principal),
         ids: None,
     };
-    let mut issues = Query::none(req.query_string())
-        .err()
-        .map(|r| r.issues)
-        .unwrap_or_default();
+    let mut issues = no_query(req);
     if !gw.recipients.contains(recipient) {
         let known = format!(
             "no provider or GP callback has this id (configured: {})",
@@ -309,10 +317,7 @@ async fn pause_recipient(
         );
         issues.extend(params::not_found("recipient", &known).issues);
     }
-    if let Some(r) = Rejection::from_issues(issues) {
-        gw.audit_rejection(&ctx, &r).await;
-        return Err(r);
-    }
+    refuse_any(gw, &ctx, issues).await?;
     let record = ctx.record(
         "accepted",
         200,
@@ -363,10 +368,7 @@ async fn referral_timeline(
         principal: Some(&principal),
         ids: None,
     };
-    let mut issues = Query::none(req.query_string())
-        .err()
-        .map(|r| r.issues)
-        .unwrap_or_default();
+    let mut issues = no_query(&req);
     let found = if issues.is_empty() {
         gw.store.find_referrals(key.trim()).await?
     } else {
@@ -381,10 +383,7 @@ async fn referral_timeline(
             .issues,
         );
     }
-    if let Some(r) = Rejection::from_issues(issues) {
-        gw.audit_rejection(&ctx, &r).await;
-        return Err(r);
-    }
+    refuse_any(&gw, &ctx, issues).await?;
     let ids: Vec<String> = found.iter().map(|r| r.id.to_string()).collect();
     let mut record = ctx.record(
         "allowed",
