@@ -79,40 +79,8 @@ impl MeshClient {
         };
         let password = secret("password", &settings.password)?;
         let shared_key = secret("shared_key", &settings.shared_key)?;
-        let mut builder = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_millis(settings.timeout_ms))
-            .connect_timeout(std::time::Duration::from_millis(
-                settings.timeout_ms.min(5_000),
-            ));
-        if let Some(tls) = &settings.tls {
-            let read = |p: &std::path::Path| {
-                std::fs::read(p).map_err(|e| {
-                    MeshSetupError::Setting("tls", format!("cannot read {}: {e}", p.display()))
-                })
-            };
-            if let Some(ca) = &tls.ca_file {
-                let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?).map_err(|_| {
-                    MeshSetupError::Setting("tls.ca_file", "holds no PEM certificate".into())
-                })?;
-                builder = builder.tls_certs_only(certs);
-            }
-            if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
-                let mut pem = read(cert)?;
-                pem.push(b'\n');
-                pem.extend(read(key)?);
-                let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
-                    MeshSetupError::Setting(
-                        "tls",
-                        "client_cert_file and client_key_file are not a PEM certificate and key"
-                            .into(),
-                    )
-                })?;
-                builder = builder.identity(identity);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| MeshSetupError::Setting("tls", e.to_string()))?;
+        let http = crate::tls::outbound_client(settings.timeout_ms, settings.tls.as_ref())
+            .map_err(|e| MeshSetupError::Setting("tls", e))?;
         if settings.max_chunk_bytes == 0 {
             return Err(MeshSetupError::Setting(
                 "max_chunk_bytes",

@@ -73,3 +73,38 @@ pub fn server_config(
         .with_single_cert(chain, key)
         .map_err(|e| err(key_file, e.to_string()))
 }
+
+/// An outbound HTTP(S) client with `timeout_ms` per request (connecting within at
+/// most 5 s), trusting only `tls.ca_file` when set and presenting `tls`'s client
+/// certificate for mutual TLS. An error names the file at fault, never its content.
+pub fn outbound_client(
+    timeout_ms: u64,
+    tls: Option<&crate::config::ProviderTlsSettings>,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(timeout_ms))
+        .connect_timeout(std::time::Duration::from_millis(timeout_ms.min(5_000)));
+    if let Some(tls) = tls {
+        let read =
+            |p: &Path| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        if let Some(ca) = &tls.ca_file {
+            let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
+                .map_err(|_| format!("{} holds no PEM certificate", ca.display()))?;
+            builder = builder.tls_certs_only(certs);
+        }
+        if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
+            let mut pem = read(cert)?;
+            pem.push(b'\n');
+            pem.extend(read(key)?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
+                format!(
+                    "{} and {} are not a PEM certificate and private key",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            builder = builder.identity(identity);
+        }
+    }
+    builder.build().map_err(|e| e.to_string())
+}

@@ -112,35 +112,7 @@ impl ProviderClient {
                 return Err("transport = \"mesh\" needs [mesh] and a mesh table".into());
             }
         };
-        let mut builder = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_millis(settings.timeout_ms))
-            .connect_timeout(std::time::Duration::from_millis(
-                settings.timeout_ms.min(5_000),
-            ));
-        if let Some(tls) = &settings.tls {
-            let read = |p: &std::path::Path| {
-                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
-            };
-            if let Some(ca) = &tls.ca_file {
-                let certs = reqwest::Certificate::from_pem_bundle(&read(ca)?)
-                    .map_err(|_| format!("{} holds no PEM certificate", ca.display()))?;
-                builder = builder.tls_certs_only(certs);
-            }
-            if let (Some(cert), Some(key)) = (&tls.client_cert_file, &tls.client_key_file) {
-                let mut pem = read(cert)?;
-                pem.push(b'\n');
-                pem.extend(read(key)?);
-                let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
-                    format!(
-                        "{} and {} are not a PEM certificate and private key",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-                builder = builder.identity(identity);
-            }
-        }
-        let http = builder.build().map_err(|e| e.to_string())?;
+        let http = crate::tls::outbound_client(settings.timeout_ms, settings.tls.as_ref())?;
         let oauth = match (settings.auth, &settings.oauth) {
             (ProviderAuth::None, _) => None,
             (ProviderAuth::SignedJwt, None) => {
