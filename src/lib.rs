@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod operations;
 pub mod outcome;
 pub mod params;
+pub mod provider_events;
 pub mod pseudonym;
 pub mod rate_limit;
 pub mod reports;
