@@ -39,6 +39,8 @@ pub struct AppState {
     pub recipients: Arc<crate::operations::Recipients>,
     /// How long `/health/ready` waits for the database (`server.ready_timeout_ms`).
     pub ready_timeout: std::time::Duration,
+    /// The gateway's MESH mailbox, whose last contact `/health/ready` reports.
+    pub mesh: Option<Arc<crate::mesh::MeshClient>>,
 }
 
 /// Fields every audit record of a request shares.

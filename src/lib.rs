@@ -23,6 +23,7 @@ pub mod intake;
 pub mod limits;
 pub mod mapping;
 pub mod mesh;
+pub mod mesh_inbox;
 pub mod metrics;
 pub mod operations;
 pub mod outcome;

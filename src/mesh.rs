@@ -1,6 +1,7 @@
 //! A MESH client: the NHS's store-and-forward mailboxes, as the gateway's mailbox
-//! uses them to send deliveries (handshake, send with chunks, tracking by local id,
-//! inbox count). Requests carry the `NHSMESH` authorisation token: an HMAC-SHA256 of
+//! uses them: handshake, send with chunks, tracking by local id, and reading,
+//! downloading and acknowledging what arrives in its inbox. The client remembers how
+//! its last call to MESH went, which `/health/ready` reports without calling MESH. Requests carry the `NHSMESH` authorisation token: an HMAC-SHA256 of
 //! mailbox, nonce, nonce count, password and time under the environment's shared key.
 
 use crate::config::mesh::MeshSettings;
@@ -38,8 +39,40 @@ impl std::fmt::Display for MeshError {
     }
 }
 
+/// How the last call to MESH went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub at: fhir_sdk::time::OffsetDateTime,
+    /// MESH answered and took the credentials.
+    pub ok: bool,
+    /// What went wrong, in fixed words and status codes.
+    pub problem: Option<String>,
+}
+
+/// One message as it arrived in the gateway's inbox, with the `mex-*` headers the
+/// gateway acts on.
+#[derive(Debug, Clone, Default)]
+pub struct Received {
+    pub message_id: String,
+    /// `DATA` or `REPORT`.
+    pub message_type: String,
+    /// The sending mailbox (empty for MESH's own reports).
+    pub from: String,
+    pub workflow_id: String,
+    pub local_id: Option<String>,
+    /// Reports: the message reported on, and how it went.
+    pub linked_message_id: Option<String>,
+    pub status_success: Option<String>,
+    pub status_code: Option<String>,
+    pub status_description: Option<String>,
+    /// The body, every chunk, decompressed.
+    pub body: Vec<u8>,
+    pub chunks: usize,
+}
+
 /// The gateway's mailbox at one MESH server.
 pub struct MeshClient {
+    last: std::sync::Mutex<Option<Contact>>,
     http: reqwest::Client,
     base: String,
     mailbox: String,
@@ -88,6 +121,7 @@ impl MeshClient {
             ));
         }
         Ok(Self {
+            last: std::sync::Mutex::new(None),
             http,
             base: settings.url.trim_end_matches('/').to_owned(),
             mailbox: settings.mailbox.clone(),
@@ -100,6 +134,43 @@ impl MeshClient {
     /// The gateway's mailbox id.
     pub fn mailbox(&self) -> &str {
         &self.mailbox
+    }
+
+    /// How the last call to MESH went; `None` before the first.
+    pub fn last_contact(&self) -> Option<Contact> {
+        self.last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn remember(&self, problem: Option<String>) {
+        let contact = Contact {
+            at: fhir_sdk::time::OffsetDateTime::now_utc(),
+            ok: problem.is_none(),
+            problem,
+        };
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(contact);
+    }
+
+    /// Sends `req`, remembering whether MESH answered and took the credentials.
+    async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, MeshError> {
+        let sent = send(req).await;
+        self.remember(match &sent {
+            Ok(res) if matches!(res.status().as_u16(), 401 | 403) => Some(format!(
+                "MESH answered {}: the password or shared key is wrong",
+                res.status().as_u16()
+            )),
+            Ok(res) if res.status().is_server_error() => {
+                Some(format!("MESH answered {}", res.status().as_u16()))
+            }
+            Ok(_) => None,
+            Err(e) => Some(e.to_string()),
+        });
+        sent
     }
 
     /// `NHSMESH <mailbox>:<nonce>:<count>:<time>:<hmac>`, fresh for each request.
@@ -147,13 +218,15 @@ impl MeshClient {
 
     /// The mailbox handshake: proves the credentials and that MESH answers.
     pub async fn handshake(&self) -> Result<(), MeshError> {
-        let res = send(self.request(reqwest::Method::POST, "")).await?;
+        let res = self.send(self.request(reqwest::Method::POST, "")).await?;
         expect_success(res).await.map(|_| ())
     }
 
     /// Messages waiting in the gateway's inbox.
     pub async fn inbox_count(&self) -> Result<u64, MeshError> {
-        let res = send(self.request(reqwest::Method::GET, "/count")).await?;
+        let res = self
+            .send(self.request(reqwest::Method::GET, "/count"))
+            .await?;
         let body = expect_success(res).await?;
         let count: serde_json::Value = serde_json::from_str(&body)
             .map_err(|_| MeshError::Failed("the inbox count is not JSON".into()))?;
@@ -162,11 +235,12 @@ impl MeshClient {
 
     /// The message id MESH gave the message sent with `local_id`, if it has one.
     pub async fn track(&self, local_id: &str) -> Result<Option<String>, MeshError> {
-        let res = send(self.request(
-            reqwest::Method::GET,
-            &format!("/outbox/tracking/{}", urlencoding(local_id)),
-        ))
-        .await?;
+        let res = self
+            .send(self.request(
+                reqwest::Method::GET,
+                &format!("/outbox/tracking/{}", urlencoding(local_id)),
+            ))
+            .await?;
         if res.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -181,7 +255,9 @@ impl MeshClient {
 
     /// The ids of the messages waiting in the gateway's inbox.
     pub async fn inbox(&self) -> Result<Vec<String>, MeshError> {
-        let res = send(self.request(reqwest::Method::GET, "/inbox")).await?;
+        let res = self
+            .send(self.request(reqwest::Method::GET, "/inbox"))
+            .await?;
         let body = expect_success(res).await?;
         let listed: serde_json::Value = serde_json::from_str(&body)
             .map_err(|_| MeshError::Failed("the inbox answer is not JSON".into()))?;
@@ -193,25 +269,47 @@ impl MeshClient {
             .collect())
     }
 
-    /// One message from the inbox, every chunk, decompressed; and how many chunks.
-    pub async fn download(&self, message_id: &str) -> Result<(Vec<u8>, usize), MeshError> {
+    /// One message from the inbox, every chunk, decompressed, with its headers.
+    pub async fn download(&self, message_id: &str) -> Result<Received, MeshError> {
         let path = format!("/inbox/{}", urlencoding(message_id));
-        let res = send(self.request(reqwest::Method::GET, &path)).await?;
-        let header = |res: &reqwest::Response, name: &str| {
+        let res = self.send(self.request(reqwest::Method::GET, &path)).await?;
+        let header = |name: &str| {
             res.headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        let chunks = header(&res, "mex-chunk-range")
+        let chunks = header("mex-chunk-range")
             .and_then(|r| r.split_once(':')?.1.parse::<usize>().ok())
             .unwrap_or(1)
             .max(1);
-        let compressed = header(&res, "mex-content-compressed").as_deref() == Some("Y")
-            || header(&res, "content-encoding").as_deref() == Some("gzip");
+        let compressed = header("mex-content-compressed").as_deref() == Some("Y")
+            || header("content-encoding").as_deref() == Some("gzip");
+        let mut received = Received {
+            message_id: message_id.to_owned(),
+            message_type: header("mex-messagetype").unwrap_or_else(|| "DATA".into()),
+            from: header("mex-from").unwrap_or_default(),
+            workflow_id: header("mex-workflowid").unwrap_or_default(),
+            local_id: header("mex-localid"),
+            linked_message_id: header("mex-linkedmsgid"),
+            status_success: header("mex-statussuccess"),
+            status_code: header("mex-statuscode"),
+            status_description: header("mex-statusdescription"),
+            body: Vec::new(),
+            chunks,
+        };
         let mut bytes = expect_bytes(res).await?;
-        for n in 2..=chunks {
-            let res = send(self.request(reqwest::Method::GET, &format!("{path}/{n}"))).await?;
+        // A report has no chunks to fetch, whatever its range says.
+        let more = if received.message_type == "REPORT" {
+            1
+        } else {
+            chunks
+        };
+        for n in 2..=more {
+            let res = self
+                .send(self.request(reqwest::Method::GET, &format!("{path}/{n}")))
+                .await?;
             bytes.extend(expect_bytes(res).await?);
         }
         // Some servers hand back what they were sent, others decompress on the way:
@@ -222,7 +320,15 @@ impl MeshClient {
                 .map_err(|_| MeshError::Failed("the message is not gzip".into()))?;
             bytes = plain;
         }
-        Ok((bytes, chunks))
+        received.body = bytes;
+        Ok(received)
+    }
+
+    /// Tells MESH the message is handled: it leaves the inbox.
+    pub async fn acknowledge(&self, message_id: &str) -> Result<(), MeshError> {
+        let path = format!("/inbox/{}/status/acknowledged", urlencoding(message_id));
+        let res = self.send(self.request(reqwest::Method::PUT, &path)).await?;
+        expect_success(res).await.map(|_| ())
     }
 
     /// Sends one message, gzip-compressed, in chunks of at most `max_chunk_bytes`.
@@ -255,9 +361,9 @@ impl MeshClient {
             }
         };
         let first = chunks.first().copied().unwrap_or_default().to_vec();
-        let res =
-            send(encoded(headers(self.request(reqwest::Method::POST, "/outbox"), 1)).body(first))
-                .await?;
+        let res = self
+            .send(encoded(headers(self.request(reqwest::Method::POST, "/outbox"), 1)).body(first))
+            .await?;
         let body = expect_success(res).await?;
         let sent: serde_json::Value = serde_json::from_str(&body)
             .map_err(|_| MeshError::Failed("the send answer is not JSON".into()))?;
@@ -275,7 +381,7 @@ impl MeshClient {
                 tries += 1;
                 let req =
                     headers(self.request(reqwest::Method::POST, &path), n).body(chunk.to_vec());
-                let res = send(req).await?;
+                let res = self.send(req).await?;
                 let status = res.status().as_u16();
                 if matches!(status, 425 | 429 | 502 | 503 | 504) && tries < 3 {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -68,6 +68,8 @@ pub struct Application {
     seal_every: std::time::Duration,
     /// Runs and restarts the background tasks; `/health/live` asks it.
     supervisor: Supervisor,
+    /// Reads the gateway's MESH inbox, when `[mesh]` is configured.
+    mesh_inbox: Option<crate::mesh_inbox::MeshInbox>,
 }
 
 /// The audit pseudonym key: every audit record names its subject with it.
@@ -121,6 +123,19 @@ impl Application {
         } else {
             None
         };
+        // One client for the mailbox, shared by the worker's sends, the inbox and
+        // `/health/ready`, so that health reports the last contact of any of them.
+        let mesh = match (
+            deliverer.as_ref().and_then(Deliverer::mesh_client),
+            &settings.mesh,
+        ) {
+            (Some(client), _) => Some(client),
+            (None, Some(config)) => Some(Arc::new(
+                crate::mesh::MeshClient::new(config)
+                    .map_err(|e| StartupError::Delivery(e.into()))?,
+            )),
+            (None, None) => None,
+        };
         let audit_keys = audit_keys(settings)?;
         let (checkpoint_keys, signer) = match &settings.audit.checkpoint {
             Some(c) => (
@@ -153,7 +168,11 @@ impl Application {
             )),
             recipients: Arc::new(crate::operations::Recipients::of(settings)),
             ready_timeout: std::time::Duration::from_millis(settings.server.ready_timeout_ms),
+            mesh: mesh.clone(),
         };
+        let mesh_inbox = mesh.and_then(|client| {
+            crate::mesh_inbox::MeshInbox::new(settings, gateway.clone(), client)
+        });
         let data = web::Data::new(gateway.clone());
         let tasks = web::Data::new(supervisor.clone());
         let limits = web::Data::new(crate::limits::Limits::from_settings(&settings.server));
@@ -233,6 +252,7 @@ impl Application {
                 .then(|| (store_for_retention, settings.retention.clone())),
             seal_every: std::time::Duration::from_millis(settings.audit.seal_interval_ms.max(1)),
             supervisor,
+            mesh_inbox,
         })
     }
 
@@ -264,6 +284,11 @@ impl Application {
     /// The outbox worker, when providers are configured.
     pub fn deliverer(&self) -> Option<&Deliverer> {
         self.deliverer.as_ref()
+    }
+
+    /// The reader of the gateway's MESH inbox (tests drive it).
+    pub fn mesh_inbox(&self) -> Option<&crate::mesh_inbox::MeshInbox> {
+        self.mesh_inbox.as_ref()
     }
 
     /// The supervisor of the background tasks (tests add tasks to it).
@@ -301,6 +326,25 @@ impl Application {
                 let (store, settings) = (store.clone(), settings.clone());
                 async move {
                     crate::retention::run(store, settings, stop).await;
+                    Ok(())
+                }
+            });
+        }
+        if let Some(inbox) = self.mesh_inbox {
+            // MESH may be away for a while: deliveries wait and retry, so a failed
+            // handshake is a warning, not a reason to stay down.
+            if let Some(mesh) = &self.gateway.mesh {
+                match mesh.handshake().await {
+                    Ok(()) => tracing::info!(mailbox = %mesh.mailbox(), "MESH handshake ok"),
+                    Err(e) => {
+                        tracing::warn!(mailbox = %mesh.mailbox(), error = %e, "MESH handshake failed")
+                    }
+                }
+            }
+            tasks.spawn("mesh-inbox", move |stop| {
+                let inbox = inbox.clone();
+                async move {
+                    inbox.run(stop).await;
                     Ok(())
                 }
             });

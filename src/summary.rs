@@ -62,7 +62,17 @@ pub fn render(
         line("deliveries", format!("{who} -> {how}"));
     }
     if let Some(mesh) = &settings.mesh {
-        line("mesh", format!("mailbox {} at {}", mesh.mailbox, mesh.url));
+        let inbox = match (mesh.poll_interval_ms, &mesh.status_workflow_id) {
+            (0, _) => "inbox not read".to_owned(),
+            (every, Some(workflow)) => {
+                format!("inbox read every {every} ms, status events in workflow {workflow}")
+            }
+            (every, None) => format!("inbox read every {every} ms for reports, no status workflow"),
+        };
+        line(
+            "mesh",
+            format!("mailbox {} at {}; {inbox}", mesh.mailbox, mesh.url),
+        );
     }
     line(
         "sandbox",

@@ -1,12 +1,16 @@
 //! Crash safety: the gateway is killed (SIGKILL) while referrals are being accepted and
-//! delivered, then restarted. Every referral that got a 200 reaches the provider, once
-//! by its de-duplication key, nothing that was stored is half-stored, and every
-//! accept's audit record is in an unbroken chain.
+//! delivered (over HTTPS, and over MESH), then restarted. Every referral that got a 200
+//! reaches the provider, once by its de-duplication key (over MESH: one message per
+//! local id), nothing that was stored is half-stored, and every accept's audit record
+//! is in an unbroken chain.
 #![allow(clippy::unwrap_used)]
 
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "api/mesh_sandbox.rs"]
+#[allow(dead_code)]
+mod mesh_sandbox;
 #[path = "api/provider.rs"]
 #[allow(dead_code)]
 mod provider;
@@ -52,8 +56,66 @@ async fn wait_ready(base: &str) {
     panic!("gateway did not become ready");
 }
 
-async fn killed_mid_flight(db: Db) {
-    let provider = FakeProvider::start(vec![]).await;
+/// Where the gateway delivers: a provider over HTTPS, or both providers' MESH mailbox.
+enum Provider {
+    Https(FakeProvider),
+    Mesh(mesh_sandbox::MeshSandbox),
+}
+
+impl Provider {
+    fn config(&self) -> String {
+        match self {
+            Provider::Https(p) => format!(
+                "[providers.bchft]\nendpoint = \"{u}\"\n[providers.prospects]\nendpoint = \"{u}\"\n",
+                u = p.url
+            ),
+            Provider::Mesh(sandbox) => {
+                let route = |id: &str| {
+                    format!(
+                        "[providers.{id}]\ntransport = \"mesh\"\n[providers.{id}.mesh]\nto = \"{}\"\nworkflow_id = \"TEST_WORKFLOW\"\n",
+                        mesh_sandbox::PROVIDER
+                    )
+                };
+                format!(
+                    "{}{}{}",
+                    sandbox.config(mesh_sandbox::GATEWAY, "password", 20_000_000),
+                    route("bchft"),
+                    route("prospects")
+                )
+            }
+        }
+    }
+
+    /// Each delivery's de-duplication key as the provider received it, by referral.
+    async fn received(&self) -> HashMap<String, Vec<String>> {
+        let mut by_referral: HashMap<String, Vec<String>> = HashMap::new();
+        let seen: Vec<(serde_json::Value, String)> = match self {
+            Provider::Https(p) => p
+                .seen()
+                .into_iter()
+                .map(|s| (s.body, s.request_id))
+                .collect(),
+            Provider::Mesh(sandbox) => sandbox
+                .inbox_of(mesh_sandbox::PROVIDER)
+                .await
+                .into_iter()
+                .map(|m| {
+                    (
+                        serde_json::from_slice(&m.body).unwrap(),
+                        m.local_id.unwrap_or_default(),
+                    )
+                })
+                .collect(),
+        };
+        for (body, key) in seen {
+            let referral = body["referral"]["id"].as_str().unwrap().to_owned();
+            by_referral.entry(referral).or_default().push(key);
+        }
+        by_referral
+    }
+}
+
+async fn killed_mid_flight(db: Db, provider: Provider) {
     let (url, _dir) = fresh_database(db).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("crash.toml");
@@ -75,14 +137,11 @@ poll_interval_ms = 20
 lease_seconds = 2
 initial_backoff_ms = 10
 max_backoff_ms = 50
-[providers.bchft]
-endpoint = "{p}"
-[providers.prospects]
-endpoint = "{p}"
+{p}
 {keys}
 {storage}
 "#,
-            p = provider.url,
+            p = provider.config(),
             keys = pseudonym_keys_toml(),
             storage = storage_keys_toml(),
         ),
@@ -174,13 +233,16 @@ endpoint = "{p}"
     );
 
     // Every referral that got a 200 is stored whole and delivered.
-    let mut request_ids_by_referral: HashMap<String, HashSet<String>> = HashMap::new();
-    for seen in provider.seen() {
-        let referral = seen.body["referral"]["id"].as_str().unwrap().to_owned();
-        request_ids_by_referral
-            .entry(referral)
-            .or_default()
-            .insert(seen.request_id);
+    let received = provider.received().await;
+    let request_ids_by_referral: HashMap<String, HashSet<String>> = received
+        .iter()
+        .map(|(r, keys)| (r.clone(), keys.iter().cloned().collect()))
+        .collect();
+    if matches!(provider, Provider::Mesh(_)) {
+        // MESH does not de-duplicate: the gateway must have sent each message once.
+        for (referral, keys) in &received {
+            assert_eq!(keys.len(), 1, "referral {referral} sent once over MESH");
+        }
     }
     for id in &accepted {
         let row = store
@@ -228,10 +290,24 @@ endpoint = "{p}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite() {
-    killed_mid_flight(Db::Sqlite).await;
+    let provider = Provider::Https(FakeProvider::start(vec![]).await);
+    killed_mid_flight(Db::Sqlite, provider).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres() {
-    killed_mid_flight(Db::Postgres).await;
+    let provider = Provider::Https(FakeProvider::start(vec![]).await);
+    killed_mid_flight(Db::Postgres, provider).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_over_mesh() {
+    let provider = Provider::Mesh(mesh_sandbox::MeshSandbox::start().await);
+    killed_mid_flight(Db::Sqlite, provider).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_mesh() {
+    let provider = Provider::Mesh(mesh_sandbox::MeshSandbox::start().await);
+    killed_mid_flight(Db::Postgres, provider).await;
 }

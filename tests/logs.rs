@@ -6,6 +6,10 @@
 #[allow(dead_code)]
 mod helpers;
 
+#[path = "api/mesh_sandbox.rs"]
+#[allow(dead_code)]
+mod mesh_sandbox;
+
 use helpers::*;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
@@ -133,4 +137,46 @@ async fn failed_attempts_are_warnings(db: Db) {
         let reason = w["fields"]["reason"].as_str().unwrap_or_default();
         assert!(reason.contains("127.0.0.1:1: connection refused"), "{w}");
     }
+}
+
+/// A wrong MESH password: MESH answers 403, and the dead letter it makes is a WARN
+/// naming the mailbox and the cause, with no secret in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_mesh_password_is_a_warning_naming_the_cause() {
+    let captured = captured();
+    let before = captured.0.lock().unwrap().len();
+    let sandbox = mesh_sandbox::MeshSandbox::start().await;
+    let route = |id: &str| {
+        format!(
+            "[providers.{id}]\ntransport = \"mesh\"\n[providers.{id}.mesh]\nto = \"{}\"\nworkflow_id = \"TEST_WORKFLOW\"\n",
+            mesh_sandbox::PROVIDER
+        )
+    };
+    let app = TestApp::spawn_with(
+        Db::Sqlite,
+        &format!(
+            "{}{}{}[delivery]\nenabled = false\n",
+            sandbox.config(mesh_sandbox::GATEWAY, "not-the-password", 20_000_000),
+            route("bchft"),
+            route("prospects")
+        ),
+    )
+    .await;
+    assert_eq!(app.send("gp-a", &referral()).await.status, 200);
+    app.deliver().await;
+
+    let logs = String::from_utf8(captured.0.lock().unwrap()[before..].to_vec()).unwrap();
+    let target = format!("mesh:{}", mesh_sandbox::PROVIDER);
+    let warning = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["level"] == "WARN" && l["fields"]["target_host"] == target.as_str())
+        .unwrap_or_else(|| panic!("no WARN naming {target}: {logs}"));
+    assert_eq!(
+        warning["fields"]["message"], "delivery parked as a dead letter",
+        "{warning}"
+    );
+    let reason = warning["fields"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("answered 403"), "{warning}");
+    assert!(!logs.contains("not-the-password"));
 }

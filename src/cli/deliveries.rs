@@ -202,7 +202,7 @@ fn dead_letter_result(action: DeadLetterAction, id: &str, done: &str) -> Done {
     }
 }
 
-fn print_json<T: serde::Serialize>(value: &T) -> Done {
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Done {
     println!(
         "{}",
         serde_json::to_string_pretty(value).map_err(Failure::failed)?

@@ -257,6 +257,16 @@ pub enum DeliveriesCommand {
 pub enum MeshCommand {
     /// Handshake with the configured mailbox and print how many messages wait in it.
     Check,
+    /// The messages read from the gateway's inbox, newest first, and what became of
+    /// each (recorded, refused with the reason, a delivery report).
+    Inbox {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +331,9 @@ impl Command {
             Command::Mesh {
                 command: MeshCommand::Check,
             } => "mesh check",
+            Command::Mesh {
+                command: MeshCommand::Inbox { .. },
+            } => "mesh inbox",
             Command::Deliveries { command } => match command {
                 DeliveriesCommand::List { .. } => "deliveries list",
                 DeliveriesCommand::Show { .. } => "deliveries show",
@@ -399,19 +412,6 @@ async fn execute(cli: Cli, name: &str) -> Done {
                 .summary(sources.environment.as_deref(), &sources.layers())
                 .await;
             tracing::info!("{summary}");
-            if let Some(mesh) = &settings.mesh {
-                // MESH may be away for a while: deliveries wait and retry, so a failed
-                // handshake is a warning, not a reason to stay down.
-                match crate::mesh::MeshClient::new(mesh) {
-                    Ok(client) => match client.handshake().await {
-                        Ok(()) => tracing::info!(mailbox = %mesh.mailbox, "MESH handshake ok"),
-                        Err(e) => {
-                            tracing::warn!(mailbox = %mesh.mailbox, error = %e, "MESH handshake failed")
-                        }
-                    },
-                    Err(e) => tracing::warn!(error = %e, "MESH is not usable"),
-                }
-            }
             tracing::info!(address = %app.address(), environment = sources.environment.as_deref().unwrap_or("(none)"), "thrive-gateway listening");
             app.run().await.map_err(|e| {
                 tracing::error!(error = %e, "server stopped with an error");
@@ -427,6 +427,9 @@ async fn execute(cli: Cli, name: &str) -> Done {
         Command::Mesh {
             command: MeshCommand::Check,
         } => mesh_check(&settings).await,
+        Command::Mesh {
+            command: MeshCommand::Inbox { limit, json },
+        } => mesh_inbox(&settings, name, limit, json).await,
         Command::Audit { command } => audit::run(&settings, name, command).await,
         Command::Retention {
             command: RetentionCommand::Run,
@@ -465,6 +468,51 @@ async fn execute(cli: Cli, name: &str) -> Done {
             Ok(())
         }
     }
+}
+
+/// `mesh inbox`: what was read from the inbox; audited as the operator API's list.
+async fn mesh_inbox(settings: &Settings, name: &str, limit: i64, json: bool) -> Done {
+    let store = open_for(name, settings, None).await?;
+    let rows = store
+        .mesh_messages(limit.clamp(1, 1000))
+        .await
+        .map_err(Failure::failed)?;
+    audit::record_as(
+        store.as_ref(),
+        "operator",
+        "operator.mesh.list",
+        serde_json::json!({"count": rows.len()}),
+    )
+    .await?;
+    if json {
+        return deliveries::print_json(&rows);
+    }
+    println!(
+        "{:<34}  {:<8}  {:<20}  {:<6}  {:<11}  {:<20}  reason",
+        "message", "from", "workflow", "type", "outcome", "received"
+    );
+    let rfc3339 = &fhir_sdk::time::format_description::well_known::Rfc3339;
+    for r in rows {
+        println!(
+            "{:<34}  {:<8}  {:<20}  {:<6}  {:<11}  {:<20}  {}",
+            r.message_id,
+            if r.sender.is_empty() {
+                "MESH"
+            } else {
+                &r.sender
+            },
+            r.workflow_id,
+            r.message_type,
+            r.outcome,
+            r.received_at
+                .replace_nanosecond(0)
+                .unwrap_or(r.received_at)
+                .format(rfc3339)
+                .unwrap_or_default(),
+            r.reason.as_deref().unwrap_or("")
+        );
+    }
+    Ok(())
 }
 
 /// Opens the database for a command that reads or tends it (all but `serve` and

@@ -24,6 +24,18 @@ pub struct MeshSettings {
     /// Per-request timeout, in milliseconds.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// How often the inbox is read, in milliseconds; 0 reads it never.
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_ms: u64,
+    /// The workflow of providers' status events. Without it every data message that
+    /// arrives is refused (and acknowledged); reports are still read.
+    #[serde(default)]
+    pub status_workflow_id: Option<String>,
+}
+
+fn default_poll_interval() -> u64 {
+    // MESH asks clients not to poll more often than every few minutes.
+    300_000
 }
 
 fn default_chunk_bytes() -> usize {

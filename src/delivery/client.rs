@@ -157,19 +157,16 @@ impl ProviderClient {
     }
 
     /// POSTs one delivery. `request_id` is the delivery's, the same on every retry.
-    /// `earlier_attempts` says whether this delivery was tried before: over MESH, a
-    /// message MESH may already hold is looked up (by `mex-LocalID`) before sending.
+    /// Over MESH, a message MESH may already hold is first looked up by its
+    /// `mex-LocalID` (the request id), and not sent again.
     pub async fn send(
         &self,
         request_id: &str,
         correlation_id: &str,
         body: &serde_json::Value,
-        earlier_attempts: bool,
     ) -> Answer {
         if let Some((mesh, route)) = &self.mesh {
-            return self
-                .send_mesh(mesh, route, request_id, body, earlier_attempts)
-                .await;
+            return self.send_mesh(mesh, route, request_id, body).await;
         }
         let content_type = match self.format {
             ProviderFormat::Json => "application/json",
@@ -235,7 +232,6 @@ impl ProviderClient {
         route: &MeshRoute,
         local_id: &str,
         body: &serde_json::Value,
-        earlier_attempts: bool,
     ) -> Answer {
         let sent = |id: String| Answer::Status {
             status: 202,
@@ -243,13 +239,13 @@ impl ProviderClient {
             excerpt: String::new(),
             reference: Some(id),
         };
-        if earlier_attempts {
-            // An earlier attempt may have reached MESH without its answer reaching us.
-            match mesh.track(local_id).await {
-                Ok(Some(id)) => return sent(id),
-                Ok(None) => {}
-                Err(e) => return self.mesh_failure(e),
-            }
+        // An earlier attempt may have reached MESH without its answer reaching us: a
+        // timeout or reset, or the process killed before it stored the outcome (which
+        // leaves no trace of the attempt here). So every send asks MESH first.
+        match mesh.track(local_id).await {
+            Ok(Some(id)) => return sent(id),
+            Ok(None) => {}
+            Err(e) => return self.mesh_failure(e),
         }
         let payload = body.to_string();
         let outgoing = Outgoing {

@@ -82,6 +82,8 @@ pub struct Deliverer {
     turn: Arc<AtomicUsize>,
     /// The time quiet hours are read against; tests move it.
     clock: Clock,
+    /// The gateway's MESH mailbox, when `[mesh]` is configured.
+    mesh: Option<Arc<crate::mesh::MeshClient>>,
 }
 
 /// A source of the current time.
@@ -190,7 +192,13 @@ impl Deliverer {
             paces: Arc::new(paces),
             turn: Arc::new(AtomicUsize::new(0)),
             clock: Arc::new(OffsetDateTime::now_utc),
+            mesh,
         })
+    }
+
+    /// The gateway's MESH mailbox the worker sends from, when `[mesh]` is configured.
+    pub fn mesh_client(&self) -> Option<Arc<crate::mesh::MeshClient>> {
+        self.mesh.clone()
     }
 
     /// The same worker, reading quiet hours against `clock`.
@@ -528,9 +536,7 @@ impl Deliverer {
             Ok(p) => p,
             Err((outcome, why)) => return (outcome, None, why),
         };
-        let answer = client
-            .send(&d.request_id, &d.correlation_id, &body, d.attempts > 0)
-            .await;
+        let answer = client.send(&d.request_id, &d.correlation_id, &body).await;
         let (outcome, why) = self.classify(
             answer,
             client.host(),

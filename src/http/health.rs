@@ -1,5 +1,5 @@
 //! Health for orchestrators: live while every background task stays up, ready while
-//! the database answers.
+//! the database answers (with MESH's last known state, when configured).
 
 use crate::app::AppState;
 use crate::outcome::{Issue, IssueType, RecCode, Rejection};
@@ -34,6 +34,23 @@ async fn live(tasks: Option<web::Data<crate::supervisor::Supervisor>>) -> impl R
                 .collect(),
         }
         .error_response()
+    }
+}
+
+/// MESH as the gateway last found it (the start-up handshake, then every send and
+/// inbox poll), without calling it: `ok`, `failing` with the problem, or `unknown`
+/// before the first contact. MESH being away does not make the gateway unready: it
+/// still takes referrals, and deliveries over MESH wait and retry.
+fn mesh_state(mesh: &crate::mesh::MeshClient) -> serde_json::Value {
+    let rfc3339 = &fhir_sdk::time::format_description::well_known::Rfc3339;
+    match mesh.last_contact() {
+        None => serde_json::json!({"mailbox": mesh.mailbox(), "state": "unknown"}),
+        Some(c) => serde_json::json!({
+            "mailbox": mesh.mailbox(),
+            "state": if c.ok { "ok" } else { "failing" },
+            "last_contact": c.at.format(rfc3339).unwrap_or_default(),
+            "problem": c.problem,
+        }),
     }
 }
 
@@ -76,11 +93,17 @@ async fn ready(gw: web::Data<AppState>) -> impl Responder {
     };
     let checked_ms = started.elapsed().as_millis() as u64;
     match failure {
-        None => HttpResponse::Ok().json(serde_json::json!({
-            "status": "ready",
-            "database": "ok",
-            "checked_ms": checked_ms,
-        })),
+        None => {
+            let mut body = serde_json::json!({
+                "status": "ready",
+                "database": "ok",
+                "checked_ms": checked_ms,
+            });
+            if let Some(mesh) = &gw.mesh {
+                body["mesh"] = mesh_state(mesh);
+            }
+            HttpResponse::Ok().json(body)
+        }
         // Like every error, an OperationOutcome (with Retry-After): the dependency
         // that failed, how, and why.
         Some((database, reason)) => Rejection::one(Issue::new(

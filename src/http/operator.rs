@@ -290,6 +290,39 @@ async fn list_recipients(
     Ok(HttpResponse::Ok().json(rows))
 }
 
+/// The messages read from the gateway's MESH inbox, newest first (`?limit=`, at most
+/// 1000, 100 by default), and what became of each.
+#[get("/operator/v1/mesh/messages")]
+async fn mesh_messages(
+    req: HttpRequest,
+    gw: web::Data<AppState>,
+) -> Result<HttpResponse, Rejection> {
+    let action = "operator.mesh.list";
+    let principal = operator_only(&gw, &req, action).await?;
+    let ctx = AuditContext {
+        action,
+        principal: Some(&principal),
+        ids: None,
+    };
+    let mut query = Query::parse(req.query_string(), &["limit"]);
+    let limit = query.get("limit", "a whole number from 1 to 1000", |v| {
+        v.parse::<i64>().ok().filter(|n| (1..=1000).contains(n))
+    });
+    if let Err(r) = query.finish() {
+        gw.audit_rejection(&ctx, &r).await;
+        return Err(r);
+    }
+    let rows = gw.store.mesh_messages(limit.unwrap_or(100)).await?;
+    let record = ctx.record(
+        "allowed",
+        200,
+        None,
+        serde_json::json!({"count": rows.len()}),
+    );
+    gw.store.append_audit(&record).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"count": rows.len(), "messages": rows})))
+}
+
 /// Pause or resume: 200 with `changed` false when it already was so; 404 for a
 /// recipient that is not configured.
 async fn pause_recipient(
@@ -407,6 +440,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(list_deliveries)
         .service(show_delivery)
         .service(list_recipients)
+        .service(mesh_messages)
         .service(referral_timeline)
         .service(pause)
         .service(resume)

@@ -13,6 +13,7 @@
 mod audit;
 pub mod crypto;
 mod events;
+mod mesh;
 mod outbox;
 mod referrals;
 mod reports;
@@ -32,6 +33,7 @@ pub use crate::audit_record::{AuditRecord, AuditRow, CheckpointRow};
 
 pub use audit::AuditStore;
 pub use events::EventStore;
+pub use mesh::{MeshInbound, MeshStore};
 pub use outbox::{
     DeliveryFilter, OutboxStore, RecipientClaim, RecipientControl, RecipientQueue, ShownState,
 };
@@ -43,7 +45,8 @@ pub use states::{DeliveryKind, DeliveryState, ReferralId, ReferralStatus};
 /// The store's traits, for `use crate::store::prelude::*` where a `dyn Store` is called.
 pub mod prelude {
     pub use super::{
-        AuditStore, DeliveryStore, EventStore, OutboxStore, ReferralStore, ReportStore, Store,
+        AuditStore, DeliveryStore, EventStore, MeshStore, OutboxStore, ReferralStore, ReportStore,
+        Store,
     };
 }
 
@@ -480,7 +483,7 @@ pub enum Updated {
 /// The whole store: every aggregate's interface, each in its own file, and what the
 /// database as a whole answers. A consumer that needs one aggregate takes that trait.
 #[async_trait]
-pub trait Store: DeliveryStore + ReportStore + Send + Sync + std::fmt::Debug {
+pub trait Store: DeliveryStore + ReportStore + MeshStore + Send + Sync + std::fmt::Debug {
     /// Applies pending migrations.
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Cheap reachability check for `/health/ready`.

@@ -940,6 +940,38 @@ mod panics_on {
     }
 
     #[async_trait::async_trait]
+    impl MeshStore for PanicsOn {
+        async fn mesh_message_seen(&self, message_id: &str) -> Result<bool, StoreError> {
+            self.inner.mesh_message_seen(message_id).await
+        }
+        async fn record_mesh_message(
+            &self,
+            m: &MeshInbound,
+            audit: Option<&AuditRecord>,
+        ) -> Result<bool, StoreError> {
+            self.inner.record_mesh_message(m, audit).await
+        }
+        async fn mesh_messages(&self, limit: i64) -> Result<Vec<MeshInbound>, StoreError> {
+            self.inner.mesh_messages(limit).await
+        }
+        async fn delivery_by_request_id(
+            &self,
+            request_id: &str,
+        ) -> Result<Option<DeliveryView>, StoreError> {
+            self.inner.delivery_by_request_id(request_id).await
+        }
+        async fn mark_undelivered(
+            &self,
+            id: &str,
+            reason: &str,
+            now: OffsetDateTime,
+            audit: &AuditRecord,
+        ) -> Result<bool, StoreError> {
+            self.inner.mark_undelivered(id, reason, now, audit).await
+        }
+    }
+
+    #[async_trait::async_trait]
     impl ReferralStore for PanicsOn {
         async fn find_referrals(&self, key: &str) -> Result<Vec<ReferralSummary>, StoreError> {
             self.inner.find_referrals(key).await

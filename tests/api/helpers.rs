@@ -215,6 +215,8 @@ pub struct TestApp {
     pub database_url: String,
     /// The supervisor of the gateway's background tasks (tests add failing ones).
     pub supervisor: thrive_gateway::supervisor::Supervisor,
+    /// The reader of the gateway's MESH inbox, when `[mesh]` is configured.
+    pub mesh_inbox: Option<thrive_gateway::mesh_inbox::MeshInbox>,
     _db: Arc<TestDatabase>,
 }
 
@@ -261,6 +263,7 @@ impl TestApp {
         let store = gateway.store.clone();
         let deliverer = app.deliverer().cloned();
         let supervisor = app.supervisor().clone();
+        let mesh_inbox = app.mesh_inbox().cloned();
         tokio::spawn(app.run());
         Self {
             base,
@@ -270,6 +273,7 @@ impl TestApp {
             deliverer,
             database_url: url.to_owned(),
             supervisor,
+            mesh_inbox,
             _db: db,
         }
     }

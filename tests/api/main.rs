@@ -19,6 +19,7 @@ mod hostile;
 mod intake;
 mod limits;
 mod mesh;
+mod mesh_sandbox;
 mod metrics;
 mod operating;
 mod provider;

@@ -11,7 +11,9 @@ use super::{
     EventRow, Inserted, NewReferralRecord, RecipientClaim, RecipientControl, RecipientQueue,
     ReferralRow, ReferralStatus, ReportRow, ShownState, Store, StoreError, UpdateRecord, Updated,
 };
-use super::{AuditStore, EventStore, OutboxStore, ReferralStore, ReportStore};
+use super::{
+    AuditStore, EventStore, MeshInbound, MeshStore, OutboxStore, ReferralStore, ReportStore,
+};
 use async_trait::async_trait;
 use fhir_sdk::time::{Duration, OffsetDateTime};
 use std::sync::Arc;
@@ -762,6 +764,7 @@ for_both_engines!(sql_store);
 
 mod audit;
 mod events;
+mod mesh;
 mod outbox;
 mod postgres;
 mod referrals;
