@@ -419,6 +419,23 @@ fn production_refuses_published_keys_wherever_they_are_named() {
             "tests/fixtures/tls/ca.pem",
         );
 
+        // The MESH sandbox's shared key, in an environment variable.
+        jail.create_file("mesh-password", "a-deployment-s-own-password")?;
+        jail.set_env(
+            "MESH_SHARED_KEY",
+            published("config/dev/mesh-sandbox-shared-key").trim(),
+        );
+        jail.create_file(
+            "mesh.toml",
+            "[mesh]\nurl = \"https://mesh.example\"\nmailbox = \"X26ABC1\"\n\
+             password = { file = \"mesh-password\" }\nshared_key = { env = \"MESH_SHARED_KEY\" }\n",
+        )?;
+        refused(
+            &["mesh.toml"],
+            "mesh.shared_key",
+            "config/dev/mesh-sandbox-shared-key",
+        );
+
         // Outside production the published keys are what development runs on.
         let s = Settings::load(&sources(None, &["own.toml", "dev-storage.toml"]))
             .expect("development keys load outside production");

@@ -77,6 +77,19 @@ pub fn is_published_jwk(jwk: &Jwk) -> bool {
     jwk_fingerprint(jwk).is_some_and(|f| PUBLISHED_JWKS.contains(&f))
 }
 
+/// Published secrets that are text, not keys (the MESH sandbox's password and shared
+/// key), by file: compared trimmed.
+const TEXT_SECRETS: &[(&str, &str)] = &[
+    (
+        "config/dev/mesh-sandbox-password",
+        include_str!("../../config/dev/mesh-sandbox-password"),
+    ),
+    (
+        "config/dev/mesh-sandbox-shared-key",
+        include_str!("../../config/dev/mesh-sandbox-shared-key"),
+    ),
+];
+
 /// Published hex keys (storage and pseudonym keys), by file.
 const HEX_KEYS: &[(&str, &str)] = &[
     (
@@ -268,9 +281,19 @@ fn published_pem(path: &Path) -> Option<&'static str> {
     blocks.iter().find_map(|b| published(b.contents()))
 }
 
+/// The published file holding the text secret a source names, if any.
+fn published_text(source: &KeySource) -> Option<&'static str> {
+    let text = source.read().ok()?;
+    TEXT_SECRETS
+        .iter()
+        .find(|(_, published)| published.trim() == text.expose_secret().trim())
+        .map(|(name, _)| *name)
+}
+
 /// Where a setting's key material is.
 enum Named<'a> {
     Hex(&'a KeySource),
+    Text(&'a KeySource),
     Pem(&'a Path),
 }
 
@@ -292,6 +315,10 @@ fn named<'a>(settings: &'a Settings) -> Vec<(String, Named<'a>)> {
             named.push((setting, Named::Hex(source)));
         }
     }
+    if let Some(mesh) = &settings.mesh {
+        named.push(("mesh.password".into(), Named::Text(&mesh.password)));
+        named.push(("mesh.shared_key".into(), Named::Text(&mesh.shared_key)));
+    }
     let mut pem = |setting: String, path: &'a Path| named.push((setting, Named::Pem(path)));
     if let Some(c) = &settings.audit.checkpoint {
         if let Some(private) = &c.private_key_file {
@@ -309,10 +336,15 @@ fn named<'a>(settings: &'a Settings) -> Vec<(String, Named<'a>)> {
             pem("server.tls.client_ca_file".into(), ca);
         }
     }
+    let mesh_tls = settings
+        .mesh
+        .as_ref()
+        .map(|m| ("mesh".to_owned(), &None, &m.tls));
     let clients = settings
         .providers
         .iter()
         .map(|(id, p)| (format!("providers.{id}"), &p.oauth, &p.tls))
+        .chain(mesh_tls)
         .chain(
             settings
                 .gp_callbacks
@@ -345,6 +377,7 @@ pub fn refuse_published(settings: &Settings) -> Result<(), PublishedKey> {
     for (setting, key) in named(settings) {
         let published = match key {
             Named::Hex(source) => published_hex(source),
+            Named::Text(source) => published_text(source),
             Named::Pem(path) => published_pem(path),
         };
         if let Some(published) = published {
