@@ -241,6 +241,70 @@ async fn a_reset_after_the_first_post_sends_nothing_twice(db: Db) {
 
 on_both_databases!(a_reset_after_the_first_post_sends_nothing_twice);
 
+/// MESH is busy (503) for a chunk after the first: the chunk is sent again within the
+/// same attempt, and the message arrives whole.
+async fn a_busy_answer_to_a_chunk_sends_that_chunk_again(db: Db) {
+    let sandbox = MeshSandbox::start().await;
+    let proxy = ResetProxy::start_with(
+        &sandbox.url,
+        &format!("POST /messageexchange/{GATEWAY}/outbox/"),
+        Fault::Busy,
+    )
+    .await;
+    let app = TestApp::spawn_with(
+        db,
+        &mesh_providers_at(&sandbox, &proxy.url, PROVIDER, "password", 64),
+    )
+    .await;
+    let (id, _) = accept(&app).await;
+    app.deliver().await;
+    assert_eq!(proxy.broken.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let d = delivery_of(&app, &id).await;
+    assert_eq!(d.state.as_str(), "delivered", "{d:?}");
+    assert_eq!(d.attempts, 1);
+    let got = received(&sandbox).await;
+    assert_eq!(got.len(), 1);
+    assert!(got[0].chunks > 1);
+    assert_eq!(json_of(&got[0])["referral"]["id"], id.as_str());
+}
+
+on_both_databases!(a_busy_answer_to_a_chunk_sends_that_chunk_again);
+
+/// The whole loop over MESH: the referral to the provider's mailbox, its status event
+/// back from there, and the milestone to the GP system's own mailbox.
+async fn a_milestone_reaches_the_gp_system_s_mailbox(db: Db) {
+    let sandbox = MeshSandbox::start().await;
+    let config = format!(
+        "{}\n[gp_callbacks.emis-test]\nsource_endpoint = \"https://fhir.nhs.uk/Id/ods-organization-code|Y90001\"\n\
+         transport = \"mesh\"\n[gp_callbacks.emis-test.mesh]\nto = \"{STRANGER}\"\nworkflow_id = \"GP_MILESTONE\"\n",
+        mesh_providers(&sandbox, PROVIDER, "password", 20_000_000)
+    );
+    let app = TestApp::spawn_with(db, &config).await;
+    let (id, mailbox) = accept(&app).await;
+    app.deliver().await;
+    let body =
+        json!({"referral_id": id, "event": "accepted", "occurred_at": just_now()}).to_string();
+    sandbox
+        .client(mailbox)
+        .send_message(status_message(GATEWAY, "ev-1", body.as_bytes()))
+        .await
+        .unwrap();
+    app.mesh_inbox.clone().unwrap().poll_once().await.unwrap();
+    app.deliver().await;
+    let got = sandbox.inbox_of(STRANGER).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].workflow_id, "GP_MILESTONE");
+    assert_eq!(got[0].from, GATEWAY);
+    let bundle = json_of(&got[0]);
+    assert_eq!(bundle["resourceType"], "Bundle");
+    assert!(bundle.to_string().contains("accepted"), "{bundle}");
+    for identifier in FIXTURE_PATIENT_DATA {
+        assert!(!bundle.to_string().contains(identifier));
+    }
+}
+
+on_both_databases!(a_milestone_reaches_the_gp_system_s_mailbox);
+
 /// MESH is down: the attempt waits and is retried; readiness shows MESH failing, and
 /// the gateway still takes referrals. Back up: delivered once.
 async fn mesh_down_then_back_delivers_once(db: Db) {

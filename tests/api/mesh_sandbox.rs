@@ -181,9 +181,17 @@ impl MeshSandbox {
     }
 }
 
+/// What a [`ResetProxy`] does to the first request it breaks.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// The request reaches MESH; the connection is closed before the answer gets back.
+    Reset,
+    /// MESH never sees the request; the sender is answered 503 (MESH busy).
+    Busy,
+}
+
 /// A proxy in front of MESH that passes every request through on a connection of its
-/// own, except the first that starts with `break_on`: that one reaches MESH, and then
-/// the connection is reset before the answer gets back.
+/// own, except the first that starts with `break_on`, which meets a [`Fault`].
 pub struct ResetProxy {
     pub url: String,
     pub broken: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -198,6 +206,10 @@ impl Drop for ResetProxy {
 
 impl ResetProxy {
     pub async fn start(upstream: &str, break_on: &str) -> Self {
+        Self::start_with(upstream, break_on, Fault::Reset).await
+    }
+
+    pub async fn start_with(upstream: &str, break_on: &str, fault: Fault) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let upstream = upstream.trim_start_matches("http://").to_owned();
@@ -215,12 +227,6 @@ impl ResetProxy {
                     let Some(request) = read_request(&mut client).await else {
                         return;
                     };
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
-                        return;
-                    };
-                    server.write_all(&request).await.unwrap();
-                    let mut answer = Vec::new();
-                    let _ = server.read_to_end(&mut answer).await;
                     let breaks = request.starts_with(break_on.as_bytes())
                         && count
                             .compare_exchange(
@@ -230,6 +236,18 @@ impl ResetProxy {
                                 std::sync::atomic::Ordering::SeqCst,
                             )
                             .is_ok();
+                    if breaks && matches!(fault, Fault::Busy) {
+                        let busy = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                        let _ = client.write_all(busy.as_bytes()).await;
+                        let _ = client.shutdown().await;
+                        return;
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    server.write_all(&request).await.unwrap();
+                    let mut answer = Vec::new();
+                    let _ = server.read_to_end(&mut answer).await;
                     if breaks {
                         // MESH has the message; the sender hears nothing back.
                         drop(client);
