@@ -64,6 +64,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The SQLite accept writer's own connection.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("stored data is not in the expected form: {0}")]
     Corrupt(String),
     /// Sealing failed, or the store was opened without the storage keys.
@@ -99,7 +102,9 @@ impl StoreError {
     /// which operators read: the error's own text may quote stored data).
     pub fn kind(&self) -> &'static str {
         match self {
-            StoreError::Database(_) | StoreError::Migrate(_) => "a database error",
+            StoreError::Database(_) | StoreError::Migrate(_) | StoreError::Sqlite(_) => {
+                "a database error"
+            }
             StoreError::Corrupt(_) => "stored data not in the expected form",
             StoreError::Encryption(_) => "a storage encryption error",
             StoreError::Overloaded => "the database's queue full",
@@ -115,6 +120,10 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         let e = match self {
             StoreError::Database(e) => e,
+            // Busy or locked past the busy timeout, I/O, a full disk, unopenable: as below.
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                return matches!(f.extended_code & 0xff, 5 | 6 | 10 | 13 | 14);
+            }
             StoreError::Overloaded => return true,
             StoreError::Shared(e) => return e.is_unavailable(),
             _ => return false,
@@ -538,7 +547,12 @@ pub async fn open_existing(
                 .fetch_all(&pool)
                 .await;
             at_latest(&name, applied, &sql::SQLITE_MIGRATOR)?;
-            Arc::new(SqliteStore::new(pool, keys, settings.max_waiting_accepts))
+            Arc::new(SqliteStore::new(
+                pool,
+                keys,
+                settings.max_waiting_accepts,
+                Duration::from_millis(settings.sqlite_busy_timeout_ms),
+            ))
         }
         Backend::Postgres => {
             let pool = pool_options(settings)
@@ -669,7 +683,12 @@ async fn open(
                 })?;
             }
             let pool = pool_options(settings).connect_with(options).await?;
-            Arc::new(SqliteStore::new(pool, keys, settings.max_waiting_accepts))
+            Arc::new(SqliteStore::new(
+                pool,
+                keys,
+                settings.max_waiting_accepts,
+                Duration::from_millis(settings.sqlite_busy_timeout_ms),
+            ))
         }
         Backend::Postgres => {
             let pool = pool_options(settings)

@@ -14,6 +14,7 @@ use super::{
 use super::{
     AuditStore, EventStore, MeshInbound, MeshStore, OutboxStore, ReferralStore, ReportStore,
 };
+use accept::{INSERT_IDENTIFIER, INSERT_NEW_MESSAGE, INSERT_REFERRAL};
 use async_trait::async_trait;
 use fhir_sdk::time::{Duration, OffsetDateTime};
 use std::sync::Arc;
@@ -39,21 +40,22 @@ pub struct PostgresStore {
 impl SqliteStore {
     /// Without `keys`, personal data can be neither written nor read. At most
     /// `max_waiting_accepts` accepts wait for the group-commit writer; more are refused
-    /// as [`StoreError::Overloaded`]. Starts the writer: call within a Tokio runtime.
+    /// as [`StoreError::Overloaded`]. The writer's own connection waits `busy_timeout`
+    /// for the lock, as the pool's do.
     pub fn new(
         pool: sqlx::SqlitePool,
         keys: Option<Arc<StorageKeys>>,
         max_waiting_accepts: usize,
+        busy_timeout: std::time::Duration,
     ) -> Self {
-        let writer = Self {
-            pool: pool.clone(),
-            keys: keys.clone(),
-            accepts: None,
+        let target = sqlite::WriterTarget {
+            file: pool.connect_options().get_filename().to_path_buf(),
+            busy_timeout,
         };
         Self {
             pool,
             keys,
-            accepts: Some(sqlite::GroupCommit::start(writer, max_waiting_accepts)),
+            accepts: Some(sqlite::GroupCommit::start(target, max_waiting_accepts)),
         }
     }
 }
@@ -566,13 +568,7 @@ macro_rules! sql_store {
                 tx: &mut sqlx::Transaction<'_, $db>,
                 r: &NewReferralRecord,
             ) -> Result<(), sqlx::Error> {
-                sqlx::query(
-                    "INSERT INTO referrals (id, reference, practice_ods, bundle_id, status, \
-                     programme, locality, provider, routing_version, referral_code, nhs_number, \
-                     consent, message, source_endpoint, client_id, correlation_id, created_at, \
-                     updated_at, subject) VALUES ($1, $2, $3, $4, 'active', $5, $6, $7, $8, $9, \
-                     $10, $11, $12, $13, $14, $15, $16, $16, $17)",
-                )
+                sqlx::query(INSERT_REFERRAL)
                 .bind(&r.id)
                 .bind(&r.reference)
                 .bind(&r.practice_ods)
@@ -593,10 +589,7 @@ macro_rules! sql_store {
                 .execute(&mut **tx)
                 .await?;
                 for (system, value) in &r.sender_identifiers {
-                    sqlx::query(
-                        "INSERT INTO referral_identifiers (practice_ods, system, value, referral_id) \
-                         VALUES ($1, $2, $3, $4)",
-                    )
+                    sqlx::query(INSERT_IDENTIFIER)
                     .bind(&r.practice_ods)
                     .bind(system)
                     .bind(value)
@@ -604,10 +597,7 @@ macro_rules! sql_store {
                     .execute(&mut **tx)
                     .await?;
                 }
-                sqlx::query(
-                    "INSERT INTO messages (request_id, message_header_id, referral_id, kind, received_at) \
-                     VALUES ($1, $2, $3, 'new', $4)",
-                )
+                sqlx::query(INSERT_NEW_MESSAGE)
                 .bind(&r.request_id)
                 .bind(&r.message_header_id)
                 .bind(&r.id)
@@ -762,6 +752,7 @@ macro_rules! for_both_engines {
 
 for_both_engines!(sql_store);
 
+mod accept;
 mod audit;
 mod events;
 mod mesh;

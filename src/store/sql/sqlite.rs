@@ -2,7 +2,6 @@
 //! groups, queueing an accept, and sealing under its single write lock.
 
 use super::*;
-use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 /// The most accepts one commit holds.
@@ -20,17 +19,33 @@ struct Waiting {
 /// savepoint of one transaction, commits once, and only then answers each. An
 /// accept is acknowledged only after the commit that holds it; a failed commit
 /// fails every accept in it, none of which was stored.
+///
+/// The writer is a thread of its own with its own connection, running every
+/// statement of a group itself: through the pool each statement would be a hand-over
+/// to the connection's thread and back, which cost more CPU than the statements.
 #[derive(Debug, Clone)]
 pub(super) struct GroupCommit {
     waiting: mpsc::Sender<Waiting>,
 }
 
+/// Where the writer's connection goes, and how it waits for the lock.
+#[derive(Debug, Clone)]
+pub(super) struct WriterTarget {
+    pub(super) file: std::path::PathBuf,
+    pub(super) busy_timeout: std::time::Duration,
+}
+
 impl GroupCommit {
-    /// Starts the writer on `store` (a copy without a writer of its own); it ends when
-    /// the last handle is dropped.
-    pub(super) fn start(store: SqliteStore, max_waiting: usize) -> Self {
+    /// Starts the writer on `target`; it ends when the last handle is dropped.
+    pub(super) fn start(target: WriterTarget, max_waiting: usize) -> Self {
         let (waiting, queue) = mpsc::channel(max_waiting.max(1));
-        tokio::spawn(store.write_groups(queue));
+        let started = std::thread::Builder::new()
+            .name("sqlite-accepts".into())
+            .spawn(move || write_groups(&target, queue));
+        if let Err(e) = started {
+            // Every accept then fails with WriterGone (503), which the log explains.
+            tracing::error!(error = %e, "the SQLite accept writer could not be started");
+        }
         Self { waiting }
     }
 }
@@ -52,87 +67,242 @@ impl SqliteStore {
             })?;
         outcome.await.map_err(|_| StoreError::WriterGone)?
     }
+}
 
-    /// The writer's loop: each turn takes every accept waiting (up to [`MAX_GROUP`])
-    /// and commits them together. A panic fails that group's accepts, not the writer.
-    async fn write_groups(self, mut queue: mpsc::Receiver<Waiting>) {
-        while let Some(first) = queue.recv().await {
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match queue.try_recv() {
-                    Ok(next) => group.push(next),
-                    Err(_) => break,
+/// The writer's connection, as the pool's: WAL, synchronous FULL, foreign keys, the
+/// same busy timeout.
+fn open_writer(target: &WriterTarget) -> rusqlite::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(&target.file)?;
+    conn.busy_timeout(target.busy_timeout)?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+    )?;
+    Ok(conn)
+}
+
+/// The writer's loop: each turn takes every accept waiting (up to [`MAX_GROUP`])
+/// and commits them together. A panic fails that group's accepts, not the writer.
+fn write_groups(target: &WriterTarget, mut queue: mpsc::Receiver<Waiting>) {
+    let mut conn: Option<rusqlite::Connection> = None;
+    while let Some(first) = queue.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        // Opened at the first accept (after migrations), and again after a failure.
+        let writer = match conn.take().map_or_else(|| open_writer(target), Ok) {
+            Ok(c) => c,
+            Err(e) => {
+                let e = Arc::new(StoreError::from(e));
+                for w in group {
+                    let _ = w.reply.send(Err(StoreError::Shared(e.clone())));
+                }
+                continue;
+            }
+        };
+        let outcomes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            commit_group(&writer, &group)
+        }));
+        match outcomes {
+            Ok((outcomes, healthy)) => {
+                for (w, outcome) in group.into_iter().zip(outcomes) {
+                    // A sender that gave up waiting is answered by nothing.
+                    let _ = w.reply.send(outcome);
+                }
+                if healthy {
+                    conn = Some(writer);
                 }
             }
-            let outcomes = std::panic::AssertUnwindSafe(self.commit_group(&group))
-                .catch_unwind()
-                .await;
-            match outcomes {
-                Ok(outcomes) => {
-                    for (w, outcome) in group.into_iter().zip(outcomes) {
-                        // A sender that gave up waiting is answered by nothing.
-                        let _ = w.reply.send(outcome);
-                    }
-                }
-                Err(_) => {
-                    tracing::error!(
-                        accepts = group.len(),
-                        "the accept writer panicked; the group was not stored"
-                    );
-                }
+            Err(_) => {
+                tracing::error!(
+                    accepts = group.len(),
+                    "the accept writer panicked; the group was not stored"
+                );
+                // Dropping the connection rolls back whatever it had begun.
             }
         }
     }
+}
 
-    /// Stores the group in one IMMEDIATE transaction, each accept in a savepoint so
-    /// that a duplicate undoes only its own rows, and commits once. One outcome per
-    /// accept. An accept whose request was given up (its deadline passed) before the
-    /// write lock was had is left out: that sender was told to send again.
-    async fn commit_group(&self, group: &[Waiting]) -> Vec<Result<Inserted, StoreError>> {
-        let failed = |e: sqlx::Error| {
-            let e = Arc::new(StoreError::from(e));
-            group
-                .iter()
-                .map(|_| Err(StoreError::Shared(e.clone())))
-                .collect()
-        };
-        let mut tx = match self.pool.begin_with("BEGIN IMMEDIATE").await {
-            Ok(tx) => tx,
-            Err(e) => return failed(e),
-        };
-        let mut outcomes = Vec::with_capacity(group.len());
-        for Waiting { record: r, reply } in group {
-            if reply.is_closed() {
-                outcomes.push(Err(StoreError::WriterGone));
-                continue;
-            }
-            if let Err(e) = sqlx::query("SAVEPOINT accept").execute(&mut *tx).await {
-                return failed(e);
-            }
-            let outcome = match self.insert_referral_tx(&mut tx, r).await {
-                Ok(()) => Ok(Inserted::Accepted),
-                Err(e) => {
-                    if let Err(e) = sqlx::query("ROLLBACK TO SAVEPOINT accept")
-                        .execute(&mut *tx)
-                        .await
-                    {
-                        return failed(e);
-                    }
-                    inserted_or(e)
+/// Stores the group in one IMMEDIATE transaction, each accept in a savepoint so that
+/// a duplicate undoes only its own rows, and commits once. One outcome per accept,
+/// and whether the connection may be used again. An accept whose request was given
+/// up (its deadline passed) before the write lock was had is left out: that sender
+/// was told to send again.
+fn commit_group(
+    conn: &rusqlite::Connection,
+    group: &[Waiting],
+) -> (Vec<Result<Inserted, StoreError>>, bool) {
+    let failed = |e: rusqlite::Error| {
+        let e = Arc::new(StoreError::from(e));
+        let outcomes = group
+            .iter()
+            .map(|_| Err(StoreError::Shared(e.clone())))
+            .collect();
+        // A connection left inside a transaction is dropped, which rolls it back.
+        (outcomes, conn.is_autocommit())
+    };
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        return failed(e);
+    }
+    let mut outcomes = Vec::with_capacity(group.len());
+    for Waiting { record: r, reply } in group {
+        if reply.is_closed() {
+            outcomes.push(Err(StoreError::WriterGone));
+            continue;
+        }
+        if let Err(e) = conn.execute_batch("SAVEPOINT accept") {
+            return failed(e);
+        }
+        let outcome = match insert_referral(conn, r) {
+            Ok(()) => Ok(Inserted::Accepted),
+            Err(e) => {
+                if let Err(e) = conn.execute_batch("ROLLBACK TO SAVEPOINT accept") {
+                    return failed(e);
                 }
-            };
-            if let Err(e) = sqlx::query("RELEASE SAVEPOINT accept")
-                .execute(&mut *tx)
-                .await
-            {
-                return failed(e);
+                inserted_or_sqlite(e)
             }
-            outcomes.push(outcome);
+        };
+        if let Err(e) = conn.execute_batch("RELEASE SAVEPOINT accept") {
+            return failed(e);
         }
-        match tx.commit().await {
-            Ok(()) => outcomes,
-            Err(e) => failed(e),
+        outcomes.push(outcome);
+    }
+    match conn.execute_batch("COMMIT") {
+        Ok(()) => (outcomes, true),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            failed(e)
         }
+    }
+}
+
+/// `sql` with PostgreSQL-style `$n` parameters as SQLite's `?n`, so both paths run
+/// the same statements.
+fn positional(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Statements as the writer prepares them (each once per connection).
+static WRITER_SQL: std::sync::LazyLock<[String; 5]> = std::sync::LazyLock::new(|| {
+    [
+        positional(INSERT_REFERRAL),
+        positional(INSERT_IDENTIFIER),
+        positional(INSERT_NEW_MESSAGE),
+        positional(QUEUE_REFERRAL),
+        positional(PEND),
+    ]
+});
+
+/// Times as sqlx writes them to SQLite (RFC 3339), so both paths store one form.
+fn time_text(t: OffsetDateTime) -> rusqlite::Result<String> {
+    t.format(&fhir_sdk::time::format_description::well_known::Rfc3339)
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+}
+
+/// One accept's rows, as [`SqliteStore::insert_referral_tx`] writes them: the
+/// referral, the sender's identifiers, the message, the queued delivery and the
+/// accept's audit record.
+fn insert_referral(conn: &rusqlite::Connection, r: &NewReferralRecord) -> rusqlite::Result<()> {
+    let [referral, identifier, message, queue, pend] = &*WRITER_SQL;
+    let now = time_text(r.now)?;
+    conn.prepare_cached(referral)?.execute(rusqlite::params![
+        r.id.as_str(),
+        r.reference,
+        r.practice_ods,
+        r.bundle_id,
+        r.programme,
+        r.locality,
+        r.provider,
+        r.routing_version,
+        r.referral_code,
+        r.nhs_number,
+        r.consent,
+        r.message,
+        r.source_endpoint,
+        r.client_id,
+        r.correlation_id,
+        now,
+        r.subject,
+    ])?;
+    for (system, value) in &r.sender_identifiers {
+        conn.prepare_cached(identifier)?.execute(rusqlite::params![
+            r.practice_ods,
+            system,
+            value,
+            r.id.as_str(),
+        ])?;
+    }
+    conn.prepare_cached(message)?.execute(rusqlite::params![
+        r.request_id,
+        r.message_header_id,
+        r.id.as_str(),
+        now,
+    ])?;
+    conn.prepare_cached(queue)?.execute(rusqlite::params![
+        r.delivery_id,
+        r.id.as_str(),
+        r.provider,
+        r.delivery_request_id,
+        now,
+    ])?;
+    let a = &r.audit;
+    let p = accept_prepared(r);
+    conn.prepare_cached(pend)?.execute(rusqlite::params![
+        time_text(p.at)?,
+        a.action,
+        a.outcome,
+        p.status,
+        a.client_id,
+        a.role,
+        a.actor_identity,
+        a.referral_id,
+        p.subject,
+        a.recipient,
+        a.request_id,
+        a.correlation_id,
+        a.mapping_version,
+        a.key_version,
+        p.detail,
+    ])?;
+    Ok(())
+}
+
+/// What an insert that failed on a unique constraint means for the sender, or the
+/// error itself ([`inserted_or`] for the writer's connection).
+fn inserted_or_sqlite(e: rusqlite::Error) -> Result<Inserted, StoreError> {
+    let message = match &e {
+        rusqlite::Error::SqliteFailure(f, message)
+            if matches!(
+                f.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ) =>
+        {
+            message.as_deref().unwrap_or_default()
+        }
+        _ => return Err(e.into()),
+    };
+    // The audit chain's own rule broken is a fault, never a duplicate request.
+    if message.contains("audit_events.seq") {
+        return Err(e.into());
+    }
+    if message.contains("referrals.reference") {
+        Ok(Inserted::ReferenceTaken)
+    } else {
+        Ok(Inserted::Duplicate)
     }
 }
 
