@@ -218,6 +218,9 @@ impl AppState {
         referral: NewReferral,
         now: OffsetDateTime,
     ) -> Result<Outcome, Rejection> {
+        // At the database's precision (PostgreSQL keeps microseconds), so that the
+        // answer, made from what was written, reads as every later read of it.
+        let now = crate::audit_record::truncate(now);
         let Plan {
             route,
             consent,
@@ -276,8 +279,9 @@ impl AppState {
             match self.store.insert_referral(&record).await {
                 Ok(Inserted::Accepted) => {
                     tracing::info!(referral_id = %id, provider = %route.provider, programme = %route.programme, "referral accepted");
-                    // It is stored: the answer says so even if reading it back fails.
-                    let referral = self.load(&id).await.unwrap_or_else(|| record.stored());
+                    // Answered from what was committed: reading it back would cost a
+                    // query and the decryption of the message for nothing new.
+                    let referral = record.stored();
                     return Ok(Outcome {
                         bundle_id: envelope.bundle_id.clone(),
                         source_endpoint: envelope.source_endpoint.clone(),
