@@ -37,6 +37,14 @@ fn mesh_providers(sandbox: &MeshSandbox, to: &str, password: &str, chunk: usize)
     mesh_providers_at(sandbox, &sandbox.url, to, password, chunk)
 }
 
+/// A gateway sending both providers' referrals over MESH, and its sandbox.
+async fn over_mesh(db: Db) -> (MeshSandbox, TestApp) {
+    let sandbox = MeshSandbox::start().await;
+    let config = mesh_providers(&sandbox, PROVIDER, "password", 20_000_000);
+    let app = TestApp::spawn_with(db, &config).await;
+    (sandbox, app)
+}
+
 /// A referral accepted: its id, and the mailbox its provider has.
 async fn accept(app: &TestApp) -> (String, &'static str) {
     let reply = app.send("gp-a", &referral()).await;
@@ -66,12 +74,7 @@ async fn delivery_of(app: &TestApp, referral: &str) -> thrive_gateway::store::De
 }
 
 async fn a_referral_reaches_the_provider_s_mailbox_minimised_and_chunked_when_large(db: Db) {
-    let sandbox = MeshSandbox::start().await;
-    let app = TestApp::spawn_with(
-        db,
-        &mesh_providers(&sandbox, PROVIDER, "password", 20_000_000),
-    )
-    .await;
+    let (sandbox, app) = over_mesh(db).await;
     let (id, _) = accept(&app).await;
     let stored = app.store.referral(&id).await.unwrap().unwrap();
     assert_eq!(app.deliver().await, 1);
@@ -185,12 +188,7 @@ on_both_databases!(a_wrong_password_shared_key_or_mailbox_is_a_dead_letter_sayin
 /// The process was killed after MESH took the message and before the outcome was
 /// stored: nothing here says it was sent, yet it is not sent again.
 async fn a_message_mesh_already_holds_is_not_sent_again(db: Db) {
-    let sandbox = MeshSandbox::start().await;
-    let app = TestApp::spawn_with(
-        db,
-        &mesh_providers(&sandbox, PROVIDER, "password", 20_000_000),
-    )
-    .await;
+    let (sandbox, app) = over_mesh(db).await;
     let (id, mailbox) = accept(&app).await;
     let delivery = delivery_of(&app, &id).await;
     sandbox
@@ -308,12 +306,7 @@ on_both_databases!(a_milestone_reaches_the_gp_system_s_mailbox);
 /// MESH is down: the attempt waits and is retried; readiness shows MESH failing, and
 /// the gateway still takes referrals. Back up: delivered once.
 async fn mesh_down_then_back_delivers_once(db: Db) {
-    let mut sandbox = MeshSandbox::start().await;
-    let app = TestApp::spawn_with(
-        db,
-        &mesh_providers(&sandbox, PROVIDER, "password", 20_000_000),
-    )
-    .await;
+    let (mut sandbox, app) = over_mesh(db).await;
     sandbox.stop();
     let (id, _) = accept(&app).await;
     app.deliver().await;
@@ -396,12 +389,7 @@ fn task(referral: &str, code: &str) -> Value {
 /// A status event the provider sends from its mailbox moves the referral, is
 /// acknowledged, and is recorded once however often it is read before that.
 async fn a_status_event_over_mesh_moves_the_referral_once(db: Db) {
-    let sandbox = MeshSandbox::start().await;
-    let app = TestApp::spawn_with(
-        db,
-        &mesh_providers(&sandbox, PROVIDER, "password", 20_000_000),
-    )
-    .await;
+    let (sandbox, app) = over_mesh(db).await;
     let inbox = app.mesh_inbox.clone().unwrap();
     let (id, mailbox) = accept(&app).await;
     app.deliver().await;
@@ -478,12 +466,7 @@ on_both_databases!(a_status_event_over_mesh_moves_the_referral_once);
 /// What the gateway cannot act on is refused with its reason, audited and
 /// acknowledged, and changes nothing; operators list it.
 async fn what_is_not_a_status_event_is_refused_and_acknowledged(db: Db) {
-    let sandbox = MeshSandbox::start().await;
-    let app = TestApp::spawn_with(
-        db,
-        &mesh_providers(&sandbox, PROVIDER, "password", 20_000_000),
-    )
-    .await;
+    let (sandbox, app) = over_mesh(db).await;
     let inbox = app.mesh_inbox.clone().unwrap();
     let (id, mailbox) = accept(&app).await;
     app.deliver().await;
@@ -566,12 +549,7 @@ on_both_databases!(what_is_not_a_status_event_is_refused_and_acknowledged);
 /// MESH could not hand a message over (a non-delivery report): its delivery becomes
 /// a dead letter saying so, which an operator can replay.
 async fn a_non_delivery_report_makes_a_dead_letter(db: Db) {
-    let sandbox = MeshSandbox::start().await;
-    let app = TestApp::spawn_with(
-        db,
-        &mesh_providers(&sandbox, PROVIDER, "password", 20_000_000),
-    )
-    .await;
+    let (sandbox, app) = over_mesh(db).await;
     let inbox = app.mesh_inbox.clone().unwrap();
     let (id, _) = accept(&app).await;
     app.deliver().await;
