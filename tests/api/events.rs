@@ -354,7 +354,7 @@ async fn providers_may_send_fhir_task_updates_under_the_same_rules(db: Db) {
 on_both_databases!(providers_may_send_fhir_task_updates_under_the_same_rules);
 
 /// A Task reporting `code` for `referral`, happening now.
-fn task(referral: &str, code: &str) -> Value {
+pub fn task(referral: &str, code: &str) -> Value {
     json!({
         "resourceType": "Task",
         "status": "in-progress",

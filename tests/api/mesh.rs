@@ -1,6 +1,7 @@
 //! MESH as a delivery transport and as the way providers' status events and MESH's
 //! reports come in, against NHS England's own MESH sandbox (see `mesh_sandbox.rs`).
 
+use crate::events::task;
 use crate::helpers::*;
 use crate::mesh_sandbox::*;
 use crate::on_both_databases;
@@ -373,17 +374,6 @@ fn status_message<'a>(to: &'a str, local_id: &'a str, body: &'a [u8]) -> Outgoin
         subject: "status",
         body,
     }
-}
-
-fn task(referral: &str, code: &str) -> Value {
-    json!({
-        "resourceType": "Task",
-        "status": "in-progress",
-        "intent": "order",
-        "basedOn": [{"reference": format!("ServiceRequest/{referral}")}],
-        "businessStatus": {"coding": [{"system": "https://thrive-gateway.nhs.uk/CodeSystem/referral-milestone", "code": code}]},
-        "executionPeriod": {"start": just_now()},
-    })
 }
 
 /// A status event the provider sends from its mailbox moves the referral, is
