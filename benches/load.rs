@@ -8,9 +8,15 @@
 //! synchronous FULL, the answer; one transaction per referral, on the HTTP worker),
 //! and each gateway round is printed as a ratio of it.
 //!
-//! `cargo bench --bench load`; `THRIVE_LOAD_REFERRALS` (per round, default 20,000) and
-//! `THRIVE_LOAD_SENDERS` (default 16); `THRIVE_BENCH_POSTGRES` adds a run on PostgreSQL,
-//! and one of two gateway processes sharing its database.
+//! Then end to end, with the delivery worker running as shipped and a stand-in
+//! provider written here: the same senders' referrals accepted and delivered (both
+//! rates, and how far delivery lagged); and a backlog of queued deliveries, accepted
+//! with delivery off, drained by a gateway started on that database.
+//!
+//! `cargo bench --bench load`; `THRIVE_LOAD_REFERRALS` (per round, default 20,000),
+//! `THRIVE_LOAD_SENDERS` (default 16), `THRIVE_LOAD_BACKLOG` (default 50,000) and
+//! `THRIVE_LOAD_PARTS` (default `accept,flow,backlog`); `THRIVE_BENCH_POSTGRES` adds
+//! each part on PostgreSQL, and one of two gateway processes sharing its database.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 #[path = "../tests/api/helpers.rs"]
@@ -52,11 +58,17 @@ fn free_port() -> u16 {
 }
 
 async fn start(database_url: &str) -> Gateway {
+    start_with(database_url, "", &[]).await
+}
+
+/// A gateway process with `extra` TOML (new tables only) and `env` (`THRIVE__…`
+/// overrides of the test layer's keys) over the bench's settings.
+async fn start_with(database_url: &str, extra: &str, env: &[(&str, &str)]) -> Gateway {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bench.toml");
     // The test layer, with the per-client rate limit off: the senders are one client.
     let toml = format!(
-        "{}\n[rate_limit]\nper_client_per_second = 0\nper_client_burst = 0\n",
+        "{}\n[rate_limit]\nper_client_per_second = 0\nper_client_burst = 0\n{extra}",
         test_toml(database_url)
     );
     std::fs::write(&config, toml).unwrap();
@@ -67,6 +79,7 @@ async fn start(database_url: &str) -> Gateway {
         .env_remove("THRIVE_ENV")
         .env("THRIVE__SERVER__BIND", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .arg("--config")
         .arg(&config)
         .arg("serve")
@@ -200,6 +213,78 @@ mod floor {
                 .expect("floor server");
             });
         });
+    }
+}
+
+/// A stand-in provider: answers every delivery 202 at once and counts them, each
+/// `X-Request-Id` once, so a delivery sent twice shows.
+mod provider {
+    use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Default)]
+    pub struct Received {
+        ids: Mutex<HashSet<String>>,
+        unique: AtomicUsize,
+        twice: AtomicUsize,
+    }
+
+    impl Received {
+        /// Distinct deliveries received.
+        pub fn unique(&self) -> usize {
+            self.unique.load(Ordering::Relaxed)
+        }
+        /// Deliveries received again with a request id already seen.
+        pub fn twice(&self) -> usize {
+            self.twice.load(Ordering::Relaxed)
+        }
+    }
+
+    async fn receive(
+        req: HttpRequest,
+        seen: web::Data<Received>,
+        _body: web::Bytes,
+    ) -> HttpResponse {
+        let Some(id) = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+        else {
+            return HttpResponse::BadRequest().finish();
+        };
+        let new = seen
+            .ids
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned());
+        let counter = if new { &seen.unique } else { &seen.twice };
+        counter.fetch_add(1, Ordering::Relaxed);
+        HttpResponse::Accepted().json(serde_json::json!({"received": true}))
+    }
+
+    /// Serves on `port` from its own thread, one worker, until the process ends.
+    pub fn start(port: u16) -> std::sync::Arc<Received> {
+        let seen = web::Data::new(Received::default());
+        let counts = seen.clone().into_inner();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                HttpServer::new(move || {
+                    App::new()
+                        .app_data(seen.clone())
+                        .app_data(web::PayloadConfig::new(1 << 20))
+                        .route("/{provider}", web::post().to(receive))
+                })
+                .workers(1)
+                .bind(("127.0.0.1", port))
+                .expect("stand-in provider port")
+                .run()
+                .await
+                .expect("stand-in provider");
+            });
+        });
+        counts
     }
 }
 
@@ -346,17 +431,120 @@ async fn two_gateways(n: usize, senders: usize, floor: f64) {
     );
 }
 
+/// The settings that send every provider's deliveries to the stand-in on `port`.
+fn providers_toml(port: u16) -> String {
+    ["bchft", "prospects"]
+        .map(|p| format!("[providers.{p}]\nendpoint = \"http://127.0.0.1:{port}/{p}\"\n"))
+        .join("")
+}
+
+/// Waits until the stand-in has `n` distinct deliveries; the time from `since`.
+async fn delivered(seen: &provider::Received, n: usize, since: Instant) -> Duration {
+    while seen.unique() < n {
+        assert!(
+            since.elapsed() < Duration::from_secs(600),
+            "only {} of {n} delivered after ten minutes",
+            seen.unique()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    since.elapsed()
+}
+
+/// End to end: the senders' referrals accepted and delivered to the stand-in by the
+/// same gateway, its delivery worker running as shipped. Prints both rates, how many
+/// were still queued when the last was accepted, and peak RSS.
+async fn flow(db: Db, n: usize, senders: usize) {
+    let (url, _database) = fresh_database(db).await;
+    let port = free_port();
+    let seen = provider::start(port);
+    let gw = start_with(
+        &url,
+        &providers_toml(port),
+        &[("THRIVE__DELIVERY__ENABLED", "true")],
+    )
+    .await;
+    let pid = gw.child.id();
+    let started = Instant::now();
+    let r = round(&[(&gw.base, pid)], n, senders).await;
+    let sending = started.elapsed();
+    let queued = n - seen.unique().min(n);
+    let all = delivered(&seen, n, started).await;
+    let (_, peak) = memory(pid);
+    println!(
+        "{db:?} end to end: {n} referrals, {senders} senders: accepted {:.0}/s (p99 {:.1} ms); \
+         delivered {:.0}/s while sending, {queued} still queued when the last was accepted; all \
+         delivered after {:.1} s, {:.0} referrals/s end to end; {} delivered twice; peak RSS \
+         {peak:.1} MB",
+        r.per_second,
+        r.p99.as_secs_f64() * 1000.0,
+        (n - queued) as f64 / sending.as_secs_f64(),
+        all.as_secs_f64(),
+        n as f64 / all.as_secs_f64(),
+        seen.twice(),
+    );
+}
+
+/// A backlog: `n` referrals accepted with delivery off, then a gateway with delivery
+/// on started on that database; the time from its start until the stand-in has them
+/// all.
+async fn backlog(db: Db, n: usize, senders: usize) {
+    let (url, _database) = fresh_database(db).await;
+    let port = free_port();
+    let seen = provider::start(port);
+    {
+        let gw = start_with(&url, &providers_toml(port), &[]).await;
+        round(&[(&gw.base, gw.child.id())], n, senders).await;
+    }
+    let started = Instant::now();
+    let gw = start_with(
+        &url,
+        &providers_toml(port),
+        &[("THRIVE__DELIVERY__ENABLED", "true")],
+    )
+    .await;
+    let cpu_before = cpu(gw.child.id());
+    let all = delivered(&seen, n, started).await;
+    let used = cpu(gw.child.id()).saturating_sub(cpu_before);
+    let (_, peak) = memory(gw.child.id());
+    println!(
+        "{db:?} backlog: {n} queued deliveries drained in {:.1} s, {:.0}/s; CPU {:.0} µs a \
+         delivery; {} delivered twice; peak RSS {peak:.1} MB",
+        all.as_secs_f64(),
+        n as f64 / all.as_secs_f64(),
+        used.as_secs_f64() * 1e6 / n as f64,
+        seen.twice(),
+    );
+}
+
 fn main() {
     let n = env_number("THRIVE_LOAD_REFERRALS", 20_000);
     let senders = env_number("THRIVE_LOAD_SENDERS", 16).max(1);
+    let queued = env_number("THRIVE_LOAD_BACKLOG", 50_000);
+    let parts = std::env::var("THRIVE_LOAD_PARTS").unwrap_or_else(|_| "accept,flow,backlog".into());
+    let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
+    // The database is made (and dropped) on the server this names.
+    let postgres = std::env::var("THRIVE_BENCH_POSTGRES").is_ok();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let floor = floor_round(n, senders).await;
-        run(Db::Sqlite, n, senders, floor).await;
-        // The database is made (and dropped) on the server this names.
-        if std::env::var("THRIVE_BENCH_POSTGRES").is_ok() {
-            run(Db::Postgres, n, senders, floor).await;
-            two_gateways(n, senders, floor).await;
+        if part("accept") {
+            let floor = floor_round(n, senders).await;
+            run(Db::Sqlite, n, senders, floor).await;
+            if postgres {
+                run(Db::Postgres, n, senders, floor).await;
+                two_gateways(n, senders, floor).await;
+            }
+        }
+        for db in [Db::Sqlite, Db::Postgres] {
+            if db == Db::Postgres && !postgres {
+                continue;
+            }
+            if part("flow") {
+                flow(db, n, senders).await;
+            }
+            if part("backlog") {
+                backlog(db, queued, senders).await;
+            }
         }
     });
 }
