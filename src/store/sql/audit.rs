@@ -3,11 +3,11 @@
 use super::*;
 
 macro_rules! audit_store {
-    ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
+    ($store:ty, $db:ty, $migrator:path, $lock:literal, $t0:literal, $t1:literal) => {
         #[async_trait]
         impl AuditStore for $store {
             async fn append_audit(&self, a: &AuditRecord) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 self.write_audit(&mut *tx, a).await?;
                 tx.commit().await?;
                 Ok(())

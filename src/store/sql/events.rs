@@ -3,11 +3,11 @@
 use super::*;
 
 macro_rules! event_store {
-    ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
+    ($store:ty, $db:ty, $migrator:path, $lock:literal, $t0:literal, $t1:literal) => {
         #[async_trait]
         impl EventStore for $store {
             async fn record_event(&self, e: &EventRecord) -> Result<EventRecorded, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO referral_events (id, referral_id, provider, event, occurred_at, \
                      reason, detail, request_id, recorded_at) \

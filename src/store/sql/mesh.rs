@@ -3,7 +3,7 @@
 use super::*;
 
 macro_rules! mesh_store {
-    ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
+    ($store:ty, $db:ty, $migrator:path, $lock:literal, $t0:literal, $t1:literal) => {
         #[async_trait]
         impl MeshStore for $store {
             async fn mesh_message_seen(&self, message_id: &str) -> Result<bool, StoreError> {
@@ -19,7 +19,7 @@ macro_rules! mesh_store {
                 m: &MeshInbound,
                 audit: Option<&AuditRecord>,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 let inserted = sqlx::query(
                     "INSERT INTO mesh_inbound (message_id, sender, workflow_id, message_type, \
                      outcome, reason, referral_id, received_at) \
@@ -79,7 +79,7 @@ macro_rules! mesh_store {
                 now: OffsetDateTime,
                 audit: &AuditRecord,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 let changed = sqlx::query(
                     "UPDATE deliveries SET state = 'dead', last_error = $1, updated_at = $2, \
                      next_attempt_at = $2 WHERE id = $3 AND state = 'delivered'",

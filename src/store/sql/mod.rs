@@ -18,6 +18,7 @@ use accept::{INSERT_IDENTIFIER, INSERT_NEW_MESSAGE, INSERT_REFERRAL};
 use async_trait::async_trait;
 use fhir_sdk::time::{Duration, OffsetDateTime};
 use std::sync::Arc;
+use write::{WriteTurns, WriteTx};
 
 /// Embedded SQLite (WAL, synchronous FULL). Accepts go through one writer that
 /// commits them in groups ([`sqlite::GroupCommit`]).
@@ -27,6 +28,8 @@ pub struct SqliteStore {
     keys: Option<Arc<StorageKeys>>,
     /// `None` in the writer's own copy, which stores each group directly.
     accepts: Option<sqlite::GroupCommit>,
+    /// Whose turn it is at the write lock, the accept writer's included.
+    turns: WriteTurns,
 }
 
 /// PostgreSQL, shared by several gateway processes. Writers never touch the chain
@@ -52,10 +55,16 @@ impl SqliteStore {
             file: pool.connect_options().get_filename().to_path_buf(),
             busy_timeout,
         };
+        let turns = WriteTurns::default();
         Self {
             pool,
             keys,
-            accepts: Some(sqlite::GroupCommit::start(target, max_waiting_accepts)),
+            accepts: Some(sqlite::GroupCommit::start(
+                target,
+                max_waiting_accepts,
+                turns.clone(),
+            )),
+            turns,
         }
     }
 }
@@ -509,11 +518,11 @@ fn inserted_or(e: sqlx::Error) -> Result<Inserted, StoreError> {
 }
 
 macro_rules! sql_store {
-    ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
+    ($store:ty, $db:ty, $migrator:path, $lock:literal, $t0:literal, $t1:literal) => {
         impl $store {
             /// Stores one sealed accept in a transaction of its own.
             async fn insert_alone(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 match self.insert_referral_tx(&mut tx, r).await {
                     Ok(()) => {
                         tx.commit().await?;
@@ -565,7 +574,7 @@ macro_rules! sql_store {
 
             async fn insert_referral_tx(
                 &self,
-                tx: &mut sqlx::Transaction<'_, $db>,
+                tx: &mut WriteTx<'_, $db>,
                 r: &NewReferralRecord,
             ) -> Result<(), sqlx::Error> {
                 sqlx::query(INSERT_REFERRAL)
@@ -609,7 +618,7 @@ macro_rules! sql_store {
 
             async fn apply_update_tx(
                 &self,
-                tx: &mut sqlx::Transaction<'_, $db>,
+                tx: &mut WriteTx<'_, $db>,
                 u: &UpdateRecord,
             ) -> Result<Option<Updated>, sqlx::Error> {
                 sqlx::query(
@@ -684,7 +693,7 @@ macro_rules! sql_store {
             /// guard matched nothing (`false`).
             async fn commit_with_audit(
                 &self,
-                mut tx: sqlx::Transaction<'_, $db>,
+                mut tx: WriteTx<'_, $db>,
                 changed: u64,
                 audit: &AuditRecord,
             ) -> Result<bool, StoreError> {
@@ -725,15 +734,14 @@ macro_rules! sql_store {
 // normalised to fixed-width UTC text (to the millisecond). PostgreSQL compares
 // `timestamptz` values as they are.
 /// Stamps out `$stamp` for each engine with what differs between them (see above):
-/// the store, its database, its migrations, how a write transaction begins, the claim's
-/// row lock, and how a time column is wrapped for comparison.
+/// the store, its database, its migrations, the claim's row lock, and how a time
+/// column is wrapped for comparison.
 macro_rules! for_both_engines {
     ($stamp:ident) => {
         $stamp!(
             SqliteStore,
             sqlx::Sqlite,
             SQLITE_MIGRATOR,
-            "BEGIN IMMEDIATE",
             "",
             "strftime('%Y-%m-%dT%H:%M:%f', ",
             ")"
@@ -742,7 +750,6 @@ macro_rules! for_both_engines {
             PostgresStore,
             sqlx::Postgres,
             POSTGRES_MIGRATOR,
-            "BEGIN ISOLATION LEVEL READ COMMITTED",
             "FOR UPDATE SKIP LOCKED",
             "",
             ""
@@ -761,6 +768,7 @@ mod postgres;
 mod referrals;
 mod reports;
 mod sqlite;
+mod write;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 use super::*;
 
 macro_rules! outbox_store {
-    ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
+    ($store:ty, $db:ty, $migrator:path, $lock:literal, $t0:literal, $t1:literal) => {
         #[async_trait]
         impl OutboxStore for $store {
             async fn claim_deliveries(
@@ -36,7 +36,7 @@ macro_rules! outbox_store {
                 lease_until: OffsetDateTime,
                 claim: RecipientClaim<'_>,
             ) -> Result<Vec<Claim>, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query("INSERT INTO recipient_controls (recipient) VALUES ($1) ON CONFLICT (recipient) DO NOTHING")
                     .bind(claim.recipient)
                     .execute(&mut *tx)
@@ -106,7 +106,7 @@ macro_rules! outbox_store {
                 by: &str,
                 audit: &AuditRecord,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 sqlx::query("INSERT INTO recipient_controls (recipient) VALUES ($1) ON CONFLICT (recipient) DO NOTHING")
                     .bind(recipient)
                     .execute(&mut *tx)
@@ -195,7 +195,7 @@ macro_rules! outbox_store {
                     DeliveryOutcome::WorkerFailed { failures, .. } => *failures,
                     _ => 0,
                 };
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 let changed = sqlx::query(
                     "UPDATE deliveries SET state = $1, next_attempt_at = $2, last_status = $3, \
                      last_error = $4, receipt = COALESCE($5, receipt), delivered_at = $6, \
@@ -256,7 +256,7 @@ macro_rules! outbox_store {
                 now: OffsetDateTime,
                 audit: &AuditRecord,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 let changed = sqlx::query(
                     "UPDATE deliveries SET state = 'queued', attempts = 0, worker_failures = 0, \
                      next_attempt_at = $1, updated_at = $1, lease_owner = NULL, lease_expires_at = NULL \
@@ -285,7 +285,7 @@ macro_rules! outbox_store {
                 now: OffsetDateTime,
                 audit: &AuditRecord,
             ) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 let changed = sqlx::query(
                     "UPDATE deliveries SET resolved_at = $1 \
                      WHERE id = $2 AND state = 'dead' AND resolved_at IS NULL",

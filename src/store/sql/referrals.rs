@@ -12,7 +12,7 @@ macro_rules! summary_columns {
 }
 
 macro_rules! referral_store {
-    ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
+    ($store:ty, $db:ty, $migrator:path, $lock:literal, $t0:literal, $t1:literal) => {
         #[async_trait]
         impl ReferralStore for $store {
             async fn insert_referral(&self, r: &NewReferralRecord) -> Result<Inserted, StoreError> {
@@ -116,7 +116,7 @@ macro_rules! referral_store {
                     .map(|v| v.into_iter().flatten().collect())
             }
             async fn apply_update(&self, u: &UpdateRecord) -> Result<Updated, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 match self.apply_update_tx(&mut tx, u).await {
                     Ok(Some(done)) => {
                         tx.commit().await?;
@@ -151,7 +151,7 @@ macro_rules! referral_store {
                 now: OffsetDateTime,
                 audit: &AuditRecord,
             ) -> Result<u64, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await?;
+                let mut tx = self.begin_write().await?;
                 // Re-checked row by row under the row lock, so a referral another
                 // gateway purged, or that changed meanwhile, is left alone.
                 let purged = sqlx::query(concat!(

@@ -4,7 +4,7 @@ use super::*;
 use crate::domain::Milestone;
 
 macro_rules! report_store {
-    ($store:ty, $db:ty, $migrator:path, $begin:literal, $lock:literal, $t0:literal, $t1:literal) => {
+    ($store:ty, $db:ty, $migrator:path, $lock:literal, $t0:literal, $t1:literal) => {
         #[async_trait]
         impl ReportStore for $store {
             async fn report_rows(

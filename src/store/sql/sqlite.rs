@@ -37,11 +37,12 @@ pub(super) struct WriterTarget {
 
 impl GroupCommit {
     /// Starts the writer on `target`; it ends when the last handle is dropped.
-    pub(super) fn start(target: WriterTarget, max_waiting: usize) -> Self {
+    /// Each group is written in its turn from `turns`.
+    pub(super) fn start(target: WriterTarget, max_waiting: usize, turns: WriteTurns) -> Self {
         let (waiting, queue) = mpsc::channel(max_waiting.max(1));
         let started = std::thread::Builder::new()
             .name("sqlite-accepts".into())
-            .spawn(move || write_groups(&target, queue));
+            .spawn(move || write_groups(&target, &turns, queue));
         if let Err(e) = started {
             // Every accept then fails with WriterGone (503), which the log explains.
             tracing::error!(error = %e, "the SQLite accept writer could not be started");
@@ -82,7 +83,7 @@ fn open_writer(target: &WriterTarget) -> rusqlite::Result<rusqlite::Connection> 
 
 /// The writer's loop: each turn takes every accept waiting (up to [`MAX_GROUP`])
 /// and commits them together. A panic fails that group's accepts, not the writer.
-fn write_groups(target: &WriterTarget, mut queue: mpsc::Receiver<Waiting>) {
+fn write_groups(target: &WriterTarget, turns: &WriteTurns, mut queue: mpsc::Receiver<Waiting>) {
     let mut conn: Option<rusqlite::Connection> = None;
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
@@ -104,6 +105,7 @@ fn write_groups(target: &WriterTarget, mut queue: mpsc::Receiver<Waiting>) {
             }
         };
         let outcomes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _turn = turns.next_blocking();
             commit_group(&writer, &group)
         }));
         match outcomes {
@@ -352,7 +354,7 @@ impl SqliteStore {
         if pending == 0 {
             return Ok(0);
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let head: Option<(i64, String)> =
             sqlx::query_as("SELECT seq, hash FROM audit_head WHERE id = 1")
                 .fetch_optional(&mut *tx)
