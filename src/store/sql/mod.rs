@@ -454,17 +454,6 @@ macro_rules! audit_filtered {
     };
 }
 
-/// Columns of [`ClaimedDelivery`], read with the referral they belong to.
-macro_rules! claimed_columns {
-    () => {
-        "SELECT d.id, d.referral_id, d.provider, d.kind, d.request_id, d.attempts, d.created_at, \
-         r.reference, r.programme, r.status AS referral_status, r.consent, r.message, \
-         r.correlation_id, d.event_id, e.event, d.worker_failures FROM deliveries d \
-         JOIN referrals r ON r.id = d.referral_id LEFT JOIN referral_events e ON e.id = d.event_id \
-         WHERE d.id = $1"
-    };
-}
-
 /// Columns of [`DeliveryView`].
 macro_rules! delivery_view_columns {
     () => {
@@ -479,31 +468,6 @@ macro_rules! delivery_view_columns {
 macro_rules! settled {
     () => {
         "(state IN ('delivered', 'cancelled') OR (state = 'dead' AND resolved_at IS NOT NULL))"
-    };
-}
-
-/// The statement that claims one due delivery. `$lock` is where the engines differ:
-/// PostgreSQL skips rows another transaction has locked; SQLite has one writer at a
-/// time, so the statement alone is atomic. The lease condition is repeated outside the
-/// subquery so that a row claimed concurrently is re-checked, not claimed twice.
-/// `$whose` narrows it to one recipient (`$4`), or to recipients no gateway controls.
-/// Milestones reach a GP system in the order they happened: one waits while an older
-/// milestone of the same referral to the same recipient is still queued (a dead
-/// letter no longer holds the rest back).
-macro_rules! claim_one {
-    ($lock:literal, $whose:literal) => {
-        concat!(
-            "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 WHERE id = (",
-            "SELECT d.id FROM deliveries d WHERE d.state = 'queued' AND d.next_attempt_at <= $3 ",
-            $whose,
-            "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $3) ",
-            "AND NOT (d.kind = 'milestone' AND EXISTS (SELECT 1 FROM deliveries o ",
-            "WHERE o.referral_id = d.referral_id AND o.provider = d.provider ",
-            "AND o.kind = 'milestone' AND o.state = 'queued' AND o.created_at < d.created_at)) ",
-            "ORDER BY d.next_attempt_at, d.created_at LIMIT 1 ",
-            $lock,
-            ") AND (lease_expires_at IS NULL OR lease_expires_at <= $3) RETURNING id"
-        )
     };
 }
 

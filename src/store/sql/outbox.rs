@@ -2,6 +2,46 @@
 
 use super::*;
 
+/// Columns of [`ClaimedDelivery`], read with the referral they belong to.
+macro_rules! claimed_columns {
+    () => {
+        "SELECT d.id, d.referral_id, d.provider, d.kind, d.request_id, d.attempts, d.created_at, \
+         r.reference, r.programme, r.status AS referral_status, r.consent, r.message, \
+         r.correlation_id, d.event_id, e.event, d.worker_failures FROM deliveries d \
+         JOIN referrals r ON r.id = d.referral_id LEFT JOIN referral_events e ON e.id = d.event_id \
+         WHERE d.id = $1"
+    };
+}
+
+/// The statement that claims up to `$limit` due deliveries, returning each with what
+/// orders them (`RETURNING` keeps no order). `$lock` is where the engines differ:
+/// PostgreSQL skips rows another transaction has locked; SQLite has one writer at a
+/// time, so the statement alone is atomic. The lease condition is repeated outside the
+/// subquery so that a row claimed concurrently is re-checked, not claimed twice.
+/// `$whose` narrows it to one recipient, or to recipients no gateway controls.
+/// Milestones reach a GP system in the order they happened: one waits while an older
+/// milestone of the same referral to the same recipient is still queued (a dead
+/// letter no longer holds the rest back).
+macro_rules! claim_some {
+    ($lock:literal, $whose:literal, $limit:literal) => {
+        concat!(
+            "UPDATE deliveries SET lease_owner = $1, lease_expires_at = $2 WHERE id IN (",
+            "SELECT d.id FROM deliveries d WHERE d.state = 'queued' AND d.next_attempt_at <= $3 ",
+            $whose,
+            "AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= $3) ",
+            "AND NOT (d.kind = 'milestone' AND EXISTS (SELECT 1 FROM deliveries o ",
+            "WHERE o.referral_id = d.referral_id AND o.provider = d.provider ",
+            "AND o.kind = 'milestone' AND o.state = 'queued' AND o.created_at < d.created_at)) ",
+            "ORDER BY d.next_attempt_at, d.created_at LIMIT ",
+            $limit,
+            " ",
+            $lock,
+            ") AND (lease_expires_at IS NULL OR lease_expires_at <= $3) ",
+            "RETURNING id, next_attempt_at, created_at"
+        )
+    };
+}
+
 macro_rules! outbox_store {
     ($store:ty, $db:ty, $migrator:path, $lock:literal, $t0:literal, $t1:literal) => {
         #[async_trait]
@@ -13,20 +53,18 @@ macro_rules! outbox_store {
                 lease_until: OffsetDateTime,
                 limit: i64,
             ) -> Result<Vec<Claim>, StoreError> {
-                let mut ids = Vec::new();
-                for _ in 0..limit {
-                    let id: Option<(String,)> = sqlx::query_as(claim_one!(
-                        $lock,
-                        "AND NOT EXISTS (SELECT 1 FROM recipient_controls c WHERE c.recipient = d.provider) "
-                    ))
-                    .bind(owner)
-                    .bind(lease_until)
-                    .bind(now)
-                    .fetch_optional(&self.pool)
-                    .await?;
-                    let Some((id,)) = id else { break };
-                    ids.push((id, None));
-                }
+                let rows: Vec<ClaimedRow> = sqlx::query_as(claim_some!(
+                    $lock,
+                    "AND NOT EXISTS (SELECT 1 FROM recipient_controls c WHERE c.recipient = d.provider) ",
+                    "$4"
+                ))
+                .bind(owner)
+                .bind(lease_until)
+                .bind(now)
+                .bind(limit.max(0))
+                .fetch_all(&self.pool)
+                .await?;
+                let ids = in_claim_order(rows).into_iter().map(|id| (id, None)).collect();
                 self.read_claimed(ids).await
             }
             async fn claim_for_recipient(
@@ -67,19 +105,31 @@ macro_rules! outbox_store {
                 }
                 let mut slot = next_send_at.map_or(now, |n| n.max(now));
                 let horizon = now.saturating_add(Duration::SECOND);
-                let mut ids = Vec::new();
-                while i64::try_from(ids.len()).unwrap_or(i64::MAX) < room {
-                    if claim.interval.is_some() && slot > horizon {
-                        break;
-                    }
-                    let id: Option<(String,)> = sqlx::query_as(claim_one!($lock, "AND d.provider = $4 "))
+                // Under a rate limit, no more than the slots that start within a second.
+                if let Some(interval) = claim.interval {
+                    let slots = if slot > horizon {
+                        0
+                    } else {
+                        let ahead = (horizon - slot).whole_nanoseconds();
+                        let each = interval.whole_nanoseconds().max(1);
+                        i64::try_from(ahead / each).unwrap_or(i64::MAX).saturating_add(1)
+                    };
+                    room = room.min(slots);
+                }
+                let rows: Vec<ClaimedRow> = if room > 0 {
+                    sqlx::query_as(claim_some!($lock, "AND d.provider = $4 ", "$5"))
                         .bind(owner)
                         .bind(lease_until)
                         .bind(now)
                         .bind(claim.recipient)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                    let Some((id,)) = id else { break };
+                        .bind(room)
+                        .fetch_all(&mut *tx)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                let mut ids = Vec::with_capacity(rows.len());
+                for id in in_claim_order(rows) {
                     match claim.interval {
                         Some(interval) => {
                             ids.push((id, Some(slot)));
@@ -364,3 +414,12 @@ macro_rules! outbox_store {
 }
 
 for_both_engines!(outbox_store);
+
+/// A claimed delivery's id and what orders it.
+type ClaimedRow = (String, OffsetDateTime, OffsetDateTime);
+
+/// The claimed ids due first, oldest first, as the claim chose them.
+fn in_claim_order(mut rows: Vec<ClaimedRow>) -> Vec<String> {
+    rows.sort_by_key(|r| (r.1, r.2));
+    rows.into_iter().map(|(id, ..)| id).collect()
+}
