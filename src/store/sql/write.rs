@@ -12,7 +12,8 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 /// accept writer, the delivery worker and the sealer each wait only for the
 /// transactions before them.
 pub(super) struct WriteTx<'c, DB: sqlx::Database> {
-    // Dropped first: an unfinished transaction is rolled back before the turn passes.
+    // Dropped first: an unfinished transaction's rollback is queued on its connection
+    // before the turn passes (should the next writer still find the lock, it waits).
     tx: sqlx::Transaction<'c, DB>,
     _turn: Option<OwnedMutexGuard<()>>,
 }
