@@ -14,6 +14,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod consent;
+pub mod console;
 pub mod delivery;
 pub mod domain;
 pub mod events;

@@ -137,7 +137,9 @@ pub async fn guard(
             too_slow().error_response(),
         )));
     }
-    let own_format = res.request().path().starts_with("/sandbox/");
+    // The sandbox stands in for others' systems; the console answers people in HTML.
+    let path = res.request().path();
+    let own_format = path.starts_with("/sandbox/") || path.starts_with("/console");
     let is_fhir = res
         .headers()
         .get(header::CONTENT_TYPE)

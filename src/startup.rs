@@ -36,6 +36,8 @@ pub enum StartupError {
     Delivery(#[from] DeliverySetupError),
     #[error("sandbox.client_jwks_file: {0}")]
     Sandbox(String),
+    #[error("console: {0}")]
+    Console(String),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
     #[error("keys.pseudonym.audit: {0}")]
@@ -176,6 +178,14 @@ impl Application {
         let data = web::Data::new(gateway.clone());
         let tasks = web::Data::new(supervisor.clone());
         let limits = web::Data::new(crate::limits::Limits::from_settings(&settings.server));
+        let console = if settings.console.enabled {
+            Some(web::Data::new(
+                crate::console::Console::from_settings(settings)
+                    .map_err(|e| StartupError::Console(e.to_string()))?,
+            ))
+        } else {
+            None
+        };
         let sandbox = if settings.sandbox.enabled {
             let jwks = match &settings.sandbox.client_jwks_file {
                 Some(file) => Some(std::fs::read_to_string(file).map_err(|e| {
@@ -202,6 +212,11 @@ impl Application {
                 .wrap(actix_web::middleware::from_fn(crate::limits::guard))
                 .wrap(actix_web::middleware::from_fn(request_context))
                 .configure(crate::http::configure);
+            if let Some(console) = &console {
+                app = app
+                    .app_data(console.clone())
+                    .configure(crate::console::configure);
+            }
             if let Some(sandbox) = &sandbox {
                 app = app
                     .app_data(sandbox.clone())

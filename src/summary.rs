@@ -82,6 +82,29 @@ pub fn render(
             "off".into()
         },
     );
+    let console = &settings.console;
+    line(
+        "console",
+        if console.enabled {
+            let sign_in = match (&console.oidc, console.dev_sign_in) {
+                (Some(oidc), true) => {
+                    format!("OpenID Connect ({}) and development sign-in", oidc.issuer)
+                }
+                (Some(oidc), false) => format!("OpenID Connect ({})", oidc.issuer),
+                (None, _) => "development sign-in".into(),
+            };
+            format!(
+                "on at http(s)://{address}/console/, {sign_in}; sessions {}",
+                if console.session_key_file.is_some() {
+                    "sealed with console.session_key_file"
+                } else {
+                    "sealed with a key of this process"
+                }
+            )
+        } else {
+            "off".into()
+        },
+    );
     line(
         "background",
         format!(

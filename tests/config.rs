@@ -444,6 +444,45 @@ fn production_refuses_published_keys_wherever_they_are_named() {
     });
 }
 
+/// The console in production signs staff in through the identity provider only, and
+/// seals sessions with a key every replica shares; an enabled console needs some way
+/// to sign in anywhere.
+#[test]
+fn the_console_refuses_development_sign_in_in_production_and_needs_a_way_in() {
+    Jail::expect_with(|jail| {
+        production_layers(jail)?;
+        let oidc = "[console.oidc]\nissuer = \"https://am.nhsidentity.spineservices.nhs.uk\"\nclient_id = \"thrive\"\n[console.oidc.roles]\nR8008 = \"operator\"\n";
+        jail.create_file(
+            "dev.toml",
+            "[console]\nenabled = true\ndev_sign_in = true\n",
+        )?;
+        jail.create_file(
+            "keyless.toml",
+            &format!("[console]\nenabled = true\n{oidc}"),
+        )?;
+        jail.create_file(
+            "whole.toml",
+            &format!("[console]\nenabled = true\nsession_key_file = \"console.key\"\n{oidc}"),
+        )?;
+        jail.create_file("no-way-in.toml", "[console]\nenabled = true\n")?;
+        for (file, setting) in [
+            ("dev.toml", "console.dev_sign_in"),
+            ("keyless.toml", "console.session_key_file"),
+        ] {
+            let err = Settings::load(&sources(Some("production"), &[file]))
+                .expect_err("refused in production");
+            assert!(matches!(err, ConfigError::Production(_)), "{err}");
+            assert!(err.to_string().contains(setting), "{err}");
+            Settings::load(&sources(None, &[file])).expect("loads outside production");
+        }
+        Settings::load(&sources(Some("production"), &["whole.toml"]))
+            .expect("a whole console configuration loads in production");
+        let err = Settings::load(&sources(None, &["no-way-in.toml"])).expect_err("no way in");
+        assert!(err.to_string().contains("console.oidc"), "{err}");
+        Ok(())
+    });
+}
+
 /// The development conveniences are refused with the published keys, at load, by
 /// every command: the signing key `dev-token` uses and the sandbox receivers. Outside
 /// production the same settings load.

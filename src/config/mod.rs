@@ -2,6 +2,7 @@
 //! `config/<THRIVE_ENV>.toml`, then each `--config FILE` in order, then `THRIVE__...`
 //! environment variables. Later layers win; unknown keys stop the gateway at start.
 
+pub mod console;
 mod delivery;
 pub mod mesh;
 pub mod pace;
@@ -67,6 +68,9 @@ pub struct Settings {
     /// The gateway's MESH mailbox, for recipients with `transport = "mesh"`.
     #[serde(default)]
     pub mesh: Option<mesh::MeshSettings>,
+    /// The browser console for operators and auditors.
+    #[serde(default)]
+    pub console: console::ConsoleSettings,
 }
 
 /// Rate limits, per process (see `limits`). A zero turns that limit off.
@@ -617,6 +621,7 @@ impl Settings {
 
     fn check(&self) -> Result<(), ConfigError> {
         self.database.backend()?;
+        self.console.check().map_err(ConfigError::Invalid)?;
         if self.server.max_body_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "server.max_body_bytes must be above 0".into(),

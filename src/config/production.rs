@@ -35,6 +35,13 @@ pub enum Refusal {
         "THRIVE_ENV=production but sandbox.enabled is set: sandbox receivers are for development"
     )]
     Sandbox,
+    #[error("THRIVE_ENV=production but console.dev_sign_in is set: it is for development")]
+    ConsoleDevSignIn,
+    #[error(
+        "THRIVE_ENV=production and console.enabled, but console.{0} is not set: \
+         sessions must survive a restart and sign-in must go through the identity provider"
+    )]
+    ConsoleIncomplete(&'static str),
 }
 
 /// Everything production refuses in `settings`, the first found: the development
@@ -45,6 +52,16 @@ pub fn refuse(settings: &Settings) -> Result<(), Refusal> {
     }
     if settings.sandbox.enabled {
         return Err(Refusal::Sandbox);
+    }
+    let console = &settings.console;
+    if console.dev_sign_in {
+        return Err(Refusal::ConsoleDevSignIn);
+    }
+    if console.enabled && console.session_key_file.is_none() {
+        return Err(Refusal::ConsoleIncomplete("session_key_file"));
+    }
+    if console.enabled && console.oidc.is_none() {
+        return Err(Refusal::ConsoleIncomplete("oidc"));
     }
     refuse_published(settings)?;
     Ok(())

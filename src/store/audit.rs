@@ -41,6 +41,22 @@ pub trait AuditStore: Send + Sync {
         after_seq: i64,
         limit: i64,
     ) -> Result<Vec<AuditRow>, StoreError>;
+    /// Chained records of `action` at or after `since`, counted by recipient, outcome
+    /// and HTTP status (pending ones sealed first, as for [`AuditStore::audit_query`]).
+    async fn audit_counts(
+        &self,
+        action: &str,
+        since: fhir_sdk::time::OffsetDateTime,
+    ) -> Result<Vec<AuditCount>, StoreError>;
     async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError>;
     async fn insert_checkpoint(&self, c: &CheckpointRow) -> Result<(), StoreError>;
+}
+
+/// How many records of one action had one recipient, outcome and HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCount {
+    pub recipient: Option<String>,
+    pub outcome: String,
+    pub http_status: Option<i32>,
+    pub count: i64,
 }

@@ -10,7 +10,7 @@
 //! nowhere else, so no caller can store it in the clear. Once a referral no longer
 //! needs it, [`ReferralStore::purge_settled`] replaces it by the empty marker.
 
-mod audit;
+pub(crate) mod audit;
 pub mod crypto;
 mod events;
 mod mesh;
@@ -31,7 +31,7 @@ use crypto::StorageKeys;
 
 pub use crate::audit_record::{AuditRecord, AuditRow, CheckpointRow};
 
-pub use audit::AuditStore;
+pub use audit::{AuditCount, AuditStore};
 pub use events::EventStore;
 pub use mesh::{MeshInbound, MeshStore};
 pub use outbox::{

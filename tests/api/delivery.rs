@@ -1072,6 +1072,13 @@ mod panics_on {
         ) -> Result<Vec<AuditRow>, StoreError> {
             self.inner.audit_query(filter, after_seq, limit).await
         }
+        async fn audit_counts(
+            &self,
+            action: &str,
+            since: fhir_sdk::time::OffsetDateTime,
+        ) -> Result<Vec<thrive_gateway::store::AuditCount>, StoreError> {
+            self.inner.audit_counts(action, since).await
+        }
         async fn audit_checkpoints(&self) -> Result<Vec<CheckpointRow>, StoreError> {
             self.inner.audit_checkpoints().await
         }

@@ -132,6 +132,32 @@ macro_rules! audit_store {
                 rows.truncate(usize::try_from(limit).unwrap_or(0));
                 Ok(rows)
             }
+            async fn audit_counts(
+                &self,
+                action: &str,
+                since: OffsetDateTime,
+            ) -> Result<Vec<crate::store::AuditCount>, StoreError> {
+                self.seal_before_reading().await;
+                let rows: Vec<(Option<String>, String, Option<i32>, i64)> = sqlx::query_as(concat!(
+                    "SELECT recipient, outcome, http_status, COUNT(*) FROM audit_events ",
+                    "WHERE seq IS NOT NULL AND action = $1 AND ",
+                    $t0, "recorded_at", $t1, " >= ", $t0, "$2", $t1,
+                    " GROUP BY recipient, outcome, http_status"
+                ))
+                .bind(action)
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(recipient, outcome, http_status, count)| crate::store::AuditCount {
+                        recipient,
+                        outcome,
+                        http_status,
+                        count,
+                    })
+                    .collect())
+            }
             async fn audit_checkpoints(&self) -> Result<Vec<crate::audit_record::CheckpointRow>, StoreError> {
                 let rows = sqlx::query_as::<_, crate::audit_record::CheckpointRow>(
                     "SELECT seq, hash, signed_at, key_id, signature FROM audit_checkpoints ORDER BY seq",
