@@ -465,9 +465,11 @@ fn the_console_refuses_development_sign_in_in_production_and_needs_a_way_in() {
             &format!("[console]\nenabled = true\nsession_key_file = \"console.key\"\n{oidc}"),
         )?;
         jail.create_file("no-way-in.toml", "[console]\nenabled = true\n")?;
+        jail.create_file("plain.toml", "[console]\nplain_http_localhost = true\n")?;
         for (file, setting) in [
             ("dev.toml", "console.dev_sign_in"),
             ("keyless.toml", "console.session_key_file"),
+            ("plain.toml", "console.plain_http_localhost"),
         ] {
             let err = Settings::load(&sources(Some("production"), &[file]))
                 .expect_err("refused in production");

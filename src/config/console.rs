@@ -18,6 +18,10 @@ pub struct ConsoleSettings {
     /// At least 32 random bytes that seal session cookies. Every replica needs the
     /// same file; without one, each process makes its own and sessions end with it.
     pub session_key_file: Option<PathBuf>,
+    /// Leave `Secure` off the console's cookies on plain HTTP to localhost, so a
+    /// browser keeps them in development. Everywhere else they are always `Secure`,
+    /// whatever a request's headers say. Refused in production.
+    pub plain_http_localhost: bool,
     /// A local sign-in page for the development clients (`auth.clients` with the
     /// operator or auditor role). Refused in production.
     pub dev_sign_in: bool,
@@ -32,6 +36,7 @@ impl Default for ConsoleSettings {
             idle_timeout_minutes: 30,
             session_lifetime_hours: 12,
             session_key_file: None,
+            plain_http_localhost: false,
             dev_sign_in: false,
             oidc: None,
         }

@@ -38,6 +38,10 @@ pub enum Refusal {
     #[error("THRIVE_ENV=production but console.dev_sign_in is set: it is for development")]
     ConsoleDevSignIn,
     #[error(
+        "THRIVE_ENV=production but console.plain_http_localhost is set: cookies must be Secure"
+    )]
+    ConsolePlainHttp,
+    #[error(
         "THRIVE_ENV=production and console.enabled, but console.{0} is not set: \
          sessions must survive a restart and sign-in must go through the identity provider"
     )]
@@ -56,6 +60,9 @@ pub fn refuse(settings: &Settings) -> Result<(), Refusal> {
     let console = &settings.console;
     if console.dev_sign_in {
         return Err(Refusal::ConsoleDevSignIn);
+    }
+    if console.plain_http_localhost {
+        return Err(Refusal::ConsolePlainHttp);
     }
     if console.enabled && console.session_key_file.is_none() {
         return Err(Refusal::ConsoleIncomplete("session_key_file"));

@@ -6,7 +6,10 @@
 use super::layout::{
     Field, FieldError, Section, csrf_field, error_summary, page, select, summary, tag, when,
 };
-use super::{ConsoleError, CsrfForm, User, html_response, record_allowed, record_refusal};
+use super::{
+    ConsoleError, CsrfForm, User, html_response, record_allowed, record_field_errors,
+    record_refusal,
+};
 use crate::app::AppState;
 use crate::audit::export::{ExportPlan, Format};
 use crate::config::console::ConsoleRole;
@@ -143,16 +146,7 @@ async fn list(
         )
         .await?;
     } else {
-        let first = &errors[0];
-        record_refusal(
-            &gw,
-            &principal,
-            action,
-            RecCode::BadRequest,
-            first.field,
-            &first.message,
-        )
-        .await;
+        record_field_errors(&gw, &principal, action, &errors).await;
     }
     let next = (rows.len() as i64 == PAGE)
         .then(|| rows.last().and_then(|r| r.seq))
@@ -294,11 +288,12 @@ async fn verify_page(gw: web::Data<AppState>, user: User) -> Result<HttpResponse
 async fn verify(
     gw: web::Data<AppState>,
     user: User,
-    form: web::Form<CsrfForm>,
+    form: Option<web::Form<CsrfForm>>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let sent = form.map(|f| f.into_inner().csrf).unwrap_or_default();
     let action = "audit.verify";
     let principal = super::require(&gw, &user, ConsoleRole::Auditor, action).await?;
-    super::check_csrf(&gw, &user, &principal, &form.csrf, action).await?;
+    super::check_csrf(&gw, &user, &principal, &sent, action).await?;
     let v = crate::audit::verify(gw.store.as_ref(), gw.checkpoint_keys.as_ref()).await?;
     record_allowed(
         &gw,
@@ -426,16 +421,7 @@ async fn export(
             .streaming(body));
     }
     if asked {
-        let first = &errors[0];
-        record_refusal(
-            &gw,
-            &principal,
-            action,
-            RecCode::BadRequest,
-            first.field,
-            &first.message,
-        )
-        .await;
+        record_field_errors(&gw, &principal, action, &errors).await;
     }
     let formats = vec![
         (
@@ -494,7 +480,7 @@ async fn subject_page(gw: web::Data<AppState>, user: User) -> Result<HttpRespons
     ))
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize)]
 struct SubjectForm {
     #[serde(default)]
     csrf: String,
@@ -505,8 +491,9 @@ struct SubjectForm {
 async fn subject(
     gw: web::Data<AppState>,
     user: User,
-    form: web::Form<SubjectForm>,
+    form: Option<web::Form<SubjectForm>>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let form = form.map(web::Form::into_inner).unwrap_or_default();
     let action = "audit.subjects";
     let principal = super::require(&gw, &user, ConsoleRole::Auditor, action).await?;
     super::check_csrf(&gw, &user, &principal, &form.csrf, action).await?;
@@ -546,7 +533,17 @@ async fn subject(
         subjects: pseudonyms.clone(),
         ..AuditFilter::default()
     };
-    let rows = gw.store.audit_query(&filter, 0, 1000).await?;
+    // Everything about the person, a page at a time: one answer holds it all.
+    let mut rows: Vec<AuditRow> = Vec::new();
+    loop {
+        let after = rows.last().and_then(|r| r.seq).unwrap_or(0);
+        let page = gw.store.audit_query(&filter, after, 1000).await?;
+        let full = page.len() == 1000;
+        rows.extend(page);
+        if !full {
+            break;
+        }
+    }
     let disclosures: Vec<&AuditRow> = rows
         .iter()
         .filter(|r| r.action == "delivery.referral" && r.outcome == "delivered")

@@ -5,7 +5,10 @@
 use super::layout::{
     Field, FieldError, Section, age, csrf_field, error_summary, page, select, summary, tag, when,
 };
-use super::{ConsoleError, CsrfForm, User, html_response, record_allowed, record_refusal};
+use super::{
+    ConsoleError, CsrfForm, User, html_response, record_allowed, record_field_errors,
+    record_refusal,
+};
 use crate::app::AppState;
 use crate::config::console::ConsoleRole;
 use crate::operations::{self, DeadLetterAction};
@@ -112,20 +115,20 @@ async fn list(
         )
         .await?;
     } else {
-        let first = &errors[0];
-        record_refusal(
-            &gw,
-            &principal,
-            action,
-            RecCode::BadRequest,
-            first.field,
-            &first.message,
-        )
-        .await;
+        record_field_errors(&gw, &principal, action, &errors).await;
     }
     let recipients =
         operations::recipients(gw.store.as_ref(), &gw.recipients, OffsetDateTime::now_utc())
             .await?;
+    record_allowed(
+        &gw,
+        &principal,
+        "operator.recipients.list",
+        200,
+        serde_json::json!({"count": recipients.len()}),
+        |_| {},
+    )
+    .await?;
     let mut recipient_options = vec![(String::new(), "Any recipient".to_owned())];
     recipient_options.extend(gw.recipients.iter().map(|r| (r.to_owned(), r.to_owned())));
     let state_options: Vec<(String, String)> = [
@@ -366,6 +369,8 @@ struct Verb {
     button: &'static str,
     explain: &'static str,
     done: &'static str,
+    /// The API's "cannot be ..." for a dead letter already resolved.
+    refused: &'static str,
 }
 
 fn verb(name: &str) -> Option<Verb> {
@@ -377,6 +382,7 @@ fn verb(name: &str) -> Option<Verb> {
             button: "Yes, replay it",
             explain: "It goes back in the queue. Before it is sent, the worker checks the referral's consent and state again.",
             done: "replayed",
+            refused: "replayed",
         }),
         "resolve" => Some(Verb {
             action: "operator.deliveries.resolve",
@@ -385,6 +391,7 @@ fn verb(name: &str) -> Option<Verb> {
             button: "Yes, resolve it",
             explain: "It will never be sent, and no longer holds back the retention purge of the referral's personal data.",
             done: "resolved",
+            refused: "resolved again",
         }),
         _ => None,
     }
@@ -397,9 +404,23 @@ async fn confirm_dead_letter(
 ) -> Result<HttpResponse, ConsoleError> {
     let (id, name) = path.into_inner();
     let verb = verb(&name).ok_or_else(|| ConsoleError::NotFound("No such action.".into()))?;
-    let principal = super::require(&gw, &user, ConsoleRole::Operator, verb.action).await?;
-    let detail = find(&gw, &principal, verb.action, &id).await?;
+    // Asking is not doing: the page reads the delivery, as the API's show does.
+    let action = "operator.deliveries.show";
+    let principal = super::require(&gw, &user, ConsoleRole::Operator, action).await?;
+    let detail = find(&gw, &principal, action, &id).await?;
     let d = &detail.delivery;
+    record_allowed(
+        &gw,
+        &principal,
+        action,
+        200,
+        serde_json::json!({"delivery_id": id}),
+        |r| {
+            r.referral_id = Some(d.referral_id.to_string());
+            r.recipient = Some(d.provider.clone());
+        },
+    )
+    .await?;
     if d.state != DeliveryState::Dead || d.resolved_at.is_some() {
         return Err(ConsoleError::NotFound(
             "This delivery is not a dead letter waiting for an operator.".into(),
@@ -436,12 +457,13 @@ async fn act_on_dead_letter(
     gw: web::Data<AppState>,
     user: User,
     path: web::Path<(String, String)>,
-    form: web::Form<CsrfForm>,
+    form: Option<web::Form<CsrfForm>>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let sent = form.map(|f| f.into_inner().csrf).unwrap_or_default();
     let (id, name) = path.into_inner();
     let verb = verb(&name).ok_or_else(|| ConsoleError::NotFound("No such action.".into()))?;
     let principal = super::require(&gw, &user, ConsoleRole::Operator, verb.action).await?;
-    super::check_csrf(&gw, &user, &principal, &form.csrf, verb.action).await?;
+    super::check_csrf(&gw, &user, &principal, &sent, verb.action).await?;
     if uuid::Uuid::parse_str(&id).is_err() {
         record_refusal(
             &gw,
@@ -479,9 +501,15 @@ async fn act_on_dead_letter(
             ))
             .finish()),
         DeadLetterAction::Resolved => {
-            let text = "this dead letter was resolved by an operator and cannot be acted on again";
-            record_refusal(&gw, &principal, verb.action, RecCode::Conflict, "id", text).await;
-            Err(ConsoleError::Forbidden("This dead letter was resolved by an operator: it cannot be replayed or resolved again.".into()))
+            let text = format!(
+                "this dead letter was resolved by an operator and cannot be {}",
+                verb.refused
+            );
+            record_refusal(&gw, &principal, verb.action, RecCode::Conflict, "id", &text).await;
+            Err(ConsoleError::Conflict(format!(
+                "This dead letter was resolved by an operator and cannot be {}.",
+                verb.refused
+            )))
         }
         DeadLetterAction::NotDeadLetter => {
             record_refusal(
@@ -517,15 +545,11 @@ async fn known_recipient(
     if gw.recipients.contains(recipient) {
         return Ok(());
     }
-    record_refusal(
-        gw,
-        principal,
-        action,
-        RecCode::NotFound,
-        "recipient",
-        "no provider or GP callback has this id",
-    )
-    .await;
+    let text = format!(
+        "no provider or GP callback has this id (configured: {})",
+        gw.recipients.listed()
+    );
+    record_refusal(gw, principal, action, RecCode::NotFound, "recipient", &text).await;
     Err(ConsoleError::NotFound(
         "No provider or GP callback has this id.".into(),
     ))
@@ -537,8 +561,10 @@ async fn confirm_pause(
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ConsoleError> {
     let (recipient, name) = path.into_inner();
-    let (paused, action) =
+    let (paused, _) =
         pause_verb(&name).ok_or_else(|| ConsoleError::NotFound("No such action.".into()))?;
+    // Asking is not doing: refusals here are recorded as a read of the recipients.
+    let action = "operator.recipients.list";
     let principal = super::require(&gw, &user, ConsoleRole::Operator, action).await?;
     known_recipient(&gw, &principal, action, &recipient).await?;
     let title = if paused {
@@ -573,13 +599,14 @@ async fn set_pause(
     gw: web::Data<AppState>,
     user: User,
     path: web::Path<(String, String)>,
-    form: web::Form<CsrfForm>,
+    form: Option<web::Form<CsrfForm>>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let sent = form.map(|f| f.into_inner().csrf).unwrap_or_default();
     let (recipient, name) = path.into_inner();
     let (paused, action) =
         pause_verb(&name).ok_or_else(|| ConsoleError::NotFound("No such action.".into()))?;
     let principal = super::require(&gw, &user, ConsoleRole::Operator, action).await?;
-    super::check_csrf(&gw, &user, &principal, &form.csrf, action).await?;
+    super::check_csrf(&gw, &user, &principal, &sent, action).await?;
     known_recipient(&gw, &principal, action, &recipient).await?;
     let ctx = crate::app::AuditContext {
         action,

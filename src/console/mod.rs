@@ -33,6 +33,8 @@ pub struct Console {
     dev_clients: Vec<(String, ConsoleRole)>,
     oidc: Option<OidcSettings>,
     http: reqwest::Client,
+    /// The issuer's discovery document and when it was read.
+    discovery: std::sync::Arc<std::sync::Mutex<Option<(std::time::Instant, String)>>>,
 }
 
 impl Console {
@@ -70,6 +72,7 @@ impl Console {
                 .timeout(std::time::Duration::from_secs(10))
                 .build()
                 .unwrap_or_default(),
+            discovery: Default::default(),
         })
     }
 }
@@ -85,6 +88,8 @@ pub enum ConsoleError {
     /// A form without this session's CSRF token.
     Csrf,
     NotFound(String),
+    /// The action cannot be done in the state the thing is in.
+    Conflict(String),
     Unavailable,
     Internal,
 }
@@ -93,7 +98,9 @@ impl std::fmt::Display for ConsoleError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConsoleError::SignIn { .. } => f.write_str("sign-in needed"),
-            ConsoleError::Forbidden(why) | ConsoleError::NotFound(why) => f.write_str(why),
+            ConsoleError::Forbidden(why)
+            | ConsoleError::NotFound(why)
+            | ConsoleError::Conflict(why) => f.write_str(why),
             ConsoleError::Csrf => f.write_str("the form's CSRF token is missing or wrong"),
             ConsoleError::Unavailable => f.write_str("the database is unavailable"),
             ConsoleError::Internal => f.write_str("internal error"),
@@ -119,6 +126,7 @@ impl ResponseError for ConsoleError {
             ConsoleError::SignIn { .. } => StatusCode::SEE_OTHER,
             ConsoleError::Forbidden(_) | ConsoleError::Csrf => StatusCode::FORBIDDEN,
             ConsoleError::NotFound(_) => StatusCode::NOT_FOUND,
+            ConsoleError::Conflict(_) => StatusCode::CONFLICT,
             ConsoleError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ConsoleError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -141,6 +149,7 @@ impl ResponseError for ConsoleError {
                     .to_owned(),
             ),
             ConsoleError::NotFound(why) => ("Page not found", why.clone()),
+            ConsoleError::Conflict(why) => ("This cannot be done", why.clone()),
             ConsoleError::Unavailable => (
                 "Sorry, the database is unavailable",
                 "The gateway cannot reach its database just now. Try again in a few minutes."
@@ -180,8 +189,10 @@ async fn frame(
         req.extensions_mut().insert(user);
     }
     let mut res = next.call(req).await?;
+    // Assets may be cached: never a cookie on them.
+    let asset = res.request().path().starts_with("/console/assets/");
     let refreshed = match &console {
-        Some(console) if !sets_session(&res) => {
+        Some(console) if !asset && !sets_session(&res) => {
             let user = res.request().extensions().get::<User>().cloned();
             user.map(|u| console.sessions.session_cookie(res.request(), &u))
         }
@@ -271,9 +282,16 @@ pub(crate) async fn require(
     }
     let shown = user.roles.first().copied().unwrap_or(ConsoleRole::Operator);
     let principal = user.principal(shown);
-    let why = match role {
-        ConsoleRole::Operator => "Only operators may manage deliveries.",
-        ConsoleRole::Auditor => "Only auditors may read the audit trail.",
+    // The record says what the API's refusal says; the page says it as a sentence.
+    let (why, shown) = match role {
+        ConsoleRole::Operator => (
+            "only operators may manage deliveries",
+            "Only operators may manage deliveries.",
+        ),
+        ConsoleRole::Auditor => (
+            "only auditors may read the audit trail",
+            "Only auditors may read the audit trail.",
+        ),
     };
     let ctx = AuditContext {
         action,
@@ -282,7 +300,7 @@ pub(crate) async fn require(
     };
     let rejection: Rejection = Issue::new(RecCode::Forbidden, IssueType::Forbidden, why).into();
     gw.audit_rejection(&ctx, &rejection).await;
-    Err(ConsoleError::Forbidden(why.to_owned()))
+    Err(ConsoleError::Forbidden(shown.to_owned()))
 }
 
 /// Refuses a form whose CSRF token is not this session's; the refusal is recorded
@@ -312,8 +330,10 @@ pub(crate) async fn check_csrf(
     Err(ConsoleError::Csrf)
 }
 
-/// A form that only carries its CSRF token.
-#[derive(Debug, serde::Deserialize)]
+/// A form that only carries its CSRF token. Handlers take forms as `Option`: a body
+/// that cannot be read as the form (another encoding, too large) has no token, and
+/// is refused and recorded like any form without one.
+#[derive(Debug, Default, serde::Deserialize)]
 pub(crate) struct CsrfForm {
     #[serde(default)]
     pub csrf: String,
@@ -409,6 +429,28 @@ pub(crate) async fn record_refusal(
     };
     let rejection: Rejection = Issue::new(code, kind, text).at(at).into();
     gw.audit_rejection(&ctx, &rejection).await;
+}
+
+/// Records a form's or filter's refusal with every problem, each at its field, as the
+/// API records bad query parameters (400).
+pub(crate) async fn record_field_errors(
+    gw: &AppState,
+    principal: &crate::auth::Principal,
+    action: &str,
+    errors: &[layout::FieldError],
+) {
+    let ctx = AuditContext {
+        action,
+        principal: Some(principal),
+        ids: None,
+    };
+    let issues = errors
+        .iter()
+        .map(|e| Issue::new(RecCode::BadRequest, IssueType::Value, e.message.clone()).at(e.field))
+        .collect();
+    if let Some(rejection) = Rejection::from_issues(issues) {
+        gw.audit_rejection(&ctx, &rejection).await;
+    }
 }
 
 /// Records an allowed or accepted console action, as its API call would be recorded.

@@ -147,7 +147,7 @@ fn recipients_table(lines: &[RecipientLine], operator: bool) -> Markup {
                             @if l.view.paused { (tag("Paused", "yellow")) }
                             @else if l.failing > 0 { (tag("Failing", "red")) }
                             @else { (tag("Sending", "green")) }
-                            @if let Some(e) = &l.last_error { br; span class="nhsuk-body-s" { (e) } }
+                            @if operator && let Some(e) = &l.last_error { br; span class="nhsuk-body-s" { (e) } }
                         }
                         td class="nhsuk-table__cell nhsuk-table__cell--numeric" { (l.view.queued) }
                         td class="nhsuk-table__cell" { (l.view.oldest_queued_seconds.map(age).unwrap_or_else(|| "–".into())) }
@@ -263,7 +263,7 @@ async fn overview(gw: web::Data<AppState>, user: User) -> Result<HttpResponse, C
     let month = intake(&gw, now - Duration::days(30)).await?;
     let dead_total: usize = lines.iter().map(|l| l.dead).sum();
     let chain = chain_section(&gw, now, auditor).await?;
-    let principal = user.principal(user.roles[0]);
+    let principal = user.principal(user.first_role());
     let ctx = AuditContext {
         action: "console.overview",
         principal: Some(&principal),

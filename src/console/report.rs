@@ -4,9 +4,8 @@
 
 use super::chart::{self, Bar};
 use super::layout::{Field, FieldError, Section, error_summary, page, select};
-use super::{ConsoleError, User, html_response, record_allowed, record_refusal};
+use super::{ConsoleError, User, html_response, record_allowed, record_field_errors};
 use crate::app::AppState;
-use crate::outcome::RecCode;
 use crate::reports::{GroupBy, MEASURES, Published, Row};
 use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, web};
@@ -41,7 +40,7 @@ async fn rows(
     user: &User,
     a: &Asked,
 ) -> Result<Result<Vec<Row>, Vec<FieldError>>, ConsoleError> {
-    let principal = user.principal(user.roles[0]);
+    let principal = user.principal(user.first_role());
     let mut errors = Vec::new();
     let from = crate::reports::bound(&a.from).ok();
     if from.is_none() {
@@ -65,16 +64,7 @@ async fn rows(
         });
     }
     let (Some(from), Some(to), Some(group_by)) = (from, to, group_by) else {
-        let first = &errors[0];
-        record_refusal(
-            gw,
-            &principal,
-            "report.programme",
-            RecCode::BadRequest,
-            first.field,
-            &first.message,
-        )
-        .await;
+        record_field_errors(gw, &principal, "report.programme", &errors).await;
         return Ok(Err(errors));
     };
     let rows = gw.store.report_rows(from, to, false).await?;

@@ -42,6 +42,12 @@ impl User {
         }
     }
 
+    /// The role a record names for what any role may do (sign-in, the overview):
+    /// operator when the user holds it. Every session holds at least one role.
+    pub fn first_role(&self) -> ConsoleRole {
+        self.roles.first().copied().unwrap_or(ConsoleRole::Auditor)
+    }
+
     pub fn has(&self, role: ConsoleRole) -> bool {
         self.roles.contains(&role)
     }
@@ -103,6 +109,8 @@ pub struct Sessions {
     key: Key,
     idle: Duration,
     lifetime: Duration,
+    /// `console.plain_http_localhost`.
+    plain_http_localhost: bool,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -146,6 +154,7 @@ impl Sessions {
             key,
             idle: Duration::from_secs(settings.idle_timeout_minutes.max(1) * 60),
             lifetime: Duration::from_secs(settings.session_lifetime_hours.max(1) * 3600),
+            plain_http_localhost: settings.plain_http_localhost,
         })
     }
 
@@ -181,7 +190,7 @@ impl Sessions {
 
     pub fn session_cookie(&self, req: &HttpRequest, user: &User) -> Cookie<'static> {
         let value = serde_json::to_string(user).unwrap_or_default();
-        cookie(
+        self.cookie(
             req,
             SESSION_COOKIE,
             self.seal(SESSION_COOKIE, value),
@@ -195,7 +204,7 @@ impl Sessions {
 
     pub fn pending_cookie(&self, req: &HttpRequest, pending: &PendingSignIn) -> Cookie<'static> {
         let value = serde_json::to_string(pending).unwrap_or_default();
-        let mut c = cookie(
+        let mut c = self.cookie(
             req,
             SIGN_IN_COOKIE,
             self.seal(SIGN_IN_COOKIE, value),
@@ -204,40 +213,46 @@ impl Sessions {
         c.set_max_age(CookieDuration::minutes(10));
         c
     }
+
+    /// A cookie that removes `name` from the browser.
+    pub fn removal(&self, req: &HttpRequest, name: &'static str) -> Cookie<'static> {
+        let mut c = self.cookie(req, name, String::new(), SameSite::Strict);
+        c.make_removal();
+        c
+    }
+
+    fn cookie(
+        &self,
+        req: &HttpRequest,
+        name: &'static str,
+        value: String,
+        same_site: SameSite,
+    ) -> Cookie<'static> {
+        Cookie::build(name, value)
+            .path("/console")
+            .http_only(true)
+            .same_site(same_site)
+            .secure(!(self.plain_http_localhost && plain_http_to_localhost(req)))
+            .finish()
+    }
 }
 
-/// A cookie that removes `name` from the browser.
-pub fn removal(req: &HttpRequest, name: &'static str) -> Cookie<'static> {
-    let mut c = cookie(req, name, String::new(), SameSite::Strict);
-    c.make_removal();
-    c
-}
-
-fn cookie(
-    req: &HttpRequest,
-    name: &'static str,
-    value: String,
-    same_site: SameSite,
-) -> Cookie<'static> {
-    Cookie::build(name, value)
-        .path("/console")
-        .http_only(true)
-        .same_site(same_site)
-        .secure(needs_secure(req))
-        .finish()
-}
-
-/// `Secure` everywhere but plain HTTP to this machine, where a browser would not send
-/// a secure cookie back and development would be impossible.
-fn needs_secure(req: &HttpRequest) -> bool {
-    let info = req.connection_info();
-    let host = info.host();
+/// Plain HTTP to this machine, as the connection itself shows: the listener has no
+/// TLS, the peer is a loopback address and the browser asked for a loopback name.
+/// Forwarding headers are not read, so no request can talk its way out of `Secure`.
+fn plain_http_to_localhost(req: &HttpRequest) -> bool {
+    let host = req
+        .headers()
+        .get(actix_web::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
     let hostname = match host.rsplit_once(':') {
         Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
         _ => host,
     };
-    let local = matches!(hostname, "localhost" | "127.0.0.1" | "[::1]");
-    !(info.scheme() == "http" && local)
+    !req.app_config().secure()
+        && req.peer_addr().is_some_and(|a| a.ip().is_loopback())
+        && matches!(hostname, "localhost" | "127.0.0.1" | "[::1]")
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! and each sign-out is audited.
 
 use super::layout::{Section, csrf_field, page};
-use super::session::{PendingSignIn, SESSION_COOKIE, SIGN_IN_COOKIE, User, random_token, removal};
+use super::session::{PendingSignIn, SESSION_COOKIE, SIGN_IN_COOKIE, User, random_token};
 use super::{Console, ConsoleError, CsrfForm, html_response, now};
 use crate::app::{AppState, AuditContext};
 use crate::config::console::{ConsoleRole, OidcSettings};
@@ -90,7 +90,7 @@ async fn sign_in_page(
     res
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 struct DevForm {
     #[serde(default)]
     csrf: String,
@@ -99,7 +99,16 @@ struct DevForm {
 }
 
 /// Records a sign-in refused, with no principal, and why (never a token or claim).
-async fn refuse_sign_in(gw: &AppState, why: &str, status: RecCode) {
+async fn refuse_sign_in(gw: &AppState, req: &HttpRequest, why: &str, status: RecCode) {
+    // Past the failed-authentication limit of the address, refusals are logged, not
+    // recorded: nobody can fill the audit trail with them.
+    if gw.limits.failure(req.peer_addr().map(|a| a.ip())).is_err() {
+        tracing::warn!(
+            reason = why,
+            "console sign-in refused past the failure limit; not recorded"
+        );
+        return;
+    }
     let ctx = AuditContext {
         action: "console.sign-in",
         principal: None,
@@ -121,8 +130,9 @@ async fn sign_in_dev(
     req: HttpRequest,
     gw: web::Data<AppState>,
     console: web::Data<Console>,
-    form: web::Form<DevForm>,
+    form: Option<web::Form<DevForm>>,
 ) -> Result<HttpResponse, ConsoleError> {
+    let form = form.map(web::Form::into_inner).unwrap_or_default();
     let pending = console.sessions.pending(&req);
     let csrf_ok = pending
         .as_ref()
@@ -130,6 +140,7 @@ async fn sign_in_dev(
     if !csrf_ok {
         refuse_sign_in(
             &gw,
+            &req,
             "the sign-in form's CSRF token is missing or wrong",
             RecCode::Forbidden,
         )
@@ -141,7 +152,13 @@ async fn sign_in_dev(
         .iter()
         .find(|(id, _)| *id == form.client)
     else {
-        refuse_sign_in(&gw, "no development client has this id", RecCode::Forbidden).await;
+        refuse_sign_in(
+            &gw,
+            &req,
+            "no development client has this id",
+            RecCode::Forbidden,
+        )
+        .await;
         return Err(ConsoleError::Forbidden(
             "That is not one of the development clients.".into(),
         ));
@@ -163,7 +180,7 @@ async fn signed_in(
     next: &str,
     from_provider: bool,
 ) -> Result<HttpResponse, ConsoleError> {
-    let principal = user.principal(user.roles[0]);
+    let principal = user.principal(user.first_role());
     let ctx = AuditContext {
         action: "console.sign-in",
         principal: Some(&principal),
@@ -197,7 +214,7 @@ async fn signed_in(
     };
     res.add_cookie(&console.sessions.session_cookie(req, &user))
         .map_err(|_| ConsoleError::Internal)?;
-    res.add_cookie(&removal(req, SIGN_IN_COOKIE))
+    res.add_cookie(&console.sessions.removal(req, SIGN_IN_COOKIE))
         .map_err(|_| ConsoleError::Internal)?;
     Ok(res)
 }
@@ -205,11 +222,13 @@ async fn signed_in(
 async fn sign_out(
     req: HttpRequest,
     gw: web::Data<AppState>,
+    console: web::Data<Console>,
     user: User,
-    form: web::Form<CsrfForm>,
+    form: Option<web::Form<CsrfForm>>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let principal = user.principal(user.roles[0]);
-    super::check_csrf(&gw, &user, &principal, &form.csrf, "console.sign-out").await?;
+    let principal = user.principal(user.first_role());
+    let sent = form.map(|f| f.into_inner().csrf).unwrap_or_default();
+    super::check_csrf(&gw, &user, &principal, &sent, "console.sign-out").await?;
     let ctx = AuditContext {
         action: "console.sign-out",
         principal: Some(&principal),
@@ -222,7 +241,7 @@ async fn sign_out(
     let mut res = HttpResponse::SeeOther()
         .insert_header((header::LOCATION, "/console/sign-in"))
         .finish();
-    res.add_cookie(&removal(&req, SESSION_COOKIE))
+    res.add_cookie(&console.sessions.removal(&req, SESSION_COOKIE))
         .map_err(|_| ConsoleError::Internal)?;
     Ok(res)
 }
@@ -238,20 +257,42 @@ struct Discovery {
     jwks_uri: String,
 }
 
+/// How long the issuer's discovery document is kept before it is read again.
+const DISCOVERY_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The issuer's discovery document, read at most every [`DISCOVERY_TTL`], so sign-in
+/// pages cannot be used to make the gateway call the issuer at will.
 async fn discover(console: &Console, oidc: &OidcSettings) -> Result<Discovery, String> {
-    let url = format!(
-        "{}/.well-known/openid-configuration",
-        oidc.issuer.trim_end_matches('/')
-    );
-    let found: Discovery = console
-        .http
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| format!("could not read the issuer's discovery document: {e}"))?
-        .json()
-        .await
+    let cached = console
+        .discovery
+        .lock()
+        .ok()
+        .and_then(|c| c.clone())
+        .filter(|(at, _)| at.elapsed() < DISCOVERY_TTL);
+    let text = match cached {
+        Some((_, text)) => text,
+        None => {
+            let url = format!(
+                "{}/.well-known/openid-configuration",
+                oidc.issuer.trim_end_matches('/')
+            );
+            let text = console
+                .http
+                .get(&url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| format!("could not read the issuer's discovery document: {e}"))?
+                .text()
+                .await
+                .map_err(|e| format!("could not read the issuer's discovery document: {e}"))?;
+            if let Ok(mut cache) = console.discovery.lock() {
+                *cache = Some((std::time::Instant::now(), text.clone()));
+            }
+            text
+        }
+    };
+    let found: Discovery = serde_json::from_str(&text)
         .map_err(|e| format!("the issuer's discovery document is not valid: {e}"))?;
     if found.issuer.trim_end_matches('/') != oidc.issuer.trim_end_matches('/') {
         return Err("the discovery document names another issuer".into());
@@ -364,6 +405,7 @@ async fn oidc_callback(
     if !state_ok {
         refuse_sign_in(
             &gw,
+            &req,
             "the sign-in answer's state is not this browser's",
             RecCode::Forbidden,
         )
@@ -376,8 +418,15 @@ async fn oidc_callback(
         return Err(ConsoleError::Internal);
     };
     if let Some(error) = &query.error {
-        let why = format!("the identity provider refused the sign-in: {error}");
-        refuse_sign_in(&gw, &why, RecCode::Forbidden).await;
+        // An OAuth error code is a short word; anything else is not repeated.
+        let code =
+            if error.len() <= 40 && error.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                error.as_str()
+            } else {
+                "(not an OAuth error code)"
+            };
+        let why = format!("the identity provider refused the sign-in: {code}");
+        refuse_sign_in(&gw, &req, &why, RecCode::Forbidden).await;
         return Err(ConsoleError::Forbidden(
             "The identity provider did not sign you in.".into(),
         ));
@@ -419,7 +468,7 @@ async fn oidc_callback(
             "the token endpoint refused the code: HTTP {}",
             answer.status().as_u16()
         );
-        refuse_sign_in(&gw, &why, RecCode::Forbidden).await;
+        refuse_sign_in(&gw, &req, &why, RecCode::Forbidden).await;
         return Err(ConsoleError::Forbidden(
             "The identity provider did not confirm this sign-in. Start again.".into(),
         ));
@@ -443,6 +492,7 @@ async fn oidc_callback(
         Err(why) => {
             refuse_sign_in(
                 &gw,
+                &req,
                 &format!("ID token refused: {why}"),
                 RecCode::Unauthorized,
             )
@@ -452,11 +502,21 @@ async fn oidc_callback(
             ));
         }
     };
-    let sub = claims["sub"].as_str().unwrap_or_default().to_owned();
+    let Some(sub) = claims["sub"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+    else {
+        refuse_sign_in(&gw, &req, "the ID token has no sub", RecCode::Unauthorized).await;
+        return Err(ConsoleError::Forbidden(
+            "The identity provider's answer could not be verified. Start again.".into(),
+        ));
+    };
     let roles = roles_of(&claims, oidc);
     if roles.is_empty() {
         refuse_sign_in(
             &gw,
+            &req,
             "the user holds no role mapped to operator or auditor",
             RecCode::Forbidden,
         )
@@ -484,17 +544,31 @@ fn verify_id_token(
 ) -> Result<serde_json::Value, String> {
     use jsonwebtoken::{Algorithm, DecodingKey, Validation};
     let head = jsonwebtoken::decode_header(token).map_err(|e| e.to_string())?;
-    if matches!(
+    if !matches!(
         head.alg,
-        Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512
+            | Algorithm::ES256
+            | Algorithm::ES384
     ) {
-        return Err("symmetric signatures are not accepted".into());
+        return Err(format!("{:?} signatures are not accepted", head.alg));
     }
-    let jwk = match &head.kid {
-        Some(kid) => jwks.find(kid),
-        None => jwks.keys.first(),
+    // Without a kid, only an issuer with one key says which key it is.
+    let jwk = match (&head.kid, jwks.keys.as_slice()) {
+        (Some(kid), _) => jwks.find(kid),
+        (None, [only]) => Some(only),
+        (None, _) => None,
     }
     .ok_or("no key of the issuer's matches the token's kid")?;
+    if let Some(alg) = jwk.common.key_algorithm
+        && format!("{alg:?}") != format!("{:?}", head.alg)
+    {
+        return Err("the token's algorithm is not its key's".into());
+    }
     let key = DecodingKey::from_jwk(jwk).map_err(|e| e.to_string())?;
     let mut validation = Validation::new(head.alg);
     validation.set_issuer(&[issuer]);

@@ -10,7 +10,8 @@ use crate::on_both_databases;
 use crate::provider::{FAST_RETRIES, FakeProvider, Step};
 
 /// The console with the development sign-in page for the test operator and auditor.
-pub const CONSOLE: &str = "\n[console]\nenabled = true\ndev_sign_in = true\n";
+pub const CONSOLE: &str =
+    "\n[console]\nenabled = true\ndev_sign_in = true\nplain_http_localhost = true\n";
 
 /// Accepts the fixture referral; its id and reference.
 pub async fn accept(app: &TestApp) -> (String, String) {

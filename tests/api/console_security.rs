@@ -105,6 +105,16 @@ async fn sessions_cookies_and_headers_guard_every_page(db: Db) {
         );
     }
     assert!(!local.set_cookie.contains("Secure"), "{}", local.set_cookie);
+    // Without console.plain_http_localhost (everywhere but development), always Secure.
+    let strict = app
+        .second(&CONSOLE.replace("plain_http_localhost = true", ""))
+        .await;
+    let strict = sign_in(&strict, "operator", None).await;
+    assert!(
+        strict.set_cookie.contains("Secure"),
+        "{}",
+        strict.set_cookie
+    );
     let remote = sign_in(&app, "operator", Some("gateway.example.nhs.uk")).await;
     assert!(
         remote.set_cookie.contains("Secure"),
@@ -173,8 +183,9 @@ async fn sessions_cookies_and_headers_guard_every_page(db: Db) {
 }
 
 async fn forms_without_their_token_are_refused_and_recorded(db: Db) {
-    let provider = FakeProvider::start(vec![Step::status(503); 3]).await;
+    let provider = FakeProvider::start(vec![Step::status(503); 6]).await;
     let app = TestApp::spawn_with(db, &format!("{}{CONSOLE}", provider.config(FAST_RETRIES))).await;
+    accept(&app).await;
     accept(&app).await;
     for _ in 0..3 {
         app.deliver().await;
@@ -184,6 +195,7 @@ async fn forms_without_their_token_are_refused_and_recorded(db: Db) {
         .await
         .json();
     let id = dead[0]["id"].as_str().unwrap().to_owned();
+    let other = dead[1]["id"].as_str().unwrap().to_owned();
     let session = sign_in(&app, "operator", None).await;
     let http = http();
     let replay = |csrf: Option<&str>| {
@@ -196,6 +208,14 @@ async fn forms_without_their_token_are_refused_and_recorded(db: Db) {
             .form(&form)
             .send()
     };
+    // A body that is not a form at all carries no token either.
+    let unreadable = http
+        .post(app.url(&format!("/console/deliveries/{id}/replay")))
+        .header(COOKIE, &session.cookie)
+        .header(CONTENT_TYPE, "text/plain")
+        .body(format!("csrf={}", session.csrf))
+        .send();
+    assert_eq!(unreadable.await.unwrap().status(), 403);
     for csrf in [None, Some("guessed")] {
         let res = replay(csrf).await.unwrap();
         assert_eq!(res.status(), 403);
@@ -212,7 +232,7 @@ async fn forms_without_their_token_are_refused_and_recorded(db: Db) {
         .into_iter()
         .filter(|r| r.action == "operator.deliveries.replay")
         .collect();
-    assert_eq!(refused.len(), 2);
+    assert_eq!(refused.len(), 3);
     assert!(
         refused
             .iter()
@@ -222,7 +242,7 @@ async fn forms_without_their_token_are_refused_and_recorded(db: Db) {
         .get("operator", "/operator/v1/deliveries?state=dead")
         .await
         .json();
-    assert_eq!(still.as_array().unwrap().len(), 1, "nothing was replayed");
+    assert_eq!(still.as_array().unwrap().len(), 2, "nothing was replayed");
 
     // With the session's token it is done.
     let res = replay(Some(&session.csrf)).await.unwrap();
@@ -231,6 +251,42 @@ async fn forms_without_their_token_are_refused_and_recorded(db: Db) {
         res.headers()[LOCATION],
         format!("/console/deliveries/{id}?done=replayed")
     );
+
+    // The same action through the API leaves the same record, but for its ids.
+    let api = app
+        .client
+        .post(app.url(&format!("/operator/v1/deliveries/{other}/replay")))
+        .bearer_auth(token("operator"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 202);
+    let replays: Vec<_> = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|r| r.action == "operator.deliveries.replay" && r.outcome == "accepted")
+        .collect();
+    assert_eq!(replays.len(), 2);
+    let shape = |r: &thrive_gateway::store::AuditRow| {
+        let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap();
+        (
+            r.outcome.clone(),
+            r.http_status,
+            r.client_id.clone(),
+            r.role.clone(),
+            r.recipient.is_some(),
+            r.referral_id.is_some(),
+            r.subject.is_some(),
+            detail
+                .as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(shape(&replays[0]), shape(&replays[1]));
 
     // The sign-in form has its own token too.
     let res = http
@@ -276,6 +332,24 @@ async fn roles_and_bad_filters_get_pages_not_errors(db: Db) {
     );
     let res = get("/console/audit", &operator).await.unwrap();
     assert_eq!(res.status(), 403);
+    let api = app.get("auditor", "/operator/v1/deliveries").await;
+    assert_eq!(api.status, 403);
+    let refusals: Vec<_> = app
+        .audit()
+        .await
+        .into_iter()
+        .filter(|r| r.action == "operator.deliveries.list" && r.http_status == Some(403))
+        .collect();
+    assert_eq!(refusals.len(), 2, "the console's refusal and the API's");
+    let shape = |r: &thrive_gateway::store::AuditRow| {
+        (
+            r.outcome.clone(),
+            r.client_id.clone(),
+            r.role.clone(),
+            r.detail.clone(),
+        )
+    };
+    assert_eq!(shape(&refusals[0]), shape(&refusals[1]));
     let audit = app.audit().await;
     assert!(audit.iter().any(|r| r.action == "operator.deliveries.list"
         && r.http_status == Some(403)

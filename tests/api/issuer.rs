@@ -168,7 +168,7 @@ impl Issuer {
     /// The console's configuration for this issuer.
     pub fn console_toml(&self) -> String {
         format!(
-            "\n[console]\nenabled = true\n[console.oidc]\nissuer = \"{}\"\nclient_id = \"thrive-console\"\nroles_claim = \"roles\"\n[console.oidc.roles]\nthrive-operator = \"operator\"\nthrive-auditor = \"auditor\"\n",
+            "\n[console]\nenabled = true\nplain_http_localhost = true\n[console.oidc]\nissuer = \"{}\"\nclient_id = \"thrive-console\"\nroles_claim = \"roles\"\n[console.oidc.roles]\nthrive-operator = \"operator\"\nthrive-auditor = \"auditor\"\n",
             self.base
         )
     }
