@@ -4,7 +4,8 @@
 //! browser's history, and is turned into the audit pseudonym at once.
 
 use super::layout::{
-    Field, FieldError, Section, csrf_field, error_summary, page, select, summary, tag, when,
+    Field, FieldError, Section, csrf_field, error_summary, page, select, summary, table_head, tag,
+    when,
 };
 use super::{
     ConsoleError, CsrfForm, User, html_response, record_allowed, record_field_errors,
@@ -62,16 +63,7 @@ fn records_table(rows: &[AuditRow]) -> Markup {
     html! {
         table class="nhsuk-table" {
             caption class="nhsuk-table__caption nhsuk-u-visually-hidden" { "Audit records, in chain order" }
-            thead class="nhsuk-table__head" {
-                tr class="nhsuk-table__row" {
-                    th class="nhsuk-table__header" scope="col" { "Record" }
-                    th class="nhsuk-table__header" scope="col" { "When" }
-                    th class="nhsuk-table__header" scope="col" { "Action" }
-                    th class="nhsuk-table__header" scope="col" { "Outcome" }
-                    th class="nhsuk-table__header" scope="col" { "Who" }
-                    th class="nhsuk-table__header" scope="col" { "Recipient" }
-                }
-            }
+            (table_head(&[("Record", false), ("When", false), ("Action", false), ("Outcome", false), ("Who", false), ("Recipient", false)]))
             tbody class="nhsuk-table__body" {
                 @for r in rows {
                     tr class="nhsuk-table__row" {
@@ -162,11 +154,7 @@ async fn list(
         pairs.append_pair("after", &seq.to_string());
         format!("/console/audit?{}", pairs.finish())
     });
-    let status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let status = super::layout::status_of(&errors);
     let body = html! {
         (error_summary(&errors))
         h1 { "Audit trail" }
@@ -430,11 +418,7 @@ async fn export(
         ),
         ("csv".to_owned(), "CSV".to_owned()),
     ];
-    let status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let status = super::layout::status_of(&errors);
     let body = html! {
         (error_summary(&errors))
         h1 { "Download an export" }
@@ -577,15 +561,7 @@ async fn subject(
         } @else {
             table class="nhsuk-table" {
                 caption class="nhsuk-table__caption nhsuk-u-visually-hidden" { "Disclosures" }
-                thead class="nhsuk-table__head" {
-                    tr class="nhsuk-table__row" {
-                        th class="nhsuk-table__header" scope="col" { "When" }
-                        th class="nhsuk-table__header" scope="col" { "To" }
-                        th class="nhsuk-table__header" scope="col" { "Dataset version" }
-                        th class="nhsuk-table__header" scope="col" { "Fields disclosed" }
-                        th class="nhsuk-table__header" scope="col" { "Record" }
-                    }
-                }
+                (table_head(&[("When", false), ("To", false), ("Dataset version", false), ("Fields disclosed", false), ("Record", false)]))
                 tbody class="nhsuk-table__body" {
                     @for r in &disclosures {
                         @let detail: serde_json::Value = serde_json::from_str(&r.detail).unwrap_or_default();
@@ -637,15 +613,7 @@ pub fn timeline(t: &Timeline) -> Markup {
         ]))
         table class="nhsuk-table" {
             caption class="nhsuk-table__caption" { "Timeline of " (r.reference) }
-            thead class="nhsuk-table__head" {
-                tr class="nhsuk-table__row" {
-                    th class="nhsuk-table__header" scope="col" { "When" }
-                    th class="nhsuk-table__header" scope="col" { "Step" }
-                    th class="nhsuk-table__header" scope="col" { "Outcome" }
-                    th class="nhsuk-table__header" scope="col" { "Who" }
-                    th class="nhsuk-table__header" scope="col" { "Why" }
-                }
-            }
+            (table_head(&[("When", false), ("Step", false), ("Outcome", false), ("Who", false), ("Why", false)]))
             tbody class="nhsuk-table__body" {
                 @for s in &t.timeline {
                     tr class="nhsuk-table__row" {

@@ -3,7 +3,8 @@
 //! with a confirmation step), and a referral's timeline.
 
 use super::layout::{
-    Field, FieldError, Section, age, csrf_field, error_summary, page, select, summary, tag, when,
+    Field, FieldError, Section, age, csrf_field, error_summary, page, select, summary, table_head,
+    tag, when,
 };
 use super::{
     ConsoleError, CsrfForm, User, html_response, record_allowed, record_field_errors,
@@ -142,11 +143,7 @@ async fn list(
     .iter()
     .map(|(v, t)| ((*v).to_owned(), (*t).to_owned()))
     .collect();
-    let status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let status = super::layout::status_of(&errors);
     let body = html! {
         (error_summary(&errors))
         h1 { "Deliveries" }
@@ -209,17 +206,7 @@ fn deliveries_table(rows: &[DeliveryView]) -> Markup {
         } @else {
             table class="nhsuk-table" {
                 caption class="nhsuk-table__caption" { "Deliveries, newest first (at most 100)" }
-                thead class="nhsuk-table__head" {
-                    tr class="nhsuk-table__row" {
-                        th class="nhsuk-table__header" scope="col" { "Referral" }
-                        th class="nhsuk-table__header" scope="col" { "Recipient" }
-                        th class="nhsuk-table__header" scope="col" { "Kind" }
-                        th class="nhsuk-table__header" scope="col" { "State" }
-                        th class="nhsuk-table__header nhsuk-table__header--numeric" scope="col" { "Attempts" }
-                        th class="nhsuk-table__header" scope="col" { "Age" }
-                        th class="nhsuk-table__header" scope="col" { "Last error" }
-                    }
-                }
+                (table_head(&[("Referral", false), ("Recipient", false), ("Kind", false), ("State", false), ("Attempts", true), ("Age", false), ("Last error", false)]))
                 tbody class="nhsuk-table__body" {
                     @for d in rows {
                         tr class="nhsuk-table__row" {
@@ -277,22 +264,8 @@ async fn show(
     id: web::Path<String>,
     query: Params,
 ) -> Result<HttpResponse, ConsoleError> {
-    let action = "operator.deliveries.show";
-    let principal = super::require(&gw, &user, ConsoleRole::Operator, action).await?;
-    let detail = find(&gw, &principal, action, &id).await?;
+    let detail = shown(&gw, &user, &id).await?;
     let d = &detail.delivery;
-    record_allowed(
-        &gw,
-        &principal,
-        action,
-        200,
-        serde_json::json!({"delivery_id": id.as_str()}),
-        |r| {
-            r.referral_id = Some(d.referral_id.to_string());
-            r.recipient = Some(d.provider.clone());
-        },
-    )
-    .await?;
     let dead = d.state == DeliveryState::Dead && d.resolved_at.is_none();
     let reference = d
         .reference
@@ -324,16 +297,7 @@ async fn show(
         } @else {
             table class="nhsuk-table" {
                 caption class="nhsuk-table__caption nhsuk-u-visually-hidden" { "Attempts, oldest first" }
-                thead class="nhsuk-table__head" {
-                    tr class="nhsuk-table__row" {
-                        th class="nhsuk-table__header" scope="col" { "When" }
-                        th class="nhsuk-table__header" scope="col" { "Outcome" }
-                        th class="nhsuk-table__header" scope="col" { "HTTP" }
-                        th class="nhsuk-table__header" scope="col" { "Duration" }
-                        th class="nhsuk-table__header" scope="col" { "Reason" }
-                        th class="nhsuk-table__header" scope="col" { "Audit record" }
-                    }
-                }
+                (table_head(&[("When", false), ("Outcome", false), ("HTTP", false), ("Duration", false), ("Reason", false), ("Audit record", false)]))
                 tbody class="nhsuk-table__body" {
                     @for a in &detail.attempts {
                         tr class="nhsuk-table__row" {
@@ -359,6 +323,32 @@ async fn show(
             body,
         ),
     ))
+}
+
+/// One delivery with its attempts, read for an operator and recorded as the API's
+/// `operator.deliveries.show` records it.
+async fn shown(
+    gw: &AppState,
+    user: &User,
+    id: &str,
+) -> Result<operations::DeliveryDetail, ConsoleError> {
+    let action = "operator.deliveries.show";
+    let principal = super::require(gw, user, ConsoleRole::Operator, action).await?;
+    let detail = find(gw, &principal, action, id).await?;
+    let d = &detail.delivery;
+    record_allowed(
+        gw,
+        &principal,
+        action,
+        200,
+        serde_json::json!({"delivery_id": id}),
+        |r| {
+            r.referral_id = Some(d.referral_id.to_string());
+            r.recipient = Some(d.provider.clone());
+        },
+    )
+    .await?;
+    Ok(detail)
 }
 
 /// What one dead-letter verb is called where people and the audit trail see it.
@@ -405,22 +395,8 @@ async fn confirm_dead_letter(
     let (id, name) = path.into_inner();
     let verb = verb(&name).ok_or_else(|| ConsoleError::NotFound("No such action.".into()))?;
     // Asking is not doing: the page reads the delivery, as the API's show does.
-    let action = "operator.deliveries.show";
-    let principal = super::require(&gw, &user, ConsoleRole::Operator, action).await?;
-    let detail = find(&gw, &principal, action, &id).await?;
+    let detail = shown(&gw, &user, &id).await?;
     let d = &detail.delivery;
-    record_allowed(
-        &gw,
-        &principal,
-        action,
-        200,
-        serde_json::json!({"delivery_id": id}),
-        |r| {
-            r.referral_id = Some(d.referral_id.to_string());
-            r.recipient = Some(d.provider.clone());
-        },
-    )
-    .await?;
     if d.state != DeliveryState::Dead || d.resolved_at.is_some() {
         return Err(ConsoleError::NotFound(
             "This delivery is not a dead letter waiting for an operator.".into(),
@@ -465,16 +441,7 @@ async fn act_on_dead_letter(
     let principal = super::require(&gw, &user, ConsoleRole::Operator, verb.action).await?;
     super::check_csrf(&gw, &user, &principal, &sent, verb.action).await?;
     if uuid::Uuid::parse_str(&id).is_err() {
-        record_refusal(
-            &gw,
-            &principal,
-            verb.action,
-            RecCode::NotFound,
-            "id",
-            "no dead letter has this id",
-        )
-        .await;
-        return Err(ConsoleError::NotFound("No dead letter has this id.".into()));
+        return Err(no_dead_letter(&gw, &principal, verb.action).await);
     }
     let ctx = crate::app::AuditContext {
         action: verb.action,
@@ -511,21 +478,19 @@ async fn act_on_dead_letter(
                 verb.refused
             )))
         }
-        DeadLetterAction::NotDeadLetter => {
-            record_refusal(
-                &gw,
-                &principal,
-                verb.action,
-                RecCode::NotFound,
-                "id",
-                "no dead letter has this id",
-            )
-            .await;
-            Err(ConsoleError::NotFound(
-                "This delivery is not a dead letter.".into(),
-            ))
-        }
+        DeadLetterAction::NotDeadLetter => Err(no_dead_letter(&gw, &principal, verb.action).await),
     }
+}
+
+/// The refusal of an id that is no dead letter, recorded as the API records it.
+async fn no_dead_letter(
+    gw: &AppState,
+    principal: &crate::auth::Principal,
+    action: &str,
+) -> ConsoleError {
+    let text = "no dead letter has this id";
+    record_refusal(gw, principal, action, RecCode::NotFound, "id", text).await;
+    ConsoleError::NotFound("This delivery is not a dead letter waiting for an operator.".into())
 }
 
 fn pause_verb(name: &str) -> Option<(bool, &'static str)> {

@@ -142,6 +142,15 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// A page's status: 400 when its form has problems.
+pub fn status_of(errors: &[FieldError]) -> actix_web::http::StatusCode {
+    if errors.is_empty() {
+        actix_web::http::StatusCode::OK
+    } else {
+        actix_web::http::StatusCode::BAD_REQUEST
+    }
+}
+
 /// The design system's error summary: every problem, each linking to its field.
 pub fn error_summary(errors: &[FieldError]) -> Markup {
     html! {
@@ -302,5 +311,18 @@ pub fn age(seconds: i64) -> String {
         s if s < 3600 => format!("{} min", s / 60),
         s if s < 86_400 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
         s => format!("{} days", s / 86_400),
+    }
+}
+
+/// A table's head: each column's title, and whether it holds numbers (aligned right).
+pub fn table_head(columns: &[(&str, bool)]) -> Markup {
+    html! {
+        thead class="nhsuk-table__head" {
+            tr class="nhsuk-table__row" {
+                @for (title, numeric) in columns {
+                    th class={ "nhsuk-table__header" @if *numeric { " nhsuk-table__header--numeric" } } scope="col" { (title) }
+                }
+            }
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! by reason over the last 24 hours and 30 days, and the audit chain's state.
 
 use super::chart::{self, Bar};
-use super::layout::{Section, age, page, tag, when};
+use super::layout::{Section, age, page, table_head, tag, when};
 use super::{ConsoleError, User, html_response};
 use crate::app::{AppState, AuditContext};
 use crate::config::console::ConsoleRole;
@@ -124,17 +124,7 @@ fn recipients_table(lines: &[RecipientLine], operator: bool) -> Markup {
     html! {
         table class="nhsuk-table" {
             caption class="nhsuk-table__caption" { "Recipients" }
-            thead class="nhsuk-table__head" {
-                tr class="nhsuk-table__row" {
-                    th class="nhsuk-table__header" scope="col" { "Recipient" }
-                    th class="nhsuk-table__header" scope="col" { "State" }
-                    th class="nhsuk-table__header nhsuk-table__header--numeric" scope="col" { "Queued" }
-                    th class="nhsuk-table__header" scope="col" { "Oldest waiting" }
-                    th class="nhsuk-table__header nhsuk-table__header--numeric" scope="col" { "Failing" }
-                    th class="nhsuk-table__header nhsuk-table__header--numeric" scope="col" { "Delivered today" }
-                    th class="nhsuk-table__header nhsuk-table__header--numeric" scope="col" { "Dead letters" }
-                }
-            }
+            (table_head(&[("Recipient", false), ("State", false), ("Queued", true), ("Oldest waiting", false), ("Failing", true), ("Delivered today", true), ("Dead letters", true)]))
             tbody class="nhsuk-table__body" {
                 @for l in lines {
                     tr class="nhsuk-table__row" {
@@ -171,12 +161,7 @@ fn intake_section(id: &str, title: &str, bars: &[Bar]) -> Markup {
         (chart::bars(id, title, bars))
         table class="nhsuk-table" {
             caption class="nhsuk-table__caption nhsuk-u-visually-hidden" { (title) " (figures)" }
-            thead class="nhsuk-table__head" {
-                tr class="nhsuk-table__row" {
-                    th class="nhsuk-table__header" scope="col" { "Outcome" }
-                    th class="nhsuk-table__header nhsuk-table__header--numeric" scope="col" { "Messages" }
-                }
-            }
+            (table_head(&[("Outcome", false), ("Messages", true)]))
             tbody class="nhsuk-table__body" {
                 @for b in bars {
                     tr class="nhsuk-table__row" {

@@ -7,7 +7,7 @@ use super::layout::{Field, FieldError, Section, error_summary, page, select};
 use super::{ConsoleError, User, html_response, record_allowed, record_field_errors};
 use crate::app::AppState;
 use crate::reports::{GroupBy, MEASURES, Published, Row};
-use actix_web::http::{StatusCode, header};
+use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use fhir_sdk::time::{Duration, OffsetDateTime};
 use maud::html;
@@ -111,11 +111,7 @@ async fn report(
             .finish();
         format!("/console/report.csv?{q}")
     };
-    let status = if errors.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
+    let status = super::layout::status_of(&errors);
     let body = html! {
         (error_summary(&errors))
         h1 { "Programme report" }
