@@ -200,6 +200,21 @@ pub async fn resolve(
     }
 }
 
+/// Replays (`replay`) or resolves a dead letter, as the operator API and the console
+/// both ask with one verb.
+pub async fn act_on_dead_letter(
+    store: &dyn OutboxStore,
+    replay: bool,
+    id: &str,
+    audit: AuditRecord,
+) -> Result<DeadLetterAction, StoreError> {
+    if replay {
+        self::replay(store, id, audit).await
+    } else {
+        resolve(store, id, audit).await
+    }
+}
+
 /// One recipient as operators see it: paused or not, and its queue.
 #[derive(Debug, Clone, Serialize)]
 pub struct RecipientView {

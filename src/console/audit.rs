@@ -280,8 +280,7 @@ async fn verify(
 ) -> Result<HttpResponse, ConsoleError> {
     let sent = form.map(|f| f.into_inner().csrf).unwrap_or_default();
     let action = "audit.verify";
-    let principal = super::require(&gw, &user, ConsoleRole::Auditor, action).await?;
-    super::check_csrf(&gw, &user, &principal, &sent, action).await?;
+    let principal = super::form_action(&gw, &user, ConsoleRole::Auditor, action, &sent).await?;
     let v = crate::audit::verify(gw.store.as_ref(), gw.checkpoint_keys.as_ref()).await?;
     record_allowed(
         &gw,
@@ -479,8 +478,8 @@ async fn subject(
 ) -> Result<HttpResponse, ConsoleError> {
     let form = form.map(web::Form::into_inner).unwrap_or_default();
     let action = "audit.subjects";
-    let principal = super::require(&gw, &user, ConsoleRole::Auditor, action).await?;
-    super::check_csrf(&gw, &user, &principal, &form.csrf, action).await?;
+    let principal =
+        super::form_action(&gw, &user, ConsoleRole::Auditor, action, &form.csrf).await?;
     let digits: String = form
         .nhs_number
         .chars()

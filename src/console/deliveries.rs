@@ -438,8 +438,8 @@ async fn act_on_dead_letter(
     let sent = form.map(|f| f.into_inner().csrf).unwrap_or_default();
     let (id, name) = path.into_inner();
     let verb = verb(&name).ok_or_else(|| ConsoleError::NotFound("No such action.".into()))?;
-    let principal = super::require(&gw, &user, ConsoleRole::Operator, verb.action).await?;
-    super::check_csrf(&gw, &user, &principal, &sent, verb.action).await?;
+    let principal =
+        super::form_action(&gw, &user, ConsoleRole::Operator, verb.action, &sent).await?;
     if uuid::Uuid::parse_str(&id).is_err() {
         return Err(no_dead_letter(&gw, &principal, verb.action).await);
     }
@@ -454,12 +454,8 @@ async fn act_on_dead_letter(
         None,
         serde_json::json!({"delivery_id": id}),
     );
-    let store = gw.store.as_ref();
-    let result = if name == "replay" {
-        operations::replay(store, &id, record).await?
-    } else {
-        operations::resolve(store, &id, record).await?
-    };
+    let result =
+        operations::act_on_dead_letter(gw.store.as_ref(), name == "replay", &id, record).await?;
     match result {
         DeadLetterAction::Done => Ok(HttpResponse::SeeOther()
             .insert_header((
@@ -570,8 +566,7 @@ async fn set_pause(
     let (recipient, name) = path.into_inner();
     let (paused, action) =
         pause_verb(&name).ok_or_else(|| ConsoleError::NotFound("No such action.".into()))?;
-    let principal = super::require(&gw, &user, ConsoleRole::Operator, action).await?;
-    super::check_csrf(&gw, &user, &principal, &sent, action).await?;
+    let principal = super::form_action(&gw, &user, ConsoleRole::Operator, action, &sent).await?;
     known_recipient(&gw, &principal, action, &recipient).await?;
     let ctx = crate::app::AuditContext {
         action,

@@ -330,6 +330,20 @@ pub(crate) async fn check_csrf(
     Err(ConsoleError::Csrf)
 }
 
+/// What every form that changes something goes through: the role (a refusal recorded
+/// under `action`), then the session's CSRF token (likewise).
+pub(crate) async fn form_action(
+    gw: &AppState,
+    user: &User,
+    role: ConsoleRole,
+    action: &str,
+    sent: &str,
+) -> Result<crate::auth::Principal, ConsoleError> {
+    let principal = require(gw, user, role, action).await?;
+    check_csrf(gw, user, &principal, sent, action).await?;
+    Ok(principal)
+}
+
 /// A form that only carries its CSRF token. Handlers take forms as `Option`: a body
 /// that cannot be read as the form (another encoding, too large) has no token, and
 /// is refused and recorded like any form without one.

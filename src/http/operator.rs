@@ -191,13 +191,7 @@ async fn dead_letter(
         None,
         serde_json::json!({"delivery_id": id}),
     );
-    let store = gw.store.as_ref();
-    let result = if verb.replay {
-        operations::replay(store, id, record).await
-    } else {
-        operations::resolve(store, id, record).await
-    };
-    match result? {
+    match operations::act_on_dead_letter(gw.store.as_ref(), verb.replay, id, record).await? {
         DeadLetterAction::Done => {
             let status = actix_web::http::StatusCode::from_u16(verb.status)
                 .unwrap_or(actix_web::http::StatusCode::OK);
