@@ -11,8 +11,10 @@
 
 mod client;
 pub mod gp_callbacks;
+mod record;
 mod retry;
 
+use record::{Attempted, Decided, Leased, keep_first};
 pub use retry::backoff;
 use retry::{Why, dead, seconds, stopped};
 
@@ -29,10 +31,11 @@ use crate::mapping::{Datasets, Pseudonymise};
 use crate::pseudonym::PseudonymKeys;
 use crate::store::{
     AuditRecord, Claim, ClaimedDelivery, DeliveryKind, DeliveryOutcome, DeliveryStore,
-    RecipientClaim, ReferralId, ReferralStatus, StoreError,
+    RecipientClaim, ReferralStatus, StoreError,
 };
 use fhir_sdk::time::{Duration, OffsetDateTime};
 use futures_util::FutureExt;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde_json::json;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::{collections::HashMap, sync::Arc};
@@ -258,48 +261,57 @@ impl Deliverer {
             );
         }
         let n = claimed.len();
-        let attempts = claimed.into_iter().map(|c| self.attempt_guarded(c));
-        for result in futures_util::future::join_all(attempts).await {
-            result?;
+        let mut attempts: FuturesUnordered<_> = claimed
+            .into_iter()
+            .map(|c| self.attempt_guarded(c))
+            .collect();
+        let mut first_error = Ok(());
+        while let Some(done) = attempts.next().await {
+            // Whatever else has ended by now is recorded in the same transaction.
+            let mut group = vec![done];
+            while let Some(Some(more)) = attempts.next().now_or_never() {
+                group.push(more);
+            }
+            let mut ended = Vec::with_capacity(group.len());
+            for attempted in group {
+                match attempted {
+                    Ok(a) => ended.push(a),
+                    Err(e) => keep_first(&mut first_error, Err(e)),
+                }
+            }
+            keep_first(&mut first_error, self.record(ended).await);
         }
-        Ok(n)
+        first_error.map(|()| n)
     }
 
     /// Attempts one claimed delivery so that nothing about it can stop the worker: a
-    /// panic, an error of the worker's own, or a row that cannot be read is counted
-    /// against that delivery, which is tried again after a backoff and parked as a
-    /// dead letter at `delivery.max_worker_failures` in a row, while the other
-    /// deliveries go on. A database that cannot be reached is not the delivery's
-    /// fault: it is not counted, and the lease runs out as before. Fails only when
-    /// the failure cannot be recorded.
-    async fn attempt_guarded(&self, claim: Claim) -> Result<(), StoreError> {
-        let (d, what) = match claim {
+    /// panic, or a row that cannot be read, is counted against that delivery (see
+    /// [`Deliverer::worker_failed`]) while the other deliveries go on. The outcome is
+    /// recorded afterwards, with the others that ended at the same time. Fails only
+    /// when the database cannot be reached.
+    async fn attempt_guarded(&self, claim: Claim) -> Result<Attempted<'_>, StoreError> {
+        match claim {
             Claim::Ready(d) => {
                 match std::panic::AssertUnwindSafe(self.attempt(&d))
                     .catch_unwind()
                     .await
                 {
-                    Ok(Ok(())) => return Ok(()),
-                    Ok(Err(e)) if e.is_unreachable() => return Err(e),
-                    Ok(Err(e)) => {
-                        tracing::error!(delivery_id = %d.id, error = %e, "delivery worker failed on this delivery");
-                        (Failed::from(d.as_ref()), e.kind())
-                    }
+                    Ok(decided) => Ok(Attempted::Decided(Box::new(decided))),
                     Err(panic) => {
                         tracing::error!(
                             delivery_id = %d.id,
                             message = %crate::supervisor::panic_message(panic.as_ref()),
                             "delivery worker panicked on this delivery"
                         );
-                        (Failed::from(d.as_ref()), "it panicked")
+                        Ok(Attempted::Failed(Leased::from(d.as_ref()), "it panicked"))
                     }
                 }
             }
             Claim::Broken { id, error } => {
                 let Some(view) = self.store.delivery(&id).await? else {
-                    return Ok(());
+                    return Ok(Attempted::Gone);
                 };
-                let failed = Failed {
+                let leased = Leased {
                     id: view.id,
                     referral_id: view.referral_id,
                     provider: view.provider,
@@ -308,67 +320,13 @@ impl Deliverer {
                     correlation_id: None,
                     worker_failures: view.worker_failures,
                 };
-                tracing::error!(delivery_id = %failed.id, reason = %error, "delivery worker cannot read this delivery");
-                (failed, "it could not be read with its referral")
+                tracing::error!(delivery_id = %leased.id, reason = %error, "delivery worker cannot read this delivery");
+                Ok(Attempted::Failed(
+                    leased,
+                    "it could not be read with its referral",
+                ))
             }
-        };
-        self.worker_failed(&d, what).await
-    }
-
-    /// Counts one failure of the worker on `d` (`what` in fixed words: no stored
-    /// value) and records it with its audit record: retried after a backoff, or
-    /// parked once it reached `delivery.max_worker_failures` in a row.
-    async fn worker_failed(&self, d: &Failed, what: &str) -> Result<(), StoreError> {
-        let now = OffsetDateTime::now_utc();
-        let failures = d.worker_failures.saturating_add(1);
-        let max = self.settings.max_worker_failures;
-        let parked = failures >= max;
-        let error = if parked {
-            format!("the delivery worker failed on it {failures} times in a row (last: {what})")
-        } else {
-            format!(
-                "the delivery worker failed on it ({failures} of {max} in a row: {what}); tried again later"
-            )
-        };
-        let outcome = DeliveryOutcome::WorkerFailed {
-            failures,
-            next_attempt_at: now.saturating_add(backoff(&self.settings, failures, None)),
-            parked,
-            error: error.clone(),
-        };
-        let result = if parked {
-            "dead-letter"
-        } else {
-            "worker-error"
-        };
-        let (recipient, kind) = self.labels(&d.provider, d.kind);
-        self.metrics
-            .delivery_attempt(recipient, kind, result, "worker-error");
-        let audit = AuditRecord {
-            at: now,
-            referral_id: Some(d.referral_id.to_string()),
-            request_id: Some(d.request_id.clone()),
-            correlation_id: d.correlation_id.clone(),
-            recipient: Some(d.provider.clone()),
-            detail: json!({
-                "recipient": d.provider,
-                "reason": error,
-                "worker_failures": failures,
-            }),
-            ..AuditRecord::new(format!("delivery.{}", d.kind), result)
-        };
-        let held = self
-            .store
-            .finish_delivery(&d.id, &self.owner, now, &outcome, &audit)
-            .await?;
-        if !held {
-            tracing::warn!(delivery_id = %d.id, "delivery lease expired before the worker's failure was recorded; another worker will take it");
-        } else if parked {
-            tracing::error!(delivery_id = %d.id, referral_id = %d.referral_id, provider = %d.provider, kind = %d.kind, failures, "delivery parked as a dead letter: the worker kept failing on it");
-        } else {
-            tracing::warn!(delivery_id = %d.id, failures, max, "delivery put back in the queue after the worker failed on it");
         }
-        Ok(())
     }
 
     /// Works until `stop` turns true, then gives back its leases.
@@ -398,7 +356,9 @@ impl Deliverer {
         }
     }
 
-    async fn attempt(&self, d: &ClaimedDelivery) -> Result<(), StoreError> {
+    /// Decides and, where allowed, sends one delivery; its outcome is recorded by
+    /// [`Deliverer::record`].
+    async fn attempt(&self, d: &ClaimedDelivery) -> Decided<'_> {
         // Under a rate limit, each delivery starts at its slot.
         if let Some(slot) = d.not_before {
             let wait = slot - OffsetDateTime::now_utc();
@@ -471,42 +431,17 @@ impl Deliverer {
             detail,
             ..AuditRecord::new(format!("delivery.{}", d.kind), result)
         };
-        let held = self
-            .store
-            .finish_delivery(
-                &d.id,
-                &self.owner,
-                OffsetDateTime::now_utc(),
-                &outcome,
-                &audit,
-            )
-            .await?;
-        if held {
-            let reason = why.reason.as_deref().unwrap_or("-");
-            match &outcome {
-                DeliveryOutcome::Retry {
-                    next_attempt_at, ..
-                } => {
-                    tracing::warn!(delivery_id = %d.id, recipient = %d.provider, kind = %d.kind, target_host = target, attempt, reason_class = why.class, reason, next_attempt_at = %next_attempt_at, "delivery attempt failed; it will be retried");
-                }
-                DeliveryOutcome::Dead { .. } => {
-                    tracing::warn!(delivery_id = %d.id, recipient = %d.provider, kind = %d.kind, target_host = target, attempt, reason_class = why.class, reason, "delivery parked as a dead letter");
-                }
-                _ => {
-                    tracing::info!(delivery_id = %d.id, referral_id = %d.referral_id, recipient = %d.provider, kind = %d.kind, target_host = target, attempt, result, status, duration_ms, "delivery attempt");
-                }
-            }
-        } else {
-            tracing::warn!(delivery_id = %d.id, "delivery lease expired before the outcome was recorded; another worker will retry");
-            // The attempt happened (the data may have gone out) even though its outcome
-            // could not be kept: the audit trail still says so.
-            let lost = AuditRecord {
-                outcome: format!("{result}; lease lost"),
-                ..audit
-            };
-            self.store.append_audit(&lost).await?;
+        Decided {
+            leased: Leased::from(d),
+            outcome,
+            audit,
+            target,
+            attempt,
+            reason_class: why.class,
+            reason: why.reason,
+            status,
+            duration_ms,
         }
-        Ok(())
     }
 
     /// The client a delivery goes through, when its recipient is configured.
@@ -712,31 +647,6 @@ impl Deliverer {
             }
         };
         Ok((body, receipt))
-    }
-}
-
-/// What the worker records about a delivery it failed on.
-struct Failed {
-    id: String,
-    referral_id: ReferralId,
-    provider: String,
-    kind: DeliveryKind,
-    request_id: String,
-    correlation_id: Option<String>,
-    worker_failures: i32,
-}
-
-impl From<&ClaimedDelivery> for Failed {
-    fn from(d: &ClaimedDelivery) -> Self {
-        Self {
-            id: d.id.clone(),
-            referral_id: d.referral_id.clone(),
-            provider: d.provider.clone(),
-            kind: d.kind,
-            request_id: d.request_id.clone(),
-            correlation_id: Some(d.correlation_id.clone()),
-            worker_failures: d.worker_failures,
-        }
     }
 }
 

@@ -35,7 +35,8 @@ pub use audit::{AuditCount, AuditStore};
 pub use events::EventStore;
 pub use mesh::{MeshInbound, MeshStore};
 pub use outbox::{
-    DeliveryFilter, OutboxStore, RecipientClaim, RecipientControl, RecipientQueue, ShownState,
+    DeliveryFilter, Finish, OutboxStore, RecipientClaim, RecipientControl, RecipientQueue,
+    ShownState,
 };
 pub use referrals::{ReferralStore, ReferralSummary};
 pub use reports::ReportStore;

@@ -16,6 +16,14 @@ pub struct RecipientClaim<'a> {
     pub limit: i64,
 }
 
+/// One attempt's outcome to record, with its audit record.
+#[derive(Debug, Clone, Copy)]
+pub struct Finish<'a> {
+    pub id: &'a str,
+    pub outcome: &'a DeliveryOutcome,
+    pub audit: &'a AuditRecord,
+}
+
 /// An operator's control of one recipient, as stored.
 #[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
 pub struct RecipientControl {
@@ -148,16 +156,15 @@ pub trait OutboxStore: Send + Sync {
     async fn recipient_controls(&self) -> Result<Vec<RecipientControl>, StoreError>;
     /// Queued deliveries and the oldest one's time, per recipient with any queued.
     async fn queue_by_recipient(&self) -> Result<Vec<RecipientQueue>, StoreError>;
-    /// Records an attempt's outcome (and its audit record) only while `owner` still
-    /// holds the lease; `false` when the lease was lost and nothing was written.
-    async fn finish_delivery(
+    /// Records attempts' outcomes (each with its audit record) in one transaction, each
+    /// only while `owner` still holds its lease at `now`; answers, in order, whether
+    /// each was written (`false`: the lease was lost and nothing of it was written).
+    async fn finish_deliveries(
         &self,
-        id: &str,
         owner: &str,
         now: OffsetDateTime,
-        outcome: &DeliveryOutcome,
-        audit: &AuditRecord,
-    ) -> Result<bool, StoreError>;
+        finishes: &[Finish<'_>],
+    ) -> Result<Vec<bool>, StoreError>;
     /// Gives back every lease `owner` holds (graceful shutdown).
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
     /// Deliveries for operators, newest first, as `filter` narrows them.

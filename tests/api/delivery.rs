@@ -1129,20 +1129,18 @@ mod panics_on {
         async fn queue_by_recipient(&self) -> Result<Vec<RecipientQueue>, StoreError> {
             self.inner.queue_by_recipient().await
         }
-        async fn finish_delivery(
+        async fn finish_deliveries(
             &self,
-            id: &str,
             owner: &str,
             now: OffsetDateTime,
-            outcome: &DeliveryOutcome,
-            audit: &AuditRecord,
-        ) -> Result<bool, StoreError> {
-            if id == self.delivery && !matches!(outcome, DeliveryOutcome::WorkerFailed { .. }) {
+            finishes: &[Finish<'_>],
+        ) -> Result<Vec<bool>, StoreError> {
+            if finishes.iter().any(|f| {
+                f.id == self.delivery && !matches!(f.outcome, DeliveryOutcome::WorkerFailed { .. })
+            }) {
                 panic!("the injected bug");
             }
-            self.inner
-                .finish_delivery(id, owner, now, outcome, audit)
-                .await
+            self.inner.finish_deliveries(owner, now, finishes).await
         }
         async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
             self.inner.release_leases(owner).await

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use thrive_gateway::config::{DatabaseSettings, Settings};
 use thrive_gateway::store::crypto::StorageKeys;
 use thrive_gateway::store::{
-    Inserted, NewReferralRecord, ReferralId, ReferralStatus, Store, UpdateRecord, Updated,
+    AuditRecord, Claim, DeliveryOutcome, Finish, Inserted, NewReferralRecord, RecipientClaim,
+    ReferralId, ReferralStatus, Store, UpdateRecord, Updated,
 };
 
 async fn open(db: Db) -> (Arc<dyn Store>, String, TestDatabase) {
@@ -588,7 +589,193 @@ async fn sealers_in_two_processes_at_once_keep_one_chain(db: Db) {
     assert_eq!(written.len(), 90, "every record written is there");
 }
 
+/// Stores three more referrals to prospects (numbered from `first`), a second apart
+/// in age, and claims what is due to prospects for `owner`: the claims, and the
+/// referrals stored, oldest first.
+async fn claim_three(
+    store: &Arc<dyn Store>,
+    owner: &str,
+    first: u32,
+) -> (Vec<Claim>, Vec<NewReferralRecord>, OffsetDateTime) {
+    let now = OffsetDateTime::now_utc();
+    let mut records = Vec::new();
+    for n in 0..3u8 {
+        let mut r = record(first + u32::from(n));
+        r.now = now - fhir_sdk::time::Duration::seconds(i64::from(3 - n));
+        assert_eq!(store.insert_referral(&r).await.unwrap(), Inserted::Accepted);
+        records.push(r);
+    }
+    let claim = RecipientClaim {
+        recipient: "prospects",
+        max_in_flight: None,
+        interval: None,
+        limit: 10,
+    };
+    let lease_until = now + fhir_sdk::time::Duration::minutes(5);
+    let claimed = store
+        .claim_for_recipient(owner, now, lease_until, claim)
+        .await
+        .unwrap();
+    (claimed, records, now)
+}
+
+/// A worker's claim comes back in the order it was made, each delivery with its
+/// referral; a row that cannot be read is handed back broken on its own and does
+/// not keep the others from being read.
+async fn claimed_deliveries_are_read_with_their_referrals_and_a_bad_row_alone_is_broken(db: Db) {
+    let (store, url, _dir) = open(db).await;
+    let (claimed, records, _) = claim_three(&store, "worker-a", 100).await;
+    let read: Vec<(String, String)> = claimed
+        .iter()
+        .map(|c| match c {
+            Claim::Ready(d) => (d.id.clone(), d.reference.clone()),
+            Claim::Broken { id, error } => panic!("{id} broken: {error}"),
+        })
+        .collect();
+    let expected: Vec<(String, String)> = records
+        .iter()
+        .map(|r| (r.delivery_id.clone(), r.reference.clone()))
+        .collect();
+    assert_eq!(read, expected);
+    store.release_leases("worker-a").await.unwrap();
+
+    // The middle referral's status is made one the gateway does not know.
+    let bad = format!(
+        "UPDATE referrals SET status = 'unknown' WHERE id = '{}'",
+        records[1].id
+    );
+    match db {
+        Db::Sqlite => {
+            execute_sql(
+                db,
+                &url,
+                &format!("PRAGMA ignore_check_constraints = ON; {bad}"),
+            )
+            .await;
+        }
+        Db::Postgres => {
+            execute_sql(
+                db,
+                &url,
+                "ALTER TABLE referrals DROP CONSTRAINT referrals_status_check",
+            )
+            .await;
+            execute_sql(db, &url, &bad).await;
+        }
+    }
+    let (claimed, more, _) = claim_three(&store, "worker-b", 200).await;
+    let mut ready: Vec<&str> = claimed
+        .iter()
+        .filter_map(|c| match c {
+            Claim::Ready(d) => Some(d.id.as_str()),
+            Claim::Broken { .. } => None,
+        })
+        .collect();
+    let mut expected: Vec<&str> = [&records[0], &records[2]]
+        .into_iter()
+        .chain(&more)
+        .map(|r| r.delivery_id.as_str())
+        .collect();
+    ready.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(ready, expected, "every other one is read");
+    let broken: Vec<(&str, &str)> = claimed
+        .iter()
+        .filter_map(|c| match c {
+            Claim::Broken { id, error } => Some((id.as_str(), error.as_str())),
+            Claim::Ready(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        broken,
+        [(
+            records[1].delivery_id.as_str(),
+            "the delivery could not be read from the database"
+        )]
+    );
+}
+
+/// Outcomes recorded together are each kept only while the worker still holds that
+/// delivery's lease, each kept one with its audit record; one no longer held is
+/// left as it is, and a batch with none held writes nothing.
+async fn outcomes_recorded_together_keep_only_the_leases_still_held(db: Db) {
+    let (store, _url, _dir) = open(db).await;
+    let (claimed, records, now) = claim_three(&store, "worker-a", 100).await;
+    assert_eq!(claimed.len(), 3);
+    let ids: Vec<&str> = records.iter().map(|r| r.delivery_id.as_str()).collect();
+    let delivered = DeliveryOutcome::Delivered {
+        status: 202,
+        receipt: None,
+    };
+    let retry = DeliveryOutcome::Retry {
+        next_attempt_at: now + fhir_sdk::time::Duration::minutes(1),
+        status: Some(503),
+        error: "the provider answered 503".into(),
+    };
+    let audits: Vec<AuditRecord> = records
+        .iter()
+        .map(|r| AuditRecord {
+            referral_id: Some(r.id.to_string()),
+            ..audit_record("delivery.referral")
+        })
+        .collect();
+    let finish = |i: usize, outcome| Finish {
+        id: ids[i],
+        outcome,
+        audit: &audits[i],
+    };
+    let pending = store.audit_pending().await.unwrap();
+
+    // The third is recorded first on its own: its lease is then no longer held.
+    let alone = store
+        .finish_deliveries("worker-a", now, &[finish(2, &delivered)])
+        .await
+        .unwrap();
+    assert_eq!(alone, [true]);
+    let held = store
+        .finish_deliveries(
+            "worker-a",
+            now,
+            &[
+                finish(0, &delivered),
+                finish(1, &retry),
+                finish(2, &delivered),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(held, [true, true, false]);
+    assert_eq!(store.audit_pending().await.unwrap(), pending + 3);
+    let view = |i: usize| {
+        let store = store.clone();
+        let id = ids[i].to_owned();
+        async move { store.delivery(&id).await.unwrap().unwrap() }
+    };
+    let (first, second, third) = (view(0).await, view(1).await, view(2).await);
+    assert_eq!((first.state.as_str(), first.attempts), ("delivered", 1));
+    assert_eq!(
+        (second.state.as_str(), second.attempts, second.last_status),
+        ("queued", 1, Some(503))
+    );
+    assert_eq!(
+        (third.state.as_str(), third.attempts),
+        ("delivered", 1),
+        "counted once"
+    );
+
+    // Another worker holds none of them: nothing is written.
+    let none = store
+        .finish_deliveries("worker-b", now, &[finish(1, &delivered)])
+        .await
+        .unwrap();
+    assert_eq!(none, [false]);
+    assert_eq!(store.audit_pending().await.unwrap(), pending + 3);
+    assert_eq!(view(1).await.state.as_str(), "queued");
+}
+
 on_both_databases!(
+    claimed_deliveries_are_read_with_their_referrals_and_a_bad_row_alone_is_broken,
+    outcomes_recorded_together_keep_only_the_leases_still_held,
     without_a_chain_head_records_wait_and_sealing_says_why,
     records_wait_until_sealed_then_join_the_chain_in_the_order_written,
     a_long_backlog_is_sealed_whole_in_batches,

@@ -8,8 +8,9 @@ use super::crypto::{Column, StorageKeys};
 use super::{
     AuditFilter, AuditRecord, AuditRow, Claim, ClaimedDelivery, DeliveryFilter, DeliveryKind,
     DeliveryOutcome, DeliveryRow, DeliveryState, DeliveryView, EventRecord, EventRecorded,
-    EventRow, Inserted, NewReferralRecord, RecipientClaim, RecipientControl, RecipientQueue,
-    ReferralRow, ReferralStatus, ReportRow, ShownState, Store, StoreError, UpdateRecord, Updated,
+    EventRow, Finish, Inserted, NewReferralRecord, RecipientClaim, RecipientControl,
+    RecipientQueue, ReferralRow, ReferralStatus, ReportRow, ShownState, Store, StoreError,
+    UpdateRecord, Updated,
 };
 use super::{
     AuditStore, EventStore, MeshInbound, MeshStore, OutboxStore, ReferralStore, ReportStore,

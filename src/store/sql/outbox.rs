@@ -2,14 +2,15 @@
 
 use super::*;
 
-/// Columns of [`ClaimedDelivery`], read with the referral they belong to.
+/// Columns of [`ClaimedDelivery`], read with the referral they belong to, for the
+/// delivery ids the caller names after it.
 macro_rules! claimed_columns {
     () => {
         "SELECT d.id, d.referral_id, d.provider, d.kind, d.request_id, d.attempts, d.created_at, \
          r.reference, r.programme, r.status AS referral_status, r.consent, r.message, \
          r.correlation_id, d.event_id, e.event, d.worker_failures FROM deliveries d \
          JOIN referrals r ON r.id = d.referral_id LEFT JOIN referral_events e ON e.id = d.event_id \
-         WHERE d.id = $1"
+         WHERE d.id"
     };
 }
 
@@ -206,68 +207,50 @@ macro_rules! outbox_store {
                 .fetch_all(&self.pool)
                 .await?)
             }
-            async fn finish_delivery(
+            async fn finish_deliveries(
                 &self,
-                id: &str,
                 owner: &str,
                 now: OffsetDateTime,
-                outcome: &DeliveryOutcome,
-                audit: &AuditRecord,
-            ) -> Result<bool, StoreError> {
-                let (state, next, status, error, receipt, delivered_at) = match outcome {
-                    DeliveryOutcome::Delivered { status, receipt } => {
-                        (DeliveryState::Delivered, now, Some(i32::from(*status)), None, receipt.clone(), Some(now))
-                    }
-                    DeliveryOutcome::Retry { next_attempt_at, status, error } => {
-                        (DeliveryState::Queued, *next_attempt_at, status.map(i32::from), Some(error.clone()), None, None)
-                    }
-                    DeliveryOutcome::Dead { status, error } => {
-                        (DeliveryState::Dead, now, status.map(i32::from), Some(error.clone()), None, None)
-                    }
-                    DeliveryOutcome::Stopped { reason } => {
-                        (DeliveryState::Cancelled, now, None, Some(reason.clone()), None, None)
-                    }
-                    DeliveryOutcome::WorkerFailed { next_attempt_at, parked, error, .. } => {
-                        let (state, next) = if *parked {
-                            (DeliveryState::Dead, now)
-                        } else {
-                            (DeliveryState::Queued, *next_attempt_at)
-                        };
-                        (state, next, None, Some(error.clone()), None, None)
-                    }
-                };
-                let attempted = i32::from(!matches!(
-                    outcome,
-                    DeliveryOutcome::Stopped { .. } | DeliveryOutcome::WorkerFailed { .. }
-                ));
-                // Counted in a row: any other outcome starts the count again.
-                let worker_failures = match outcome {
-                    DeliveryOutcome::WorkerFailed { failures, .. } => *failures,
-                    _ => 0,
-                };
+                finishes: &[Finish<'_>],
+            ) -> Result<Vec<bool>, StoreError> {
+                // One transaction, so a pass's outcomes share one commit (one fsync).
                 let mut tx = self.begin_write().await?;
-                let changed = sqlx::query(
-                    "UPDATE deliveries SET state = $1, next_attempt_at = $2, last_status = $3, \
-                     last_error = $4, receipt = COALESCE($5, receipt), delivered_at = $6, \
-                     attempts = attempts + $7, lease_owner = NULL, lease_expires_at = NULL, \
-                     updated_at = $8, worker_failures = $11 \
-                     WHERE id = $9 AND lease_owner = $10 AND lease_expires_at > $8",
-                )
-                .bind(state)
-                .bind(next)
-                .bind(status)
-                .bind(error)
-                .bind(receipt)
-                .bind(delivered_at)
-                .bind(attempted)
-                .bind(now)
-                .bind(id)
-                .bind(owner)
-                .bind(worker_failures)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                self.commit_with_audit(tx, changed, audit).await
+                let mut held = Vec::with_capacity(finishes.len());
+                for f in finishes {
+                    let v = Finished::new(f.outcome, now);
+                    let changed = sqlx::query(
+                        "UPDATE deliveries SET state = $1, next_attempt_at = $2, last_status = $3, \
+                         last_error = $4, receipt = COALESCE($5, receipt), delivered_at = $6, \
+                         attempts = attempts + $7, lease_owner = NULL, lease_expires_at = NULL, \
+                         updated_at = $8, worker_failures = $11 \
+                         WHERE id = $9 AND lease_owner = $10 AND lease_expires_at > $8",
+                    )
+                    .bind(v.state)
+                    .bind(v.next_attempt_at)
+                    .bind(v.status)
+                    .bind(v.error)
+                    .bind(v.receipt)
+                    .bind(v.delivered_at)
+                    .bind(v.attempted)
+                    .bind(now)
+                    .bind(f.id)
+                    .bind(owner)
+                    .bind(v.worker_failures)
+                    .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        > 0;
+                    if changed {
+                        self.write_audit(&mut *tx, f.audit).await?;
+                    }
+                    held.push(changed);
+                }
+                if held.contains(&true) {
+                    tx.commit().await?;
+                } else {
+                    tx.rollback().await?;
+                }
+                Ok(held)
             }
             async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
                 let n = sqlx::query(
@@ -359,61 +342,185 @@ macro_rules! outbox_store {
         }
 
         impl $store {
-            /// Reads what was claimed, each with its referral. A row that cannot be
-            /// read must not stop the worker: it is handed back broken, and the worker
-            /// parks it if it stays so; only an unreachable database fails the claim.
+            /// Reads what was claimed, each with its referral, in one query. A row that
+            /// cannot be read must not stop the worker: should the query fail for any
+            /// reason but an unreachable database, each row is read on its own, and one
+            /// that still cannot be read is handed back broken (the worker parks it if
+            /// it stays so).
             async fn read_claimed(
+                &self,
+                ids: Vec<(String, Option<OffsetDateTime>)>,
+            ) -> Result<Vec<Claim>, StoreError> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let places: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(concat!(claimed_columns!(), " IN ({})"), places.join(", "));
+                // Safe: the statement's only varying part is its numbered placeholders.
+                let mut query = sqlx::query_as::<_, ClaimedDelivery>(sqlx::AssertSqlSafe(sql));
+                for (id, _) in &ids {
+                    query = query.bind(id);
+                }
+                let rows = match query.fetch_all(&self.pool).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let e = StoreError::from(e);
+                        if e.is_unreachable() {
+                            return Err(e);
+                        }
+                        tracing::warn!(error = %e, "claimed deliveries could not be read together; reading each on its own");
+                        return self.read_claimed_each(ids).await;
+                    }
+                };
+                let mut rows: std::collections::HashMap<String, ClaimedDelivery> =
+                    rows.into_iter().map(|r| (r.id.clone(), r)).collect();
+                Ok(ids
+                    .into_iter()
+                    .map(|(id, not_before)| match rows.remove(&id) {
+                        Some(row) => self.ready(row, not_before),
+                        None => no_referral(id),
+                    })
+                    .collect())
+            }
+
+            /// [`Self::read_claimed`], a query a row.
+            async fn read_claimed_each(
                 &self,
                 ids: Vec<(String, Option<OffsetDateTime>)>,
             ) -> Result<Vec<Claim>, StoreError> {
                 let mut claimed = Vec::with_capacity(ids.len());
                 for (id, not_before) in ids {
-                    let row = sqlx::query_as::<_, ClaimedDelivery>(claimed_columns!())
+                    let row = sqlx::query_as::<_, ClaimedDelivery>(concat!(claimed_columns!(), " = $1"))
                         .bind(&id)
                         .fetch_optional(&self.pool)
                         .await;
-                    let mut row = match row {
-                        Ok(Some(row)) => row,
-                        Ok(None) => {
-                            tracing::error!(delivery_id = %id, "claimed delivery has no referral");
-                            claimed.push(Claim::Broken {
-                                id,
-                                error: "the delivery's referral is missing".into(),
-                            });
-                            continue;
-                        }
+                    claimed.push(match row {
+                        Ok(Some(row)) => self.ready(row, not_before),
+                        Ok(None) => no_referral(id),
                         Err(e) => {
                             let e = StoreError::from(e);
                             if e.is_unreachable() {
                                 return Err(e);
                             }
                             tracing::error!(delivery_id = %id, error = %e, "claimed delivery could not be read");
-                            claimed.push(Claim::Broken {
+                            Claim::Broken {
                                 id,
                                 error: "the delivery could not be read from the database".into(),
-                            });
-                            continue;
+                            }
                         }
-                    };
-                    row.not_before = not_before;
-                    // An unreadable message must not stop the worker: the delivery
-                    // carries the reason and is dead-lettered.
-                    match open_column(&self.keys, Column::ReferralMessage, &row.referral_id, &row.message) {
-                        Ok(message) => row.message = message,
-                        Err(e) => {
-                            row.message = String::new();
-                            row.unreadable = Some(e.to_string());
-                        }
-                    }
-                    claimed.push(Claim::Ready(Box::new(row)));
+                    });
                 }
                 Ok(claimed)
+            }
+
+            /// A claimed row ready to attempt, its message opened. An unreadable
+            /// message must not stop the worker: the delivery carries the reason and
+            /// is dead-lettered.
+            fn ready(&self, mut row: ClaimedDelivery, not_before: Option<OffsetDateTime>) -> Claim {
+                row.not_before = not_before;
+                match open_column(&self.keys, Column::ReferralMessage, &row.referral_id, &row.message) {
+                    Ok(message) => row.message = message,
+                    Err(e) => {
+                        row.message = String::new();
+                        row.unreadable = Some(e.to_string());
+                    }
+                }
+                Claim::Ready(Box::new(row))
             }
         }
     };
 }
 
 for_both_engines!(outbox_store);
+
+/// The columns an attempt's outcome sets on its delivery.
+struct Finished {
+    state: DeliveryState,
+    next_attempt_at: OffsetDateTime,
+    status: Option<i32>,
+    error: Option<String>,
+    receipt: Option<String>,
+    delivered_at: Option<OffsetDateTime>,
+    /// 1 when the attempt reached the recipient, else 0.
+    attempted: i32,
+    worker_failures: i32,
+}
+
+impl Finished {
+    fn new(outcome: &DeliveryOutcome, now: OffsetDateTime) -> Self {
+        let (state, next_attempt_at, status, error) = match outcome {
+            DeliveryOutcome::Delivered { status, .. } => (
+                DeliveryState::Delivered,
+                now,
+                Some(i32::from(*status)),
+                None,
+            ),
+            DeliveryOutcome::Retry {
+                next_attempt_at,
+                status,
+                error,
+            } => (
+                DeliveryState::Queued,
+                *next_attempt_at,
+                status.map(i32::from),
+                Some(error.clone()),
+            ),
+            DeliveryOutcome::Dead { status, error } => (
+                DeliveryState::Dead,
+                now,
+                status.map(i32::from),
+                Some(error.clone()),
+            ),
+            DeliveryOutcome::Stopped { reason } => {
+                (DeliveryState::Cancelled, now, None, Some(reason.clone()))
+            }
+            DeliveryOutcome::WorkerFailed {
+                parked: true,
+                error,
+                ..
+            } => (DeliveryState::Dead, now, None, Some(error.clone())),
+            DeliveryOutcome::WorkerFailed {
+                next_attempt_at,
+                error,
+                ..
+            } => (
+                DeliveryState::Queued,
+                *next_attempt_at,
+                None,
+                Some(error.clone()),
+            ),
+        };
+        Self {
+            state,
+            next_attempt_at,
+            status,
+            error,
+            receipt: match outcome {
+                DeliveryOutcome::Delivered { receipt, .. } => receipt.clone(),
+                _ => None,
+            },
+            delivered_at: matches!(outcome, DeliveryOutcome::Delivered { .. }).then_some(now),
+            attempted: i32::from(!matches!(
+                outcome,
+                DeliveryOutcome::Stopped { .. } | DeliveryOutcome::WorkerFailed { .. }
+            )),
+            // Counted in a row: any other outcome starts the count again.
+            worker_failures: match outcome {
+                DeliveryOutcome::WorkerFailed { failures, .. } => *failures,
+                _ => 0,
+            },
+        }
+    }
+}
+
+/// A claimed delivery whose referral is gone.
+fn no_referral(id: String) -> Claim {
+    tracing::error!(delivery_id = %id, "claimed delivery has no referral");
+    Claim::Broken {
+        id,
+        error: "the delivery's referral is missing".into(),
+    }
+}
 
 /// A claimed delivery's id and what orders it.
 type ClaimedRow = (String, OffsetDateTime, OffsetDateTime);
