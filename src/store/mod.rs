@@ -76,8 +76,9 @@ pub enum StoreError {
     /// More accepts wait for SQLite's writer than `database.max_waiting_accepts`.
     #[error("too many accepts are waiting for the database")]
     Overloaded,
-    /// SQLite's accept writer stopped before answering: nothing was stored.
-    #[error("the accept writer stopped before committing")]
+    /// One of SQLite's own writers (accepts, delivery outcomes) stopped before
+    /// answering: nothing was stored.
+    #[error("the SQLite writer stopped before committing")]
     WriterGone,
     /// One failure shared by every accept of a group commit.
     #[error(transparent)]
@@ -109,7 +110,7 @@ impl StoreError {
             StoreError::Corrupt(_) => "stored data not in the expected form",
             StoreError::Encryption(_) => "a storage encryption error",
             StoreError::Overloaded => "the database's queue full",
-            StoreError::WriterGone => "the accept writer stopped",
+            StoreError::WriterGone => "the SQLite writer stopped",
             StoreError::Shared(e) => e.kind(),
         }
     }

@@ -29,7 +29,9 @@ pub struct SqliteStore {
     keys: Option<Arc<StorageKeys>>,
     /// `None` in the writer's own copy, which stores each group directly.
     accepts: Option<sqlite::GroupCommit>,
-    /// Whose turn it is at the write lock, the accept writer's included.
+    /// Records delivery outcomes on a connection of its own.
+    finisher: Arc<finisher::Finisher>,
+    /// Whose turn it is at the write lock, the accept writer's and finisher's included.
     turns: WriteTurns,
 }
 
@@ -60,6 +62,7 @@ impl SqliteStore {
         Self {
             pool,
             keys,
+            finisher: Arc::new(finisher::Finisher::new(target.clone(), turns.clone())),
             accepts: Some(sqlite::GroupCommit::start(
                 target,
                 max_waiting_accepts,
@@ -727,6 +730,7 @@ for_both_engines!(sql_store);
 mod accept;
 mod audit;
 mod events;
+mod finisher;
 mod mesh;
 mod outbox;
 mod postgres;

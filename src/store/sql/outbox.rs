@@ -213,44 +213,7 @@ macro_rules! outbox_store {
                 now: OffsetDateTime,
                 finishes: &[Finish<'_>],
             ) -> Result<Vec<bool>, StoreError> {
-                // One transaction, so a pass's outcomes share one commit (one fsync).
-                let mut tx = self.begin_write().await?;
-                let mut held = Vec::with_capacity(finishes.len());
-                for f in finishes {
-                    let v = Finished::new(f.outcome, now);
-                    let changed = sqlx::query(
-                        "UPDATE deliveries SET state = $1, next_attempt_at = $2, last_status = $3, \
-                         last_error = $4, receipt = COALESCE($5, receipt), delivered_at = $6, \
-                         attempts = attempts + $7, lease_owner = NULL, lease_expires_at = NULL, \
-                         updated_at = $8, worker_failures = $11 \
-                         WHERE id = $9 AND lease_owner = $10 AND lease_expires_at > $8",
-                    )
-                    .bind(v.state)
-                    .bind(v.next_attempt_at)
-                    .bind(v.status)
-                    .bind(v.error)
-                    .bind(v.receipt)
-                    .bind(v.delivered_at)
-                    .bind(v.attempted)
-                    .bind(now)
-                    .bind(f.id)
-                    .bind(owner)
-                    .bind(v.worker_failures)
-                    .execute(&mut *tx)
-                        .await?
-                        .rows_affected()
-                        > 0;
-                    if changed {
-                        self.write_audit(&mut *tx, f.audit).await?;
-                    }
-                    held.push(changed);
-                }
-                if held.contains(&true) {
-                    tx.commit().await?;
-                } else {
-                    tx.rollback().await?;
-                }
-                Ok(held)
+                self.finish_here(owner, now, finishes).await
             }
             async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
                 let n = sqlx::query(
@@ -433,21 +396,28 @@ macro_rules! outbox_store {
 
 for_both_engines!(outbox_store);
 
+/// Records an attempt's outcome ([`Finished`] as `$1` to `$7` and `$11`) at `$8` on
+/// delivery `$9`, only while `$10` holds its lease.
+pub(super) const FINISH: &str = "UPDATE deliveries SET state = $1, next_attempt_at = $2, \
+     last_status = $3, last_error = $4, receipt = COALESCE($5, receipt), delivered_at = $6, \
+     attempts = attempts + $7, lease_owner = NULL, lease_expires_at = NULL, updated_at = $8, \
+     worker_failures = $11 WHERE id = $9 AND lease_owner = $10 AND lease_expires_at > $8";
+
 /// The columns an attempt's outcome sets on its delivery.
-struct Finished {
-    state: DeliveryState,
-    next_attempt_at: OffsetDateTime,
-    status: Option<i32>,
-    error: Option<String>,
-    receipt: Option<String>,
-    delivered_at: Option<OffsetDateTime>,
+pub(super) struct Finished {
+    pub(super) state: DeliveryState,
+    pub(super) next_attempt_at: OffsetDateTime,
+    pub(super) status: Option<i32>,
+    pub(super) error: Option<String>,
+    pub(super) receipt: Option<String>,
+    pub(super) delivered_at: Option<OffsetDateTime>,
     /// 1 when the attempt reached the recipient, else 0.
-    attempted: i32,
-    worker_failures: i32,
+    pub(super) attempted: i32,
+    pub(super) worker_failures: i32,
 }
 
 impl Finished {
-    fn new(outcome: &DeliveryOutcome, now: OffsetDateTime) -> Self {
+    pub(super) fn new(outcome: &DeliveryOutcome, now: OffsetDateTime) -> Self {
         let (state, next_attempt_at, status, error) = match outcome {
             DeliveryOutcome::Delivered { status, .. } => (
                 DeliveryState::Delivered,

@@ -1,6 +1,7 @@
 //! What only PostgreSQL does: queueing an accept with its record in one statement, and
 //! sealing without a transaction, several replicas taking turns.
 
+use super::outbox::{FINISH, Finished};
 use super::*;
 
 impl PostgresStore {
@@ -8,6 +9,47 @@ impl PostgresStore {
     /// (`commit_delay`) is the server's to tune.
     pub(super) async fn insert_sealed(&self, r: NewReferralRecord) -> Result<Inserted, StoreError> {
         self.insert_alone(&r).await
+    }
+
+    /// [`OutboxStore::finish_deliveries`] in one transaction, so a pass's outcomes
+    /// share one commit.
+    pub(super) async fn finish_here(
+        &self,
+        owner: &str,
+        now: OffsetDateTime,
+        finishes: &[Finish<'_>],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        let mut held = Vec::with_capacity(finishes.len());
+        for f in finishes {
+            let v = Finished::new(f.outcome, now);
+            let changed = sqlx::query(FINISH)
+                .bind(v.state)
+                .bind(v.next_attempt_at)
+                .bind(v.status)
+                .bind(v.error)
+                .bind(v.receipt)
+                .bind(v.delivered_at)
+                .bind(v.attempted)
+                .bind(now)
+                .bind(f.id)
+                .bind(owner)
+                .bind(v.worker_failures)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+            if changed {
+                self.write_audit(&mut tx, f.audit).await?;
+            }
+            held.push(changed);
+        }
+        if held.contains(&true) {
+            tx.commit().await?;
+        } else {
+            tx.rollback().await?;
+        }
+        Ok(held)
     }
 
     /// PostgreSQL has no triggers to check.

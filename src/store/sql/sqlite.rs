@@ -72,7 +72,7 @@ impl SqliteStore {
 
 /// The writer's connection, as the pool's: WAL, synchronous FULL, foreign keys, the
 /// same busy timeout.
-fn open_writer(target: &WriterTarget) -> rusqlite::Result<rusqlite::Connection> {
+pub(super) fn open_writer(target: &WriterTarget) -> rusqlite::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(&target.file)?;
     conn.busy_timeout(target.busy_timeout)?;
     conn.execute_batch(
@@ -184,7 +184,7 @@ fn commit_group(
 
 /// `sql` with PostgreSQL-style `$n` parameters as SQLite's `?n`, so both paths run
 /// the same statements.
-fn positional(sql: &str) -> String {
+pub(super) fn positional(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -198,7 +198,7 @@ fn positional(sql: &str) -> String {
 }
 
 /// Statements as the writer prepares them (each once per connection).
-static WRITER_SQL: std::sync::LazyLock<[String; 5]> = std::sync::LazyLock::new(|| {
+pub(super) static WRITER_SQL: std::sync::LazyLock<[String; 5]> = std::sync::LazyLock::new(|| {
     [
         positional(INSERT_REFERRAL),
         positional(INSERT_IDENTIFIER),
@@ -209,7 +209,7 @@ static WRITER_SQL: std::sync::LazyLock<[String; 5]> = std::sync::LazyLock::new(|
 });
 
 /// Times as sqlx writes them to SQLite (RFC 3339), so both paths store one form.
-fn time_text(t: OffsetDateTime) -> rusqlite::Result<String> {
+pub(super) fn time_text(t: OffsetDateTime) -> rusqlite::Result<String> {
     t.format(&fhir_sdk::time::format_description::well_known::Rfc3339)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
@@ -260,8 +260,17 @@ fn insert_referral(conn: &rusqlite::Connection, r: &NewReferralRecord) -> rusqli
         r.delivery_request_id,
         now,
     ])?;
-    let a = &r.audit;
-    let p = accept_prepared(r);
+    pend_record(conn, pend, &r.audit, &accept_prepared(r))
+}
+
+/// Writes `a` as a pending audit record with `pend` ([`PEND`] as the writer
+/// prepares it), as [`SqliteStore::write_audit`] does through the pool.
+pub(super) fn pend_record(
+    conn: &rusqlite::Connection,
+    pend: &str,
+    a: &AuditRecord,
+    p: &Prepared,
+) -> rusqlite::Result<()> {
     conn.prepare_cached(pend)?.execute(rusqlite::params![
         time_text(p.at)?,
         a.action,
