@@ -165,15 +165,17 @@ const PENDING_OLDEST: &str = concat!(
 /// SQLite: whether any record waits to be sealed (`0` or `1`).
 const ANY_PENDING: &str = "SELECT COUNT(*) FROM (SELECT 1 FROM audit_pending LIMIT 1) AS p";
 
-/// SQLite: the pending record `$4` moved into the chain at place `$1`, linked to
-/// `$2`, with hash `$3`. The triggers of migration 0007 check the link and move the
-/// head.
-const SEAL_ONE_SQLITE: &str = concat!(
+/// SQLite: pending records moved into the chain in one statement, in the order of
+/// `$1`, a JSON array of `[place, previous hash, hash, pending id]`. The triggers of
+/// migration 0007 check each link and move the head.
+const SEAL_BATCH_SQLITE: &str = concat!(
     "INSERT INTO audit_events (",
     audit_content_columns!(),
     ", seq, prev_hash, hash) SELECT ",
     audit_content_columns!(),
-    ", $1, $2, $3 FROM audit_pending WHERE id = $4"
+    ", json_extract(j.value, '$[0]'), json_extract(j.value, '$[1]'), \
+     json_extract(j.value, '$[2]') FROM json_each($1) AS j \
+     JOIN audit_pending AS p ON p.id = json_extract(j.value, '$[3]') ORDER BY j.key"
 );
 
 /// PostgreSQL: the oldest pending records, at most `$1`, each with the chain head as

@@ -377,14 +377,27 @@ impl SqliteStore {
             return Ok(0);
         };
         let links = link(head.ok_or_else(no_head)?, &rows);
-        for (i, row) in rows.iter().enumerate() {
-            sqlx::query(SEAL_ONE_SQLITE)
-                .bind(links.seq[i])
-                .bind(&links.prev_hash[i])
-                .bind(&links.hash[i])
-                .bind(row.id)
-                .execute(&mut *tx)
-                .await?;
+        // One statement for the batch: each through the pool is a hand-over to the
+        // connection's thread and back.
+        let batch: Vec<serde_json::Value> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                serde_json::json!([links.seq[i], links.prev_hash[i], links.hash[i], row.id])
+            })
+            .collect();
+        let moved = sqlx::query(SEAL_BATCH_SQLITE)
+            .bind(serde_json::Value::Array(batch).to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if moved != rows.len() as u64 {
+            tx.rollback().await?;
+            return Err(StoreError::Corrupt(format!(
+                "{} of {} pending audit records could be sealed",
+                moved,
+                rows.len()
+            )));
         }
         sqlx::query("DELETE FROM audit_pending WHERE id <= $1")
             .bind(last)
