@@ -24,12 +24,8 @@ struct Outcome {
 }
 
 /// [`FINISH`] and the subject look-up as this connection prepares them.
-static FINISH_SQL: std::sync::LazyLock<[String; 2]> = std::sync::LazyLock::new(|| {
-    [
-        positional(FINISH),
-        positional("SELECT subject FROM referrals WHERE id = $1"),
-    ]
-});
+static FINISH_SQL: std::sync::LazyLock<[String; 2]> =
+    std::sync::LazyLock::new(|| [positional(FINISH), positional(SUBJECT_OF_REFERRAL)]);
 
 impl Finisher {
     pub(super) fn new(target: WriterTarget, turns: WriteTurns) -> Self {

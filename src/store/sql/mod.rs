@@ -150,6 +150,9 @@ macro_rules! pend {
     };
 }
 
+/// The subject a record about referral `$1` names when it names none itself.
+const SUBJECT_OF_REFERRAL: &str = "SELECT subject FROM referrals WHERE id = $1";
+
 /// [`pend`] as a statement.
 const PEND: &str = pend!();
 
@@ -519,7 +522,7 @@ macro_rules! sql_store {
                     (Some(s), _) => Some(s.clone()),
                     (None, Some(referral)) => {
                         let found: Option<(Option<String>,)> =
-                            sqlx::query_as("SELECT subject FROM referrals WHERE id = $1")
+                            sqlx::query_as(SUBJECT_OF_REFERRAL)
                                 .bind(referral)
                                 .fetch_optional(&mut *conn)
                                 .await?;
