@@ -43,8 +43,17 @@ fn start(config: &std::path::Path, port: u16) -> Child {
         .unwrap()
 }
 
+/// An HTTP client whose every request ends within `secs`: a port that takes the
+/// connection and never answers fails the request instead of holding the test.
+fn http(secs: u64) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(secs))
+        .build()
+        .unwrap()
+}
+
 async fn wait_ready(base: &str) {
-    let client = reqwest::Client::new();
+    let client = http(2);
     for _ in 0..200 {
         if let Ok(r) = client.get(format!("{base}/health/ready")).send().await
             && r.status() == 200
@@ -54,6 +63,55 @@ async fn wait_ready(base: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("gateway did not become ready");
+}
+
+/// Ends the test binary, naming the step it was in, if the test outlives `limit`:
+/// a step that never returns then fails here, not at CI's own time limit.
+struct Watchdog {
+    step: std::sync::Arc<std::sync::Mutex<&'static str>>,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Watchdog {
+    fn start(test: &'static str, limit: Duration) -> Self {
+        let step = std::sync::Arc::new(std::sync::Mutex::new("starting"));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, over) = (step.clone(), done.clone());
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + limit;
+            while std::time::Instant::now() < deadline {
+                if over.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            let step = *seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Straight to stderr: the test harness keeps a test's own output.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "{test}: still {step} after {} s; stopping the test binary",
+                limit.as_secs()
+            );
+            std::process::exit(1);
+        });
+        Self { step, done }
+    }
+
+    fn step(&self, step: &'static str) {
+        *self
+            .step
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = step;
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Where the gateway delivers: a provider over HTTPS, or both providers' MESH mailbox.
@@ -115,7 +173,9 @@ impl Provider {
     }
 }
 
-async fn killed_mid_flight(db: Db, provider: Provider) {
+async fn killed_mid_flight(test: &'static str, db: Db, provider: Provider) {
+    let dog = Watchdog::start(test, Duration::from_secs(300));
+    dog.step("creating the database");
     let (url, _dir) = fresh_database(db).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("crash.toml");
@@ -149,12 +209,14 @@ max_backoff_ms = 50
     .unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
+    dog.step("starting the gateway");
     let mut gateway = start(&config, port);
     wait_ready(&base).await;
 
     // Send referrals from several tasks, in bursts of six so that SQLite's writer
     // commits several in one group; kill the gateway while they are in flight.
-    let client = reqwest::Client::new();
+    dog.step("sending referrals");
+    let client = http(30);
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..60 {
@@ -204,9 +266,14 @@ max_backoff_ms = 50
         "some referrals were accepted before the kill"
     );
 
-    // Restart and let the worker finish.
+    // Restart, on a port of its own (the old one may have been taken meanwhile), and let
+    // the worker finish.
+    dog.step("restarting the gateway");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
     let mut gateway = start(&config, port);
     wait_ready(&base).await;
+    dog.step("waiting for every delivery");
     let settings = test_settings(&url, "");
     let keys =
         thrive_gateway::store::crypto::StorageKeys::load(settings.keys.storage.as_ref()).unwrap();
@@ -233,6 +300,7 @@ max_backoff_ms = 50
     );
 
     // Every referral that got a 200 is stored whole and delivered.
+    dog.step("checking what the provider received");
     let received = provider.received().await;
     let request_ids_by_referral: HashMap<String, HashSet<String>> = received
         .iter()
@@ -268,6 +336,7 @@ max_backoff_ms = 50
         "nothing stored was left undelivered"
     );
 
+    dog.step("checking the audit trail");
     // Every accept's audit record outlived the kills (written pending with the
     // referral, sealed after), and the chain is whole.
     let trail = store.audit_after(0, 100_000).await.unwrap();
@@ -286,28 +355,29 @@ max_backoff_ms = 50
         .unwrap();
     assert_eq!(verified.problem, None);
     assert_eq!(verified.records, trail.len() as u64);
+    dog.step("cleaning up");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite() {
     let provider = Provider::Https(FakeProvider::start(vec![]).await);
-    killed_mid_flight(Db::Sqlite, provider).await;
+    killed_mid_flight("sqlite", Db::Sqlite, provider).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres() {
     let provider = Provider::Https(FakeProvider::start(vec![]).await);
-    killed_mid_flight(Db::Postgres, provider).await;
+    killed_mid_flight("postgres", Db::Postgres, provider).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_over_mesh() {
     let provider = Provider::Mesh(mesh_sandbox::MeshSandbox::start().await);
-    killed_mid_flight(Db::Sqlite, provider).await;
+    killed_mid_flight("sqlite_over_mesh", Db::Sqlite, provider).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_over_mesh() {
     let provider = Provider::Mesh(mesh_sandbox::MeshSandbox::start().await);
-    killed_mid_flight(Db::Postgres, provider).await;
+    killed_mid_flight("postgres_over_mesh", Db::Postgres, provider).await;
 }

@@ -97,7 +97,12 @@ impl MeshSandbox {
                 .spawn()
                 .unwrap(),
         );
-        let client = reqwest::Client::new();
+        // Each ping bounded: a port that takes the connection and never answers is
+        // tried again, not waited on for ever.
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(2))
+            .build()
+            .unwrap();
         for _ in 0..400 {
             let ping = format!("{}/messageexchange/_ping", self.url);
             if let Ok(r) = client.get(ping).send().await
