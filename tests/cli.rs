@@ -462,11 +462,7 @@ async fn development_delivers_to_its_sandbox_with_only_the_port_changed() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    // Bounded: a port that takes the connection and never answers fails the request.
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = helpers::bounded_client(10);
     let mut ready = false;
     for _ in 0..200 {
         if let Ok(r) = client.get(format!("{base}/health/ready")).send().await

@@ -43,17 +43,8 @@ fn start(config: &std::path::Path, port: u16) -> Child {
         .unwrap()
 }
 
-/// An HTTP client whose every request ends within `secs`: a port that takes the
-/// connection and never answers fails the request instead of holding the test.
-fn http(secs: u64) -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(secs))
-        .build()
-        .unwrap()
-}
-
 async fn wait_ready(base: &str) {
-    let client = http(2);
+    let client = bounded_client(2);
     for _ in 0..200 {
         if let Ok(r) = client.get(format!("{base}/health/ready")).send().await
             && r.status() == 200
@@ -66,24 +57,21 @@ async fn wait_ready(base: &str) {
 }
 
 /// Ends the test binary, naming the step it was in, if the test outlives `limit`:
-/// a step that never returns then fails here, not at CI's own time limit.
+/// a step that never returns then fails here, not at CI's own time limit. Dropping
+/// it (the test ended, or panicked) lets it go.
 struct Watchdog {
     step: std::sync::Arc<std::sync::Mutex<&'static str>>,
-    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _alive: std::sync::mpsc::Sender<()>,
 }
 
 impl Watchdog {
     fn start(test: &'static str, limit: Duration) -> Self {
         let step = std::sync::Arc::new(std::sync::Mutex::new("starting"));
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (seen, over) = (step.clone(), done.clone());
+        let (alive, ended) = std::sync::mpsc::channel::<()>();
+        let seen = step.clone();
         std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + limit;
-            while std::time::Instant::now() < deadline {
-                if over.load(std::sync::atomic::Ordering::SeqCst) {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(200));
+            if ended.recv_timeout(limit) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                return;
             }
             let step = *seen
                 .lock()
@@ -97,7 +85,10 @@ impl Watchdog {
             );
             std::process::exit(1);
         });
-        Self { step, done }
+        Self {
+            step,
+            _alive: alive,
+        }
     }
 
     fn step(&self, step: &'static str) {
@@ -105,12 +96,6 @@ impl Watchdog {
             .step
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = step;
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -216,7 +201,7 @@ max_backoff_ms = 50
     // Send referrals from several tasks, in bursts of six so that SQLite's writer
     // commits several in one group; kill the gateway while they are in flight.
     dog.step("sending referrals");
-    let client = http(30);
+    let client = bounded_client(30);
     let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for i in 0..60 {

@@ -29,6 +29,15 @@ pub fn postgres_base() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
 }
 
+/// An HTTP client whose every request ends within `secs`: a port that takes the
+/// connection and never answers fails the request instead of holding the test.
+pub fn bounded_client(secs: u64) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(secs))
+        .build()
+        .expect("an HTTP client")
+}
+
 /// A test's own database: an SQLite folder, or a PostgreSQL database dropped when the
 /// last holder lets go, so test runs leave nothing behind.
 pub struct TestDatabase {

@@ -97,12 +97,8 @@ impl MeshSandbox {
                 .spawn()
                 .unwrap(),
         );
-        // Each ping bounded: a port that takes the connection and never answers is
-        // tried again, not waited on for ever.
-        let client = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(2))
-            .build()
-            .unwrap();
+        // A ping that is never answered is tried again.
+        let client = crate::helpers::bounded_client(2);
         for _ in 0..400 {
             let ping = format!("{}/messageexchange/_ping", self.url);
             if let Ok(r) = client.get(ping).send().await
