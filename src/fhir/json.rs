@@ -21,12 +21,22 @@ pub enum JsonError {
 /// Parses `body` as JSON, refusing duplicate keys anywhere. `root` names the top of
 /// the paths reported (e.g. `Bundle`).
 pub fn parse(body: &[u8], root: &str) -> Result<Value, JsonError> {
+    // Paths cost an allocation at every key and index; they are built only to report a
+    // key given twice, in a second reading.
+    match read(body, root, false) {
+        Err(JsonError::DuplicateKey { .. }) => read(body, root, true),
+        other => other,
+    }
+}
+
+fn read(body: &[u8], root: &str, track: bool) -> Result<Value, JsonError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let mut path = vec![root.to_owned()];
     let mut duplicate = None;
     let result = Strict {
         path: &mut path,
         duplicate: &mut duplicate,
+        track,
     }
     .deserialize(&mut de)
     .and_then(|v| de.end().map(|()| v));
@@ -53,6 +63,8 @@ pub(crate) fn element(key: &str) -> &str {
 struct Strict<'a> {
     path: &'a mut Vec<String>,
     duplicate: &'a mut Option<String>,
+    /// Whether `path` follows the reading; when not, a duplicate's path is left empty.
+    track: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for Strict<'_> {
@@ -98,12 +110,15 @@ impl<'de> Visitor<'de> for Strict<'_> {
         loop {
             // The path always holds its root; an index extends its last element.
             let at = self.path.last().map_or(0, String::len);
-            if let Some(last) = self.path.last_mut() {
+            if self.track
+                && let Some(last) = self.path.last_mut()
+            {
                 last.push_str(&format!("[{}]", items.len()));
             }
             let next = seq.next_element_seed(Strict {
                 path: self.path,
                 duplicate: self.duplicate,
+                track: self.track,
             });
             if let Some(last) = self.path.last_mut() {
                 last.truncate(at);
@@ -119,18 +134,26 @@ impl<'de> Visitor<'de> for Strict<'_> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
-                let mut at = self.path.join(".");
-                at.push('.');
-                at.push_str(element(&key));
+                let mut at = String::new();
+                if self.track {
+                    at = self.path.join(".");
+                    at.push('.');
+                    at.push_str(element(&key));
+                }
                 *self.duplicate = Some(at);
                 return Err(de::Error::custom("duplicate key"));
             }
-            self.path.push(element(&key).to_owned());
+            if self.track {
+                self.path.push(element(&key).to_owned());
+            }
             let value = map.next_value_seed(Strict {
                 path: self.path,
                 duplicate: self.duplicate,
+                track: self.track,
             });
-            self.path.pop();
+            if self.track {
+                self.path.pop();
+            }
             out.insert(key, value?);
         }
         Ok(Value::Object(out))

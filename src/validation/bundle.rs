@@ -10,6 +10,7 @@ use fhir_sdk::r4b::resources::{Consent, MessageHeader, Organization, Patient, Se
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
+use std::fmt::Write;
 
 /// A resource read into its model. Types the pipeline does not read fields of are
 /// checked against their model and then kept as `Other`.
@@ -289,7 +290,8 @@ fn check_primitives(value: &Value, key: &str, path: &mut String, issues: &mut Ve
         Value::Array(items) => {
             for (n, v) in items.iter().enumerate() {
                 let len = path.len();
-                path.push_str(&format!("[{n}]"));
+                // Written in place: no allocation for each element.
+                let _ = write!(path, "[{n}]");
                 check_primitives(v, key, path, issues);
                 path.truncate(len);
             }
@@ -330,6 +332,11 @@ fn read<T: DeserializeOwned>(
         }
         None => resource,
     };
+    // Most resources conform: read them plainly, and only on an error read again with
+    // the path tracked (which allocates at every key) to say where.
+    if let Ok(t) = T::deserialize(resource) {
+        return Some(Box::new(t));
+    }
     match serde_path_to_error::deserialize::<_, T>(resource) {
         Ok(t) => Some(Box::new(t)),
         Err(e) => {
