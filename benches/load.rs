@@ -74,7 +74,18 @@ async fn start_with(database_url: &str, extra: &str, env: &[(&str, &str)]) -> Ga
     std::fs::write(&config, toml).unwrap();
     let port = free_port();
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_thrive-gateway"))
+    // `THRIVE_LOAD_GATEWAY_CPUS` (a `taskset` list such as `0`) confines each gateway to
+    // those cores, to see how it scales with them; taskset execs, so the pid is the
+    // gateway's.
+    let mut command = match std::env::var("THRIVE_LOAD_GATEWAY_CPUS") {
+        Ok(cpus) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &cpus, env!("CARGO_BIN_EXE_thrive-gateway")]);
+            c
+        }
+        Err(_) => Command::new(env!("CARGO_BIN_EXE_thrive-gateway")),
+    };
+    let child = command
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("THRIVE_ENV")
         .env("THRIVE__SERVER__BIND", format!("127.0.0.1:{port}"))
@@ -525,6 +536,9 @@ fn main() {
     let part = |name: &str| parts.split(',').any(|p| p.trim() == name);
     // The database is made (and dropped) on the server this names.
     let postgres = std::env::var("THRIVE_BENCH_POSTGRES").is_ok();
+    if let Ok(cpus) = std::env::var("THRIVE_LOAD_GATEWAY_CPUS") {
+        println!("each gateway confined to CPUs {cpus}; the floor and the senders are not");
+    }
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         if part("accept") {
